@@ -1,0 +1,211 @@
+//! safetensors (de)serialisation of model and optimizer state.
+//!
+//! Model tensors carry the authors' PyTorch `state_dict` names; BN counters
+//! are int64 scalars as in PyTorch. Loading accepts the `encoder.module.`
+//! prefix that `nn.DataParallel` adds. Optimizer state is stored as
+//! `<param>.exp_avg`, `<param>.exp_avg_sq` and `<param>.step`.
+
+use crate::model::plan::{EntryKind, ModelPlan};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::HashMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("{file}: not a readable safetensors file: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: tensor `{name}` is missing")]
+    Missing { file: String, name: String },
+    #[error("{file}: tensor `{name}` has shape {found:?}, the model expects {expected:?}")]
+    Shape { file: String, name: String, found: Vec<usize>, expected: Vec<usize> },
+    #[error("{file}: tensor `{name}` has dtype {dtype}; expected F32, F64 or I64")]
+    Dtype { file: String, name: String, dtype: String },
+    #[error("cannot serialise {what}: {message}")]
+    Write { what: String, message: String },
+}
+
+/// Host values of every plan entry (floats) plus BN counters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostState {
+    pub values: Vec<Vec<f32>>,
+    pub counters: Vec<i64>,
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn serialize(tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>, metadata: Option<HashMap<String, String>>, what: &str) -> Result<Vec<u8>, FormatError> {
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, dtype, shape, bytes)| TensorView::new(*dtype, shape.clone(), bytes).map(|v| (name.clone(), v)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| FormatError::Write { what: what.into(), message: e.to_string() })?;
+    safetensors::serialize(views, metadata).map_err(|e| FormatError::Write { what: what.into(), message: e.to_string() })
+}
+
+/// model.safetensors bytes for the given state.
+pub fn model_bytes(plan: &ModelPlan, state: &HostState) -> Result<Vec<u8>, FormatError> {
+    let tensors = plan
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| match e.kind {
+            EntryKind::Counter => (e.name.clone(), Dtype::I64, vec![], state.counters[i].to_le_bytes().to_vec()),
+            _ => (e.name.clone(), Dtype::F32, e.shape.clone(), f32_bytes(&state.values[i])),
+        })
+        .collect();
+    serialize(tensors, None, "model")
+}
+
+fn read_f32(view: &TensorView<'_>, file: &str, name: &str) -> Result<Vec<f32>, FormatError> {
+    let data = view.data();
+    match view.dtype() {
+        Dtype::F32 => Ok(data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+        Dtype::F64 => Ok(data.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32).collect()),
+        Dtype::I64 => Ok(data.chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32).collect()),
+        other => Err(FormatError::Dtype { file: file.into(), name: name.into(), dtype: format!("{other:?}") }),
+    }
+}
+
+fn parse<'a>(bytes: &'a [u8], file: &str) -> Result<SafeTensors<'a>, FormatError> {
+    SafeTensors::deserialize(bytes).map_err(|e| FormatError::Parse { file: file.into(), message: e.to_string() })
+}
+
+/// Finds `name`, or its `nn.DataParallel` spelling `encoder.module.…`.
+fn lookup<'a>(st: &'a SafeTensors<'a>, name: &str) -> Option<TensorView<'a>> {
+    st.tensor(name).ok().or_else(|| name.strip_prefix("encoder.").and_then(|rest| st.tensor(&format!("encoder.module.{rest}")).ok()))
+}
+
+/// Reads model weights for `plan`. With `require_all = false`, tensors the
+/// file lacks keep `fallback` values (e.g. online classifiers absent from an
+/// encoder-only export); shapes are always checked.
+pub fn read_model(plan: &ModelPlan, bytes: &[u8], file: &str, fallback: &HostState, require_all: bool) -> Result<HostState, FormatError> {
+    let st = parse(bytes, file)?;
+    let mut out = fallback.clone();
+    for (i, e) in plan.entries.iter().enumerate() {
+        let Some(view) = lookup(&st, &e.name) else {
+            if require_all || e.name.starts_with("encoder.") {
+                return Err(FormatError::Missing { file: file.into(), name: e.name.clone() });
+            }
+            continue;
+        };
+        let found = view.shape().to_vec();
+        if found.iter().product::<usize>() != e.numel() || (e.kind != EntryKind::Counter && found != e.shape) {
+            return Err(FormatError::Shape { file: file.into(), name: e.name.clone(), found, expected: e.shape.clone() });
+        }
+        match e.kind {
+            EntryKind::Counter => out.counters[i] = read_f32(&view, file, &e.name)?.first().copied().unwrap_or(0.0) as i64,
+            _ => out.values[i] = read_f32(&view, file, &e.name)?,
+        }
+    }
+    Ok(out)
+}
+
+/// One parameter's Adam state on the host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostAdam {
+    pub exp_avg: Vec<f32>,
+    pub exp_avg_sq: Vec<f32>,
+    pub step: u64,
+}
+
+pub fn optimizer_bytes(plan: &ModelPlan, states: &[Option<HostAdam>]) -> Result<Vec<u8>, FormatError> {
+    let mut tensors = Vec::new();
+    for (e, s) in plan.entries.iter().zip(states) {
+        if let Some(s) = s {
+            tensors.push((format!("{}.exp_avg", e.name), Dtype::F32, e.shape.clone(), f32_bytes(&s.exp_avg)));
+            tensors.push((format!("{}.exp_avg_sq", e.name), Dtype::F32, e.shape.clone(), f32_bytes(&s.exp_avg_sq)));
+            tensors.push((format!("{}.step", e.name), Dtype::I64, vec![], (s.step as i64).to_le_bytes().to_vec()));
+        }
+    }
+    let meta = HashMap::from([("format".to_string(), "amdim-adam-1".to_string())]);
+    serialize(tensors, Some(meta), "optimizer")
+}
+
+pub fn read_optimizer(plan: &ModelPlan, bytes: &[u8], file: &str) -> Result<Vec<Option<HostAdam>>, FormatError> {
+    let st = parse(bytes, file)?;
+    plan.entries
+        .iter()
+        .map(|e| {
+            let Ok(step) = st.tensor(&format!("{}.step", e.name)) else { return Ok(None) };
+            let get = |suffix: &str| -> Result<Vec<f32>, FormatError> {
+                let name = format!("{}.{suffix}", e.name);
+                let view = st.tensor(&name).map_err(|_| FormatError::Missing { file: file.into(), name: name.clone() })?;
+                if view.shape() != e.shape.as_slice() {
+                    return Err(FormatError::Shape { file: file.into(), name, found: view.shape().to_vec(), expected: e.shape.clone() });
+                }
+                read_f32(&view, file, &name)
+            };
+            let step = read_f32(&step, file, &e.name)?.first().copied().unwrap_or(0.0) as u64;
+            Ok(Some(HostAdam { exp_avg: get("exp_avg")?, exp_avg_sq: get("exp_avg_sq")?, step }))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::params::init_values;
+    use amdim_shared::spec::{LossSpec, ModelSpec};
+
+    fn tiny() -> ModelPlan {
+        crate::model::plan(&ModelSpec { ndf: 4, n_rkhs: 16, depth: 1, ..ModelSpec::default() }, &LossSpec::default(), Some(10))
+    }
+
+    fn state(plan: &ModelPlan, seed: u64) -> HostState {
+        HostState {
+            values: plan.entries.iter().enumerate().map(|(i, e)| if e.kind == EntryKind::Counter { vec![] } else { init_values(e, seed, i) }).collect(),
+            counters: (0..plan.entries.len() as i64).collect(),
+        }
+    }
+
+    #[test]
+    fn model_round_trips_and_accepts_data_parallel_names() {
+        let plan = tiny();
+        let s = state(&plan, 3);
+        let bytes = model_bytes(&plan, &s).unwrap();
+        let back = read_model(&plan, &bytes, "m", &state(&plan, 4), true).unwrap();
+        assert_eq!(back.values, s.values);
+        for (i, e) in plan.entries.iter().enumerate() {
+            if e.kind == EntryKind::Counter {
+                assert_eq!(back.counters[i], s.counters[i]);
+            }
+        }
+        // Rename to the DataParallel spelling, as the authors' state_dict has it.
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let renamed: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (n.replacen("encoder.", "encoder.module.", 1), v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+            .collect();
+        let bytes2 = serialize(renamed, None, "t").unwrap();
+        assert_eq!(read_model(&plan, &bytes2, "m", &state(&plan, 4), true).unwrap().values, s.values);
+    }
+
+    #[test]
+    fn wrong_shape_and_missing_tensor_are_named() {
+        let plan = tiny();
+        let small = crate::model::plan(&ModelSpec { ndf: 4, n_rkhs: 32, depth: 1, ..ModelSpec::default() }, &LossSpec::default(), Some(10));
+        let bytes = model_bytes(&small, &state(&small, 1)).unwrap();
+        let e = read_model(&plan, &bytes, "w.safetensors", &state(&plan, 1), true).unwrap_err().to_string();
+        assert!(e.contains("w.safetensors") && e.contains("shape"), "{e}");
+        let enc_only = crate::model::plan(&ModelSpec { ndf: 4, n_rkhs: 16, depth: 1, ..ModelSpec::default() }, &LossSpec::default(), None);
+        let bytes = model_bytes(&enc_only, &state(&enc_only, 1)).unwrap();
+        assert!(read_model(&plan, &bytes, "w", &state(&plan, 1), false).is_ok());
+        let e = read_model(&plan, &bytes, "w", &state(&plan, 1), true).unwrap_err().to_string();
+        assert!(e.contains("evaluator."), "{e}");
+    }
+
+    #[test]
+    fn optimizer_round_trips() {
+        let plan = tiny();
+        let states: Vec<Option<HostAdam>> = plan
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.kind == EntryKind::Param && i % 2 == 0).then(|| HostAdam { exp_avg: vec![0.5; e.numel()], exp_avg_sq: vec![0.25; e.numel()], step: i as u64 }))
+            .collect();
+        let bytes = optimizer_bytes(&plan, &states).unwrap();
+        assert_eq!(read_optimizer(&plan, &bytes, "o").unwrap(), states);
+    }
+}

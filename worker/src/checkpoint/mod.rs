@@ -1,0 +1,12 @@
+//! Checkpoints (design §7) on any `object_store` location.
+//!
+//! `format` turns the model and optimizer state into safetensors bytes with
+//! the authors' PyTorch names and back; `store` writes a checkpoint folder
+//! (data files first, manifest last), lists complete ones, loads and verifies
+//! the newest good one (falling back past corrupt or partial ones), and prunes
+//! to the newest K.
+
+pub mod format;
+pub mod store;
+
+pub use store::{CheckpointStore, LoadedCheckpoint};

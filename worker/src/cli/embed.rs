@@ -1,0 +1,155 @@
+//! `embed` and `score`: use a trained encoder outside training.
+//!
+//! `embed` writes r1 (and optionally r5, r7) of images given as a float32
+//! NCHW `.npy` (already normalised) or an image folder, BN in eval mode.
+//! `score` runs one training-mode forward pass on two views and returns every
+//! loss term, with optional fixed 5→5 locations.
+
+use crate::checkpoint::format::{HostState, read_model};
+use crate::data::images::{eval_image, list_images};
+use crate::data::npy::{self, NpyArray};
+use crate::loss::nce::multiscale_nce;
+use crate::model::encoder::Forward;
+use crate::model::params::{scalar, to_vec};
+use crate::model::{BnMode, ParamStore};
+use crate::train::step::{images, nce_inputs};
+use amdim_shared::rng::{KeyedRng, Stream};
+use amdim_shared::spec::JobSpec;
+use anyhow::{Context, Result, anyhow, bail};
+use burn::tensor::backend::Backend;
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Encoder-only model loaded from a safetensors file with the authors' names.
+pub fn load_encoder<B: Backend>(spec: &JobSpec, weights: &Path, device: &B::Device) -> Result<(crate::model::ModelPlan, ParamStore<B>)> {
+    let plan = crate::model::plan(&spec.model, &spec.loss, None);
+    let bytes = std::fs::read(weights).with_context(|| format!("reading weights {}", weights.display()))?;
+    let init = ParamStore::<B>::init(&plan, spec.job.seed, device);
+    let fallback = HostState { values: init.to_host(), counters: init.counters.clone() };
+    let state = read_model(&plan, &bytes, &weights.display().to_string(), &fallback, false)?;
+    Ok((plan.clone(), ParamStore::from_host(state.values, state.counters, device)))
+}
+
+/// Images [N, 3, S, S] from a `.npy` file or an image folder.
+pub fn read_images(input: &Path, size: usize) -> Result<(usize, Vec<f32>, Vec<String>)> {
+    if input.is_dir() {
+        let files = list_images(input).map_err(|e| anyhow!(e))?;
+        let mut pixels = Vec::with_capacity(files.len() * 3 * size * size);
+        let mut names = Vec::new();
+        for f in &files {
+            pixels.extend(eval_image(f, size).map_err(|e| anyhow!(e))?);
+            names.push(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        }
+        return Ok((files.len(), pixels, names));
+    }
+    match npy::read(input)? {
+        NpyArray::F32 { shape, data } => {
+            if shape.len() != 4 || shape[1] != 3 || shape[2] != size || shape[3] != size {
+                bail!("{}: shape {shape:?}, expected [N, 3, {size}, {size}] float32 (model.image_size = {size})", input.display());
+            }
+            Ok((shape[0], data, Vec::new()))
+        }
+        NpyArray::I64 { .. } => bail!("{}: int64 array, expected float32 images [N, 3, {size}, {size}]", input.display()),
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// `embed`: features of all images, written as safetensors (r1 [N, D], optional r5, r7).
+pub fn embed<B: Backend>(spec: &JobSpec, weights: &Path, input: &Path, output: &Path, with_r5: bool, with_r7: bool, batch: usize, device: B::Device) -> Result<usize> {
+    let (plan, params) = load_encoder::<B>(spec, weights, &device)?;
+    let size = spec.model.image_size;
+    let (n, pixels, names) = read_images(input, size)?;
+    let d = spec.model.n_rkhs;
+    let (mut r1, mut r5, mut r7) = (Vec::new(), Vec::new(), Vec::new());
+    let per = 3 * size * size;
+    for start in (0..n).step_by(batch.max(1)) {
+        let end = (start + batch.max(1)).min(n);
+        let x = images::<B>(&pixels[start * per..end * per], end - start, size, &device);
+        let mut fwd = Forward::new(&params.values, BnMode::Eval);
+        let e = fwd.encode(&plan.encoder, x);
+        r1.extend(to_vec(e.r1));
+        if with_r5 {
+            r5.extend(to_vec(e.r5));
+        }
+        if with_r7 {
+            r7.extend(to_vec(e.r7));
+        }
+    }
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![("r1".into(), vec![n, d], f32_bytes(&r1))];
+    if with_r5 {
+        tensors.push(("r5".into(), vec![n, d, 5, 5], f32_bytes(&r5)));
+    }
+    if with_r7 {
+        tensors.push(("r7".into(), vec![n, d, 7, 7], f32_bytes(&r7)));
+    }
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, shape, bytes)| TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (name.clone(), v)))
+        .collect::<Result<_, _>>()?;
+    let mut meta = HashMap::new();
+    if !names.is_empty() {
+        meta.insert("files".to_string(), serde_json::to_string(&names)?);
+    }
+    safetensors::serialize_to_file(views, Some(meta), output).with_context(|| format!("writing {}", output.display()))?;
+    Ok(n)
+}
+
+/// Every loss term of one training-mode forward pass.
+#[derive(Debug, serde::Serialize)]
+pub struct ScoreResult {
+    pub loss_1t5: f32,
+    pub loss_1t7: f32,
+    pub loss_5t5: f32,
+    pub reg: f32,
+    pub loss_total: f32,
+    pub batch: usize,
+    pub r5_locations: [Vec<usize>; 2],
+}
+
+/// `score`: the loss of two views under the given weights.
+pub fn score<B: Backend>(spec: &JobSpec, weights: &Path, view1: &Path, view2: &Path, locations: Option<&Path>, device: B::Device) -> Result<ScoreResult> {
+    let (plan, params) = load_encoder::<B>(spec, weights, &device)?;
+    let size = spec.model.image_size;
+    let (n1, p1, _) = read_images(view1, size)?;
+    let (n2, p2, _) = read_images(view2, size)?;
+    if n1 != n2 {
+        bail!("--view1 has {n1} images but --view2 has {n2}");
+    }
+    if n1 < 2 {
+        bail!("--view1: NCE needs at least 2 images, got {n1}");
+    }
+    let locs: [Vec<usize>; 2] = match locations {
+        Some(path) => match npy::read(path)? {
+            NpyArray::I64 { shape, data } if shape == [2, n1] => {
+                if let Some(bad) = data.iter().find(|&&v| !(0..25).contains(&v)) {
+                    bail!("{}: location {bad} outside 0..25 (index = row·5 + column)", path.display());
+                }
+                [data[..n1].iter().map(|&v| v as usize).collect(), data[n1..].iter().map(|&v| v as usize).collect()]
+            }
+            NpyArray::I64 { shape, .. } => bail!("{}: shape {shape:?}, expected [2, {n1}]", path.display()),
+            NpyArray::F32 { .. } => bail!("{}: float32 array, expected int64 [2, {n1}]", path.display()),
+        },
+        None => {
+            let mut rng = KeyedRng::new(Stream::SourceLocation, &[spec.job.seed]);
+            [(0..n1).map(|_| rng.below(25) as usize).collect(), (0..n1).map(|_| rng.below(25) as usize).collect()]
+        }
+    };
+    let mut fwd = Forward::new(&params.values, BnMode::Train);
+    let e1 = fwd.encode(&plan.encoder, images::<B>(&p1, n1, size, &device));
+    let e2 = fwd.encode(&plan.encoder, images::<B>(&p2, n1, size, &device));
+    let (src, trg) = nce_inputs(&fwd, &plan, [&e1, &e2], [&locs[0], &locs[1]]);
+    let loss = multiscale_nce([&src[0], &src[1]], [&trg[0], &trg[1]], 0, &spec.loss);
+    Ok(ScoreResult {
+        loss_1t5: scalar(loss.l1t5),
+        loss_1t7: scalar(loss.l1t7),
+        loss_5t5: scalar(loss.l5t5),
+        reg: scalar(loss.reg),
+        loss_total: scalar(loss.total),
+        batch: n1,
+        r5_locations: locs,
+    })
+}

@@ -1,0 +1,310 @@
+//! The 32 px augmentations of spec §5, on f32 pixels in [0, 1].
+//!
+//! One horizontal flip (p 0.5) per image, shared by both views; then per view:
+//! translation by up to ±4 px with reflect padding (p 0.8), colour jitter
+//! (p 0.8; brightness, contrast, saturation 0.4, hue 0.2, in a random order as
+//! torchvision's ColorJitter), random grayscale (p 0.25), normalisation. The
+//! colour maths follows torchvision's tensor definitions. All randomness comes
+//! from the sample's keyed stream (seed, epoch, sample index).
+
+use crate::data::Dataset;
+use amdim_shared::rng::{KeyedRng, Stream};
+use amdim_shared::spec::AugmentSpec;
+
+pub const SIZE: usize = 32;
+const PLANE: usize = SIZE * SIZE;
+pub const CIFAR_MEAN: [f32; 3] = [125.3 / 255.0, 123.0 / 255.0, 113.9 / 255.0];
+pub const CIFAR_STD: [f32; 3] = [63.0 / 255.0, 62.1 / 255.0, 66.7 / 255.0];
+const MAX_TRANSLATE: i64 = 4;
+
+/// ITU-R 601 luma as torchvision's `rgb_to_grayscale`.
+pub fn luma(r: f32, g: f32, b: f32) -> f32 {
+    0.2989 * r + 0.587 * g + 0.114 * b
+}
+
+/// Index into 0..n with reflect padding (edge not repeated).
+fn reflect(i: i64, n: i64) -> usize {
+    let r = if i < 0 { -i } else if i >= n { 2 * n - 2 - i } else { i };
+    r as usize
+}
+
+/// out(x, y) = in(x − tx, y − ty), reflected at the borders.
+pub fn translate(img: &[f32], tx: i64, ty: i64) -> Vec<f32> {
+    let n = SIZE as i64;
+    let mut out = vec![0.0; img.len()];
+    for c in 0..3 {
+        for y in 0..SIZE {
+            let sy = reflect(y as i64 - ty, n);
+            for x in 0..SIZE {
+                let sx = reflect(x as i64 - tx, n);
+                out[c * PLANE + y * SIZE + x] = img[c * PLANE + sy * SIZE + sx];
+            }
+        }
+    }
+    out
+}
+
+pub fn adjust_brightness(img: &mut [f32], factor: f32) {
+    img.iter_mut().for_each(|v| *v = (*v * factor).clamp(0.0, 1.0));
+}
+
+pub fn adjust_contrast(img: &mut [f32], factor: f32) {
+    let mean = (0..PLANE).map(|i| luma(img[i], img[PLANE + i], img[2 * PLANE + i])).sum::<f32>() / PLANE as f32;
+    img.iter_mut().for_each(|v| *v = (factor * *v + (1.0 - factor) * mean).clamp(0.0, 1.0));
+}
+
+pub fn adjust_saturation(img: &mut [f32], factor: f32) {
+    for i in 0..PLANE {
+        let gray = luma(img[i], img[PLANE + i], img[2 * PLANE + i]);
+        for c in 0..3 {
+            let v = &mut img[c * PLANE + i];
+            *v = (factor * *v + (1.0 - factor) * gray).clamp(0.0, 1.0);
+        }
+    }
+}
+
+/// RGB → HSV with h, s, v in [0, 1] (torchvision's `_rgb2hsv`).
+pub fn rgb_to_hsv(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
+    let maxc = r.max(g).max(b);
+    let minc = r.min(g).min(b);
+    let cr = maxc - minc;
+    let s = if maxc > 0.0 { cr / maxc } else { 0.0 };
+    if cr == 0.0 {
+        return (0.0, s, maxc);
+    }
+    let rc = (maxc - r) / cr;
+    let gc = (maxc - g) / cr;
+    let bc = (maxc - b) / cr;
+    let h = if maxc == r {
+        bc - gc
+    } else if maxc == g {
+        2.0 + rc - bc
+    } else {
+        4.0 + gc - rc
+    };
+    ((h / 6.0).rem_euclid(1.0), s, maxc)
+}
+
+/// HSV → RGB (torchvision's `_hsv2rgb`).
+pub fn hsv_to_rgb(h: f32, s: f32, v: f32) -> (f32, f32, f32) {
+    let i = (h * 6.0).floor();
+    let f = h * 6.0 - i;
+    let i = (i as i64).rem_euclid(6);
+    let p = (v * (1.0 - s)).clamp(0.0, 1.0);
+    let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
+    let t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0);
+    match i {
+        0 => (v, t, p),
+        1 => (q, v, p),
+        2 => (p, v, t),
+        3 => (p, q, v),
+        4 => (t, p, v),
+        _ => (v, p, q),
+    }
+}
+
+pub fn adjust_hue(img: &mut [f32], shift: f32) {
+    for i in 0..PLANE {
+        let (h, s, v) = rgb_to_hsv(img[i], img[PLANE + i], img[2 * PLANE + i]);
+        let (r, g, b) = hsv_to_rgb((h + shift).rem_euclid(1.0), s, v);
+        img[i] = r;
+        img[PLANE + i] = g;
+        img[2 * PLANE + i] = b;
+    }
+}
+
+pub fn to_grayscale(img: &mut [f32]) {
+    for i in 0..PLANE {
+        let g = luma(img[i], img[PLANE + i], img[2 * PLANE + i]);
+        for c in 0..3 {
+            img[c * PLANE + i] = g;
+        }
+    }
+}
+
+fn normalize(img: &mut [f32]) {
+    for c in 0..3 {
+        for v in &mut img[c * PLANE..(c + 1) * PLANE] {
+            *v = (*v - CIFAR_MEAN[c]) / CIFAR_STD[c];
+        }
+    }
+}
+
+/// u8 [3, 32, 32] → f32 in [0, 1], flipped left–right if asked.
+fn to_unit(img: &[u8], flip: bool) -> Vec<f32> {
+    let mut out = vec![0.0; 3 * PLANE];
+    for c in 0..3 {
+        for y in 0..SIZE {
+            for x in 0..SIZE {
+                let sx = if flip { SIZE - 1 - x } else { x };
+                out[c * PLANE + y * SIZE + x] = img[c * PLANE + y * SIZE + sx] as f32 / 255.0;
+            }
+        }
+    }
+    out
+}
+
+/// One view from an already flipped image.
+fn view(base: &[f32], aug: &AugmentSpec, rng: &mut KeyedRng) -> Vec<f32> {
+    let mut img = if aug.translate && rng.bernoulli(0.8) {
+        let tx = rng.below(2 * MAX_TRANSLATE as u64 + 1) as i64 - MAX_TRANSLATE;
+        let ty = rng.below(2 * MAX_TRANSLATE as u64 + 1) as i64 - MAX_TRANSLATE;
+        translate(base, tx, ty)
+    } else {
+        base.to_vec()
+    };
+    if aug.color_jitter && rng.bernoulli(0.8) {
+        let order = rng.permutation(4);
+        let brightness = rng.uniform(0.6, 1.4) as f32;
+        let contrast = rng.uniform(0.6, 1.4) as f32;
+        let saturation = rng.uniform(0.6, 1.4) as f32;
+        let hue = rng.uniform(-0.2, 0.2) as f32;
+        for op in order {
+            match op {
+                0 => adjust_brightness(&mut img, brightness),
+                1 => adjust_contrast(&mut img, contrast),
+                2 => adjust_saturation(&mut img, saturation),
+                _ => adjust_hue(&mut img, hue),
+            }
+        }
+    }
+    if aug.grayscale && rng.bernoulli(0.25) {
+        to_grayscale(&mut img);
+    }
+    if aug.normalize {
+        normalize(&mut img);
+    }
+    img
+}
+
+/// The two training views of one sample, keyed by (seed, epoch, sample index).
+pub fn two_views(img: &[u8], aug: &AugmentSpec, seed: u64, epoch: u64, sample: u64) -> (Vec<f32>, Vec<f32>) {
+    let mut rng = KeyedRng::new(Stream::Augment, &[seed, epoch, sample]);
+    let flip = aug.flip && rng.bernoulli(0.5);
+    let base = to_unit(img, flip);
+    let v1 = view(&base, aug, &mut rng);
+    let v2 = view(&base, aug, &mut rng);
+    (v1, v2)
+}
+
+/// The evaluation transform for 32 px: normalisation only.
+pub fn eval_view(img: &[u8], aug: &AugmentSpec) -> Vec<f32> {
+    let mut v = to_unit(img, false);
+    if aug.normalize {
+        normalize(&mut v);
+    }
+    v
+}
+
+/// The 5→5 source locations (0..25) of one sample in view 1 and view 2.
+pub fn source_locations(seed: u64, epoch: u64, sample: u64) -> (usize, usize) {
+    let mut rng = KeyedRng::new(Stream::SourceLocation, &[seed, epoch, sample]);
+    (rng.below(25) as usize, rng.below(25) as usize)
+}
+
+/// Two augmented views, labels and 5→5 locations of a list of samples.
+pub struct TrainBatch {
+    pub n: usize,
+    /// [n, 3, 32, 32] each.
+    pub view1: Vec<f32>,
+    pub view2: Vec<f32>,
+    pub labels: Option<Vec<u32>>,
+    pub loc1: Vec<usize>,
+    pub loc2: Vec<usize>,
+    pub indices: Vec<u32>,
+}
+
+/// Builds the batch of `indices` for `epoch`.
+pub fn train_batch(ds: &Dataset, indices: &[u32], aug: &AugmentSpec, seed: u64, epoch: u64) -> TrainBatch {
+    let n = indices.len();
+    let mut b = TrainBatch {
+        n,
+        view1: Vec::with_capacity(n * 3 * PLANE),
+        view2: Vec::with_capacity(n * 3 * PLANE),
+        labels: ds.labels.as_ref().map(|l| indices.iter().map(|&i| l[i as usize]).collect()),
+        loc1: Vec::with_capacity(n),
+        loc2: Vec::with_capacity(n),
+        indices: indices.to_vec(),
+    };
+    for &i in indices {
+        let (v1, v2) = two_views(ds.image(i as usize), aug, seed, epoch, i as u64);
+        b.view1.extend_from_slice(&v1);
+        b.view2.extend_from_slice(&v2);
+        let (l1, l2) = source_locations(seed, epoch, i as u64);
+        b.loc1.push(l1);
+        b.loc2.push(l2);
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn solid(r: f32, g: f32, b: f32) -> Vec<f32> {
+        let mut v = vec![r; PLANE];
+        v.extend(vec![g; PLANE]);
+        v.extend(vec![b; PLANE]);
+        v
+    }
+
+    #[test]
+    fn colour_ops_match_hand_computed_torchvision_pixels() {
+        // brightness 1.5 on (0.2, 0.5, 0.8) → (0.3, 0.75, 1.0 clamped)
+        let mut img = solid(0.2, 0.5, 0.8);
+        adjust_brightness(&mut img, 1.5);
+        assert!((img[0] - 0.3).abs() < 1e-6 && (img[PLANE] - 0.75).abs() < 1e-6 && img[2 * PLANE] == 1.0);
+        // saturation 0 → luma 0.2989·0.2 + 0.587·0.5 + 0.114·0.8 = 0.44548
+        let mut img = solid(0.2, 0.5, 0.8);
+        adjust_saturation(&mut img, 0.0);
+        for c in 0..3 {
+            assert!((img[c * PLANE] - 0.44548).abs() < 1e-5);
+        }
+        // contrast 0.5 on a two-colour image: blend with the mean luma
+        let mut img = solid(0.0, 0.0, 0.0);
+        for c in 0..3 {
+            for i in 0..PLANE / 2 {
+                img[c * PLANE + i] = 1.0;
+            }
+        }
+        adjust_contrast(&mut img, 0.5);
+        assert!((img[0] - 0.75).abs() < 1e-4 && (img[PLANE - 1] - 0.25).abs() < 1e-4, "{} {}", img[0], img[PLANE - 1]);
+        // hue: pure red shifted by 1/3 turn is pure green
+        let mut img = solid(1.0, 0.0, 0.0);
+        adjust_hue(&mut img, 1.0 / 3.0);
+        assert!(img[0].abs() < 1e-5 && (img[PLANE] - 1.0).abs() < 1e-5 && img[2 * PLANE].abs() < 1e-5);
+        // HSV round trip
+        for (r, g, b) in [(0.1, 0.7, 0.3), (0.9, 0.2, 0.6), (0.5, 0.5, 0.5)] {
+            let (h, s, v) = rgb_to_hsv(r, g, b);
+            let (r2, g2, b2) = hsv_to_rgb(h, s, v);
+            assert!((r - r2).abs() < 1e-5 && (g - g2).abs() < 1e-5 && (b - b2).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn translate_reflects_without_repeating_the_edge() {
+        let mut img = vec![0.0; 3 * PLANE];
+        for x in 0..SIZE {
+            img[x] = x as f32;
+        }
+        let t = translate(&img, 2, 0);
+        assert_eq!(&t[..4], &[2.0, 1.0, 0.0, 1.0]);
+        let t = translate(&img, -3, 0);
+        assert_eq!(&t[SIZE - 3..SIZE], &[30.0, 29.0, 28.0]);
+    }
+
+    #[test]
+    fn views_depend_only_on_seed_epoch_and_sample() {
+        let img: Vec<u8> = (0..3 * PLANE).map(|i| (i * 7 % 256) as u8).collect();
+        let aug = AugmentSpec::default();
+        let a = two_views(&img, &aug, 1, 2, 3);
+        assert_eq!(a, two_views(&img, &aug, 1, 2, 3));
+        assert_ne!(a, two_views(&img, &aug, 1, 2, 4));
+        assert_ne!(a, two_views(&img, &aug, 1, 3, 3));
+        assert_ne!(a.0, a.1, "the two views differ");
+        let off = AugmentSpec { flip: false, translate: false, color_jitter: false, grayscale: false, normalize: false };
+        let (v1, v2) = two_views(&img, &off, 1, 2, 3);
+        assert_eq!(v1, v2);
+        assert_eq!(v1[5], img[5] as f32 / 255.0);
+    }
+}

@@ -1,0 +1,18 @@
+//! The AMDIM worker library: everything `amdim-worker` does, behind a thin CLI.
+//!
+//! - `model/`: architecture plan, parameters, forward passes (spec §1–2, §4)
+//! - `loss/`: multiscale NCE with mixtures, classifier loss (spec §3–4)
+//! - `optim/`: Adam and the learning-rate schedule (spec §6)
+//! - `data/`: dataset readers and augmentations (spec §5, design §4)
+//! - `checkpoint/`: safetensors state and object-store checkpoints (design §7)
+//! - `train/`: the training step, evaluation, the training loop and benchmarks
+//! - `backend`: CPU (flex) or CUDA backend selection
+
+pub mod backend;
+pub mod checkpoint;
+pub mod cli;
+pub mod data;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod train;

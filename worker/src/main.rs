@@ -1,0 +1,134 @@
+//! `amdim-worker`: train AMDIM, embed images with a trained encoder, score
+//! view pairs, and benchmark training throughput. A thin shell over the
+//! `amdim_worker` library.
+
+use amdim_worker::cli::{backend_name, embed, load_spec};
+use amdim_worker::train::run::{RunOptions, run};
+use amdim_worker::with_backend;
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Parser)]
+#[command(name = "amdim-worker", version, about = "AMDIM training worker")]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true, env = "AMDIM_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a job on this process (Ctrl-C writes a checkpoint and stops).
+    Train {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// Continue from the newest complete checkpoint under checkpoint.uri.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Write r1 (and optionally r5, r7) features of images as safetensors.
+    Embed {
+        #[arg(long)]
+        weights: PathBuf,
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// A float32 NCHW .npy (already normalised) or a folder of JPEG/PNG images.
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long)]
+        r5: bool,
+        #[arg(long)]
+        r7: bool,
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+    },
+    /// Print every loss term of one training-mode forward pass on two views.
+    Score {
+        #[arg(long)]
+        weights: PathBuf,
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        #[arg(long)]
+        view1: PathBuf,
+        #[arg(long)]
+        view2: PathBuf,
+        /// int64 [2, B]: each image's 5→5 source location (row·5 + col) in view 1 and view 2.
+        #[arg(long)]
+        r5_locations: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure training and forward throughput on synthetic images.
+    Bench {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AMDIM_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().context("starting the I/O runtime")?;
+    match cli.command {
+        Command::Train { config, resume } => {
+            let spec = load_spec(&config)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            runtime.spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    tracing::warn!("interrupt: finishing the current step, writing a checkpoint, then stopping");
+                    flag.store(true, Ordering::Relaxed);
+                }
+            });
+            let handle = runtime.handle().clone();
+            let summary = with_backend!(spec, |B, device| run::<B>(spec.clone(), device, RunOptions { resume, stop }, handle)?);
+            println!("{}", serde_json::to_string(&summary)?);
+        }
+        Command::Embed { weights, config, input, output, r5, r7, batch_size } => {
+            let spec = load_spec(&config)?;
+            let n = with_backend!(spec, |B, device| embed::embed::<B>(&spec, &weights, &input, &output, r5, r7, batch_size, device)?);
+            eprintln!("wrote features of {n} images to {}", output.display());
+        }
+        Command::Score { weights, config, view1, view2, r5_locations, json } => {
+            let spec = load_spec(&config)?;
+            let r = with_backend!(spec, |B, device| embed::score::<B>(&spec, &weights, &view1, &view2, r5_locations.as_deref(), device)?);
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("1t5 {:.6}  1t7 {:.6}  5t5 {:.6}  reg {:.6}  total {:.6}", r.loss_1t5, r.loss_1t7, r.loss_5t5, r.reg, r.loss_total);
+            }
+        }
+        Command::Bench { config, steps, json } => {
+            let spec = load_spec(&config)?;
+            let name = backend_name(spec.runtime.backend);
+            let r = with_backend!(spec, |B, device| amdim_worker::train::bench::bench::<B>(spec.clone(), device, steps, name));
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("{r:#?}");
+            }
+        }
+    }
+    Ok(())
+}

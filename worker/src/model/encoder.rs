@@ -1,0 +1,173 @@
+//! Forward passes: the encoder of spec §2 with its two embedding heads, the
+//! online classifiers of spec §4 and the mixture map of spec §3.
+//!
+//! Generic over the backend, so the same code runs with autodiff (training)
+//! and without (evaluation, BN refresh, `embed`). BatchNorm statistics of a
+//! training-mode pass are collected in [`BnStats`] and applied by the caller;
+//! this module never mutates the parameter store.
+
+use crate::model::layers::{BatchStats, avg_pool, batch_norm, conv, linear};
+use crate::model::plan::{Bn, ClassifierPlan, Conv, EncoderPlan, Head, Layer, MixturePlan, ResUnit};
+use burn::tensor::{Tensor, activation::relu, backend::Backend};
+
+/// Whether BatchNorm uses batch statistics (training) or running ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BnMode {
+    Train,
+    Eval,
+}
+
+/// Batch statistics gathered during training-mode passes, in call order.
+pub struct BnStats<B: Backend> {
+    pub updates: Vec<(Bn, BatchStats<B>)>,
+}
+
+impl<B: Backend> Default for BnStats<B> {
+    fn default() -> Self {
+        Self { updates: Vec::new() }
+    }
+}
+
+/// r1 [B, D], r5 [B, D, 5, 5], r7 [B, D, 7, 7].
+pub struct Embeddings<B: Backend> {
+    pub r1: Tensor<B, 2>,
+    pub r5: Tensor<B, 4>,
+    pub r7: Tensor<B, 4>,
+}
+
+/// Read access to the model's tensors for one forward pass.
+pub struct Forward<'a, B: Backend> {
+    pub params: &'a [Tensor<B, 1>],
+    pub mode: BnMode,
+    pub stats: BnStats<B>,
+}
+
+impl<'a, B: Backend> Forward<'a, B> {
+    pub fn new(params: &'a [Tensor<B, 1>], mode: BnMode) -> Self {
+        Self { params, mode, stats: BnStats::default() }
+    }
+
+    fn conv(&self, x: Tensor<B, 4>, c: &Conv) -> Tensor<B, 4> {
+        conv(x, &self.params[c.weight], c.bias.map(|b| &self.params[b]), c.cin, c.cout, c.kernel, c.stride)
+    }
+
+    fn bn(&mut self, x: Tensor<B, 4>, bn: &Bn) -> Tensor<B, 4> {
+        let p = self.params;
+        match self.mode {
+            BnMode::Eval => batch_norm(x, &p[bn.weight], &p[bn.bias], Some((&p[bn.running_mean], &p[bn.running_var]))).0,
+            BnMode::Train => {
+                let (y, stats) = batch_norm(x, &p[bn.weight], &p[bn.bias], None);
+                if let Some(s) = stats {
+                    self.stats.updates.push((bn.clone(), s));
+                }
+                y
+            }
+        }
+    }
+
+    fn res(&mut self, x: Tensor<B, 4>, u: &ResUnit) -> Tensor<B, 4> {
+        let mut h = self.conv(x.clone(), &u.conv1);
+        if u.use_bn {
+            h = self.bn(h, &u.bn1);
+        }
+        let h = self.conv(relu(h), &u.conv2);
+        let short = avg_pool(x, u.conv1.kernel, u.conv1.stride);
+        let extra = u.conv1.cout - u.conv1.cin;
+        let short = if extra > 0 {
+            let [n, _, hh, ww] = short.dims();
+            let zeros = Tensor::zeros([n, extra, hh, ww], &short.device());
+            Tensor::cat(vec![short, zeros], 1)
+        } else {
+            short
+        };
+        h + short
+    }
+
+    fn layer(&mut self, x: Tensor<B, 4>, layer: &Layer) -> Tensor<B, 4> {
+        match layer {
+            Layer::Stem { conv, reflect_pad } => {
+                let x = if *reflect_pad > 0 {
+                    let p = *reflect_pad;
+                    x.pad((p, p, p, p), burn::tensor::ops::PadMode::Reflect)
+                } else {
+                    x
+                };
+                relu(self.conv(x, conv))
+            }
+            Layer::Res(u) => self.res(x, u),
+            Layer::Block(units) => units.iter().fold(x, |h, u| self.res(h, u)),
+            Layer::MaybeBn { bn, on } => {
+                if *on {
+                    self.bn(x, bn)
+                } else {
+                    x
+                }
+            }
+        }
+    }
+
+    fn head(&mut self, x: Tensor<B, 4>, head: &Head) -> Tensor<B, 4> {
+        let mut h = self.conv(x.clone(), &head.conv1);
+        if head.use_bn {
+            h = self.bn(h, &head.bn1);
+        }
+        let h = self.conv(relu(h), &head.conv2) + self.conv(x, &head.shortcut);
+        self.bn(h, &head.bn_out)
+    }
+
+    /// Encodes a batch of images [B, 3, S, S].
+    pub fn encode(&mut self, plan: &EncoderPlan, x: Tensor<B, 4>) -> Embeddings<B> {
+        let mut h = x;
+        let mut f5 = None;
+        let mut f7 = None;
+        for (i, layer) in plan.layers.iter().enumerate() {
+            h = self.layer(h, layer);
+            if i == plan.f7_layer {
+                f7 = Some(h.clone());
+            }
+            if i == plan.f5_layer {
+                f5 = Some(h.clone());
+            }
+        }
+        let [b, d, _, _] = h.dims();
+        let r1 = h.reshape([b, d]);
+        // f5/f7 are always set: the plan guarantees layers of size 5 and 7.
+        let (f5, f7) = match (f5, f7) {
+            (Some(f5), Some(f7)) => (f5, f7),
+            _ => unreachable!("encoder plan without 5×5 and 7×7 layers"),
+        };
+        let r5 = self.head(f5, &plan.head5);
+        let r7 = self.head(f7, &plan.head7);
+        Embeddings { r1, r5, r7 }
+    }
+
+    /// Linear and MLP logits for features [N, D]; `keep1`/`keep2` are the two
+    /// dropout masks of the MLP (already scaled by 1/(1−p)), None in eval mode.
+    pub fn classify(&mut self, plan: &ClassifierPlan, features: Tensor<B, 2>, dropout: Option<(Tensor<B, 2>, Tensor<B, 2>)>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let p = self.params;
+        let [n, d] = features.dims();
+        let lin = linear(features.clone(), &p[plan.lin_weight], Some(&p[plan.lin_bias]), d, plan.n_classes);
+        let (x, keep2) = match dropout {
+            Some((k1, k2)) => (features * k1, Some(k2)),
+            None => (features, None),
+        };
+        let h = linear(x, &p[plan.mlp_weight1], None, d, plan.hidden);
+        let h = self.bn(h.reshape([n, plan.hidden, 1, 1]), &plan.mlp_bn).reshape([n, plan.hidden]);
+        let h = relu(h);
+        let h = match keep2 {
+            Some(k2) => h * k2,
+            None => h,
+        };
+        let mlp = linear(h, &p[plan.mlp_weight2], Some(&p[plan.mlp_bias2]), plan.hidden, plan.n_classes);
+        (lin, mlp)
+    }
+
+    /// The k mixture features of r1 [B, D]: r1 + W2·ReLU(W1·r1 + b1) + b2, split in k.
+    pub fn mixture(&self, plan: &MixturePlan, r1: Tensor<B, 2>) -> Vec<Tensor<B, 2>> {
+        let p = self.params;
+        let [b, d] = r1.dims();
+        let h = relu(linear(r1.clone(), &p[plan.weight1], Some(&p[plan.bias1]), d, d));
+        let out = linear(h, &p[plan.weight2], Some(&p[plan.bias2]), d, plan.k * d);
+        (0..plan.k).map(|j| r1.clone() + out.clone().slice([0..b, j * d..(j + 1) * d])).collect()
+    }
+}

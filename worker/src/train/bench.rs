@@ -1,0 +1,81 @@
+//! `amdim-worker bench`: training throughput on synthetic images of the job's
+//! size (forward + backward + Adam, and forward only), plus peak RSS, printed
+//! as one JSON line. A benchmark, not a test: it asserts nothing.
+
+use crate::data::augment::train_batch;
+use crate::data::dataset::synthetic;
+use crate::data::Split;
+use crate::loss::nce::multiscale_nce;
+use crate::model::encoder::Forward;
+use crate::model::params::scalar;
+use crate::model::BnMode;
+use crate::train::step::{Trainer, images, nce_inputs};
+use amdim_shared::spec::JobSpec;
+use burn::tensor::backend::Backend;
+use std::time::Instant;
+
+#[derive(Debug, serde::Serialize)]
+pub struct BenchResult {
+    pub backend: String,
+    pub image_size: usize,
+    pub ndf: usize,
+    pub n_rkhs: usize,
+    pub depth: usize,
+    pub batch: usize,
+    pub steps: usize,
+    pub train_pairs_per_s: f64,
+    pub train_step_s: f64,
+    pub forward_pairs_per_s: f64,
+    pub forward_s: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// Peak resident set size of this process (Linux VmHWM), MiB.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+pub fn bench<B: Backend>(spec: JobSpec, device: B::Device, steps: usize, backend: &str) -> BenchResult {
+    let g = spec.train.batch_size;
+    let data = synthetic(g * 2, spec.model.image_size, 10, Split::Train);
+    let mut t = Trainer::<B>::new(spec.clone(), None, device);
+    let indices: Vec<u32> = (0..g as u32).collect();
+    let batch = train_batch(&data, &indices, &spec.augment, spec.job.seed, 0);
+    t.train_step(&batch, 0); // warm-up
+    let started = Instant::now();
+    for _ in 0..steps {
+        t.train_step(&batch, 0);
+    }
+    let train_s = started.elapsed().as_secs_f64() / steps.max(1) as f64;
+    let size = spec.model.image_size;
+    let forward = |t: &Trainer<B>| {
+        let mut fwd = Forward::new(&t.params.values, BnMode::Train);
+        let e1 = fwd.encode(&t.plan.encoder, images::<B>(&batch.view1, g, size, &t.device));
+        let e2 = fwd.encode(&t.plan.encoder, images::<B>(&batch.view2, g, size, &t.device));
+        let (src, trg) = nce_inputs(&fwd, &t.plan, [&e1, &e2], [&batch.loc1, &batch.loc2]);
+        scalar(multiscale_nce([&src[0], &src[1]], [&trg[0], &trg[1]], 0, &t.spec.loss).total)
+    };
+    forward(&t);
+    let started = Instant::now();
+    for _ in 0..steps {
+        forward(&t);
+    }
+    let forward_s = started.elapsed().as_secs_f64() / steps.max(1) as f64;
+    BenchResult {
+        backend: backend.into(),
+        image_size: size,
+        ndf: spec.model.ndf,
+        n_rkhs: spec.model.n_rkhs,
+        depth: spec.model.depth,
+        batch: g,
+        steps,
+        train_pairs_per_s: g as f64 / train_s,
+        train_step_s: train_s,
+        forward_pairs_per_s: g as f64 / forward_s,
+        forward_s,
+        peak_rss_mib: peak_rss_mib(),
+    }
+}

@@ -1,0 +1,60 @@
+//! Test accuracy of the online classifiers (spec §4): refresh BatchNorm
+//! statistics on a few test batches in training mode, then evaluate the
+//! linear and MLP heads in eval mode.
+
+use crate::data::Dataset;
+use crate::data::augment::eval_view;
+use crate::loss::classifier::correct;
+use crate::model::encoder::Forward;
+use crate::model::params::to_vec;
+use crate::model::BnMode;
+use crate::train::step::{Trainer, apply_bn_stats, images};
+use burn::tensor::backend::Backend;
+
+/// Top-1 accuracies in [0, 1].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EvalResult {
+    pub linear: f64,
+    pub mlp: f64,
+    pub samples: usize,
+}
+
+fn eval_batch(test: &Dataset, t: &Trainer<impl Backend>, range: std::ops::Range<usize>) -> Vec<f32> {
+    range.flat_map(|i| eval_view(test.image(i), &t.spec.augment)).collect()
+}
+
+/// Refreshes BN statistics and evaluates; None without classifiers or labels.
+pub fn evaluate<B: Backend>(t: &mut Trainer<B>, test: &Dataset) -> Option<EvalResult> {
+    let cls = t.plan.classifier.clone()?;
+    let labels = test.labels.as_ref()?;
+    let size = t.spec.model.image_size;
+    let batch = t.spec.train.batch_size.min(256);
+    let limit = match t.spec.eval.max_test_samples {
+        0 => test.len(),
+        m => m.min(test.len()),
+    };
+    for b in 0..t.spec.eval.bn_refresh_batches {
+        let start = (b * batch) % test.len().max(1);
+        let end = (start + batch).min(test.len());
+        if end - start < 2 {
+            break;
+        }
+        let x = images::<B>(&eval_batch(test, t, start..end), end - start, size, &t.device);
+        let mut fwd = Forward::new(&t.params.values, BnMode::Train);
+        let e = fwd.encode(&t.plan.encoder, x);
+        let _ = fwd.classify(&cls, e.r1, None);
+        let stats = fwd.stats.updates.into_iter().map(|(bn, s)| (bn, s.mean, s.var_unbiased)).collect();
+        apply_bn_stats(&mut t.params, stats);
+    }
+    let (mut hit_lin, mut hit_mlp) = (0, 0);
+    for start in (0..limit).step_by(batch) {
+        let end = (start + batch).min(limit);
+        let x = images::<B>(&eval_batch(test, t, start..end), end - start, size, &t.device);
+        let mut fwd = Forward::new(&t.params.values, BnMode::Eval);
+        let e = fwd.encode(&t.plan.encoder, x);
+        let (lin, mlp) = fwd.classify(&cls, e.r1, None);
+        hit_lin += correct(&to_vec(lin), cls.n_classes, &labels[start..end]);
+        hit_mlp += correct(&to_vec(mlp), cls.n_classes, &labels[start..end]);
+    }
+    Some(EvalResult { linear: hit_lin as f64 / limit.max(1) as f64, mlp: hit_mlp as f64 / limit.max(1) as f64, samples: limit })
+}

@@ -1,0 +1,183 @@
+//! The single-process training loop: global sample order, a prefetching
+//! batch builder, logging, per-epoch evaluation, checkpoints every N steps,
+//! exact resume, and a clean stop (checkpoint first) on Ctrl-C.
+
+use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::format::{model_bytes, optimizer_bytes, read_model, read_optimizer};
+use crate::data::augment::{TrainBatch, train_batch};
+use crate::data::{Dataset, Split};
+use crate::train::eval::evaluate;
+use crate::train::step::Trainer;
+use amdim_shared::checkpoint::{FileEntry, MODEL_FILE, Manifest, MANIFEST_FORMAT, OPTIMIZER_FILE};
+use amdim_shared::order::{epoch_permutation, global_batch, step_position, steps_per_epoch};
+use amdim_shared::spec::JobSpec;
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::Backend;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// What a finished (or stopped) run reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunSummary {
+    pub steps: u64,
+    pub stopped_early: bool,
+    pub last_eval: Option<crate::train::eval::EvalResult>,
+}
+
+/// Options of `amdim-worker train` beyond the job spec.
+pub struct RunOptions {
+    pub resume: bool,
+    pub stop: Arc<AtomicBool>,
+}
+
+fn save<B: Backend>(t: &Trainer<B>, store: &CheckpointStore, epoch: u64) -> Result<()> {
+    let model = model_bytes(&t.plan, &t.host_state())?;
+    let optim = optimizer_bytes(&t.plan, &t.host_adam())?;
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        job_id: t.spec.job.name.clone(),
+        generation: 0,
+        step: t.step,
+        epoch,
+        global_batch: t.spec.train.batch_size,
+        world_size: 1,
+        seed: t.spec.job.seed,
+        config_hash: t.spec.config_hash(),
+        files: vec![FileEntry::of_bytes(MODEL_FILE, &model), FileEntry::of_bytes(OPTIMIZER_FILE, &optim)],
+        created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    };
+    let started = Instant::now();
+    store.save(&manifest, vec![(MODEL_FILE.into(), model), (OPTIMIZER_FILE.into(), optim)], t.spec.checkpoint.keep)?;
+    tracing::info!(step = t.step, seconds = started.elapsed().as_secs_f64(), "checkpoint written");
+    Ok(())
+}
+
+/// Restores the newest verified checkpoint; returns whether one was found.
+fn resume<B: Backend>(t: &mut Trainer<B>, store: &CheckpointStore) -> Result<bool> {
+    let Some(ckpt) = store.load_latest()? else { return Ok(false) };
+    let m = &ckpt.manifest;
+    if m.global_batch != t.spec.train.batch_size {
+        bail!("checkpoint step {} was trained with global batch {} but train.batch_size = {}; the sample order would change", m.step, m.global_batch, t.spec.train.batch_size);
+    }
+    if m.seed != t.spec.job.seed {
+        bail!("checkpoint step {} was trained with job.seed {} but the spec says {}", m.step, m.seed, t.spec.job.seed);
+    }
+    if m.config_hash != t.spec.config_hash() {
+        tracing::warn!(step = m.step, "the job spec differs from the one this checkpoint was written with");
+    }
+    let model = ckpt.file(MODEL_FILE).context("checkpoint has no model file")?;
+    let optim = ckpt.file(OPTIMIZER_FILE).context("checkpoint has no optimizer file")?;
+    let state = read_model(&t.plan, model, MODEL_FILE, &t.host_state(), true)?;
+    let adam = read_optimizer(&t.plan, optim, OPTIMIZER_FILE)?;
+    t.restore(state, adam, m.step);
+    tracing::info!(step = m.step, epoch = m.epoch, "resumed from checkpoint");
+    Ok(true)
+}
+
+/// Trains the job on this process's backend.
+pub fn run<B: Backend>(spec: JobSpec, device: B::Device, options: RunOptions, runtime: tokio::runtime::Handle) -> Result<RunSummary> {
+    let train = Dataset::load(&spec.data, Split::Train)?.truncate(spec.data.max_train_samples);
+    let test = if spec.eval.enabled && train.labels.is_some() { Some(Dataset::load(&spec.data, Split::Test)?) } else { None };
+    let g = spec.train.batch_size;
+    let spe = steps_per_epoch(train.len(), g, spec.data.last_batch);
+    if spe == 0 {
+        bail!("train.batch_size = {g} is larger than the {} training samples", train.len());
+    }
+    let total = match spec.train.max_steps {
+        0 => spec.train.epochs * spe,
+        m => m.min(spec.train.epochs * spe),
+    };
+    let store = CheckpointStore::open(&spec.checkpoint.uri, runtime)?;
+    let mut t = Trainer::<B>::new(spec.clone(), Some(train.n_classes), device);
+    if options.resume && !resume(&mut t, &store)? {
+        tracing::info!(uri = %spec.checkpoint.uri, "no checkpoint to resume from; starting at step 0");
+    }
+    tracing::info!(
+        samples = train.len(),
+        steps_per_epoch = spe,
+        total_steps = total,
+        parameters = t.plan.count_params(""),
+        "training {}",
+        spec.job.name
+    );
+    let seed = spec.job.seed;
+    let mut last_eval = None;
+    let mut stopped_early = false;
+    let start_step = t.step;
+    std::thread::scope(|scope| -> Result<()> {
+        // Batches are built one step ahead on a second thread, in step order.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, TrainBatch)>(2);
+        let producer_stop = options.stop.clone();
+        let (train_ref, spec_ref) = (&train, &spec);
+        scope.spawn(move || {
+            let mut perm_epoch = u64::MAX;
+            let mut perm = Vec::new();
+            for k in start_step..total {
+                let pos = step_position(k, spe);
+                if pos.epoch != perm_epoch {
+                    perm = epoch_permutation(train_ref.len(), seed, pos.epoch);
+                    perm_epoch = pos.epoch;
+                }
+                let indices = global_batch(&perm, pos.step_in_epoch, g);
+                let batch = train_batch(train_ref, &indices, &spec_ref.augment, seed, pos.epoch);
+                if tx.send((pos.epoch, batch)).is_err() || producer_stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+        });
+        let mut window = Instant::now();
+        let mut window_images = 0usize;
+        while t.step < total {
+            if options.stop.load(Ordering::Relaxed) {
+                stopped_early = true;
+                break;
+            }
+            let Ok((epoch, batch)) = rx.recv() else { break };
+            let m = t.train_step(&batch, epoch);
+            window_images += batch.n;
+            if m.skipped {
+                tracing::warn!(step = m.step, "non-finite loss: update skipped");
+            }
+            if t.step % spec.train.log_every == 0 || t.step == total {
+                let secs = window.elapsed().as_secs_f64();
+                tracing::info!(
+                    step = t.step,
+                    epoch,
+                    loss = m.loss,
+                    nce_1t5 = m.loss_1t5,
+                    nce_1t7 = m.loss_1t7,
+                    nce_5t5 = m.loss_5t5,
+                    reg = m.reg,
+                    class_lin = m.class_lin,
+                    class_mlp = m.class_mlp,
+                    lr = m.lr,
+                    images_per_s = window_images as f64 / secs.max(1e-9),
+                    "step"
+                );
+                window = Instant::now();
+                window_images = 0;
+            }
+            let epoch_done = t.step % spe == 0;
+            if let Some(test) = &test
+                && ((epoch_done && (epoch + 1) % spec.eval.every_epochs == 0) || t.step == total)
+            {
+                if let Some(r) = evaluate(&mut t, test) {
+                    tracing::info!(epoch, step = t.step, linear_accuracy = r.linear, mlp_accuracy = r.mlp, samples = r.samples, "test accuracy");
+                    last_eval = Some(r);
+                }
+            }
+            let every = spec.checkpoint.every_steps;
+            if (every > 0 && t.step % every == 0) || t.step == total {
+                save(&t, &store, step_position(t.step, spe).epoch)?;
+            }
+        }
+        drop(rx);
+        Ok(())
+    })?;
+    if stopped_early {
+        save(&t, &store, step_position(t.step, spe).epoch)?;
+        tracing::info!(step = t.step, "stopped on request after writing a checkpoint; resume with --resume");
+    }
+    Ok(RunSummary { steps: t.step, stopped_early, last_eval })
+}

@@ -1,0 +1,204 @@
+//! One training step on one process: both views through the encoder, the
+//! multiscale NCE loss, the online classifiers on detached r1, backward, Adam,
+//! and the BatchNorm running-average updates.
+//!
+//! The trainer owns the model state on the inner (non-autodiff) backend; each
+//! step wraps it in fresh autodiff leaves. All randomness (5×5 locations,
+//! dropout) comes from keyed streams, so a step is a pure function of state,
+//! batch and step index — which is what makes resume bitwise exact.
+
+use crate::checkpoint::format::{HostAdam, HostState};
+use crate::data::augment::TrainBatch;
+use crate::loss::classifier::classifier_loss;
+use crate::loss::nce::{NceLoss, Sources, Targets, as_targets, multiscale_nce, select_locations};
+use crate::model::encoder::{BnStats, Embeddings, Forward};
+use crate::model::layers::BN_MOMENTUM;
+use crate::model::params::{from_vec, scalar, to_vec};
+use crate::model::plan::{EntryKind, ModelPlan};
+use crate::model::{BnMode, ParamStore};
+use crate::optim::adam::{Adam, AdamState};
+use crate::optim::schedule::learning_rate;
+use amdim_shared::rng::{KeyedRng, Stream};
+use amdim_shared::spec::JobSpec;
+use burn::backend::Autodiff;
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+
+const DROPOUT: f64 = 0.2;
+
+/// Values logged for one step.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub epoch: u64,
+    pub loss: f32,
+    pub loss_1t5: f32,
+    pub loss_1t7: f32,
+    pub loss_5t5: f32,
+    pub reg: f32,
+    pub class_lin: f32,
+    pub class_mlp: f32,
+    pub lr: f64,
+    /// The loss was not finite: the update was skipped.
+    pub skipped: bool,
+}
+
+/// Model, optimizer and step counter of one training process.
+pub struct Trainer<B: Backend> {
+    pub spec: JobSpec,
+    pub plan: ModelPlan,
+    pub params: ParamStore<B>,
+    pub adam: Adam<B>,
+    /// Optimizer updates done so far = the next global step.
+    pub step: u64,
+    pub device: B::Device,
+}
+
+/// Applies collected batch statistics to the running averages (PyTorch momentum 0.1).
+pub fn apply_bn_stats<B: Backend>(params: &mut ParamStore<B>, stats: Vec<(crate::model::plan::Bn, Tensor<B, 1>, Tensor<B, 1>)>) {
+    for (bn, mean, var) in stats {
+        let m = BN_MOMENTUM;
+        params.values[bn.running_mean] = params.values[bn.running_mean].clone().mul_scalar(1.0 - m) + mean.mul_scalar(m);
+        params.values[bn.running_var] = params.values[bn.running_var].clone().mul_scalar(1.0 - m) + var.mul_scalar(m);
+        params.counters[bn.counter] += 1;
+    }
+}
+
+/// Inner-backend copies of the statistics of a forward pass.
+pub fn inner_stats<B: Backend>(stats: BnStats<Autodiff<B>>) -> Vec<(crate::model::plan::Bn, Tensor<B, 1>, Tensor<B, 1>)> {
+    stats.updates.into_iter().map(|(bn, s)| (bn, s.mean.inner(), s.var_unbiased.inner())).collect()
+}
+
+/// An image batch [n, 3, S, S] on `device`.
+pub fn images<B: Backend>(pixels: &[f32], n: usize, size: usize, device: &B::Device) -> Tensor<B, 4> {
+    Tensor::from_data(TensorData::new(pixels.to_vec(), [n, 3, size, size]), device)
+}
+
+/// Sources and targets of both views for the NCE loss.
+pub fn nce_inputs<B: Backend>(fwd: &Forward<'_, B>, plan: &ModelPlan, e: [&Embeddings<B>; 2], locs: [&[usize]; 2]) -> ([Sources<B>; 2], [Targets<B>; 2]) {
+    let src = |v: usize| Sources {
+        r1: match &plan.mixture {
+            Some(m) => fwd.mixture(m, e[v].r1.clone()),
+            None => vec![e[v].r1.clone()],
+        },
+        r5: select_locations(e[v].r5.clone(), locs[v]),
+    };
+    let trg = |v: usize| Targets { r5: as_targets(e[v].r5.clone()), r7: as_targets(e[v].r7.clone()) };
+    ([src(0), src(1)], [trg(0), trg(1)])
+}
+
+/// Dropout keep-masks scaled by 1/(1−p), from the step's keyed stream.
+fn dropout_masks<B: Backend>(seed: u64, step: u64, n: usize, widths: [usize; 2], device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let mut rng = KeyedRng::new(Stream::Dropout, &[seed, step]);
+    let scale = (1.0 / (1.0 - DROPOUT)) as f32;
+    let mut mask = |w: usize| {
+        let v: Vec<f32> = (0..n * w).map(|_| if rng.bernoulli(DROPOUT) { 0.0 } else { scale }).collect();
+        Tensor::<B, 2>::from_data(TensorData::new(v, [n, w]), device)
+    };
+    (mask(widths[0]), mask(widths[1]))
+}
+
+impl<B: Backend> Trainer<B> {
+    /// A freshly initialised model for `spec` (classifiers when `n_classes` is given).
+    pub fn new(spec: JobSpec, n_classes: Option<usize>, device: B::Device) -> Self {
+        let n_classes = if spec.eval.enabled { n_classes } else { None };
+        let plan = crate::model::plan(&spec.model, &spec.loss, n_classes);
+        let params = ParamStore::init(&plan, spec.job.seed, &device);
+        let adam = Adam::new(plan.entries.len());
+        Self { spec, plan, params, adam, step: 0, device }
+    }
+
+    /// The NCE loss of one batch in training mode, with autodiff leaves
+    /// (`params[i]` requires grad for every trainable entry).
+    pub fn nce_forward(&self, leaves: &[Tensor<Autodiff<B>, 1>], view1: Tensor<Autodiff<B>, 4>, view2: Tensor<Autodiff<B>, 4>, locs: [&[usize]; 2]) -> (NceLoss<Autodiff<B>>, [Embeddings<Autodiff<B>>; 2], BnStats<Autodiff<B>>) {
+        let mut fwd = Forward::new(leaves, BnMode::Train);
+        let e1 = fwd.encode(&self.plan.encoder, view1);
+        let e2 = fwd.encode(&self.plan.encoder, view2);
+        let (src, trg) = nce_inputs(&fwd, &self.plan, [&e1, &e2], locs);
+        let loss = multiscale_nce([&src[0], &src[1]], [&trg[0], &trg[1]], 0, &self.spec.loss);
+        (loss, [e1, e2], fwd.stats)
+    }
+
+    /// Autodiff leaves of the current state: trainable entries require grad.
+    pub fn leaves(&self) -> Vec<Tensor<Autodiff<B>, 1>> {
+        self.params
+            .values
+            .iter()
+            .zip(&self.plan.entries)
+            .map(|(t, e)| {
+                let leaf = Tensor::<Autodiff<B>, 1>::from_inner(t.clone());
+                if e.kind == EntryKind::Param { leaf.require_grad() } else { leaf }
+            })
+            .collect()
+    }
+
+    /// One optimisation step on `batch` taken during `epoch`.
+    pub fn train_step(&mut self, batch: &TrainBatch, epoch: u64) -> StepMetrics {
+        let size = self.spec.model.image_size;
+        let n = batch.n;
+        let leaves = self.leaves();
+        let v1 = images::<Autodiff<B>>(&batch.view1, n, size, &self.device);
+        let v2 = images::<Autodiff<B>>(&batch.view2, n, size, &self.device);
+        let (nce, [e1, e2], stats) = self.nce_forward(&leaves, v1, v2, [&batch.loc1, &batch.loc2]);
+        let mut stats = stats;
+        let mut total = nce.total.clone();
+        let mut metrics = StepMetrics { step: self.step, epoch, ..StepMetrics::default() };
+        if let (Some(cls), Some(labels)) = (&self.plan.classifier, &batch.labels) {
+            let features = Tensor::cat(vec![e1.r1.clone().detach(), e2.r1.clone().detach()], 0);
+            let both: Vec<u32> = labels.iter().chain(labels.iter()).copied().collect();
+            let masks = dropout_masks::<Autodiff<B>>(self.spec.job.seed, self.step, 2 * n, [self.spec.model.n_rkhs, cls.hidden], &self.device);
+            let mut fwd = Forward::new(&leaves, BnMode::Train);
+            let (lin, mlp) = fwd.classify(cls, features, Some(masks));
+            stats.updates.extend(fwd.stats.updates);
+            let (l_lin, l_mlp) = (classifier_loss(lin, &both), classifier_loss(mlp, &both));
+            metrics.class_lin = scalar(l_lin.clone());
+            metrics.class_mlp = scalar(l_mlp.clone());
+            total = total + l_lin + l_mlp;
+        }
+        metrics.loss = scalar(nce.total.clone());
+        metrics.loss_1t5 = scalar(nce.l1t5);
+        metrics.loss_1t7 = scalar(nce.l1t7);
+        metrics.loss_5t5 = scalar(nce.l5t5);
+        metrics.reg = scalar(nce.reg);
+        metrics.lr = learning_rate(&self.spec.optim, self.step, epoch);
+        if !(metrics.loss.is_finite() && metrics.class_lin.is_finite() && metrics.class_mlp.is_finite()) {
+            metrics.skipped = true;
+            self.step += 1;
+            return metrics;
+        }
+        let grads = total.backward();
+        for (i, leaf) in leaves.iter().enumerate() {
+            if self.plan.entries[i].kind != EntryKind::Param {
+                continue;
+            }
+            if let Some(g) = leaf.grad(&grads) {
+                self.adam.update(i, &mut self.params.values[i], g, metrics.lr, &self.spec.optim);
+            }
+        }
+        apply_bn_stats(&mut self.params, inner_stats(stats));
+        self.step += 1;
+        metrics
+    }
+
+    /// Host copy of the model state.
+    pub fn host_state(&self) -> HostState {
+        HostState { values: self.params.to_host(), counters: self.params.counters.clone() }
+    }
+
+    pub fn host_adam(&self) -> Vec<Option<HostAdam>> {
+        self.adam
+            .states
+            .iter()
+            .map(|s| s.as_ref().map(|s| HostAdam { exp_avg: to_vec(s.exp_avg.clone()), exp_avg_sq: to_vec(s.exp_avg_sq.clone()), step: s.step }))
+            .collect()
+    }
+
+    /// Replaces model and optimizer state (from a checkpoint).
+    pub fn restore(&mut self, state: HostState, adam: Vec<Option<HostAdam>>, step: u64) {
+        self.params = ParamStore::from_host(state.values, state.counters, &self.device);
+        self.adam.states = adam
+            .into_iter()
+            .map(|s| s.map(|s| AdamState { exp_avg: from_vec(s.exp_avg, &self.device), exp_avg_sq: from_vec(s.exp_avg_sq, &self.device), step: s.step }))
+            .collect();
+        self.step = step;
+    }
+}
