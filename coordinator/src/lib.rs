@@ -1,1 +1,3 @@
-//! placeholder
+//! The coordinator crate: the `amdimctl` client today; the gRPC coordinator
+//! server arrives with the coordinator issue. It links no ML code: job specs
+//! are validated with `amdim-shared` alone.

@@ -61,7 +61,11 @@ pub fn global_batch(permutation: &[u32], step_in_epoch: u64, g: usize) -> Vec<u3
 /// Rank `rank`'s slice of a global batch split into `world` equal parts.
 pub fn rank_slice(batch: &[u32], rank: usize, world: usize) -> &[u32] {
     assert!(world > 0 && rank < world, "rank {rank} outside world {world}");
-    assert!(batch.len() % world == 0, "world size {world} must divide the global batch {}", batch.len());
+    assert!(
+        batch.len().is_multiple_of(world),
+        "world size {world} must divide the global batch {}",
+        batch.len()
+    );
     let per = batch.len() / world;
     &batch[rank * per..(rank + 1) * per]
 }
@@ -97,7 +101,9 @@ mod tests {
         let (n, g) = (97, 8);
         let spe = steps_per_epoch(n, g, LastBatch::Drop);
         assert_eq!(spe, 12);
-        let mut seen: Vec<u32> = (0..spe).flat_map(|k| samples_for_step(n, g, LastBatch::Drop, 3, k, 0, 1).1).collect();
+        let mut seen: Vec<u32> = (0..spe)
+            .flat_map(|k| samples_for_step(n, g, LastBatch::Drop, 3, k, 0, 1).1)
+            .collect();
         seen.sort_unstable();
         seen.dedup();
         assert_eq!(seen.len(), 96, "no sample twice, only the remainder missing");
@@ -108,7 +114,9 @@ mod tests {
         let (n, g) = (10, 4);
         let spe = steps_per_epoch(n, g, LastBatch::Pad);
         assert_eq!(spe, 3);
-        let mut seen: Vec<u32> = (0..spe).flat_map(|k| samples_for_step(n, g, LastBatch::Pad, 5, k, 0, 1).1).collect();
+        let mut seen: Vec<u32> = (0..spe)
+            .flat_map(|k| samples_for_step(n, g, LastBatch::Pad, 5, k, 0, 1).1)
+            .collect();
         assert_eq!(seen.len(), 12);
         let perm = epoch_permutation(n, 5, 0);
         assert_eq!(&seen[10..], &perm[..2]);

@@ -108,10 +108,22 @@ mod tests {
 
     #[test]
     fn same_key_same_numbers_different_key_different_numbers() {
-        let a: Vec<u64> = (0..4).map(|_| 0).scan(KeyedRng::new(Stream::Augment, &[1, 2, 3]), |r, _| Some(r.next_u64())).collect();
-        let b: Vec<u64> = (0..4).map(|_| 0).scan(KeyedRng::new(Stream::Augment, &[1, 2, 3]), |r, _| Some(r.next_u64())).collect();
-        let c: Vec<u64> = (0..4).map(|_| 0).scan(KeyedRng::new(Stream::Augment, &[1, 2, 4]), |r, _| Some(r.next_u64())).collect();
-        let d: Vec<u64> = (0..4).map(|_| 0).scan(KeyedRng::new(Stream::Order, &[1, 2, 3]), |r, _| Some(r.next_u64())).collect();
+        let a: Vec<u64> = (0..4)
+            .map(|_| 0)
+            .scan(KeyedRng::new(Stream::Augment, &[1, 2, 3]), |r, _| Some(r.next_u64()))
+            .collect();
+        let b: Vec<u64> = (0..4)
+            .map(|_| 0)
+            .scan(KeyedRng::new(Stream::Augment, &[1, 2, 3]), |r, _| Some(r.next_u64()))
+            .collect();
+        let c: Vec<u64> = (0..4)
+            .map(|_| 0)
+            .scan(KeyedRng::new(Stream::Augment, &[1, 2, 4]), |r, _| Some(r.next_u64()))
+            .collect();
+        let d: Vec<u64> = (0..4)
+            .map(|_| 0)
+            .scan(KeyedRng::new(Stream::Order, &[1, 2, 3]), |r, _| Some(r.next_u64()))
+            .collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);

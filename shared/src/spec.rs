@@ -27,7 +27,7 @@ fn field_err(field: &str, message: impl Into<String>) -> SpecError {
 }
 
 /// A whole job.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobSpec {
     pub job: JobSection,
@@ -42,23 +42,6 @@ pub struct JobSpec {
     pub runtime: RuntimeSpec,
 }
 
-impl Default for JobSpec {
-    fn default() -> Self {
-        Self {
-            job: JobSection::default(),
-            data: DataSpec::default(),
-            model: ModelSpec::default(),
-            loss: LossSpec::default(),
-            augment: AugmentSpec::default(),
-            train: TrainSpec::default(),
-            optim: OptimSpec::default(),
-            eval: EvalSpec::default(),
-            checkpoint: CheckpointSpec::default(),
-            runtime: RuntimeSpec::default(),
-        }
-    }
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobSection {
@@ -70,7 +53,10 @@ pub struct JobSection {
 
 impl Default for JobSection {
     fn default() -> Self {
-        Self { name: "amdim".into(), seed: 1 }
+        Self {
+            name: "amdim".into(),
+            seed: 1,
+        }
     }
 }
 
@@ -153,7 +139,11 @@ pub struct MixtureSpec {
 
 impl Default for MixtureSpec {
     fn default() -> Self {
-        Self { k: 1, tau: 0.1, alpha: 0.05 }
+        Self {
+            k: 1,
+            tau: 0.1,
+            alpha: 0.05,
+        }
     }
 }
 
@@ -367,7 +357,9 @@ impl JobSpec {
             .collect();
         let mut builder = config::Config::builder().add_source(config::File::from_str(text, config::FileFormat::Toml));
         for (key, value) in &overrides {
-            builder = builder.set_override(key.as_str(), parse_env_value(value)).map_err(|e| field_err(key, e.to_string()))?;
+            builder = builder
+                .set_override(key.as_str(), parse_env_value(value))
+                .map_err(|e| field_err(key, e.to_string()))?;
         }
         let cfg = builder.build().map_err(|e| SpecError::Read {
             path: "<job spec>".into(),
@@ -382,7 +374,10 @@ impl JobSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         let m = &self.model;
         if ![32, 64, 128].contains(&m.image_size) {
-            return Err(field_err("model.image_size", format!("must be 32, 64 or 128, got {}", m.image_size)));
+            return Err(field_err(
+                "model.image_size",
+                format!("must be 32, 64 or 128, got {}", m.image_size),
+            ));
         }
         for (name, v) in [("model.ndf", m.ndf), ("model.n_rkhs", m.n_rkhs), ("model.depth", m.depth)] {
             if v == 0 {
@@ -393,7 +388,10 @@ impl JobSpec {
         if m.n_rkhs < trunk_width {
             return Err(field_err(
                 "model.n_rkhs",
-                format!("must be at least the trunk width ({trunk_width} = {}·ndf); residual units cannot shrink channels", trunk_width / m.ndf),
+                format!(
+                    "must be at least the trunk width ({trunk_width} = {}·ndf); residual units cannot shrink channels",
+                    trunk_width / m.ndf
+                ),
             ));
         }
         if !(m.init_scale.is_finite() && m.init_scale > 0.0) {
@@ -407,7 +405,10 @@ impl JobSpec {
             return Err(field_err("loss.reg_lambda", "must be zero or positive"));
         }
         if !(l.task_1t5 || l.task_1t7 || l.task_5t5) {
-            return Err(field_err("loss.task_1t5", "at least one of task_1t5, task_1t7, task_5t5 must be on"));
+            return Err(field_err(
+                "loss.task_1t5",
+                "at least one of task_1t5, task_1t7, task_5t5 must be on",
+            ));
         }
         if l.mixture.k == 0 {
             return Err(field_err("loss.mixture.k", "must be at least 1 (1 = no mixture)"));
@@ -419,7 +420,10 @@ impl JobSpec {
             return Err(field_err("data.synthetic_samples", "must be at least 1"));
         }
         if matches!(self.data.format, DataFormat::Idx | DataFormat::Cifar10 | DataFormat::Cifar100) && m.image_size != 32 {
-            return Err(field_err("model.image_size", format!("{:?} images are 32×32 after padding; set image_size = 32", self.data.format)));
+            return Err(field_err(
+                "model.image_size",
+                format!("{:?} images are 32×32 after padding; set image_size = 32", self.data.format),
+            ));
         }
         let t = &self.train;
         if t.batch_size < 2 {
@@ -492,7 +496,13 @@ fn config_error(e: config::ConfigError) -> SpecError {
         .nth(1)
         .and_then(|s| s.split('`').next())
         .map(str::to_string)
-        .or_else(|| message.split("unknown field `").nth(1).and_then(|s| s.split('`').next()).map(str::to_string))
+        .or_else(|| {
+            message
+                .split("unknown field `")
+                .nth(1)
+                .and_then(|s| s.split('`').next())
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| "<spec>".into());
     SpecError::Field { field, message }
 }
@@ -530,11 +540,17 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let e = JobSpec::from_toml_with_env("[model]\nimage_size = 48\n", &[]).unwrap_err().to_string();
+        let e = JobSpec::from_toml_with_env("[model]\nimage_size = 48\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("model.image_size") && e.contains("48"), "{e}");
-        let e = JobSpec::from_toml_with_env("[train]\nbatch_sizee = 4\n", &[]).unwrap_err().to_string();
+        let e = JobSpec::from_toml_with_env("[train]\nbatch_sizee = 4\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("batch_sizee"), "{e}");
-        let e = JobSpec::from_toml_with_env("[train]\nbatch_size = \"many\"\n", &[]).unwrap_err().to_string();
+        let e = JobSpec::from_toml_with_env("[train]\nbatch_size = \"many\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("batch_size"), "{e}");
         let e = JobSpec::from_toml_with_env("[optim]\nbeta1 = 1.5\n", &[]).unwrap_err().to_string();
         assert!(e.contains("optim.beta1"), "{e}");

@@ -12,7 +12,9 @@ pub type Gpu = burn::backend::Cuda;
 /// Why a backend cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("runtime.backend = \"cuda\" but this binary was built without CUDA support; rebuild with `cargo build --release --features cuda`")]
+    #[error(
+        "runtime.backend = \"cuda\" but this binary was built without CUDA support; rebuild with `cargo build --release --features cuda`"
+    )]
     NotBuilt,
     #[error("runtime.backend = \"cuda\" but the CUDA driver library (libcuda.so) cannot be loaded: {0}")]
     NoDriver(String),
@@ -24,7 +26,8 @@ pub enum BackendError {
 #[cfg(feature = "cuda")]
 pub fn check_cuda(index: usize) -> Result<(), BackendError> {
     use cudarc::driver::{result, sys};
-    if !sys::is_culib_present() {
+    // SAFETY: only probes whether the driver library can be loaded.
+    if !unsafe { sys::is_culib_present() } {
         return Err(BackendError::NoDriver("library not found".into()));
     }
     result::init().map_err(|e| BackendError::NoDriver(e.to_string()))?;

@@ -78,7 +78,11 @@ enum Command {
 
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AMDIM_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if json {
         builder.json().init();
     } else {
@@ -89,7 +93,11 @@ fn init_logging(json: bool) {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_json);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().context("starting the I/O runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
     match cli.command {
         Command::Train { config, resume } => {
             let spec = load_spec(&config)?;
@@ -102,27 +110,70 @@ fn main() -> Result<()> {
                 }
             });
             let handle = runtime.handle().clone();
-            let summary = with_backend!(spec, |B, device| run::<B>(spec.clone(), device, RunOptions { resume, stop }, handle)?);
+            let summary = with_backend!(spec, |B, device| run::<B>(
+                spec.clone(),
+                device,
+                RunOptions { resume, stop },
+                handle
+            )?);
             println!("{}", serde_json::to_string(&summary)?);
         }
-        Command::Embed { weights, config, input, output, r5, r7, batch_size } => {
+        Command::Embed {
+            weights,
+            config,
+            input,
+            output,
+            r5,
+            r7,
+            batch_size,
+        } => {
             let spec = load_spec(&config)?;
-            let n = with_backend!(spec, |B, device| embed::embed::<B>(&spec, &weights, &input, &output, r5, r7, batch_size, device)?);
+            let request = embed::EmbedRequest {
+                weights: &weights,
+                input: &input,
+                output: &output,
+                with_r5: r5,
+                with_r7: r7,
+                batch: batch_size,
+            };
+            let n = with_backend!(spec, |B, device| embed::embed::<B>(&spec, &request, device)?);
             eprintln!("wrote features of {n} images to {}", output.display());
         }
-        Command::Score { weights, config, view1, view2, r5_locations, json } => {
+        Command::Score {
+            weights,
+            config,
+            view1,
+            view2,
+            r5_locations,
+            json,
+        } => {
             let spec = load_spec(&config)?;
-            let r = with_backend!(spec, |B, device| embed::score::<B>(&spec, &weights, &view1, &view2, r5_locations.as_deref(), device)?);
+            let r = with_backend!(spec, |B, device| embed::score::<B>(
+                &spec,
+                &weights,
+                &view1,
+                &view2,
+                r5_locations.as_deref(),
+                device
+            )?);
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
-                println!("1t5 {:.6}  1t7 {:.6}  5t5 {:.6}  reg {:.6}  total {:.6}", r.loss_1t5, r.loss_1t7, r.loss_5t5, r.reg, r.loss_total);
+                println!(
+                    "1t5 {:.6}  1t7 {:.6}  5t5 {:.6}  reg {:.6}  total {:.6}",
+                    r.loss_1t5, r.loss_1t7, r.loss_5t5, r.reg, r.loss_total
+                );
             }
         }
         Command::Bench { config, steps, json } => {
             let spec = load_spec(&config)?;
             let name = backend_name(spec.runtime.backend);
-            let r = with_backend!(spec, |B, device| amdim_worker::train::bench::bench::<B>(spec.clone(), device, steps, name));
+            let r = with_backend!(spec, |B, device| amdim_worker::train::bench::bench::<B>(
+                spec.clone(),
+                device,
+                steps,
+                name
+            ));
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

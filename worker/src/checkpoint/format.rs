@@ -16,7 +16,12 @@ pub enum FormatError {
     #[error("{file}: tensor `{name}` is missing")]
     Missing { file: String, name: String },
     #[error("{file}: tensor `{name}` has shape {found:?}, the model expects {expected:?}")]
-    Shape { file: String, name: String, found: Vec<usize>, expected: Vec<usize> },
+    Shape {
+        file: String,
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
     #[error("{file}: tensor `{name}` has dtype {dtype}; expected F32, F64 or I64")]
     Dtype { file: String, name: String, dtype: String },
     #[error("cannot serialise {what}: {message}")]
@@ -34,13 +39,23 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn serialize(tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>, metadata: Option<HashMap<String, String>>, what: &str) -> Result<Vec<u8>, FormatError> {
+fn serialize(
+    tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
+    metadata: Option<HashMap<String, String>>,
+    what: &str,
+) -> Result<Vec<u8>, FormatError> {
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|(name, dtype, shape, bytes)| TensorView::new(*dtype, shape.clone(), bytes).map(|v| (name.clone(), v)))
         .collect::<Result<_, _>>()
-        .map_err(|e| FormatError::Write { what: what.into(), message: e.to_string() })?;
-    safetensors::serialize(views, metadata).map_err(|e| FormatError::Write { what: what.into(), message: e.to_string() })
+        .map_err(|e| FormatError::Write {
+            what: what.into(),
+            message: e.to_string(),
+        })?;
+    safetensors::serialize(views, metadata).map_err(|e| FormatError::Write {
+        what: what.into(),
+        message: e.to_string(),
+    })
 }
 
 /// model.safetensors bytes for the given state.
@@ -61,19 +76,35 @@ fn read_f32(view: &TensorView<'_>, file: &str, name: &str) -> Result<Vec<f32>, F
     let data = view.data();
     match view.dtype() {
         Dtype::F32 => Ok(data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-        Dtype::F64 => Ok(data.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32).collect()),
-        Dtype::I64 => Ok(data.chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32).collect()),
-        other => Err(FormatError::Dtype { file: file.into(), name: name.into(), dtype: format!("{other:?}") }),
+        Dtype::F64 => Ok(data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect()),
+        Dtype::I64 => Ok(data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect()),
+        other => Err(FormatError::Dtype {
+            file: file.into(),
+            name: name.into(),
+            dtype: format!("{other:?}"),
+        }),
     }
 }
 
 fn parse<'a>(bytes: &'a [u8], file: &str) -> Result<SafeTensors<'a>, FormatError> {
-    SafeTensors::deserialize(bytes).map_err(|e| FormatError::Parse { file: file.into(), message: e.to_string() })
+    SafeTensors::deserialize(bytes).map_err(|e| FormatError::Parse {
+        file: file.into(),
+        message: e.to_string(),
+    })
 }
 
 /// Finds `name`, or its `nn.DataParallel` spelling `encoder.module.…`.
 fn lookup<'a>(st: &'a SafeTensors<'a>, name: &str) -> Option<TensorView<'a>> {
-    st.tensor(name).ok().or_else(|| name.strip_prefix("encoder.").and_then(|rest| st.tensor(&format!("encoder.module.{rest}")).ok()))
+    st.tensor(name).ok().or_else(|| {
+        name.strip_prefix("encoder.")
+            .and_then(|rest| st.tensor(&format!("encoder.module.{rest}")).ok())
+    })
 }
 
 /// Reads model weights for `plan`. With `require_all = false`, tensors the
@@ -85,13 +116,21 @@ pub fn read_model(plan: &ModelPlan, bytes: &[u8], file: &str, fallback: &HostSta
     for (i, e) in plan.entries.iter().enumerate() {
         let Some(view) = lookup(&st, &e.name) else {
             if require_all || e.name.starts_with("encoder.") {
-                return Err(FormatError::Missing { file: file.into(), name: e.name.clone() });
+                return Err(FormatError::Missing {
+                    file: file.into(),
+                    name: e.name.clone(),
+                });
             }
             continue;
         };
         let found = view.shape().to_vec();
         if found.iter().product::<usize>() != e.numel() || (e.kind != EntryKind::Counter && found != e.shape) {
-            return Err(FormatError::Shape { file: file.into(), name: e.name.clone(), found, expected: e.shape.clone() });
+            return Err(FormatError::Shape {
+                file: file.into(),
+                name: e.name.clone(),
+                found,
+                expected: e.shape.clone(),
+            });
         }
         match e.kind {
             EntryKind::Counter => out.counters[i] = read_f32(&view, file, &e.name)?.first().copied().unwrap_or(0.0) as i64,
@@ -114,8 +153,18 @@ pub fn optimizer_bytes(plan: &ModelPlan, states: &[Option<HostAdam>]) -> Result<
     for (e, s) in plan.entries.iter().zip(states) {
         if let Some(s) = s {
             tensors.push((format!("{}.exp_avg", e.name), Dtype::F32, e.shape.clone(), f32_bytes(&s.exp_avg)));
-            tensors.push((format!("{}.exp_avg_sq", e.name), Dtype::F32, e.shape.clone(), f32_bytes(&s.exp_avg_sq)));
-            tensors.push((format!("{}.step", e.name), Dtype::I64, vec![], (s.step as i64).to_le_bytes().to_vec()));
+            tensors.push((
+                format!("{}.exp_avg_sq", e.name),
+                Dtype::F32,
+                e.shape.clone(),
+                f32_bytes(&s.exp_avg_sq),
+            ));
+            tensors.push((
+                format!("{}.step", e.name),
+                Dtype::I64,
+                vec![],
+                (s.step as i64).to_le_bytes().to_vec(),
+            ));
         }
     }
     let meta = HashMap::from([("format".to_string(), "amdim-adam-1".to_string())]);
@@ -127,17 +176,31 @@ pub fn read_optimizer(plan: &ModelPlan, bytes: &[u8], file: &str) -> Result<Vec<
     plan.entries
         .iter()
         .map(|e| {
-            let Ok(step) = st.tensor(&format!("{}.step", e.name)) else { return Ok(None) };
+            let Ok(step) = st.tensor(&format!("{}.step", e.name)) else {
+                return Ok(None);
+            };
             let get = |suffix: &str| -> Result<Vec<f32>, FormatError> {
                 let name = format!("{}.{suffix}", e.name);
-                let view = st.tensor(&name).map_err(|_| FormatError::Missing { file: file.into(), name: name.clone() })?;
+                let view = st.tensor(&name).map_err(|_| FormatError::Missing {
+                    file: file.into(),
+                    name: name.clone(),
+                })?;
                 if view.shape() != e.shape.as_slice() {
-                    return Err(FormatError::Shape { file: file.into(), name, found: view.shape().to_vec(), expected: e.shape.clone() });
+                    return Err(FormatError::Shape {
+                        file: file.into(),
+                        name,
+                        found: view.shape().to_vec(),
+                        expected: e.shape.clone(),
+                    });
                 }
                 read_f32(&view, file, &name)
             };
             let step = read_f32(&step, file, &e.name)?.first().copied().unwrap_or(0.0) as u64;
-            Ok(Some(HostAdam { exp_avg: get("exp_avg")?, exp_avg_sq: get("exp_avg_sq")?, step }))
+            Ok(Some(HostAdam {
+                exp_avg: get("exp_avg")?,
+                exp_avg_sq: get("exp_avg_sq")?,
+                step,
+            }))
         })
         .collect()
 }
@@ -149,12 +212,32 @@ mod tests {
     use amdim_shared::spec::{LossSpec, ModelSpec};
 
     fn tiny() -> ModelPlan {
-        crate::model::plan(&ModelSpec { ndf: 4, n_rkhs: 16, depth: 1, ..ModelSpec::default() }, &LossSpec::default(), Some(10))
+        crate::model::plan(
+            &ModelSpec {
+                ndf: 4,
+                n_rkhs: 16,
+                depth: 1,
+                ..ModelSpec::default()
+            },
+            &LossSpec::default(),
+            Some(10),
+        )
     }
 
     fn state(plan: &ModelPlan, seed: u64) -> HostState {
         HostState {
-            values: plan.entries.iter().enumerate().map(|(i, e)| if e.kind == EntryKind::Counter { vec![] } else { init_values(e, seed, i) }).collect(),
+            values: plan
+                .entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    if e.kind == EntryKind::Counter {
+                        vec![]
+                    } else {
+                        init_values(e, seed, i)
+                    }
+                })
+                .collect(),
             counters: (0..plan.entries.len() as i64).collect(),
         }
     }
@@ -176,7 +259,14 @@ mod tests {
         let renamed: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
             .tensors()
             .into_iter()
-            .map(|(n, v)| (n.replacen("encoder.", "encoder.module.", 1), v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+            .map(|(n, v)| {
+                (
+                    n.replacen("encoder.", "encoder.module.", 1),
+                    v.dtype(),
+                    v.shape().to_vec(),
+                    v.data().to_vec(),
+                )
+            })
             .collect();
         let bytes2 = serialize(renamed, None, "t").unwrap();
         assert_eq!(read_model(&plan, &bytes2, "m", &state(&plan, 4), true).unwrap().values, s.values);
@@ -185,11 +275,31 @@ mod tests {
     #[test]
     fn wrong_shape_and_missing_tensor_are_named() {
         let plan = tiny();
-        let small = crate::model::plan(&ModelSpec { ndf: 4, n_rkhs: 32, depth: 1, ..ModelSpec::default() }, &LossSpec::default(), Some(10));
+        let small = crate::model::plan(
+            &ModelSpec {
+                ndf: 4,
+                n_rkhs: 32,
+                depth: 1,
+                ..ModelSpec::default()
+            },
+            &LossSpec::default(),
+            Some(10),
+        );
         let bytes = model_bytes(&small, &state(&small, 1)).unwrap();
-        let e = read_model(&plan, &bytes, "w.safetensors", &state(&plan, 1), true).unwrap_err().to_string();
+        let e = read_model(&plan, &bytes, "w.safetensors", &state(&plan, 1), true)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("w.safetensors") && e.contains("shape"), "{e}");
-        let enc_only = crate::model::plan(&ModelSpec { ndf: 4, n_rkhs: 16, depth: 1, ..ModelSpec::default() }, &LossSpec::default(), None);
+        let enc_only = crate::model::plan(
+            &ModelSpec {
+                ndf: 4,
+                n_rkhs: 16,
+                depth: 1,
+                ..ModelSpec::default()
+            },
+            &LossSpec::default(),
+            None,
+        );
         let bytes = model_bytes(&enc_only, &state(&enc_only, 1)).unwrap();
         assert!(read_model(&plan, &bytes, "w", &state(&plan, 1), false).is_ok());
         let e = read_model(&plan, &bytes, "w", &state(&plan, 1), true).unwrap_err().to_string();
@@ -203,7 +313,13 @@ mod tests {
             .entries
             .iter()
             .enumerate()
-            .map(|(i, e)| (e.kind == EntryKind::Param && i % 2 == 0).then(|| HostAdam { exp_avg: vec![0.5; e.numel()], exp_avg_sq: vec![0.25; e.numel()], step: i as u64 }))
+            .map(|(i, e)| {
+                (e.kind == EntryKind::Param && i % 2 == 0).then(|| HostAdam {
+                    exp_avg: vec![0.5; e.numel()],
+                    exp_avg_sq: vec![0.25; e.numel()],
+                    step: i as u64,
+                })
+            })
             .collect();
         let bytes = optimizer_bytes(&plan, &states).unwrap();
         assert_eq!(read_optimizer(&plan, &bytes, "o").unwrap(), states);

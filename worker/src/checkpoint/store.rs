@@ -39,17 +39,25 @@ impl CheckpointStore {
         let (store, root): (Arc<dyn ObjectStore>, ObjPath) = if uri.contains("://") {
             let url = url::Url::parse(uri).with_context(|| format!("checkpoint.uri `{uri}` is not a valid URL"))?;
             if url.scheme() == "file" {
-                let dir = url.to_file_path().map_err(|_| anyhow!("checkpoint.uri `{uri}`: not a local file URL"))?;
+                let dir = url
+                    .to_file_path()
+                    .map_err(|_| anyhow!("checkpoint.uri `{uri}`: not a local file URL"))?;
                 std::fs::create_dir_all(&dir).with_context(|| format!("checkpoint.uri `{uri}`: cannot create {}", dir.display()))?;
             }
             let (store, path) = object_store::parse_url(&url).with_context(|| format!("checkpoint.uri `{uri}`: unsupported location"))?;
             (Arc::from(store), path)
         } else {
             std::fs::create_dir_all(uri).with_context(|| format!("checkpoint.uri `{uri}`: cannot create the folder"))?;
-            let fs = object_store::local::LocalFileSystem::new_with_prefix(uri).with_context(|| format!("checkpoint.uri `{uri}`: cannot open the folder"))?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(uri)
+                .with_context(|| format!("checkpoint.uri `{uri}`: cannot open the folder"))?;
             (Arc::new(fs), ObjPath::default())
         };
-        Ok(Self { store, root, uri: uri.to_string(), runtime })
+        Ok(Self {
+            store,
+            root,
+            uri: uri.to_string(),
+            runtime,
+        })
     }
 
     fn path(&self, parts: &[&str]) -> ObjPath {
@@ -82,10 +90,16 @@ impl CheckpointStore {
     /// Steps of all folders that hold a manifest, ascending.
     pub fn complete_steps(&self) -> Result<Vec<u64>> {
         self.runtime.block_on(async {
-            let listing = self.store.list_with_delimiter(Some(&self.root)).await.with_context(|| format!("listing {}", self.uri))?;
+            let listing = self
+                .store
+                .list_with_delimiter(Some(&self.root))
+                .await
+                .with_context(|| format!("listing {}", self.uri))?;
             let mut steps = Vec::new();
             for prefix in listing.common_prefixes {
-                let Some(step) = prefix.filename().and_then(parse_step_folder) else { continue };
+                let Some(step) = prefix.filename().and_then(parse_step_folder) else {
+                    continue;
+                };
                 if self.store.head(&prefix.child(MANIFEST_FILE)).await.is_ok() {
                     steps.push(step);
                 }
@@ -100,13 +114,24 @@ impl CheckpointStore {
         let folder = step_folder(step);
         self.runtime.block_on(async {
             let raw = self.store.get(&self.path(&[&folder, MANIFEST_FILE])).await?.bytes().await?;
-            let manifest: Manifest = serde_json::from_slice(&raw).with_context(|| format!("{}/{folder}/{MANIFEST_FILE} is not a valid manifest", self.uri))?;
+            let manifest: Manifest =
+                serde_json::from_slice(&raw).with_context(|| format!("{}/{folder}/{MANIFEST_FILE} is not a valid manifest", self.uri))?;
             if manifest.step != step {
-                bail!("{}/{folder}/{MANIFEST_FILE} says step {} but sits in {folder}", self.uri, manifest.step);
+                bail!(
+                    "{}/{folder}/{MANIFEST_FILE} says step {} but sits in {folder}",
+                    self.uri,
+                    manifest.step
+                );
             }
             let mut files = Vec::new();
             for entry in &manifest.files {
-                let bytes = self.store.get(&self.path(&[&folder, &entry.name])).await.with_context(|| format!("reading {}/{folder}/{}", self.uri, entry.name))?.bytes().await?;
+                let bytes = self
+                    .store
+                    .get(&self.path(&[&folder, &entry.name]))
+                    .await
+                    .with_context(|| format!("reading {}/{folder}/{}", self.uri, entry.name))?
+                    .bytes()
+                    .await?;
                 entry.verify(&bytes).map_err(|e| anyhow!("{}/{folder}/{e}", self.uri))?;
                 files.push((entry.name.clone(), bytes));
             }
@@ -133,16 +158,17 @@ impl CheckpointStore {
         }
         for &step in &steps[..steps.len() - keep] {
             let prefix = self.path(&[&step_folder(step)]);
-            self.runtime.block_on(async {
-                // Manifest first: a half-deleted folder is never mistaken for a checkpoint.
-                self.store.delete(&prefix.child(MANIFEST_FILE)).await?;
-                let objects: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
-                for o in objects {
-                    self.store.delete(&o.location).await?;
-                }
-                Ok::<_, object_store::Error>(())
-            })
-            .with_context(|| format!("pruning {}/{}", self.uri, step_folder(step)))?;
+            self.runtime
+                .block_on(async {
+                    // Manifest first: a half-deleted folder is never mistaken for a checkpoint.
+                    self.store.delete(&prefix.child(MANIFEST_FILE)).await?;
+                    let objects: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+                    for o in objects {
+                        self.store.delete(&o.location).await?;
+                    }
+                    Ok::<_, object_store::Error>(())
+                })
+                .with_context(|| format!("pruning {}/{}", self.uri, step_folder(step)))?;
         }
         Ok(())
     }

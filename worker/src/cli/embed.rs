@@ -26,7 +26,10 @@ pub fn load_encoder<B: Backend>(spec: &JobSpec, weights: &Path, device: &B::Devi
     let plan = crate::model::plan(&spec.model, &spec.loss, None);
     let bytes = std::fs::read(weights).with_context(|| format!("reading weights {}", weights.display()))?;
     let init = ParamStore::<B>::init(&plan, spec.job.seed, device);
-    let fallback = HostState { values: init.to_host(), counters: init.counters.clone() };
+    let fallback = HostState {
+        values: init.to_host(),
+        counters: init.counters.clone(),
+    };
     let state = read_model(&plan, &bytes, &weights.display().to_string(), &fallback, false)?;
     Ok((plan.clone(), ParamStore::from_host(state.values, state.counters, device)))
 }
@@ -46,7 +49,10 @@ pub fn read_images(input: &Path, size: usize) -> Result<(usize, Vec<f32>, Vec<St
     match npy::read(input)? {
         NpyArray::F32 { shape, data } => {
             if shape.len() != 4 || shape[1] != 3 || shape[2] != size || shape[3] != size {
-                bail!("{}: shape {shape:?}, expected [N, 3, {size}, {size}] float32 (model.image_size = {size})", input.display());
+                bail!(
+                    "{}: shape {shape:?}, expected [N, 3, {size}, {size}] float32 (model.image_size = {size})",
+                    input.display()
+                );
             }
             Ok((shape[0], data, Vec::new()))
         }
@@ -58,8 +64,26 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// What `embed` reads and writes.
+pub struct EmbedRequest<'a> {
+    pub weights: &'a Path,
+    pub input: &'a Path,
+    pub output: &'a Path,
+    pub with_r5: bool,
+    pub with_r7: bool,
+    pub batch: usize,
+}
+
 /// `embed`: features of all images, written as safetensors (r1 [N, D], optional r5, r7).
-pub fn embed<B: Backend>(spec: &JobSpec, weights: &Path, input: &Path, output: &Path, with_r5: bool, with_r7: bool, batch: usize, device: B::Device) -> Result<usize> {
+pub fn embed<B: Backend>(spec: &JobSpec, request: &EmbedRequest<'_>, device: B::Device) -> Result<usize> {
+    let EmbedRequest {
+        weights,
+        input,
+        output,
+        with_r5,
+        with_r7,
+        batch,
+    } = *request;
     let (plan, params) = load_encoder::<B>(spec, weights, &device)?;
     let size = spec.model.image_size;
     let (n, pixels, names) = read_images(input, size)?;
@@ -111,7 +135,14 @@ pub struct ScoreResult {
 }
 
 /// `score`: the loss of two views under the given weights.
-pub fn score<B: Backend>(spec: &JobSpec, weights: &Path, view1: &Path, view2: &Path, locations: Option<&Path>, device: B::Device) -> Result<ScoreResult> {
+pub fn score<B: Backend>(
+    spec: &JobSpec,
+    weights: &Path,
+    view1: &Path,
+    view2: &Path,
+    locations: Option<&Path>,
+    device: B::Device,
+) -> Result<ScoreResult> {
     let (plan, params) = load_encoder::<B>(spec, weights, &device)?;
     let size = spec.model.image_size;
     let (n1, p1, _) = read_images(view1, size)?;
@@ -128,14 +159,20 @@ pub fn score<B: Backend>(spec: &JobSpec, weights: &Path, view1: &Path, view2: &P
                 if let Some(bad) = data.iter().find(|&&v| !(0..25).contains(&v)) {
                     bail!("{}: location {bad} outside 0..25 (index = row·5 + column)", path.display());
                 }
-                [data[..n1].iter().map(|&v| v as usize).collect(), data[n1..].iter().map(|&v| v as usize).collect()]
+                [
+                    data[..n1].iter().map(|&v| v as usize).collect(),
+                    data[n1..].iter().map(|&v| v as usize).collect(),
+                ]
             }
             NpyArray::I64 { shape, .. } => bail!("{}: shape {shape:?}, expected [2, {n1}]", path.display()),
             NpyArray::F32 { .. } => bail!("{}: float32 array, expected int64 [2, {n1}]", path.display()),
         },
         None => {
             let mut rng = KeyedRng::new(Stream::SourceLocation, &[spec.job.seed]);
-            [(0..n1).map(|_| rng.below(25) as usize).collect(), (0..n1).map(|_| rng.below(25) as usize).collect()]
+            [
+                (0..n1).map(|_| rng.below(25) as usize).collect(),
+                (0..n1).map(|_| rng.below(25) as usize).collect(),
+            ]
         }
     };
     let mut fwd = Forward::new(&params.values, BnMode::Train);

@@ -15,7 +15,10 @@ pub enum DataError {
 }
 
 fn file_err(path: &Path, message: impl Into<String>) -> DataError {
-    DataError::File { path: path.to_path_buf(), message: message.into() }
+    DataError::File {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +83,12 @@ impl Dataset {
                     (true, Split::Train) => vec!["train.bin".into()],
                     (true, Split::Test) => vec!["test.bin".into()],
                 };
-                let mut out = Dataset { size: 32, pixels: Vec::new(), labels: Some(Vec::new()), n_classes: if hundred { 100 } else { 10 } };
+                let mut out = Dataset {
+                    size: 32,
+                    pixels: Vec::new(),
+                    labels: Some(Vec::new()),
+                    n_classes: if hundred { 100 } else { 10 },
+                };
                 for name in names {
                     let path = dir.join(&name);
                     let bytes = std::fs::read(&path).map_err(|e| file_err(&path, e.to_string()))?;
@@ -99,14 +107,19 @@ fn find_file(dir: &Path, stem: &str) -> Result<PathBuf, DataError> {
             return Ok(candidate);
         }
     }
-    Err(file_err(&dir.join(format!("{stem}[.gz]")), "not found (install Debian's dataset-fashion-mnist or point data.path at the IDX files)"))
+    Err(file_err(
+        &dir.join(format!("{stem}[.gz]")),
+        "not found (install Debian's dataset-fashion-mnist or point data.path at the IDX files)",
+    ))
 }
 
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
     let raw = std::fs::read(path).map_err(|e| file_err(path, e.to_string()))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| file_err(path, format!("gzip: {e}")))?;
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| file_err(path, format!("gzip: {e}")))?;
         Ok(out)
     } else {
         Ok(raw)
@@ -127,10 +140,19 @@ pub fn from_idx(images: &[u8], labels: &[u8], path: &Path) -> Result<Dataset, Da
         return Err(file_err(path, format!("images are {h}×{w}; at most 32×32 supported")));
     }
     if images.len() != 16 + n * h * w {
-        return Err(file_err(path, format!("truncated: header says {n} images of {h}×{w} but the file has {} bytes", images.len())));
+        return Err(file_err(
+            path,
+            format!(
+                "truncated: header says {n} images of {h}×{w} but the file has {} bytes",
+                images.len()
+            ),
+        ));
     }
     if labels.len() < 8 || be_u32(labels, 0) != 0x0000_0801 || be_u32(labels, 4) as usize != n || labels.len() != 8 + n {
-        return Err(file_err(path, "label file does not match the image file (magic 0x00000801, same count)"));
+        return Err(file_err(
+            path,
+            "label file does not match the image file (magic 0x00000801, same count)",
+        ));
     }
     let (top, left) = ((32 - h) / 2, (32 - w) / 2);
     let mut pixels = vec![0u8; n * 3 * 32 * 32];
@@ -145,14 +167,22 @@ pub fn from_idx(images: &[u8], labels: &[u8], path: &Path) -> Result<Dataset, Da
     }
     let labels: Vec<u32> = labels[8..].iter().map(|&l| l as u32).collect();
     let n_classes = labels.iter().max().map_or(0, |&m| m as usize + 1).max(10);
-    Ok(Dataset { size: 32, pixels, labels: Some(labels), n_classes })
+    Ok(Dataset {
+        size: 32,
+        pixels,
+        labels: Some(labels),
+        n_classes,
+    })
 }
 
 fn append_cifar(out: &mut Dataset, bytes: &[u8], hundred: bool, path: &Path) -> Result<(), DataError> {
     let label_bytes = if hundred { 2 } else { 1 };
     let record = label_bytes + 3072;
-    if bytes.is_empty() || bytes.len() % record != 0 {
-        return Err(file_err(path, format!("size {} is not a multiple of the {record}-byte CIFAR record", bytes.len())));
+    if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
+        return Err(file_err(
+            path,
+            format!("size {} is not a multiple of the {record}-byte CIFAR record", bytes.len()),
+        ));
     }
     let labels = out.labels.get_or_insert_with(Vec::new);
     for rec in bytes.chunks_exact(record) {
@@ -171,7 +201,12 @@ pub fn synthetic(n: usize, size: usize, n_classes: usize, split: Split) -> Datas
     let mut rng = KeyedRng::new(Stream::Synthetic, &[split as u64, n as u64]);
     let pixels = (0..n * 3 * size * size).map(|_| rng.below(256) as u8).collect();
     let labels = (0..n).map(|_| rng.below(n_classes as u64) as u32).collect();
-    Dataset { size, pixels, labels: Some(labels), n_classes }
+    Dataset {
+        size,
+        pixels,
+        labels: Some(labels),
+        n_classes,
+    }
 }
 
 #[cfg(test)]
@@ -216,7 +251,12 @@ mod tests {
     fn cifar_records_parse() {
         let mut bytes = vec![4u8];
         bytes.extend((0..3072).map(|i| (i % 256) as u8));
-        let mut d = Dataset { size: 32, pixels: Vec::new(), labels: None, n_classes: 10 };
+        let mut d = Dataset {
+            size: 32,
+            pixels: Vec::new(),
+            labels: None,
+            n_classes: 10,
+        };
         append_cifar(&mut d, &bytes, false, Path::new("b")).unwrap();
         assert_eq!(d.labels, Some(vec![4]));
         assert_eq!(d.image(0)[1024], 0);

@@ -21,7 +21,11 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png")))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+        })
         .collect();
     files.sort();
     if files.is_empty() {
@@ -38,7 +42,11 @@ pub fn eval_image(path: &Path, size: usize) -> Result<Vec<f32>, String> {
     } else {
         let resize_to = if size == 64 { 70 } else { 146 };
         let (w, h) = img.dimensions();
-        let (nw, nh) = if w < h { (resize_to, (h as u64 * resize_to as u64 / w as u64) as u32) } else { ((w as u64 * resize_to as u64 / h as u64) as u32, resize_to) };
+        let (nw, nh) = if w < h {
+            (resize_to, (h as u64 * resize_to as u64 / w as u64) as u32)
+        } else {
+            ((w as u64 * resize_to as u64 / h as u64) as u32, resize_to)
+        };
         let resized = image::imageops::resize(&img, nw, nh, FilterType::CatmullRom);
         let (left, top) = ((nw - size as u32) / 2, (nh - size as u32) / 2);
         image::imageops::crop_imm(&resized, left, top, size as u32, size as u32).to_image()

@@ -18,7 +18,10 @@ pub enum NpyArray {
 }
 
 fn err(path: &Path, message: impl Into<String>) -> NpyError {
-    NpyError { path: path.display().to_string(), message: message.into() }
+    NpyError {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
 }
 
 fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
@@ -42,14 +45,18 @@ pub fn parse(bytes: &[u8]) -> Result<NpyArray, String> {
         2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
         v => return Err(format!("unsupported .npy version {v}")),
     };
-    let header = std::str::from_utf8(bytes.get(offset..offset + header_len).ok_or("truncated header")?).map_err(|_| "header is not text")?;
+    let header =
+        std::str::from_utf8(bytes.get(offset..offset + header_len).ok_or("truncated header")?).map_err(|_| "header is not text")?;
     let descr = header_value(header, "descr").ok_or("header has no 'descr'")?;
     let dtype = descr.trim_start_matches(['\'', '"']).split(['\'', '"']).next().unwrap_or("");
     if header_value(header, "fortran_order").is_some_and(|v| v.starts_with("True")) {
         return Err("Fortran-order arrays are not supported; save with np.ascontiguousarray".into());
     }
     let shape_text = header_value(header, "shape").ok_or("header has no 'shape'")?;
-    let inner = shape_text.strip_prefix('(').and_then(|s| s.split(')').next()).ok_or("malformed 'shape'")?;
+    let inner = shape_text
+        .strip_prefix('(')
+        .and_then(|s| s.split(')').next())
+        .ok_or("malformed 'shape'")?;
     let shape = inner
         .split(',')
         .map(str::trim)
@@ -61,14 +68,31 @@ pub fn parse(bytes: &[u8]) -> Result<NpyArray, String> {
     let width = match dtype {
         "<f4" => 4,
         "<i8" => 8,
-        other => return Err(format!("dtype {other:?} not supported: use float32 ('<f4') images or int64 ('<i8') locations")),
+        other => {
+            return Err(format!(
+                "dtype {other:?} not supported: use float32 ('<f4') images or int64 ('<i8') locations"
+            ));
+        }
     };
     if body.len() != count * width {
-        return Err(format!("data has {} bytes but shape {shape:?} of {dtype} needs {}", body.len(), count * width));
+        return Err(format!(
+            "data has {} bytes but shape {shape:?} of {dtype} needs {}",
+            body.len(),
+            count * width
+        ));
     }
     Ok(match width {
-        4 => NpyArray::F32 { shape, data: body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect() },
-        _ => NpyArray::I64 { shape, data: body.chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect() },
+        4 => NpyArray::F32 {
+            shape,
+            data: body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        },
+        _ => NpyArray::I64 {
+            shape,
+            data: body
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect(),
+        },
     })
 }
 
@@ -79,7 +103,11 @@ pub fn to_bytes(array: &NpyArray) -> Vec<u8> {
         NpyArray::I64 { shape, data } => ("<i8", shape, data.iter().flat_map(|v| v.to_le_bytes()).collect()),
     };
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_text = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let shape_text = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
     let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
@@ -98,9 +126,15 @@ mod tests {
 
     #[test]
     fn round_trip_and_errors() {
-        let a = NpyArray::F32 { shape: vec![2, 3], data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5] };
+        let a = NpyArray::F32 {
+            shape: vec![2, 3],
+            data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5],
+        };
         assert_eq!(parse(&to_bytes(&a)).unwrap(), a);
-        let b = NpyArray::I64 { shape: vec![2, 4], data: (0..8).collect() };
+        let b = NpyArray::I64 {
+            shape: vec![2, 4],
+            data: (0..8).collect(),
+        };
         assert_eq!(parse(&to_bytes(&b)).unwrap(), b);
         let mut bad = to_bytes(&a);
         bad.pop();

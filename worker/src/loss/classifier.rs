@@ -38,7 +38,10 @@ mod tests {
 
     #[test]
     fn loss_matches_hand_computation() {
-        let logits = Tensor::<Flex, 2>::from_data(TensorData::new(vec![2.0f32, 0.0, -1.0, 30.0, 0.0, 0.0], [2, 3]), &Default::default());
+        let logits = Tensor::<Flex, 2>::from_data(
+            TensorData::new(vec![2.0f32, 0.0, -1.0, 30.0, 0.0, 0.0], [2, 3]),
+            &Default::default(),
+        );
         let got = scalar(classifier_loss(logits, &[0, 2])) as f64;
         let clip = |z: f64| 10.0 * (z / 10.0).tanh();
         let lse = |r: [f64; 3]| r.iter().map(|z| clip(*z).exp()).sum::<f64>().ln();

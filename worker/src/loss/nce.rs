@@ -11,16 +11,23 @@
 use crate::model::layers::tanh_clip;
 use amdim_shared::spec::LossSpec;
 use burn::tensor::{
-    Int, Tensor, TensorData,
+    Int, Tensor, TensorCreationOptions, TensorData,
     activation::{log_softmax, softmax},
     backend::Backend,
 };
 
 /// Log-softmax NCE scores [n_src, L] and the λ-weighted regulariser.
-pub fn nce_scores<B: Backend>(src: Tensor<B, 2>, trg: Tensor<B, 3>, own_offset: usize, tclip: f64, reg_lambda: f64) -> (Tensor<B, 2>, Tensor<B, 1>) {
+pub fn nce_scores<B: Backend>(
+    src: Tensor<B, 2>,
+    trg: Tensor<B, 3>,
+    own_offset: usize,
+    tclip: f64,
+    reg_lambda: f64,
+) -> (Tensor<B, 2>, Tensor<B, 1>) {
     let [n_trg, l, d] = trg.dims();
     let [n_src, _] = src.dims();
     let device = src.device();
+    let src_dtype = src.dtype();
     let raw = src.matmul(trg.reshape([n_trg * l, d]).transpose()).div_scalar((d as f64).sqrt());
     let reg = raw.clone().square().mean().mul_scalar(reg_lambda);
     let s = tanh_clip(raw, tclip).reshape([n_src, n_trg, l]);
@@ -28,12 +35,16 @@ pub fn nce_scores<B: Backend>(src: Tensor<B, 2>, trg: Tensor<B, 3>, own_offset: 
     for i in 0..n_src {
         mask[i * n_trg + own_offset + i] = 1.0;
     }
-    let pos_mask = Tensor::<B, 3>::from_data(TensorData::new(mask, [n_src, n_trg, 1]), &device);
+    let options = TensorCreationOptions::new(device).with_dtype(src_dtype);
+    let pos_mask = Tensor::<B, 3>::from_data(TensorData::new(mask, [n_src, n_trg, 1]), options);
     let neg_mask = pos_mask.clone().neg().add_scalar(1.0);
     let pos = (s.clone() * pos_mask.clone()).sum_dim(1).reshape([n_src, l]);
     let neg = s * neg_mask.clone() - pos_mask.mul_scalar(tclip);
     let max = neg.clone().reshape([n_src, n_trg * l]).max_dim(1).detach();
-    let neg_sumexp = ((neg - max.clone().reshape([n_src, 1, 1])).exp() * neg_mask).sum_dim(2).sum_dim(1).reshape([n_src, 1]);
+    let neg_sumexp = ((neg - max.clone().reshape([n_src, 1, 1])).exp() * neg_mask)
+        .sum_dim(2)
+        .sum_dim(1)
+        .reshape([n_src, 1]);
     let pos_shift = pos - max;
     let lse = (pos_shift.clone().exp() + neg_sumexp).log();
     (pos_shift - lse, reg)
@@ -101,14 +112,15 @@ fn direction<B: Backend>(src: &[Tensor<B, 2>], trg: &Tensor<B, 3>, own_offset: u
     }
     let k = regs.len() as f64;
     let reg = regs.into_iter().reduce(|a, b| a + b).map(|r| r.div_scalar(k));
-    (mixture_loss(scores, cfg.mixture.tau, cfg.mixture.alpha), reg.unwrap_or_else(|| Tensor::zeros([1], &trg.device())))
+    let no_reg = || Tensor::zeros([1], TensorCreationOptions::new(trg.device()).with_dtype(trg.dtype()));
+    (mixture_loss(scores, cfg.mixture.tau, cfg.mixture.alpha), reg.unwrap_or_else(no_reg))
 }
 
 /// The full objective L_1t5 + L_1t7 + L_5t5 + 0.5·Σ reg over both directions
 /// (view 1 → view 2 and view 2 → view 1). Tasks switched off count as zero.
 pub fn multiscale_nce<B: Backend>(sources: [&Sources<B>; 2], targets: [&Targets<B>; 2], own_offset: usize, cfg: &LossSpec) -> NceLoss<B> {
-    let device = sources[0].r5.device();
-    let zero = || Tensor::<B, 1>::zeros([1], &device);
+    let options = TensorCreationOptions::new(sources[0].r5.device()).with_dtype(sources[0].r5.dtype());
+    let zero = || Tensor::<B, 1>::zeros([1], options.clone());
     let mut reg = zero();
     let mut task = |on: bool, pick: &dyn Fn(usize, usize) -> (Tensor<B, 1>, Tensor<B, 1>)| {
         if !on {
@@ -121,9 +133,17 @@ pub fn multiscale_nce<B: Backend>(sources: [&Sources<B>; 2], targets: [&Targets<
     };
     let l1t5 = task(cfg.task_1t5, &|a, b| direction(&sources[a].r1, &targets[b].r5, own_offset, cfg));
     let l1t7 = task(cfg.task_1t7, &|a, b| direction(&sources[a].r1, &targets[b].r7, own_offset, cfg));
-    let l5t5 = task(cfg.task_5t5, &|a, b| direction(std::slice::from_ref(&sources[a].r5), &targets[b].r5, own_offset, cfg));
+    let l5t5 = task(cfg.task_5t5, &|a, b| {
+        direction(std::slice::from_ref(&sources[a].r5), &targets[b].r5, own_offset, cfg)
+    });
     let total = l1t5.clone() + l1t7.clone() + l5t5.clone() + reg.clone();
-    NceLoss { total, l1t5, l1t7, l5t5, reg }
+    NceLoss {
+        total,
+        l1t5,
+        l1t7,
+        l5t5,
+        reg,
+    }
 }
 
 #[cfg(test)]
@@ -134,14 +154,24 @@ mod tests {
     use burn::backend::{Autodiff, Flex};
 
     type B = Flex;
-    type B64 = Flex<f64>;
 
     fn random(rng: &mut KeyedRng, n: usize, scale: f64) -> Vec<f64> {
         (0..n).map(|_| rng.normal() * scale).collect()
     }
 
     /// Deliberately naive f64 reference of one direction: plain loops.
-    fn naive_direction(src: &[f64], trg: &[f64], n_src: usize, n_trg: usize, l: usize, d: usize, off: usize, tclip: f64, lambda: f64) -> (f64, f64) {
+    #[allow(clippy::too_many_arguments)]
+    fn naive_direction(
+        src: &[f64],
+        trg: &[f64],
+        n_src: usize,
+        n_trg: usize,
+        l: usize,
+        d: usize,
+        off: usize,
+        tclip: f64,
+        lambda: f64,
+    ) -> (f64, f64) {
         let mut raw = vec![0.0; n_src * n_trg * l];
         for i in 0..n_src {
             for j in 0..n_trg {
@@ -177,11 +207,17 @@ mod tests {
     }
 
     fn tensor2<Bk: Backend>(v: &[f64], shape: [usize; 2]) -> Tensor<Bk, 2> {
-        Tensor::from_data(TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<f32>>(), shape), &Default::default())
+        Tensor::from_data(
+            TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<f32>>(), shape),
+            &Default::default(),
+        )
     }
 
     fn tensor3<Bk: Backend>(v: &[f64], shape: [usize; 3]) -> Tensor<Bk, 3> {
-        Tensor::from_data(TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<f32>>(), shape), &Default::default())
+        Tensor::from_data(
+            TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<f32>>(), shape),
+            &Default::default(),
+        )
     }
 
     #[test]
@@ -194,7 +230,10 @@ mod tests {
             let (s, reg) = nce_scores(tensor2::<B>(&src, [n_src, d]), tensor3::<B>(&trg, [n_trg, l, d]), off, 20.0, 4e-2);
             let loss = -scalar(s.mean()) as f64;
             let reg = scalar(reg) as f64;
-            assert!((loss - expect_loss).abs() <= 1e-4 * expect_loss.abs().max(1.0), "loss {loss} vs {expect_loss}");
+            assert!(
+                (loss - expect_loss).abs() <= 1e-4 * expect_loss.abs().max(1.0),
+                "loss {loss} vs {expect_loss}"
+            );
             assert!((reg - expect_reg).abs() <= 1e-4 * expect_reg.abs(), "reg {reg} vs {expect_reg}");
         }
     }
@@ -235,8 +274,18 @@ mod tests {
     }
 
     fn full_loss<Bk: Backend>(r1: [Tensor<Bk, 2>; 2], r5: [Tensor<Bk, 4>; 2], r7: [Tensor<Bk, 4>; 2], locs: [&[usize]; 2]) -> NceLoss<Bk> {
-        let sources: Vec<Sources<Bk>> = (0..2).map(|v| Sources { r1: vec![r1[v].clone()], r5: select_locations(r5[v].clone(), locs[v]) }).collect();
-        let targets: Vec<Targets<Bk>> = (0..2).map(|v| Targets { r5: as_targets(r5[v].clone()), r7: as_targets(r7[v].clone()) }).collect();
+        let sources: Vec<Sources<Bk>> = (0..2)
+            .map(|v| Sources {
+                r1: vec![r1[v].clone()],
+                r5: select_locations(r5[v].clone(), locs[v]),
+            })
+            .collect();
+        let targets: Vec<Targets<Bk>> = (0..2)
+            .map(|v| Targets {
+                r5: as_targets(r5[v].clone()),
+                r7: as_targets(r7[v].clone()),
+            })
+            .collect();
         multiscale_nce([&sources[0], &sources[1]], [&targets[0], &targets[1]], 0, &LossSpec::default())
     }
 
@@ -245,7 +294,18 @@ mod tests {
         let mut rng = KeyedRng::new(Stream::Synthetic, &[5]);
         let (n, d) = (5, 12);
         let dev = Default::default();
-        let mk = |rng: &mut KeyedRng, shape: [usize; 4]| Tensor::<B, 4>::from_data(TensorData::new(random(rng, shape.iter().product(), 1.5).iter().map(|&x| x as f32).collect::<Vec<f32>>(), shape), &dev);
+        let mk = |rng: &mut KeyedRng, shape: [usize; 4]| {
+            Tensor::<B, 4>::from_data(
+                TensorData::new(
+                    random(rng, shape.iter().product(), 1.5)
+                        .iter()
+                        .map(|&x| x as f32)
+                        .collect::<Vec<f32>>(),
+                    shape,
+                ),
+                &dev,
+            )
+        };
         let r1: [Tensor<B, 4>; 2] = [mk(&mut rng, [n, d, 1, 1]), mk(&mut rng, [n, d, 1, 1])];
         let r5 = [mk(&mut rng, [n, d, 5, 5]), mk(&mut rng, [n, d, 5, 5])];
         let r7 = [mk(&mut rng, [n, d, 7, 7]), mk(&mut rng, [n, d, 7, 7])];
@@ -258,7 +318,13 @@ mod tests {
         let p = |t: &Tensor<B, 4>| t.clone().select(0, idx.clone());
         let pl1: Vec<usize> = perm.iter().map(|&i| locs1[i]).collect();
         let pl2: Vec<usize> = perm.iter().map(|&i| locs2[i]).collect();
-        let permuted = full_loss([flat(&p(&r1[0])), flat(&p(&r1[1]))], [p(&r5[0]), p(&r5[1])], [p(&r7[0]), p(&r7[1])], [&pl1, &pl2]);
+        let permuted = full_loss(
+            [flat(&p(&r1[0])), flat(&p(&r1[1]))],
+            [p(&r5[0]), p(&r5[1])],
+            [p(&r7[0]), p(&r7[1])],
+            [&pl1, &pl2],
+        );
+        let permuted_l5t5 = scalar(permuted.l5t5.clone());
         for (a, b) in [(base.total, permuted.total), (base.l5t5, permuted.l5t5), (base.reg, permuted.reg)] {
             let (a, b) = (scalar(a), scalar(b));
             assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
@@ -266,26 +332,37 @@ mod tests {
         // Different locations do change the 5→5 term (the test can fail).
         let shifted: Vec<usize> = locs1.iter().map(|l| (l + 1) % 25).collect();
         let other = full_loss([flat(&r1[0]), flat(&r1[1])], r5, r7, [&shifted, &locs2]);
-        assert!((scalar(other.l5t5) - scalar(permuted.l5t5)).abs() > 1e-4);
+        assert!((scalar(other.l5t5) - permuted_l5t5).abs() > 1e-4);
     }
 
     #[test]
     fn gradient_matches_finite_differences_in_f64() {
+        type B64 = Flex;
         type AD = Autodiff<B64>;
+        let f64_on = |dev: &burn::backend::flex::FlexDevice| TensorCreationOptions::new(*dev).with_dtype(burn::tensor::DType::F64);
         let mut rng = KeyedRng::new(Stream::Synthetic, &[6]);
         let (n, l, d) = (3, 25, 6);
         let src_v = random(&mut rng, n * d, 2.0);
         let trg_v = random(&mut rng, n * l * d, 2.0);
         let dev = Default::default();
         let f = |src: &[f64], trg: &[f64]| -> f64 {
-            let s = Tensor::<B64, 2>::from_data(TensorData::new(src.to_vec(), [n, d]), &dev);
-            let t = Tensor::<B64, 3>::from_data(TensorData::new(trg.to_vec(), [n, l, d]), &dev);
+            let s = Tensor::<B64, 2>::from_data(TensorData::new(src.to_vec(), [n, d]), f64_on(&dev));
+            let t = Tensor::<B64, 3>::from_data(TensorData::new(trg.to_vec(), [n, l, d]), f64_on(&dev));
             let (sc, reg) = nce_scores(s, t, 0, 20.0, 4e-2);
             let v = (sc.mean().neg() + reg).into_data().convert::<f64>().into_vec::<f64>().unwrap();
             v[0]
         };
-        let s = Tensor::<AD, 2>::from_data(TensorData::new(src_v.clone(), [n, d]), &dev).require_grad();
-        let t = Tensor::<AD, 3>::from_data(TensorData::new(trg_v.clone(), [n, l, d]), &dev).require_grad();
+        let s = Tensor::<AD, 2>::from_data(
+            TensorData::new(src_v.clone(), [n, d]),
+            TensorCreationOptions::new(dev).with_dtype(burn::tensor::DType::F64),
+        )
+        .require_grad();
+        let t = Tensor::<AD, 3>::from_data(
+            TensorData::new(trg_v.clone(), [n, l, d]),
+            TensorCreationOptions::new(dev).with_dtype(burn::tensor::DType::F64),
+        )
+        .require_grad();
+        assert_eq!(s.dtype(), burn::tensor::DType::F64);
         let (sc, reg) = nce_scores(s.clone(), t.clone(), 0, 20.0, 4e-2);
         let grads = (sc.mean().neg() + reg).backward();
         let gs: Vec<f64> = s.grad(&grads).unwrap().into_data().convert::<f64>().into_vec().unwrap();

@@ -8,7 +8,7 @@
 
 use crate::model::layers::{BatchStats, avg_pool, batch_norm, conv, linear};
 use crate::model::plan::{Bn, ClassifierPlan, Conv, EncoderPlan, Head, Layer, MixturePlan, ResUnit};
-use burn::tensor::{Tensor, activation::relu, backend::Backend};
+use burn::tensor::{Tensor, TensorCreationOptions, activation::relu, backend::Backend};
 
 /// Whether BatchNorm uses batch statistics (training) or running ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,11 +44,23 @@ pub struct Forward<'a, B: Backend> {
 
 impl<'a, B: Backend> Forward<'a, B> {
     pub fn new(params: &'a [Tensor<B, 1>], mode: BnMode) -> Self {
-        Self { params, mode, stats: BnStats::default() }
+        Self {
+            params,
+            mode,
+            stats: BnStats::default(),
+        }
     }
 
     fn conv(&self, x: Tensor<B, 4>, c: &Conv) -> Tensor<B, 4> {
-        conv(x, &self.params[c.weight], c.bias.map(|b| &self.params[b]), c.cin, c.cout, c.kernel, c.stride)
+        conv(
+            x,
+            &self.params[c.weight],
+            c.bias.map(|b| &self.params[b]),
+            c.cin,
+            c.cout,
+            c.kernel,
+            c.stride,
+        )
     }
 
     fn bn(&mut self, x: Tensor<B, 4>, bn: &Bn) -> Tensor<B, 4> {
@@ -75,7 +87,8 @@ impl<'a, B: Backend> Forward<'a, B> {
         let extra = u.conv1.cout - u.conv1.cin;
         let short = if extra > 0 {
             let [n, _, hh, ww] = short.dims();
-            let zeros = Tensor::zeros([n, extra, hh, ww], &short.device());
+            let options = TensorCreationOptions::new(short.device()).with_dtype(short.dtype());
+            let zeros = Tensor::zeros([n, extra, hh, ww], options);
             Tensor::cat(vec![short, zeros], 1)
         } else {
             short
@@ -143,7 +156,12 @@ impl<'a, B: Backend> Forward<'a, B> {
 
     /// Linear and MLP logits for features [N, D]; `keep1`/`keep2` are the two
     /// dropout masks of the MLP (already scaled by 1/(1−p)), None in eval mode.
-    pub fn classify(&mut self, plan: &ClassifierPlan, features: Tensor<B, 2>, dropout: Option<(Tensor<B, 2>, Tensor<B, 2>)>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    pub fn classify(
+        &mut self,
+        plan: &ClassifierPlan,
+        features: Tensor<B, 2>,
+        dropout: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let p = self.params;
         let [n, d] = features.dims();
         let lin = linear(features.clone(), &p[plan.lin_weight], Some(&p[plan.lin_bias]), d, plan.n_classes);
@@ -168,6 +186,127 @@ impl<'a, B: Backend> Forward<'a, B> {
         let [b, d] = r1.dims();
         let h = relu(linear(r1.clone(), &p[plan.weight1], Some(&p[plan.bias1]), d, d));
         let out = linear(h, &p[plan.weight2], Some(&p[plan.bias2]), d, plan.k * d);
-        (0..plan.k).map(|j| r1.clone() + out.clone().slice([0..b, j * d..(j + 1) * d])).collect()
+        (0..plan.k)
+            .map(|j| r1.clone() + out.clone().slice([0..b, j * d..(j + 1) * d]))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loss::nce::multiscale_nce;
+    use crate::model::plan::EntryKind;
+    use crate::train::step::nce_inputs;
+    use amdim_shared::rng::{KeyedRng, Stream};
+    use amdim_shared::spec::{LossSpec, ModelSpec};
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::{DType, TensorData};
+
+    type AD = Autodiff<Flex>;
+
+    fn f64_tensor<Bk: Backend, const D: usize>(v: &[f64], shape: [usize; D]) -> Tensor<Bk, D> {
+        Tensor::from_data(
+            TensorData::new(v.to_vec(), shape),
+            TensorCreationOptions::new(Default::default()).with_dtype(DType::F64),
+        )
+    }
+
+    /// Total NCE loss of a tiny encoder in f64, for given parameter values.
+    fn loss<Bk: Backend>(plan: &crate::model::ModelPlan, params: &[Tensor<Bk, 1>], x1: &[f64], x2: &[f64], n: usize) -> Tensor<Bk, 1> {
+        let mut fwd = Forward::new(params, BnMode::Train);
+        let e1 = fwd.encode(&plan.encoder, f64_tensor(x1, [n, 3, 32, 32]));
+        let e2 = fwd.encode(&plan.encoder, f64_tensor(x2, [n, 3, 32, 32]));
+        let locs = [vec![3usize, 11, 24], vec![0usize, 7, 19]];
+        let (src, trg) = nce_inputs(&fwd, plan, [&e1, &e2], [&locs[0], &locs[1]]);
+        multiscale_nce([&src[0], &src[1]], [&trg[0], &trg[1]], 0, &LossSpec::default()).total
+    }
+
+    #[test]
+    fn encoder_gradients_match_finite_differences_in_f64() {
+        let spec = ModelSpec {
+            ndf: 2,
+            n_rkhs: 8,
+            depth: 2,
+            use_bn: true,
+            ..ModelSpec::default()
+        };
+        let plan = crate::model::plan(&spec, &LossSpec::default(), None);
+        let mut rng = KeyedRng::new(Stream::Synthetic, &[42]);
+        // Random values everywhere (the spec's zero init would hide gradients of the first convs).
+        let values: Vec<Vec<f64>> = plan
+            .entries
+            .iter()
+            .map(|e| match e.kind {
+                EntryKind::Counter => vec![],
+                EntryKind::Buffer => vec![1.0; e.numel()],
+                EntryKind::Param => (0..e.numel())
+                    .map(|_| rng.normal() * 0.5 + if e.name.ends_with("bn.weight") { 1.0 } else { 0.0 })
+                    .collect(),
+            })
+            .collect();
+        let n = 3;
+        let x1: Vec<f64> = (0..n * 3 * 1024).map(|_| rng.normal()).collect();
+        let x2: Vec<f64> = (0..n * 3 * 1024).map(|_| rng.normal()).collect();
+        let leaves: Vec<Tensor<AD, 1>> = plan
+            .entries
+            .iter()
+            .zip(&values)
+            .map(|(e, v)| {
+                let t = f64_tensor::<AD, 1>(v, [v.len()]);
+                if e.kind == EntryKind::Param { t.require_grad() } else { t }
+            })
+            .collect();
+        let grads = loss(&plan, &leaves, &x1, &x2, n).backward();
+        let eval = |values: &[Vec<f64>]| -> f64 {
+            let params: Vec<Tensor<Flex, 1>> = values.iter().map(|v| f64_tensor(v, [v.len()])).collect();
+            loss(&plan, &params, &x1, &x2, n)
+                .into_data()
+                .convert::<f64>()
+                .into_vec::<f64>()
+                .unwrap()[0]
+        };
+        let checked = [
+            "encoder.layer_list.0.conv.weight",
+            "encoder.layer_list.1.conv1.weight",
+            "encoder.layer_list.2.layer_list.1.conv2.weight",
+            "encoder.layer_list.3.layer_list.0.bn1.bn.weight",
+            "encoder.layer_list.5.layer_list.0.conv1.weight",
+            "encoder.layer_list.7.conv1.weight",
+            "encoder.layer_list.8.bn.bias",
+            "encoder.rkhs_block_5.shortcut.bias",
+            "encoder.rkhs_block_7.conv2.weight",
+            "encoder.rkhs_block_7.bn_out.bn.weight",
+        ];
+        let mut compared = 0;
+        for name in checked {
+            let i = plan
+                .entries
+                .iter()
+                .position(|e| e.name == name)
+                .unwrap_or_else(|| panic!("no {name}"));
+            let g: Vec<f64> = leaves[i]
+                .grad(&grads)
+                .unwrap_or_else(|| panic!("no grad for {name}"))
+                .into_data()
+                .convert::<f64>()
+                .into_vec()
+                .unwrap();
+            for k in [0, g.len() / 2, g.len() - 1] {
+                let h = 1e-5;
+                let mut plus = values.clone();
+                plus[i][k] += h;
+                let mut minus = values.clone();
+                minus[i][k] -= h;
+                let fd = (eval(&plus) - eval(&minus)) / (2.0 * h);
+                assert!(
+                    (fd - g[k]).abs() <= 1e-6 + 1e-4 * fd.abs(),
+                    "{name}[{k}]: finite difference {fd} vs autodiff {}",
+                    g[k]
+                );
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, 30);
     }
 }

@@ -65,7 +65,10 @@ impl<B: Backend> ParamStore<B> {
                 _ => from_vec(init_values(e, seed, i), device),
             })
             .collect();
-        Self { values, counters: vec![0; plan.entries.len()] }
+        Self {
+            values,
+            counters: vec![0; plan.entries.len()],
+        }
     }
 
     /// Host copy of every float entry (empty for counters).
@@ -88,12 +91,22 @@ mod tests {
 
     #[test]
     fn fan_in_uniform_matches_pytorch_bound_and_identity_shortcut() {
-        let e = Entry { name: "w".into(), shape: vec![16, 4, 3, 3], kind: EntryKind::Param, init: Init::FanInUniform { fan_in: 36, scale: 1.0 } };
+        let e = Entry {
+            name: "w".into(),
+            shape: vec![16, 4, 3, 3],
+            kind: EntryKind::Param,
+            init: Init::FanInUniform { fan_in: 36, scale: 1.0 },
+        };
         let v = init_values(&e, 1, 0);
         let bound = 1.0 / 6.0;
         assert!(v.iter().all(|x| x.abs() <= bound));
         assert!(v.iter().any(|x| x.abs() > 0.9 * bound));
-        let s = Entry { name: "s".into(), shape: vec![6, 4, 1, 1], kind: EntryKind::Param, init: Init::ShortcutIdentity { cin: 4, cout: 6 } };
+        let s = Entry {
+            name: "s".into(),
+            shape: vec![6, 4, 1, 1],
+            kind: EntryKind::Param,
+            init: Init::ShortcutIdentity { cin: 4, cout: 6 },
+        };
         let v = init_values(&s, 1, 1);
         for o in 0..6 {
             for i in 0..4 {

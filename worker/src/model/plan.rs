@@ -12,11 +12,17 @@ use amdim_shared::spec::{LossSpec, ModelSpec};
 pub enum Init {
     /// Uniform(−b, b), b = scale / √fan_in: PyTorch's default conv/linear
     /// weight init (Kaiming-uniform with a = √5) and its default bias init.
-    FanInUniform { fan_in: usize, scale: f64 },
+    FanInUniform {
+        fan_in: usize,
+        scale: f64,
+    },
     Zeros,
     Ones,
     /// Uniform(−0.01, 0.01) with the identity entries (out i ← in i) set to 1.
-    ShortcutIdentity { cin: usize, cout: usize },
+    ShortcutIdentity {
+        cin: usize,
+        cout: usize,
+    },
 }
 
 /// Whether an entry is trained, a running statistic, or a batch counter.
@@ -154,6 +160,9 @@ impl ModelPlan {
 
 struct Builder {
     entries: Vec<Entry>,
+    use_bn: bool,
+    init_scale: f64,
+    depth: usize,
 }
 
 impl Builder {
@@ -162,11 +171,31 @@ impl Builder {
         self.entries.len() - 1
     }
 
-    fn conv(&mut self, prefix: &str, cin: usize, cout: usize, kernel: usize, stride: usize, bias: bool, weight_init: Init) -> Conv {
+    /// A conv of shape [cin, cout, kernel, stride].
+    fn conv(&mut self, prefix: &str, [cin, cout, kernel, stride]: [usize; 4], bias: bool, weight_init: Init) -> Conv {
         let fan_in = cin * kernel * kernel;
-        let weight = self.push(format!("{prefix}.weight"), vec![cout, cin, kernel, kernel], EntryKind::Param, weight_init);
-        let bias = bias.then(|| self.push(format!("{prefix}.bias"), vec![cout], EntryKind::Param, Init::FanInUniform { fan_in, scale: 1.0 }));
-        Conv { weight, bias, cin, cout, kernel, stride }
+        let weight = self.push(
+            format!("{prefix}.weight"),
+            vec![cout, cin, kernel, kernel],
+            EntryKind::Param,
+            weight_init,
+        );
+        let bias = bias.then(|| {
+            self.push(
+                format!("{prefix}.bias"),
+                vec![cout],
+                EntryKind::Param,
+                Init::FanInUniform { fan_in, scale: 1.0 },
+            )
+        });
+        Conv {
+            weight,
+            bias,
+            cin,
+            cout,
+            kernel,
+            stride,
+        }
     }
 
     fn bn(&mut self, prefix: &str, channels: usize) -> Bn {
@@ -180,30 +209,56 @@ impl Builder {
         }
     }
 
-    fn res(&mut self, prefix: &str, cin: usize, cout: usize, kernel: usize, stride: usize, use_bn: bool, init_scale: f64) -> ResUnit {
-        let k1 = Init::FanInUniform { fan_in: cin * kernel * kernel, scale: init_scale };
-        let conv1 = self.conv(&format!("{prefix}.conv1"), cin, cout, kernel, stride, false, k1);
-        let conv2 = self.conv(&format!("{prefix}.conv2"), cout, cout, 1, 1, false, Init::Zeros);
+    /// `Res(cin, cout, k, s)` with the builder's `use_bn` and `init_scale`.
+    fn res(&mut self, prefix: &str, cin: usize, cout: usize, kernel: usize, stride: usize) -> ResUnit {
+        let k1 = Init::FanInUniform {
+            fan_in: cin * kernel * kernel,
+            scale: self.init_scale,
+        };
+        let conv1 = self.conv(&format!("{prefix}.conv1"), [cin, cout, kernel, stride], false, k1);
+        let conv2 = self.conv(&format!("{prefix}.conv2"), [cout, cout, 1, 1], false, Init::Zeros);
         // MaybeBatchNorm2d always owns its BN, used or not (it is in the state_dict).
         let bn1 = self.bn(&format!("{prefix}.bn1.bn"), cout);
-        ResUnit { conv1, bn1, conv2, use_bn }
+        ResUnit {
+            conv1,
+            bn1,
+            conv2,
+            use_bn: self.use_bn,
+        }
     }
 
-    fn block(&mut self, prefix: &str, cin: usize, cout: usize, kernel: usize, stride: usize, depth: usize, use_bn: bool, init_scale: f64) -> Vec<ResUnit> {
-        let mut units = vec![self.res(&format!("{prefix}.layer_list.0"), cin, cout, kernel, stride, use_bn, init_scale)];
-        for j in 1..depth {
-            units.push(self.res(&format!("{prefix}.layer_list.{j}"), cout, cout, 1, 1, use_bn, init_scale));
+    /// `Blk(cin, cout, k, s)`: one `Res(cin, cout, k, s)` then depth − 1 `Res(cout, cout, 1, 1)`.
+    fn block(&mut self, prefix: &str, cin: usize, cout: usize, kernel: usize, stride: usize) -> Vec<ResUnit> {
+        let mut units = vec![self.res(&format!("{prefix}.layer_list.0"), cin, cout, kernel, stride)];
+        for j in 1..self.depth {
+            units.push(self.res(&format!("{prefix}.layer_list.{j}"), cout, cout, 1, 1));
         }
         units
     }
 
-    fn head(&mut self, prefix: &str, cin: usize, d: usize, use_bn: bool, init_scale: f64) -> Head {
-        let conv1 = self.conv(&format!("{prefix}.conv1"), cin, d, 1, 1, false, Init::FanInUniform { fan_in: cin, scale: init_scale });
+    fn head(&mut self, prefix: &str, cin: usize, d: usize) -> Head {
+        let k1 = Init::FanInUniform {
+            fan_in: cin,
+            scale: self.init_scale,
+        };
+        let conv1 = self.conv(&format!("{prefix}.conv1"), [cin, d, 1, 1], false, k1);
         let bn1 = self.bn(&format!("{prefix}.bn1.bn"), d);
-        let conv2 = self.conv(&format!("{prefix}.conv2"), d, d, 1, 1, false, Init::Zeros);
+        let conv2 = self.conv(&format!("{prefix}.conv2"), [d, d, 1, 1], false, Init::Zeros);
         let bn_out = self.bn(&format!("{prefix}.bn_out.bn"), d);
-        let shortcut = self.conv(&format!("{prefix}.shortcut"), cin, d, 1, 1, true, Init::ShortcutIdentity { cin, cout: d });
-        Head { conv1, bn1, conv2, bn_out, shortcut, use_bn }
+        let shortcut = self.conv(
+            &format!("{prefix}.shortcut"),
+            [cin, d, 1, 1],
+            true,
+            Init::ShortcutIdentity { cin, cout: d },
+        );
+        Head {
+            conv1,
+            bn1,
+            conv2,
+            bn_out,
+            shortcut,
+            use_bn: self.use_bn,
+        }
     }
 }
 
@@ -214,8 +269,13 @@ pub fn conv_out(size: usize, kernel: usize, stride: usize, pad: usize) -> usize 
 
 /// Builds the plan for a model spec; `n_classes` adds the online classifiers.
 pub fn plan(model: &ModelSpec, loss: &LossSpec, n_classes: Option<usize>) -> ModelPlan {
-    let mut b = Builder { entries: Vec::new() };
-    let (ndf, d, depth, bn, s) = (model.ndf, model.n_rkhs, model.depth, model.use_bn, model.init_scale);
+    let mut b = Builder {
+        entries: Vec::new(),
+        use_bn: model.use_bn,
+        init_scale: model.init_scale,
+        depth: model.depth,
+    };
+    let (ndf, d, bn) = (model.ndf, model.n_rkhs, model.use_bn);
     let p = |i: usize| format!("encoder.layer_list.{i}");
     let default_w = |fan_in: usize| Init::FanInUniform { fan_in, scale: 1.0 };
     let mut layers = Vec::new();
@@ -228,36 +288,36 @@ pub fn plan(model: &ModelSpec, loss: &LossSpec, n_classes: Option<usize>) -> Mod
     };
     match model.image_size {
         32 => {
-            let conv = b.conv(&format!("{}.conv", p(0)), 3, ndf, 3, 1, true, default_w(27));
+            let conv = b.conv(&format!("{}.conv", p(0)), [3, ndf, 3, 1], true, default_w(27));
             size = conv_out(size, 3, 1, 0);
             push(&mut layers, &mut sizes, Layer::Stem { conv, reflect_pad: 0 }, size);
-            let unit = b.res(&p(1), ndf, ndf, 1, 1, bn, s);
+            let unit = b.res(&p(1), ndf, ndf, 1, 1);
             push(&mut layers, &mut sizes, Layer::Res(unit), size);
             for (cin, cout, k) in [(ndf, 2 * ndf, 4), (2 * ndf, 4 * ndf, 2)] {
                 let i = layers.len();
-                let blk = b.block(&p(i), cin, cout, k, 2, depth, bn, s);
+                let blk = b.block(&p(i), cin, cout, k, 2);
                 size = conv_out(size, k, 2, 0);
                 push(&mut layers, &mut sizes, Layer::Block(blk), size);
             }
         }
         _ => {
             let first = if model.image_size == 64 {
-                let conv = b.conv(&format!("{}.conv", p(0)), 3, ndf, 3, 1, true, default_w(27));
+                let conv = b.conv(&format!("{}.conv", p(0)), [3, ndf, 3, 1], true, default_w(27));
                 size = conv_out(size, 3, 1, 0);
                 push(&mut layers, &mut sizes, Layer::Stem { conv, reflect_pad: 0 }, size);
                 vec![(ndf, 2 * ndf, 4), (2 * ndf, 4 * ndf, 4), (4 * ndf, 8 * ndf, 2)]
             } else {
-                let conv = b.conv(&format!("{}.conv", p(0)), 3, ndf, 5, 2, true, default_w(75));
+                let conv = b.conv(&format!("{}.conv", p(0)), [3, ndf, 5, 2], true, default_w(75));
                 size = conv_out(size, 5, 2, 2);
                 push(&mut layers, &mut sizes, Layer::Stem { conv, reflect_pad: 2 }, size);
-                let conv = b.conv(&format!("{}.conv", p(1)), ndf, ndf, 3, 1, true, default_w(ndf * 9));
+                let conv = b.conv(&format!("{}.conv", p(1)), [ndf, ndf, 3, 1], true, default_w(ndf * 9));
                 size = conv_out(size, 3, 1, 0);
                 push(&mut layers, &mut sizes, Layer::Stem { conv, reflect_pad: 0 }, size);
                 vec![(ndf, 2 * ndf, 4), (2 * ndf, 4 * ndf, 4), (4 * ndf, 8 * ndf, 2)]
             };
             for (cin, cout, k) in first {
                 let i = layers.len();
-                let blk = b.block(&p(i), cin, cout, k, 2, depth, bn, s);
+                let blk = b.block(&p(i), cin, cout, k, 2);
                 size = conv_out(size, k, 2, 0);
                 push(&mut layers, &mut sizes, Layer::Block(blk), size);
             }
@@ -268,12 +328,12 @@ pub fn plan(model: &ModelSpec, loss: &LossSpec, n_classes: Option<usize>) -> Mod
     push(&mut layers, &mut sizes, Layer::MaybeBn { bn: bn_f, on: bn }, size);
     for _ in 0..2 {
         let i = layers.len();
-        let blk = b.block(&p(i), c, c, 3, 1, depth, bn, s);
+        let blk = b.block(&p(i), c, c, 3, 1);
         size = conv_out(size, 3, 1, 0);
         push(&mut layers, &mut sizes, Layer::Block(blk), size);
     }
     let i = layers.len();
-    let unit = b.res(&p(i), c, d, 3, 1, bn, s);
+    let unit = b.res(&p(i), c, d, 3, 1);
     size = conv_out(size, 3, 1, 0);
     push(&mut layers, &mut sizes, Layer::Res(unit), size);
     let i = layers.len();
@@ -283,9 +343,17 @@ pub fn plan(model: &ModelSpec, loss: &LossSpec, n_classes: Option<usize>) -> Mod
     let last_with = |s: usize| sizes.iter().rposition(|&x| x == s);
     let f7_layer = last_with(7).unwrap_or(0);
     let f5_layer = last_with(5).unwrap_or(0);
-    let head5 = b.head("encoder.rkhs_block_5", c, d, bn, s);
-    let head7 = b.head("encoder.rkhs_block_7", c, d, bn, s);
-    let encoder = EncoderPlan { layers, sizes, f7_layer, f5_layer, head5, head7, n_rkhs: d };
+    let head5 = b.head("encoder.rkhs_block_5", c, d);
+    let head7 = b.head("encoder.rkhs_block_7", c, d);
+    let encoder = EncoderPlan {
+        layers,
+        sizes,
+        f7_layer,
+        f5_layer,
+        head5,
+        head7,
+        n_rkhs: d,
+    };
 
     let classifier = n_classes.map(|n| {
         let hidden = 1024;
@@ -297,7 +365,16 @@ pub fn plan(model: &ModelSpec, loss: &LossSpec, n_classes: Option<usize>) -> Mod
         let mlp_bias2 = b.push(format!("{mlp}.6.bias"), vec![n], EntryKind::Param, default_w(hidden));
         let lin_weight = b.push(format!("{lin}.2.weight"), vec![n, d], EntryKind::Param, default_w(d));
         let lin_bias = b.push(format!("{lin}.2.bias"), vec![n], EntryKind::Param, default_w(d));
-        ClassifierPlan { lin_weight, lin_bias, mlp_weight1, mlp_bn, mlp_weight2, mlp_bias2, n_classes: n, hidden }
+        ClassifierPlan {
+            lin_weight,
+            lin_bias,
+            mlp_weight1,
+            mlp_bn,
+            mlp_weight2,
+            mlp_bias2,
+            n_classes: n,
+            hidden,
+        }
     });
     let mixture = (loss.mixture.k > 1).then(|| {
         let k = loss.mixture.k;
@@ -309,7 +386,12 @@ pub fn plan(model: &ModelSpec, loss: &LossSpec, n_classes: Option<usize>) -> Mod
             k,
         }
     });
-    ModelPlan { entries: b.entries, encoder, classifier, mixture }
+    ModelPlan {
+        entries: b.entries,
+        encoder,
+        classifier,
+        mixture,
+    }
 }
 
 #[cfg(test)]
@@ -317,7 +399,13 @@ mod tests {
     use super::*;
 
     fn count(image_size: usize, ndf: usize, n_rkhs: usize, depth: usize) -> (usize, usize) {
-        let m = ModelSpec { image_size, ndf, n_rkhs, depth, ..ModelSpec::default() };
+        let m = ModelSpec {
+            image_size,
+            ndf,
+            n_rkhs,
+            depth,
+            ..ModelSpec::default()
+        };
         let p = plan(&m, &LossSpec::default(), None);
         let all = p.count_params("encoder.");
         let heads = p.count_params("encoder.rkhs_block_");
@@ -341,7 +429,13 @@ mod tests {
             (64, vec![62, 30, 14, 7, 7, 5, 3, 1, 1]),
             (128, vec![64, 62, 30, 14, 7, 7, 5, 3, 1, 1]),
         ] {
-            let m = ModelSpec { image_size: size, ndf: 8, n_rkhs: 64, depth: 2, ..ModelSpec::default() };
+            let m = ModelSpec {
+                image_size: size,
+                ndf: 8,
+                n_rkhs: 64,
+                depth: 2,
+                ..ModelSpec::default()
+            };
             let p = plan(&m, &LossSpec::default(), Some(10));
             assert_eq!(p.encoder.sizes, expect, "size {size}");
             assert_eq!(p.encoder.sizes[p.encoder.f7_layer], 7);
@@ -353,7 +447,12 @@ mod tests {
 
     #[test]
     fn names_are_the_authors_state_dict_names() {
-        let m = ModelSpec { ndf: 8, n_rkhs: 64, depth: 2, ..ModelSpec::default() };
+        let m = ModelSpec {
+            ndf: 8,
+            n_rkhs: 64,
+            depth: 2,
+            ..ModelSpec::default()
+        };
         let p = plan(&m, &LossSpec::default(), Some(10));
         let names: Vec<&str> = p.entries.iter().map(|e| e.name.as_str()).collect();
         for expected in [

@@ -21,12 +21,18 @@ pub struct Adam<B: Backend> {
 
 impl<B: Backend> Adam<B> {
     pub fn new(n_entries: usize) -> Self {
-        Self { states: vec![None; n_entries] }
+        Self {
+            states: vec![None; n_entries],
+        }
     }
 
     /// Updates `param` in place with gradient `grad` at learning rate `lr`.
     pub fn update(&mut self, index: usize, param: &mut Tensor<B, 1>, grad: Tensor<B, 1>, lr: f64, o: &OptimSpec) {
-        let grad = if o.weight_decay > 0.0 { grad + param.clone().mul_scalar(o.weight_decay) } else { grad };
+        let grad = if o.weight_decay > 0.0 {
+            grad + param.clone().mul_scalar(o.weight_decay)
+        } else {
+            grad
+        };
         let state = self.states[index].get_or_insert_with(|| AdamState {
             exp_avg: param.zeros_like(),
             exp_avg_sq: param.zeros_like(),
@@ -52,7 +58,10 @@ mod tests {
 
     #[test]
     fn two_steps_match_hand_computed_pytorch_adam() {
-        let o = OptimSpec { weight_decay: 0.1, ..OptimSpec::default() };
+        let o = OptimSpec {
+            weight_decay: 0.1,
+            ..OptimSpec::default()
+        };
         let dev = Default::default();
         let mut p = from_vec::<Flex>(vec![1.0], &dev);
         let mut adam = Adam::new(1);

@@ -5,7 +5,11 @@ use amdim_shared::spec::OptimSpec;
 /// Learning rate for update `update` (0-based) taken during `epoch`:
 /// lr · min(1, (update+1)/warmup) · gamma^(milestones passed).
 pub fn learning_rate(o: &OptimSpec, update: u64, epoch: u64) -> f64 {
-    let warm = if o.warmup_steps == 0 { 1.0 } else { ((update + 1) as f64 / o.warmup_steps as f64).min(1.0) };
+    let warm = if o.warmup_steps == 0 {
+        1.0
+    } else {
+        ((update + 1) as f64 / o.warmup_steps as f64).min(1.0)
+    };
     let passed = o.milestones.iter().filter(|&&m| epoch >= m).count() as i32;
     o.lr * warm * o.gamma.powi(passed)
 }

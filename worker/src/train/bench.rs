@@ -2,13 +2,13 @@
 //! size (forward + backward + Adam, and forward only), plus peak RSS, printed
 //! as one JSON line. A benchmark, not a test: it asserts nothing.
 
+use crate::data::Split;
 use crate::data::augment::train_batch;
 use crate::data::dataset::synthetic;
-use crate::data::Split;
 use crate::loss::nce::multiscale_nce;
+use crate::model::BnMode;
 use crate::model::encoder::Forward;
 use crate::model::params::scalar;
-use crate::model::BnMode;
 use crate::train::step::{Trainer, images, nce_inputs};
 use amdim_shared::spec::JobSpec;
 use burn::tensor::backend::Backend;
@@ -34,7 +34,12 @@ pub struct BenchResult {
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 

@@ -5,9 +5,9 @@
 use crate::data::Dataset;
 use crate::data::augment::eval_view;
 use crate::loss::classifier::correct;
+use crate::model::BnMode;
 use crate::model::encoder::Forward;
 use crate::model::params::to_vec;
-use crate::model::BnMode;
 use crate::train::step::{Trainer, apply_bn_stats, images};
 use burn::tensor::backend::Backend;
 
@@ -23,8 +23,11 @@ fn eval_batch(test: &Dataset, t: &Trainer<impl Backend>, range: std::ops::Range<
     range.flat_map(|i| eval_view(test.image(i), &t.spec.augment)).collect()
 }
 
-/// Refreshes BN statistics and evaluates; None without classifiers or labels.
-pub fn evaluate<B: Backend>(t: &mut Trainer<B>, test: &Dataset) -> Option<EvalResult> {
+/// Refreshes BN statistics on a copy of the model and evaluates; None
+/// without classifiers or labels. The trainer's own state is untouched, so
+/// evaluating (or not) never changes the course of training or a resume.
+pub fn evaluate<B: Backend>(t: &Trainer<B>, test: &Dataset) -> Option<EvalResult> {
+    let mut params = t.params.clone();
     let cls = t.plan.classifier.clone()?;
     let labels = test.labels.as_ref()?;
     let size = t.spec.model.image_size;
@@ -40,21 +43,25 @@ pub fn evaluate<B: Backend>(t: &mut Trainer<B>, test: &Dataset) -> Option<EvalRe
             break;
         }
         let x = images::<B>(&eval_batch(test, t, start..end), end - start, size, &t.device);
-        let mut fwd = Forward::new(&t.params.values, BnMode::Train);
+        let mut fwd = Forward::new(&params.values, BnMode::Train);
         let e = fwd.encode(&t.plan.encoder, x);
         let _ = fwd.classify(&cls, e.r1, None);
         let stats = fwd.stats.updates.into_iter().map(|(bn, s)| (bn, s.mean, s.var_unbiased)).collect();
-        apply_bn_stats(&mut t.params, stats);
+        apply_bn_stats(&mut params, stats);
     }
     let (mut hit_lin, mut hit_mlp) = (0, 0);
     for start in (0..limit).step_by(batch) {
         let end = (start + batch).min(limit);
         let x = images::<B>(&eval_batch(test, t, start..end), end - start, size, &t.device);
-        let mut fwd = Forward::new(&t.params.values, BnMode::Eval);
+        let mut fwd = Forward::new(&params.values, BnMode::Eval);
         let e = fwd.encode(&t.plan.encoder, x);
         let (lin, mlp) = fwd.classify(&cls, e.r1, None);
         hit_lin += correct(&to_vec(lin), cls.n_classes, &labels[start..end]);
         hit_mlp += correct(&to_vec(mlp), cls.n_classes, &labels[start..end]);
     }
-    Some(EvalResult { linear: hit_lin as f64 / limit.max(1) as f64, mlp: hit_mlp as f64 / limit.max(1) as f64, samples: limit })
+    Some(EvalResult {
+        linear: hit_lin as f64 / limit.max(1) as f64,
+        mlp: hit_mlp as f64 / limit.max(1) as f64,
+        samples: limit,
+    })
 }

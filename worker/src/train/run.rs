@@ -8,7 +8,7 @@ use crate::data::augment::{TrainBatch, train_batch};
 use crate::data::{Dataset, Split};
 use crate::train::eval::evaluate;
 use crate::train::step::Trainer;
-use amdim_shared::checkpoint::{FileEntry, MODEL_FILE, Manifest, MANIFEST_FORMAT, OPTIMIZER_FILE};
+use amdim_shared::checkpoint::{FileEntry, MANIFEST_FORMAT, MODEL_FILE, Manifest, OPTIMIZER_FILE};
 use amdim_shared::order::{epoch_permutation, global_batch, step_position, steps_per_epoch};
 use amdim_shared::spec::JobSpec;
 use anyhow::{Context, Result, bail};
@@ -45,10 +45,16 @@ fn save<B: Backend>(t: &Trainer<B>, store: &CheckpointStore, epoch: u64) -> Resu
         seed: t.spec.job.seed,
         config_hash: t.spec.config_hash(),
         files: vec![FileEntry::of_bytes(MODEL_FILE, &model), FileEntry::of_bytes(OPTIMIZER_FILE, &optim)],
-        created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     };
     let started = Instant::now();
-    store.save(&manifest, vec![(MODEL_FILE.into(), model), (OPTIMIZER_FILE.into(), optim)], t.spec.checkpoint.keep)?;
+    store.save(
+        &manifest,
+        vec![(MODEL_FILE.into(), model), (OPTIMIZER_FILE.into(), optim)],
+        t.spec.checkpoint.keep,
+    )?;
     tracing::info!(step = t.step, seconds = started.elapsed().as_secs_f64(), "checkpoint written");
     Ok(())
 }
@@ -58,10 +64,20 @@ fn resume<B: Backend>(t: &mut Trainer<B>, store: &CheckpointStore) -> Result<boo
     let Some(ckpt) = store.load_latest()? else { return Ok(false) };
     let m = &ckpt.manifest;
     if m.global_batch != t.spec.train.batch_size {
-        bail!("checkpoint step {} was trained with global batch {} but train.batch_size = {}; the sample order would change", m.step, m.global_batch, t.spec.train.batch_size);
+        bail!(
+            "checkpoint step {} was trained with global batch {} but train.batch_size = {}; the sample order would change",
+            m.step,
+            m.global_batch,
+            t.spec.train.batch_size
+        );
     }
     if m.seed != t.spec.job.seed {
-        bail!("checkpoint step {} was trained with job.seed {} but the spec says {}", m.step, m.seed, t.spec.job.seed);
+        bail!(
+            "checkpoint step {} was trained with job.seed {} but the spec says {}",
+            m.step,
+            m.seed,
+            t.spec.job.seed
+        );
     }
     if m.config_hash != t.spec.config_hash() {
         tracing::warn!(step = m.step, "the job spec differs from the one this checkpoint was written with");
@@ -78,7 +94,11 @@ fn resume<B: Backend>(t: &mut Trainer<B>, store: &CheckpointStore) -> Result<boo
 /// Trains the job on this process's backend.
 pub fn run<B: Backend>(spec: JobSpec, device: B::Device, options: RunOptions, runtime: tokio::runtime::Handle) -> Result<RunSummary> {
     let train = Dataset::load(&spec.data, Split::Train)?.truncate(spec.data.max_train_samples);
-    let test = if spec.eval.enabled && train.labels.is_some() { Some(Dataset::load(&spec.data, Split::Test)?) } else { None };
+    let test = if spec.eval.enabled && train.labels.is_some() {
+        Some(Dataset::load(&spec.data, Split::Test)?)
+    } else {
+        None
+    };
     let g = spec.train.batch_size;
     let spe = steps_per_epoch(train.len(), g, spec.data.last_batch);
     if spe == 0 {
@@ -139,7 +159,7 @@ pub fn run<B: Backend>(spec: JobSpec, device: B::Device, options: RunOptions, ru
             if m.skipped {
                 tracing::warn!(step = m.step, "non-finite loss: update skipped");
             }
-            if t.step % spec.train.log_every == 0 || t.step == total {
+            if t.step.is_multiple_of(spec.train.log_every) || t.step == total {
                 let secs = window.elapsed().as_secs_f64();
                 tracing::info!(
                     step = t.step,
@@ -158,17 +178,26 @@ pub fn run<B: Backend>(spec: JobSpec, device: B::Device, options: RunOptions, ru
                 window = Instant::now();
                 window_images = 0;
             }
-            let epoch_done = t.step % spe == 0;
+            let epoch_done = t.step.is_multiple_of(spe);
+            let eval_due = (epoch_done && (epoch + 1) % spec.eval.every_epochs == 0) || t.step == total;
             if let Some(test) = &test
-                && ((epoch_done && (epoch + 1) % spec.eval.every_epochs == 0) || t.step == total)
+                && eval_due
+                && let Some(r) = evaluate(&t, test)
             {
-                if let Some(r) = evaluate(&mut t, test) {
-                    tracing::info!(epoch, step = t.step, linear_accuracy = r.linear, mlp_accuracy = r.mlp, samples = r.samples, "test accuracy");
+                {
+                    tracing::info!(
+                        epoch,
+                        step = t.step,
+                        linear_accuracy = r.linear,
+                        mlp_accuracy = r.mlp,
+                        samples = r.samples,
+                        "test accuracy"
+                    );
                     last_eval = Some(r);
                 }
             }
             let every = spec.checkpoint.every_steps;
-            if (every > 0 && t.step % every == 0) || t.step == total {
+            if (every > 0 && t.step.is_multiple_of(every)) || t.step == total {
                 save(&t, &store, step_position(t.step, spe).epoch)?;
             }
         }
@@ -179,5 +208,9 @@ pub fn run<B: Backend>(spec: JobSpec, device: B::Device, options: RunOptions, ru
         save(&t, &store, step_position(t.step, spe).epoch)?;
         tracing::info!(step = t.step, "stopped on request after writing a checkpoint; resume with --resume");
     }
-    Ok(RunSummary { steps: t.step, stopped_early, last_eval })
+    Ok(RunSummary {
+        steps: t.step,
+        stopped_early,
+        last_eval,
+    })
 }

@@ -25,6 +25,9 @@ use burn::tensor::{Tensor, TensorData, backend::Backend};
 
 const DROPOUT: f64 = 0.2;
 
+/// The loss of one training-mode pass, both views' embeddings, and the BN statistics it gathered.
+pub type NceForward<B> = (NceLoss<Autodiff<B>>, [Embeddings<Autodiff<B>>; 2], BnStats<Autodiff<B>>);
+
 /// Values logged for one step.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct StepMetrics {
@@ -65,7 +68,11 @@ pub fn apply_bn_stats<B: Backend>(params: &mut ParamStore<B>, stats: Vec<(crate:
 
 /// Inner-backend copies of the statistics of a forward pass.
 pub fn inner_stats<B: Backend>(stats: BnStats<Autodiff<B>>) -> Vec<(crate::model::plan::Bn, Tensor<B, 1>, Tensor<B, 1>)> {
-    stats.updates.into_iter().map(|(bn, s)| (bn, s.mean.inner(), s.var_unbiased.inner())).collect()
+    stats
+        .updates
+        .into_iter()
+        .map(|(bn, s)| (bn, s.mean.inner(), s.var_unbiased.inner()))
+        .collect()
 }
 
 /// An image batch [n, 3, S, S] on `device`.
@@ -74,7 +81,12 @@ pub fn images<B: Backend>(pixels: &[f32], n: usize, size: usize, device: &B::Dev
 }
 
 /// Sources and targets of both views for the NCE loss.
-pub fn nce_inputs<B: Backend>(fwd: &Forward<'_, B>, plan: &ModelPlan, e: [&Embeddings<B>; 2], locs: [&[usize]; 2]) -> ([Sources<B>; 2], [Targets<B>; 2]) {
+pub fn nce_inputs<B: Backend>(
+    fwd: &Forward<'_, B>,
+    plan: &ModelPlan,
+    e: [&Embeddings<B>; 2],
+    locs: [&[usize]; 2],
+) -> ([Sources<B>; 2], [Targets<B>; 2]) {
     let src = |v: usize| Sources {
         r1: match &plan.mixture {
             Some(m) => fwd.mixture(m, e[v].r1.clone()),
@@ -82,7 +94,10 @@ pub fn nce_inputs<B: Backend>(fwd: &Forward<'_, B>, plan: &ModelPlan, e: [&Embed
         },
         r5: select_locations(e[v].r5.clone(), locs[v]),
     };
-    let trg = |v: usize| Targets { r5: as_targets(e[v].r5.clone()), r7: as_targets(e[v].r7.clone()) };
+    let trg = |v: usize| Targets {
+        r5: as_targets(e[v].r5.clone()),
+        r7: as_targets(e[v].r7.clone()),
+    };
     ([src(0), src(1)], [trg(0), trg(1)])
 }
 
@@ -104,12 +119,25 @@ impl<B: Backend> Trainer<B> {
         let plan = crate::model::plan(&spec.model, &spec.loss, n_classes);
         let params = ParamStore::init(&plan, spec.job.seed, &device);
         let adam = Adam::new(plan.entries.len());
-        Self { spec, plan, params, adam, step: 0, device }
+        Self {
+            spec,
+            plan,
+            params,
+            adam,
+            step: 0,
+            device,
+        }
     }
 
     /// The NCE loss of one batch in training mode, with autodiff leaves
     /// (`params[i]` requires grad for every trainable entry).
-    pub fn nce_forward(&self, leaves: &[Tensor<Autodiff<B>, 1>], view1: Tensor<Autodiff<B>, 4>, view2: Tensor<Autodiff<B>, 4>, locs: [&[usize]; 2]) -> (NceLoss<Autodiff<B>>, [Embeddings<Autodiff<B>>; 2], BnStats<Autodiff<B>>) {
+    pub fn nce_forward(
+        &self,
+        leaves: &[Tensor<Autodiff<B>, 1>],
+        view1: Tensor<Autodiff<B>, 4>,
+        view2: Tensor<Autodiff<B>, 4>,
+        locs: [&[usize]; 2],
+    ) -> NceForward<B> {
         let mut fwd = Forward::new(leaves, BnMode::Train);
         let e1 = fwd.encode(&self.plan.encoder, view1);
         let e2 = fwd.encode(&self.plan.encoder, view2);
@@ -141,11 +169,21 @@ impl<B: Backend> Trainer<B> {
         let (nce, [e1, e2], stats) = self.nce_forward(&leaves, v1, v2, [&batch.loc1, &batch.loc2]);
         let mut stats = stats;
         let mut total = nce.total.clone();
-        let mut metrics = StepMetrics { step: self.step, epoch, ..StepMetrics::default() };
+        let mut metrics = StepMetrics {
+            step: self.step,
+            epoch,
+            ..StepMetrics::default()
+        };
         if let (Some(cls), Some(labels)) = (&self.plan.classifier, &batch.labels) {
             let features = Tensor::cat(vec![e1.r1.clone().detach(), e2.r1.clone().detach()], 0);
             let both: Vec<u32> = labels.iter().chain(labels.iter()).copied().collect();
-            let masks = dropout_masks::<Autodiff<B>>(self.spec.job.seed, self.step, 2 * n, [self.spec.model.n_rkhs, cls.hidden], &self.device);
+            let masks = dropout_masks::<Autodiff<B>>(
+                self.spec.job.seed,
+                self.step,
+                2 * n,
+                [self.spec.model.n_rkhs, cls.hidden],
+                &self.device,
+            );
             let mut fwd = Forward::new(&leaves, BnMode::Train);
             let (lin, mlp) = fwd.classify(cls, features, Some(masks));
             stats.updates.extend(fwd.stats.updates);
@@ -181,14 +219,23 @@ impl<B: Backend> Trainer<B> {
 
     /// Host copy of the model state.
     pub fn host_state(&self) -> HostState {
-        HostState { values: self.params.to_host(), counters: self.params.counters.clone() }
+        HostState {
+            values: self.params.to_host(),
+            counters: self.params.counters.clone(),
+        }
     }
 
     pub fn host_adam(&self) -> Vec<Option<HostAdam>> {
         self.adam
             .states
             .iter()
-            .map(|s| s.as_ref().map(|s| HostAdam { exp_avg: to_vec(s.exp_avg.clone()), exp_avg_sq: to_vec(s.exp_avg_sq.clone()), step: s.step }))
+            .map(|s| {
+                s.as_ref().map(|s| HostAdam {
+                    exp_avg: to_vec(s.exp_avg.clone()),
+                    exp_avg_sq: to_vec(s.exp_avg_sq.clone()),
+                    step: s.step,
+                })
+            })
             .collect()
     }
 
@@ -197,7 +244,13 @@ impl<B: Backend> Trainer<B> {
         self.params = ParamStore::from_host(state.values, state.counters, &self.device);
         self.adam.states = adam
             .into_iter()
-            .map(|s| s.map(|s| AdamState { exp_avg: from_vec(s.exp_avg, &self.device), exp_avg_sq: from_vec(s.exp_avg_sq, &self.device), step: s.step }))
+            .map(|s| {
+                s.map(|s| AdamState {
+                    exp_avg: from_vec(s.exp_avg, &self.device),
+                    exp_avg_sq: from_vec(s.exp_avg_sq, &self.device),
+                    step: s.step,
+                })
+            })
             .collect();
         self.step = step;
     }

@@ -1,0 +1,326 @@
+//! End-to-end tests of the `amdim-worker` binary on real files: Fashion-MNIST
+//! from Debian's `dataset-fashion-mnist`, checkpoints on the local
+//! filesystem through object_store, real signals.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const FASHION: &str = "/usr/share/datasets/fashion-mnist";
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_amdim-worker"));
+    c.env("AMDIM_LOG", "info");
+    c
+}
+
+fn require_dataset() {
+    assert!(
+        Path::new(FASHION).join("train-images-idx3-ubyte.gz").exists(),
+        "Fashion-MNIST is missing: `apt-get install dataset-fashion-mnist` (.ci/run installs it)"
+    );
+}
+
+/// A tiny job on real Fashion-MNIST samples.
+fn write_spec(dir: &Path, name: &str, ckpt: &Path, extra: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        r#"
+[job]
+name = "{name}"
+seed = 7
+[data]
+format = "idx"
+path = "{FASHION}"
+max_train_samples = 64
+[model]
+ndf = 4
+n_rkhs = 16
+depth = 2
+[train]
+batch_size = 8
+epochs = 3
+log_every = 1
+[optim]
+warmup_steps = 2
+milestones = [1]
+lr = 1e-3
+[eval]
+bn_refresh_batches = 2
+max_test_samples = 32
+[checkpoint]
+uri = "{}"
+every_steps = 3
+keep = 0
+{extra}
+"#,
+        ckpt.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run amdim-worker");
+    if !out.status.success() {
+        panic!(
+            "amdim-worker failed: {}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+fn read(ckpt: &Path, step: u64, file: &str) -> Vec<u8> {
+    std::fs::read(ckpt.join(format!("step-{step:010}")).join(file)).unwrap()
+}
+
+#[test]
+fn interrupted_and_resumed_run_is_bitwise_identical_to_uninterrupted_run() {
+    require_dataset();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let spec_a = write_spec(tmp.path(), "a", &a, "");
+    let spec_b = write_spec(tmp.path(), "b", &b, "");
+    // Uninterrupted: 10 steps (crosses an epoch boundary at 8 and the LR milestone).
+    run(bin().args(["train", "--config"]).arg(&spec_a).env("AMDIM_TRAIN__MAX_STEPS", "10"));
+    // Interrupted after 3 steps, then resumed to 10.
+    run(bin().args(["train", "--config"]).arg(&spec_b).env("AMDIM_TRAIN__MAX_STEPS", "3"));
+    let out = run(bin()
+        .args(["train", "--resume", "--config"])
+        .arg(&spec_b)
+        .env("AMDIM_TRAIN__MAX_STEPS", "10"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resumed from checkpoint"));
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        assert!(
+            read(&a, 3, file) == read(&b, 3, file),
+            "{file} at step 3 differs between two identical runs"
+        );
+        assert!(read(&a, 10, file) == read(&b, 10, file), "{file} at step 10 differs after resume");
+    }
+    // The run trained: parameters at step 10 differ from step 3.
+    assert_ne!(read(&a, 3, "model.safetensors"), read(&a, 10, "model.safetensors"));
+    let manifest: serde_json::Value = serde_json::from_slice(&read(&a, 10, "manifest.json")).unwrap();
+    assert_eq!(manifest["step"], 10);
+    assert_eq!(manifest["epoch"], 1);
+    assert_eq!(manifest["global_batch"], 8);
+    assert_eq!(manifest["files"].as_array().unwrap().len(), 2);
+
+    // A corrupt newest checkpoint is skipped with a reason; resume falls back to the previous one.
+    let victim = b.join("step-0000000010").join("model.safetensors");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&victim, bytes).unwrap();
+    let out = run(bin()
+        .args(["train", "--resume", "--config"])
+        .arg(&spec_b)
+        .env("AMDIM_TRAIN__MAX_STEPS", "10"));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("skipping checkpoint") && log.contains("SHA-256"), "{log}");
+    assert!(
+        log.contains("resumed from checkpoint step=9"),
+        "resumed from the previous checkpoint: {log}"
+    );
+    assert_eq!(read(&a, 10, "model.safetensors"), read(&b, 10, "model.safetensors"));
+}
+
+#[test]
+fn interrupt_writes_a_checkpoint_and_exits_cleanly() {
+    require_dataset();
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("ck");
+    let spec = write_spec(tmp.path(), "sig", &ckpt, "");
+    let mut child = bin()
+        .args(["train", "--config"])
+        .arg(&spec)
+        .env("AMDIM_CHECKPOINT__EVERY_STEPS", "0")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first logged step, then send SIGINT as Ctrl-C would.
+    use std::io::{BufRead, BufReader};
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut log = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains(" step ") || line.contains("step=2") {
+            break;
+        }
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    for line in lines {
+        log.push_str(&line.unwrap());
+        log.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit {status}: {log}");
+    assert!(log.contains("stopped on request"), "{log}");
+    let folders: Vec<String> = std::fs::read_dir(&ckpt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(folders.len(), 1, "{folders:?}");
+    assert!(ckpt.join(&folders[0]).join("manifest.json").exists());
+    assert_ne!(folders[0], "step-0000000024", "stopped before the end");
+}
+
+#[test]
+fn invalid_spec_and_unavailable_cuda_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[model]\nimage_size = 48\n").unwrap();
+    let out = bin().args(["train", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("model.image_size") && err.contains("bad.toml"), "{err}");
+
+    let cuda = write_spec(
+        tmp.path(),
+        "cuda",
+        &tmp.path().join("ck"),
+        "[runtime]\nbackend = \"cuda\"\ndevice = 0\n",
+    );
+    let out = bin().args(["train", "--config"]).arg(&cuda).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("runtime.backend") || err.contains("runtime.device"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = bin()
+        .args(["train", "--config"])
+        .arg(tmp.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
+
+fn npy_f32(path: &Path, shape: &[usize], data: &[f32]) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    write_npy(path, "<f4", &dims, &data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+}
+
+fn write_npy(path: &Path, descr: &str, dims: &[String], body: &[u8]) {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({}), }}", dims.join(", "));
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(body);
+    std::fs::write(path, out).unwrap();
+}
+
+fn pseudo_images(n: usize, seed: u32) -> Vec<f32> {
+    (0..n * 3 * 32 * 32)
+        .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+#[test]
+fn score_and_embed_use_trained_weights() {
+    require_dataset();
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("ck");
+    let spec = write_spec(tmp.path(), "w", &ckpt, "");
+    run(bin().args(["train", "--config"]).arg(&spec).env("AMDIM_TRAIN__MAX_STEPS", "3"));
+    let weights = ckpt.join("step-0000000003").join("model.safetensors");
+    let n = 6;
+    let (v1, v2) = (tmp.path().join("v1.npy"), tmp.path().join("v2.npy"));
+    npy_f32(&v1, &[n, 3, 32, 32], &pseudo_images(n, 1));
+    npy_f32(&v2, &[n, 3, 32, 32], &pseudo_images(n, 2));
+    let locs = tmp.path().join("locs.npy");
+    let loc_values: Vec<i64> = vec![0, 24, 12, 3, 7, 19, 5, 5, 6, 20, 1, 13];
+    write_npy(
+        &locs,
+        "<i8",
+        &["2".into(), n.to_string()],
+        &loc_values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+    );
+    let score = |extra: &[&str]| -> serde_json::Value {
+        let mut c = bin();
+        c.args(["score", "--json", "--weights"])
+            .arg(&weights)
+            .arg("--config")
+            .arg(&spec)
+            .arg("--view1")
+            .arg(&v1)
+            .arg("--view2")
+            .arg(&v2)
+            .args(extra);
+        serde_json::from_slice(&run(&mut c).stdout).unwrap()
+    };
+    let locs_arg = locs.to_string_lossy().into_owned();
+    let s1 = score(&["--r5-locations", &locs_arg]);
+    let s2 = score(&["--r5-locations", &locs_arg]);
+    assert_eq!(s1, s2, "score is deterministic");
+    assert_eq!(s1["r5_locations"][0][1], 24);
+    assert_eq!(s1["r5_locations"][1][0], 5);
+    let t = |k: &str| s1[k].as_f64().unwrap();
+    assert!(t("loss_1t5") > 0.0 && t("loss_1t7") > 0.0 && t("loss_5t5") > 0.0 && t("reg") >= 0.0);
+    assert!((t("loss_total") - (t("loss_1t5") + t("loss_1t7") + t("loss_5t5") + t("reg"))).abs() < 1e-4);
+    let other = score(&[]);
+    assert_eq!(other["loss_1t5"], s1["loss_1t5"], "the 1→5 term does not depend on locations");
+
+    // embed from .npy, and from an image folder of PNGs
+    let feats = tmp.path().join("f.safetensors");
+    run(bin()
+        .args(["embed", "--r5", "--weights"])
+        .arg(&weights)
+        .arg("--config")
+        .arg(&spec)
+        .arg("--input")
+        .arg(&v1)
+        .arg("--output")
+        .arg(&feats));
+    let bytes = std::fs::read(&feats).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("r1").unwrap().shape(), &[n, 16]);
+    assert_eq!(st.tensor("r5").unwrap().shape(), &[n, 16, 5, 5]);
+    assert!(st.tensor("r7").is_err());
+
+    let folder = tmp.path().join("imgs");
+    std::fs::create_dir(&folder).unwrap();
+    for i in 0..3u8 {
+        let img = image::RgbImage::from_fn(40, 36, |x, y| image::Rgb([x as u8 * 6, y as u8 * 7, i * 80]));
+        img.save(folder.join(format!("img{i}.png"))).unwrap();
+    }
+    std::fs::write(folder.join("notes.txt"), "not an image").unwrap();
+    let feats2 = tmp.path().join("g.safetensors");
+    run(bin()
+        .args(["embed", "--weights"])
+        .arg(&weights)
+        .arg("--config")
+        .arg(&spec)
+        .arg("--input")
+        .arg(&folder)
+        .arg("--output")
+        .arg(&feats2));
+    let bytes = std::fs::read(&feats2).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("r1").unwrap().shape(), &[3, 16]);
+    assert!(meta.metadata().as_ref().unwrap()["files"].contains("img2.png"));
+
+    // Wrong input shape is named.
+    let out = bin()
+        .args(["score", "--weights"])
+        .arg(&weights)
+        .arg("--config")
+        .arg(&spec)
+        .arg("--view1")
+        .arg(&v1)
+        .arg("--view2")
+        .arg(&locs)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("locs.npy"));
+}
