@@ -38,8 +38,13 @@ pub fn init_values(entry: &Entry, seed: u64, index: usize) -> Vec<f32> {
     }
 }
 
-/// Reads a tensor back as f32 values.
+/// Reads a tensor back as f32 values. Empty tensors (the BN counters'
+/// placeholders) are never read: a zero-size device buffer has no valid
+/// pointer on CUDA.
 pub fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    if t.shape().num_elements() == 0 {
+        return Vec::new();
+    }
     t.into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default()
 }
 

@@ -2,14 +2,13 @@
 //! size (forward + backward + Adam, and forward only), plus peak RSS, printed
 //! as one JSON line. A benchmark, not a test: it asserts nothing.
 
-use crate::data::Split;
-use crate::data::augment::train_batch;
-use crate::data::dataset::synthetic;
+use crate::data::augment::TrainBatch;
 use crate::loss::nce::multiscale_nce;
 use crate::model::BnMode;
 use crate::model::encoder::Forward;
 use crate::model::params::scalar;
 use crate::train::step::{Trainer, images, nce_inputs};
+use amdim_shared::rng::{KeyedRng, Stream};
 use amdim_shared::spec::JobSpec;
 use burn::tensor::backend::Backend;
 use std::time::Instant;
@@ -43,12 +42,27 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Standard-normal views of any size with keyed 5×5 locations: the compute
+/// of a training step without the data pipeline.
+fn synthetic_batch(n: usize, size: usize, seed: u64) -> TrainBatch {
+    let mut rng = KeyedRng::new(Stream::Synthetic, &[seed, size as u64]);
+    let mut pixels = |count: usize| (0..count).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
+    let (view1, view2) = (pixels(n * 3 * size * size), pixels(n * 3 * size * size));
+    TrainBatch {
+        n,
+        view1,
+        view2,
+        labels: None,
+        loc1: (0..n).map(|i| i * 7 % 25).collect(),
+        loc2: (0..n).map(|i| i * 11 % 25).collect(),
+        indices: (0..n as u32).collect(),
+    }
+}
+
 pub fn bench<B: Backend>(spec: JobSpec, device: B::Device, steps: usize, backend: &str) -> BenchResult {
     let g = spec.train.batch_size;
-    let data = synthetic(g * 2, spec.model.image_size, 10, Split::Train);
     let mut t = Trainer::<B>::new(spec.clone(), None, device);
-    let indices: Vec<u32> = (0..g as u32).collect();
-    let batch = train_batch(&data, &indices, &spec.augment, spec.job.seed, 0);
+    let batch = synthetic_batch(g, spec.model.image_size, spec.job.seed);
     t.train_step(&batch, 0); // warm-up
     let started = Instant::now();
     for _ in 0..steps {

@@ -93,6 +93,13 @@ fn resume<B: Backend>(t: &mut Trainer<B>, store: &CheckpointStore) -> Result<boo
 
 /// Trains the job on this process's backend.
 pub fn run<B: Backend>(spec: JobSpec, device: B::Device, options: RunOptions, runtime: tokio::runtime::Handle) -> Result<RunSummary> {
+    if spec.model.image_size != 32 {
+        bail!(
+            "model.image_size = {}: training needs the 64/128 px augmentation pipeline, which is not built yet; \
+             `bench`, `score` and `embed` support every size",
+            spec.model.image_size
+        );
+    }
     let train = Dataset::load(&spec.data, Split::Train)?.truncate(spec.data.max_train_samples);
     let test = if spec.eval.enabled && train.labels.is_some() {
         Some(Dataset::load(&spec.data, Split::Test)?)

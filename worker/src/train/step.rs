@@ -255,3 +255,83 @@ impl<B: Backend> Trainer<B> {
         self.step = step;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Split;
+    use crate::data::augment::train_batch;
+    use crate::data::dataset::synthetic;
+    use amdim_shared::spec::{LossSpec, MixtureSpec, ModelSpec, OptimSpec};
+    use burn::backend::Flex;
+
+    fn tiny_spec(k: usize) -> JobSpec {
+        JobSpec {
+            model: ModelSpec {
+                ndf: 4,
+                n_rkhs: 16,
+                depth: 1,
+                ..ModelSpec::default()
+            },
+            loss: LossSpec {
+                mixture: MixtureSpec { k, tau: 0.5, alpha: 0.1 },
+                ..LossSpec::default()
+            },
+            optim: OptimSpec {
+                warmup_steps: 1,
+                ..OptimSpec::default()
+            },
+            ..JobSpec::default()
+        }
+    }
+
+    #[test]
+    fn mixture_step_trains_the_mixture_map_and_classifiers() {
+        let data = synthetic(16, 32, 10, Split::Train);
+        let spec = tiny_spec(3);
+        let mut t = Trainer::<Flex>::new(spec.clone(), Some(10), Default::default());
+        let mixture = t.plan.mixture.clone().expect("k = 3 builds the mixture map");
+        let before = t.host_state();
+        let indices: Vec<u32> = (0..8).collect();
+        let batch = train_batch(&data, &indices, &spec.augment, 1, 0);
+        let m = t.train_step(&batch, 0);
+        assert!(
+            !m.skipped && m.loss.is_finite() && m.class_lin.is_finite() && m.class_mlp.is_finite(),
+            "{m:?}"
+        );
+        let after = t.host_state();
+        for (name, i) in [("mixture.out.weight", mixture.weight2), ("encoder.layer_list.0.conv.weight", 0)] {
+            assert_ne!(before.values[i], after.values[i], "{name} was not updated");
+        }
+        let cls = t.plan.classifier.clone().unwrap();
+        assert_ne!(before.values[cls.lin_weight], after.values[cls.lin_weight]);
+        // BN running statistics moved and the counter of the always-on final BN advanced.
+        let final_bn = t
+            .plan
+            .entries
+            .iter()
+            .position(|e| e.name == "encoder.layer_list.8.bn.num_batches_tracked")
+            .unwrap();
+        assert_eq!(after.counters[final_bn], 2, "one update per view");
+        assert_eq!(t.step, 1);
+    }
+
+    #[test]
+    fn classifier_gradients_never_reach_the_encoder() {
+        // The classifiers train on detached r1: their loss must leave the encoder without gradient.
+        let data = synthetic(16, 32, 10, Split::Train);
+        let spec = tiny_spec(1);
+        let t = Trainer::<Flex>::new(spec.clone(), Some(10), Default::default());
+        let indices: Vec<u32> = (0..8).collect();
+        let batch = train_batch(&data, &indices, &spec.augment, 1, 0);
+        let leaves = t.leaves();
+        let mut fwd = Forward::new(&leaves, BnMode::Train);
+        let e = fwd.encode(&t.plan.encoder, images::<Autodiff<Flex>>(&batch.view1, 8, 32, &t.device));
+        let (lin, mlp) = fwd.classify(t.plan.classifier.as_ref().unwrap(), e.r1.detach(), None);
+        let labels = batch.labels.clone().unwrap();
+        let grads = (classifier_loss(lin, &labels) + classifier_loss(mlp, &labels)).backward();
+        assert!(leaves[0].grad(&grads).is_none(), "stem conv got a gradient from the classifiers");
+        let cls = t.plan.classifier.as_ref().unwrap();
+        assert!(leaves[cls.lin_weight].grad(&grads).is_some());
+    }
+}
