@@ -2,6 +2,7 @@
 //! from Debian's `dataset-fashion-mnist`, checkpoints on the local
 //! filesystem through object_store, real signals.
 
+use amdim_worker::data::npy::{self, NpyArray};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -201,21 +202,14 @@ fn invalid_spec_and_unavailable_cuda_are_clear_errors() {
 }
 
 fn npy_f32(path: &Path, shape: &[usize], data: &[f32]) {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    write_npy(path, "<f4", &dims, &data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
-}
-
-fn write_npy(path: &Path, descr: &str, dims: &[String], body: &[u8]) {
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({}), }}", dims.join(", "));
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(body);
-    std::fs::write(path, out).unwrap();
+    std::fs::write(
+        path,
+        npy::to_bytes(&NpyArray::F32 {
+            shape: shape.to_vec(),
+            data: data.to_vec(),
+        }),
+    )
+    .unwrap();
 }
 
 fn pseudo_images(n: usize, seed: u32) -> Vec<f32> {
@@ -238,12 +232,14 @@ fn score_and_embed_use_trained_weights() {
     npy_f32(&v2, &[n, 3, 32, 32], &pseudo_images(n, 2));
     let locs = tmp.path().join("locs.npy");
     let loc_values: Vec<i64> = vec![0, 24, 12, 3, 7, 19, 5, 5, 6, 20, 1, 13];
-    write_npy(
+    std::fs::write(
         &locs,
-        "<i8",
-        &["2".into(), n.to_string()],
-        &loc_values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
-    );
+        npy::to_bytes(&NpyArray::I64 {
+            shape: vec![2, n],
+            data: loc_values,
+        }),
+    )
+    .unwrap();
     let score = |extra: &[&str]| -> serde_json::Value {
         let mut c = bin();
         c.args(["score", "--json", "--weights"])
