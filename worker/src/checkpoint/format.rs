@@ -211,17 +211,18 @@ mod tests {
     use crate::model::params::init_values;
     use amdim_shared::spec::{LossSpec, ModelSpec};
 
+    fn tiny_with(n_rkhs: usize, n_classes: Option<usize>) -> ModelPlan {
+        let spec = ModelSpec {
+            ndf: 4,
+            n_rkhs,
+            depth: 1,
+            ..ModelSpec::default()
+        };
+        crate::model::plan(&spec, &LossSpec::default(), n_classes)
+    }
+
     fn tiny() -> ModelPlan {
-        crate::model::plan(
-            &ModelSpec {
-                ndf: 4,
-                n_rkhs: 16,
-                depth: 1,
-                ..ModelSpec::default()
-            },
-            &LossSpec::default(),
-            Some(10),
-        )
+        tiny_with(16, Some(10))
     }
 
     fn state(plan: &ModelPlan, seed: u64) -> HostState {
@@ -275,31 +276,13 @@ mod tests {
     #[test]
     fn wrong_shape_and_missing_tensor_are_named() {
         let plan = tiny();
-        let small = crate::model::plan(
-            &ModelSpec {
-                ndf: 4,
-                n_rkhs: 32,
-                depth: 1,
-                ..ModelSpec::default()
-            },
-            &LossSpec::default(),
-            Some(10),
-        );
+        let small = tiny_with(32, Some(10));
         let bytes = model_bytes(&small, &state(&small, 1)).unwrap();
         let e = read_model(&plan, &bytes, "w.safetensors", &state(&plan, 1), true)
             .unwrap_err()
             .to_string();
         assert!(e.contains("w.safetensors") && e.contains("shape"), "{e}");
-        let enc_only = crate::model::plan(
-            &ModelSpec {
-                ndf: 4,
-                n_rkhs: 16,
-                depth: 1,
-                ..ModelSpec::default()
-            },
-            &LossSpec::default(),
-            None,
-        );
+        let enc_only = tiny_with(16, None);
         let bytes = model_bytes(&enc_only, &state(&enc_only, 1)).unwrap();
         assert!(read_model(&plan, &bytes, "w", &state(&plan, 1), false).is_ok());
         let e = read_model(&plan, &bytes, "w", &state(&plan, 1), true).unwrap_err().to_string();
