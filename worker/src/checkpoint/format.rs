@@ -35,11 +35,13 @@ pub struct HostState {
     pub counters: Vec<i64>,
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
+/// Little-endian bytes of f32 values, as safetensors stores them.
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn serialize(
+/// safetensors bytes of (name, dtype, shape, data) tensors; `what` names them in errors.
+pub fn serialize(
     tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
     metadata: Option<HashMap<String, String>>,
     what: &str,

@@ -5,7 +5,7 @@
 //! `score` runs one training-mode forward pass on two views and returns every
 //! loss term, with optional fixed 5→5 locations.
 
-use crate::checkpoint::format::{HostState, read_model};
+use crate::checkpoint::format::{HostState, f32_bytes, read_model, serialize};
 use crate::data::images::{eval_image, list_images};
 use crate::data::npy::{self, NpyArray};
 use crate::loss::nce::multiscale_nce;
@@ -17,7 +17,7 @@ use amdim_shared::rng::{KeyedRng, Stream};
 use amdim_shared::spec::JobSpec;
 use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::Backend;
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -60,10 +60,6 @@ pub fn read_images(input: &Path, size: usize) -> Result<(usize, Vec<f32>, Vec<St
     }
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
 /// What `embed` reads and writes.
 pub struct EmbedRequest<'a> {
     pub weights: &'a Path,
@@ -103,22 +99,19 @@ pub fn embed<B: Backend>(spec: &JobSpec, request: &EmbedRequest<'_>, device: B::
             r7.extend(to_vec(e.r7));
         }
     }
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![("r1".into(), vec![n, d], f32_bytes(&r1))];
+    let mut tensors = vec![("r1".to_string(), Dtype::F32, vec![n, d], f32_bytes(&r1))];
     if with_r5 {
-        tensors.push(("r5".into(), vec![n, d, 5, 5], f32_bytes(&r5)));
+        tensors.push(("r5".into(), Dtype::F32, vec![n, d, 5, 5], f32_bytes(&r5)));
     }
     if with_r7 {
-        tensors.push(("r7".into(), vec![n, d, 7, 7], f32_bytes(&r7)));
+        tensors.push(("r7".into(), Dtype::F32, vec![n, d, 7, 7], f32_bytes(&r7)));
     }
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(name, shape, bytes)| TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (name.clone(), v)))
-        .collect::<Result<_, _>>()?;
     let mut meta = HashMap::new();
     if !names.is_empty() {
         meta.insert("files".to_string(), serde_json::to_string(&names)?);
     }
-    safetensors::serialize_to_file(views, Some(meta), output).with_context(|| format!("writing {}", output.display()))?;
+    let bytes = serialize(tensors, Some(meta), "features")?;
+    std::fs::write(output, bytes).with_context(|| format!("writing {}", output.display()))?;
     Ok(n)
 }
 
