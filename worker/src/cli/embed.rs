@@ -9,20 +9,20 @@ use crate::checkpoint::format::{HostState, f32_bytes, read_model, serialize};
 use crate::data::images::{eval_image, list_images};
 use crate::data::npy::{self, NpyArray};
 use crate::loss::nce::multiscale_nce;
-use crate::model::encoder::Forward;
+use crate::model::encoder::{Forward, to_nchw};
+use crate::model::kernels::Kernels;
 use crate::model::params::{scalar, to_vec};
 use crate::model::{BnMode, ParamStore};
 use crate::train::step::{images, nce_inputs};
 use amdim_shared::rng::{KeyedRng, Stream};
 use amdim_shared::spec::JobSpec;
 use anyhow::{Context, Result, anyhow, bail};
-use burn::tensor::backend::Backend;
 use safetensors::tensor::Dtype;
 use std::collections::HashMap;
 use std::path::Path;
 
 /// Encoder-only model loaded from a safetensors file with the authors' names.
-pub fn load_encoder<B: Backend>(spec: &JobSpec, weights: &Path, device: &B::Device) -> Result<(crate::model::ModelPlan, ParamStore<B>)> {
+pub fn load_encoder<B: Kernels>(spec: &JobSpec, weights: &Path, device: &B::Device) -> Result<(crate::model::ModelPlan, ParamStore<B>)> {
     let plan = crate::model::plan(&spec.model, &spec.loss, None);
     let bytes = std::fs::read(weights).with_context(|| format!("reading weights {}", weights.display()))?;
     let init = ParamStore::<B>::init(&plan, spec.job.seed, device);
@@ -71,7 +71,7 @@ pub struct EmbedRequest<'a> {
 }
 
 /// `embed`: features of all images, written as safetensors (r1 [N, D], optional r5, r7).
-pub fn embed<B: Backend>(spec: &JobSpec, request: &EmbedRequest<'_>, device: B::Device) -> Result<usize> {
+pub fn embed<B: Kernels>(spec: &JobSpec, request: &EmbedRequest<'_>, device: B::Device) -> Result<usize> {
     let EmbedRequest {
         weights,
         input,
@@ -93,10 +93,10 @@ pub fn embed<B: Backend>(spec: &JobSpec, request: &EmbedRequest<'_>, device: B::
         let e = fwd.encode(&plan.encoder, x);
         r1.extend(to_vec(e.r1));
         if with_r5 {
-            r5.extend(to_vec(e.r5));
+            r5.extend(to_vec(to_nchw(e.r5)));
         }
         if with_r7 {
-            r7.extend(to_vec(e.r7));
+            r7.extend(to_vec(to_nchw(e.r7)));
         }
     }
     let mut tensors = vec![("r1".to_string(), Dtype::F32, vec![n, d], f32_bytes(&r1))];
@@ -128,7 +128,7 @@ pub struct ScoreResult {
 }
 
 /// `score`: the loss of two views under the given weights.
-pub fn score<B: Backend>(
+pub fn score<B: Kernels>(
     spec: &JobSpec,
     weights: &Path,
     view1: &Path,

@@ -84,18 +84,12 @@ pub struct NceLoss<B: Backend> {
     pub reg: Tensor<B, 1>,
 }
 
-/// A feature map [n, D, S, S] as targets [n, S·S, D] (location = row·S + col).
-pub fn as_targets<B: Backend>(map: Tensor<B, 4>) -> Tensor<B, 3> {
-    let [n, d, h, w] = map.dims();
-    map.reshape([n, d, h * w]).swap_dims(1, 2)
-}
-
-/// The r5 vector of each image at its location (index row·5 + col) → [n, D].
-pub fn select_locations<B: Backend>(r5: Tensor<B, 4>, locations: &[usize]) -> Tensor<B, 2> {
-    let [n, d, h, w] = r5.dims();
-    let idx: Vec<i64> = locations.iter().enumerate().map(|(i, &loc)| (i * h * w + loc) as i64).collect();
+/// The r5 vector [n, 25, D] of each image at its location (index row·5 + col) → [n, D].
+pub fn select_locations<B: Backend>(r5: Tensor<B, 3>, locations: &[usize]) -> Tensor<B, 2> {
+    let [n, l, d] = r5.dims();
+    let idx: Vec<i64> = locations.iter().enumerate().map(|(i, &loc)| (i * l + loc) as i64).collect();
     let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), &r5.device());
-    as_targets(r5).reshape([n * h * w, d]).select(0, idx)
+    r5.reshape([n * l, d]).select(0, idx)
 }
 
 fn direction<B: Backend>(src: &[Tensor<B, 2>], trg: &Tensor<B, 3>, own_offset: usize, cfg: &LossSpec) -> (Tensor<B, 1>, Tensor<B, 1>) {
@@ -273,11 +267,17 @@ mod tests {
         assert!((two - (plain - 0.5 * std::f32::consts::LN_2)).abs() < 1e-5, "{two} vs {plain}");
     }
 
+    /// A feature map [n, D, S, S] as targets [n, S·S, D] (location = row·S + col).
+    fn as_targets<Bk: Backend>(map: Tensor<Bk, 4>) -> Tensor<Bk, 3> {
+        let [n, d, h, w] = map.dims();
+        map.reshape([n, d, h * w]).swap_dims(1, 2)
+    }
+
     fn full_loss<Bk: Backend>(r1: [Tensor<Bk, 2>; 2], r5: [Tensor<Bk, 4>; 2], r7: [Tensor<Bk, 4>; 2], locs: [&[usize]; 2]) -> NceLoss<Bk> {
         let sources: Vec<Sources<Bk>> = (0..2)
             .map(|v| Sources {
                 r1: vec![r1[v].clone()],
-                r5: select_locations(r5[v].clone(), locs[v]),
+                r5: select_locations(as_targets(r5[v].clone()), locs[v]),
             })
             .collect();
         let targets: Vec<Targets<Bk>> = (0..2)

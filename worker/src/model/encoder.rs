@@ -5,10 +5,17 @@
 //! and without (evaluation, BN refresh, `embed`). BatchNorm statistics of a
 //! training-mode pass are collected in [`BnStats`] and applied by the caller;
 //! this module never mutates the parameter store.
+//!
+//! Images come in as NCHW (PyTorch's layout); inside, every map is
+//! channels-last [N, H, W, C] (see `layers`), and r5/r7 leave as [N, L, D]
+//! with location index row·S + column, which is what the loss consumes.
 
-use crate::model::layers::{BatchStats, avg_pool, batch_norm, conv, linear};
+use crate::model::kernels::Kernels;
+use crate::model::layers::{BatchStats, batch_norm, conv, conv_weight_matrix, linear};
 use crate::model::plan::{Bn, ClassifierPlan, Conv, EncoderPlan, Head, Layer, MixturePlan, ResUnit};
-use burn::tensor::{Tensor, TensorCreationOptions, activation::relu, backend::Backend};
+use burn::tensor::{Tensor, activation::relu, backend::Backend};
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 /// Whether BatchNorm uses batch statistics (training) or running ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,42 +35,58 @@ impl<B: Backend> Default for BnStats<B> {
     }
 }
 
-/// r1 [B, D], r5 [B, D, 5, 5], r7 [B, D, 7, 7].
+/// r1 [B, D]; r5 [B, 25, D] and r7 [B, 49, D] (location-major, channels last).
 pub struct Embeddings<B: Backend> {
     pub r1: Tensor<B, 2>,
-    pub r5: Tensor<B, 4>,
-    pub r7: Tensor<B, 4>,
+    pub r5: Tensor<B, 3>,
+    pub r7: Tensor<B, 3>,
+}
+
+/// A location-major map [N, S·S, D] as PyTorch's NCHW [N, D, S, S] (a view).
+pub fn to_nchw<B: Backend>(map: Tensor<B, 3>) -> Tensor<B, 4> {
+    let [n, l, d] = map.dims();
+    let side = (l as f64).sqrt().round() as usize;
+    map.swap_dims(1, 2).reshape([n, d, side, side])
 }
 
 /// Read access to the model's tensors for one forward pass.
+///
+/// One `Forward` may encode several batches (the two views of a step): the
+/// conv weights rearranged for im2col are computed once and reused.
 pub struct Forward<'a, B: Backend> {
     pub params: &'a [Tensor<B, 1>],
     pub mode: BnMode,
     pub stats: BnStats<B>,
+    weight_matrices: RefCell<HashMap<usize, Tensor<B, 2>>>,
 }
 
-impl<'a, B: Backend> Forward<'a, B> {
+impl<'a, B: Kernels> Forward<'a, B> {
     pub fn new(params: &'a [Tensor<B, 1>], mode: BnMode) -> Self {
         Self {
             params,
             mode,
             stats: BnStats::default(),
+            weight_matrices: RefCell::new(HashMap::new()),
         }
     }
 
     fn conv(&self, x: Tensor<B, 4>, c: &Conv) -> Tensor<B, 4> {
-        conv(
-            x,
-            &self.params[c.weight],
-            c.bias.map(|b| &self.params[b]),
-            c.cin,
-            c.cout,
-            c.kernel,
-            c.stride,
-        )
+        let weight = self
+            .weight_matrices
+            .borrow_mut()
+            .entry(c.weight)
+            .or_insert_with(|| conv_weight_matrix(&self.params[c.weight], c.cin, c.cout, c.kernel))
+            .clone();
+        conv(x, weight, c.bias.map(|b| &self.params[b]), c.kernel, c.stride)
     }
 
+    /// BatchNorm of a channels-last map.
     fn bn(&mut self, x: Tensor<B, 4>, bn: &Bn) -> Tensor<B, 4> {
+        let [n, h, w, c] = x.dims();
+        self.bn_rows(x.reshape([n * h * w, c]), bn).reshape([n, h, w, c])
+    }
+
+    fn bn_rows(&mut self, x: Tensor<B, 2>, bn: &Bn) -> Tensor<B, 2> {
         let p = self.params;
         match self.mode {
             BnMode::Eval => batch_norm(x, &p[bn.weight], &p[bn.bias], Some((&p[bn.running_mean], &p[bn.running_var]))).0,
@@ -83,13 +106,15 @@ impl<'a, B: Backend> Forward<'a, B> {
             h = self.bn(h, &u.bn1);
         }
         let h = self.conv(relu(h), &u.conv2);
-        let short = avg_pool(x, u.conv1.kernel, u.conv1.stride);
-        let extra = u.conv1.cout - u.conv1.cin;
-        let short = if extra > 0 {
-            let [n, _, hh, ww] = short.dims();
-            let options = TensorCreationOptions::new(short.device()).with_dtype(short.dtype());
-            let zeros = Tensor::zeros([n, extra, hh, ww], options);
-            Tensor::cat(vec![short, zeros], 1)
+        let (kernel, stride) = (u.conv1.kernel, u.conv1.stride);
+        let short = if kernel == 1 && stride == 1 {
+            x
+        } else {
+            B::avg_pool(x, kernel, stride)
+        };
+        let short = if u.conv1.cout > u.conv1.cin {
+            let [n, hh, ww, cin] = short.dims();
+            B::pad_channels(short.reshape([n * hh * ww, cin]), u.conv1.cout).reshape([n, hh, ww, u.conv1.cout])
         } else {
             short
         };
@@ -98,15 +123,9 @@ impl<'a, B: Backend> Forward<'a, B> {
 
     fn layer(&mut self, x: Tensor<B, 4>, layer: &Layer) -> Tensor<B, 4> {
         match layer {
-            Layer::Stem { conv, reflect_pad } => {
-                let x = if *reflect_pad > 0 {
-                    let p = *reflect_pad;
-                    x.pad((p, p, p, p), burn::tensor::ops::PadMode::Reflect)
-                } else {
-                    x
-                };
-                relu(self.conv(x, conv))
-            }
+            // The only reflect-padded stem is the first layer; its padding is
+            // applied to the NCHW input by `channels_last_input`.
+            Layer::Stem { conv, .. } => relu(self.conv(x, conv)),
             Layer::Res(u) => self.res(x, u),
             Layer::Block(units) => units.iter().fold(x, |h, u| self.res(h, u)),
             Layer::MaybeBn { bn, on } => {
@@ -119,18 +138,35 @@ impl<'a, B: Backend> Forward<'a, B> {
         }
     }
 
-    fn head(&mut self, x: Tensor<B, 4>, head: &Head) -> Tensor<B, 4> {
+    /// Embedding head of a channels-last map [N, S, S, C] → [N, S·S, D].
+    fn head(&mut self, x: Tensor<B, 4>, head: &Head) -> Tensor<B, 3> {
         let mut h = self.conv(x.clone(), &head.conv1);
         if head.use_bn {
             h = self.bn(h, &head.bn1);
         }
         let h = self.conv(relu(h), &head.conv2) + self.conv(x, &head.shortcut);
-        self.bn(h, &head.bn_out)
+        let [n, s, _, d] = h.dims();
+        self.bn(h, &head.bn_out).reshape([n, s * s, d])
     }
 
-    /// Encodes a batch of images [B, 3, S, S].
+    /// The stem's input: NCHW images, reflect-padded where the plan says so,
+    /// as a channels-last map.
+    fn channels_last_input(plan: &EncoderPlan, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let pad = match plan.layers.first() {
+            Some(Layer::Stem { reflect_pad, .. }) => *reflect_pad,
+            _ => 0,
+        };
+        let x = if pad > 0 {
+            x.pad((pad, pad, pad, pad), burn::tensor::ops::PadMode::Reflect)
+        } else {
+            x
+        };
+        x.permute([0, 2, 3, 1])
+    }
+
+    /// Encodes a batch of NCHW images [B, 3, S, S].
     pub fn encode(&mut self, plan: &EncoderPlan, x: Tensor<B, 4>) -> Embeddings<B> {
-        let mut h = x;
+        let mut h = Self::channels_last_input(plan, x);
         let mut f5 = None;
         let mut f7 = None;
         for (i, layer) in plan.layers.iter().enumerate() {
@@ -142,7 +178,7 @@ impl<'a, B: Backend> Forward<'a, B> {
                 f5 = Some(h.clone());
             }
         }
-        let [b, d, _, _] = h.dims();
+        let [b, _, _, d] = h.dims();
         let r1 = h.reshape([b, d]);
         // f5/f7 are always set: the plan guarantees layers of size 5 and 7.
         let (f5, f7) = match (f5, f7) {
@@ -163,14 +199,14 @@ impl<'a, B: Backend> Forward<'a, B> {
         dropout: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
     ) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let p = self.params;
-        let [n, d] = features.dims();
+        let [_, d] = features.dims();
         let lin = linear(features.clone(), &p[plan.lin_weight], Some(&p[plan.lin_bias]), d, plan.n_classes);
         let (x, keep2) = match dropout {
             Some((k1, k2)) => (features * k1, Some(k2)),
             None => (features, None),
         };
         let h = linear(x, &p[plan.mlp_weight1], None, d, plan.hidden);
-        let h = self.bn(h.reshape([n, plan.hidden, 1, 1]), &plan.mlp_bn).reshape([n, plan.hidden]);
+        let h = self.bn_rows(h, &plan.mlp_bn);
         let h = relu(h);
         let h = match keep2 {
             Some(k2) => h * k2,
@@ -201,7 +237,7 @@ mod tests {
     use amdim_shared::rng::{KeyedRng, Stream};
     use amdim_shared::spec::{LossSpec, ModelSpec};
     use burn::backend::{Autodiff, Flex};
-    use burn::tensor::{DType, TensorData};
+    use burn::tensor::{DType, TensorCreationOptions, TensorData};
 
     type AD = Autodiff<Flex>;
 
@@ -213,7 +249,7 @@ mod tests {
     }
 
     /// Total NCE loss of a tiny encoder in f64, for given parameter values.
-    fn loss<Bk: Backend>(plan: &crate::model::ModelPlan, params: &[Tensor<Bk, 1>], x1: &[f64], x2: &[f64], n: usize) -> Tensor<Bk, 1> {
+    fn loss<Bk: Kernels>(plan: &crate::model::ModelPlan, params: &[Tensor<Bk, 1>], x1: &[f64], x2: &[f64], n: usize) -> Tensor<Bk, 1> {
         let mut fwd = Forward::new(params, BnMode::Train);
         let e1 = fwd.encode(&plan.encoder, f64_tensor(x1, [n, 3, 32, 32]));
         let e2 = fwd.encode(&plan.encoder, f64_tensor(x2, [n, 3, 32, 32]));

@@ -5,6 +5,7 @@
 //! optimisation in `optim/`.
 
 pub mod encoder;
+pub mod kernels;
 pub mod layers;
 pub mod params;
 pub mod plan;

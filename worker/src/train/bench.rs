@@ -6,11 +6,11 @@ use crate::data::augment::TrainBatch;
 use crate::loss::nce::multiscale_nce;
 use crate::model::BnMode;
 use crate::model::encoder::Forward;
+use crate::model::kernels::Kernels;
 use crate::model::params::scalar;
 use crate::train::step::{Trainer, images, nce_inputs};
 use amdim_shared::rng::{KeyedRng, Stream};
 use amdim_shared::spec::JobSpec;
-use burn::tensor::backend::Backend;
 use std::time::Instant;
 
 #[derive(Debug, serde::Serialize)]
@@ -59,7 +59,7 @@ fn synthetic_batch(n: usize, size: usize, seed: u64) -> TrainBatch {
     }
 }
 
-pub fn bench<B: Backend>(spec: JobSpec, device: B::Device, steps: usize, backend: &str) -> BenchResult {
+pub fn bench<B: Kernels>(spec: JobSpec, device: B::Device, steps: usize, backend: &str) -> BenchResult {
     let g = spec.train.batch_size;
     let mut t = Trainer::<B>::new(spec.clone(), None, device);
     let batch = synthetic_batch(g, spec.model.image_size, spec.job.seed);

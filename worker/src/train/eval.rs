@@ -7,9 +7,9 @@ use crate::data::augment::eval_view;
 use crate::loss::classifier::correct;
 use crate::model::BnMode;
 use crate::model::encoder::Forward;
+use crate::model::kernels::Kernels;
 use crate::model::params::to_vec;
 use crate::train::step::{Trainer, apply_bn_stats, images};
-use burn::tensor::backend::Backend;
 
 /// Top-1 accuracies in [0, 1].
 #[derive(Clone, Debug, serde::Serialize)]
@@ -19,14 +19,14 @@ pub struct EvalResult {
     pub samples: usize,
 }
 
-fn eval_batch(test: &Dataset, t: &Trainer<impl Backend>, range: std::ops::Range<usize>) -> Vec<f32> {
+fn eval_batch(test: &Dataset, t: &Trainer<impl Kernels>, range: std::ops::Range<usize>) -> Vec<f32> {
     range.flat_map(|i| eval_view(test.image(i), &t.spec.augment)).collect()
 }
 
 /// Refreshes BN statistics on a copy of the model and evaluates; None
 /// without classifiers or labels. The trainer's own state is untouched, so
 /// evaluating (or not) never changes the course of training or a resume.
-pub fn evaluate<B: Backend>(t: &Trainer<B>, test: &Dataset) -> Option<EvalResult> {
+pub fn evaluate<B: Kernels>(t: &Trainer<B>, test: &Dataset) -> Option<EvalResult> {
     let mut params = t.params.clone();
     let cls = t.plan.classifier.clone()?;
     let labels = test.labels.as_ref()?;

@@ -6,13 +6,13 @@ use crate::checkpoint::CheckpointStore;
 use crate::checkpoint::format::{model_bytes, optimizer_bytes, read_model, read_optimizer};
 use crate::data::augment::{TrainBatch, train_batch};
 use crate::data::{Dataset, Split};
+use crate::model::kernels::Kernels;
 use crate::train::eval::evaluate;
 use crate::train::step::Trainer;
 use amdim_shared::checkpoint::{FileEntry, MANIFEST_FORMAT, MODEL_FILE, Manifest, OPTIMIZER_FILE};
 use amdim_shared::order::{epoch_permutation, global_batch, step_position, steps_per_epoch};
 use amdim_shared::spec::JobSpec;
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::Backend;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -31,7 +31,7 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
 }
 
-fn save<B: Backend>(t: &Trainer<B>, store: &CheckpointStore, epoch: u64) -> Result<()> {
+fn save<B: Kernels>(t: &Trainer<B>, store: &CheckpointStore, epoch: u64) -> Result<()> {
     let model = model_bytes(&t.plan, &t.host_state())?;
     let optim = optimizer_bytes(&t.plan, &t.host_adam())?;
     let manifest = Manifest {
@@ -60,7 +60,7 @@ fn save<B: Backend>(t: &Trainer<B>, store: &CheckpointStore, epoch: u64) -> Resu
 }
 
 /// Restores the newest verified checkpoint; returns whether one was found.
-fn resume<B: Backend>(t: &mut Trainer<B>, store: &CheckpointStore) -> Result<bool> {
+fn resume<B: Kernels>(t: &mut Trainer<B>, store: &CheckpointStore) -> Result<bool> {
     let Some(ckpt) = store.load_latest()? else { return Ok(false) };
     let m = &ckpt.manifest;
     if m.global_batch != t.spec.train.batch_size {
@@ -92,7 +92,7 @@ fn resume<B: Backend>(t: &mut Trainer<B>, store: &CheckpointStore) -> Result<boo
 }
 
 /// Trains the job on this process's backend.
-pub fn run<B: Backend>(spec: JobSpec, device: B::Device, options: RunOptions, runtime: tokio::runtime::Handle) -> Result<RunSummary> {
+pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, runtime: tokio::runtime::Handle) -> Result<RunSummary> {
     if spec.model.image_size != 32 {
         bail!(
             "model.image_size = {}: training needs the 64/128 px augmentation pipeline, which is not built yet; \

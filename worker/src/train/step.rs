@@ -10,8 +10,9 @@
 use crate::checkpoint::format::{HostAdam, HostState};
 use crate::data::augment::TrainBatch;
 use crate::loss::classifier::classifier_loss;
-use crate::loss::nce::{NceLoss, Sources, Targets, as_targets, multiscale_nce, select_locations};
+use crate::loss::nce::{NceLoss, Sources, Targets, multiscale_nce, select_locations};
 use crate::model::encoder::{BnStats, Embeddings, Forward};
+use crate::model::kernels::Kernels;
 use crate::model::layers::BN_MOMENTUM;
 use crate::model::params::{from_vec, scalar, to_vec};
 use crate::model::plan::{EntryKind, ModelPlan};
@@ -21,7 +22,7 @@ use crate::optim::schedule::learning_rate;
 use amdim_shared::rng::{KeyedRng, Stream};
 use amdim_shared::spec::JobSpec;
 use burn::backend::Autodiff;
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{Tensor, TensorData};
 
 const DROPOUT: f64 = 0.2;
 
@@ -46,7 +47,7 @@ pub struct StepMetrics {
 }
 
 /// Model, optimizer and step counter of one training process.
-pub struct Trainer<B: Backend> {
+pub struct Trainer<B: Kernels> {
     pub spec: JobSpec,
     pub plan: ModelPlan,
     pub params: ParamStore<B>,
@@ -57,7 +58,7 @@ pub struct Trainer<B: Backend> {
 }
 
 /// Applies collected batch statistics to the running averages (PyTorch momentum 0.1).
-pub fn apply_bn_stats<B: Backend>(params: &mut ParamStore<B>, stats: Vec<(crate::model::plan::Bn, Tensor<B, 1>, Tensor<B, 1>)>) {
+pub fn apply_bn_stats<B: Kernels>(params: &mut ParamStore<B>, stats: Vec<(crate::model::plan::Bn, Tensor<B, 1>, Tensor<B, 1>)>) {
     for (bn, mean, var) in stats {
         let m = BN_MOMENTUM;
         params.values[bn.running_mean] = params.values[bn.running_mean].clone().mul_scalar(1.0 - m) + mean.mul_scalar(m);
@@ -67,7 +68,7 @@ pub fn apply_bn_stats<B: Backend>(params: &mut ParamStore<B>, stats: Vec<(crate:
 }
 
 /// Inner-backend copies of the statistics of a forward pass.
-pub fn inner_stats<B: Backend>(stats: BnStats<Autodiff<B>>) -> Vec<(crate::model::plan::Bn, Tensor<B, 1>, Tensor<B, 1>)> {
+pub fn inner_stats<B: Kernels>(stats: BnStats<Autodiff<B>>) -> Vec<(crate::model::plan::Bn, Tensor<B, 1>, Tensor<B, 1>)> {
     stats
         .updates
         .into_iter()
@@ -76,12 +77,12 @@ pub fn inner_stats<B: Backend>(stats: BnStats<Autodiff<B>>) -> Vec<(crate::model
 }
 
 /// An image batch [n, 3, S, S] on `device`.
-pub fn images<B: Backend>(pixels: &[f32], n: usize, size: usize, device: &B::Device) -> Tensor<B, 4> {
+pub fn images<B: Kernels>(pixels: &[f32], n: usize, size: usize, device: &B::Device) -> Tensor<B, 4> {
     Tensor::from_data(TensorData::new(pixels.to_vec(), [n, 3, size, size]), device)
 }
 
 /// Sources and targets of both views for the NCE loss.
-pub fn nce_inputs<B: Backend>(
+pub fn nce_inputs<B: Kernels>(
     fwd: &Forward<'_, B>,
     plan: &ModelPlan,
     e: [&Embeddings<B>; 2],
@@ -95,14 +96,14 @@ pub fn nce_inputs<B: Backend>(
         r5: select_locations(e[v].r5.clone(), locs[v]),
     };
     let trg = |v: usize| Targets {
-        r5: as_targets(e[v].r5.clone()),
-        r7: as_targets(e[v].r7.clone()),
+        r5: e[v].r5.clone(),
+        r7: e[v].r7.clone(),
     };
     ([src(0), src(1)], [trg(0), trg(1)])
 }
 
 /// Dropout keep-masks scaled by 1/(1−p), from the step's keyed stream.
-fn dropout_masks<B: Backend>(seed: u64, step: u64, n: usize, widths: [usize; 2], device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
+fn dropout_masks<B: Kernels>(seed: u64, step: u64, n: usize, widths: [usize; 2], device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let mut rng = KeyedRng::new(Stream::Dropout, &[seed, step]);
     let scale = (1.0 / (1.0 - DROPOUT)) as f32;
     let mut mask = |w: usize| {
@@ -112,7 +113,7 @@ fn dropout_masks<B: Backend>(seed: u64, step: u64, n: usize, widths: [usize; 2],
     (mask(widths[0]), mask(widths[1]))
 }
 
-impl<B: Backend> Trainer<B> {
+impl<B: Kernels> Trainer<B> {
     /// A freshly initialised model for `spec` (classifiers when `n_classes` is given).
     pub fn new(spec: JobSpec, n_classes: Option<usize>, device: B::Device) -> Self {
         let n_classes = if spec.eval.enabled { n_classes } else { None };

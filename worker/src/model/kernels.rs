@@ -1,0 +1,390 @@
+//! Channels-last data movement of the encoder, with gradients: im2col (the
+//! k×k windows at stride s of an [N, H, W, C] map as matrix rows), average
+//! pooling, and zero channel padding of the residual shortcut.
+//!
+//! [`Kernels`] has a portable default written with tensor ops (used by CUDA).
+//! On flex those ops copy strided views one element at a time (its generic
+//! strided iterator), which cost more than the convolutions' matrix products;
+//! flex and autodiff-on-flex therefore get hand-written loops here, with their
+//! own backward nodes. This module knows shapes only: no parameters, no
+//! layer semantics.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Element, ElementConversion, Shape, Slice, Tensor, TensorCreationOptions, TensorPrimitive};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+use std::ops::{AddAssign, Mul};
+
+/// The encoder's data-movement primitives on channels-last [N, H, W, C] maps.
+///
+/// A backend with hand-written loops sets `NATIVE` and implements
+/// [`Kernels::native`]; every autodiff wrapper of a `Kernels` backend is one
+/// too, with the transposed movement as its backward. The others use the
+/// portable tensor-op versions.
+pub trait Kernels: Backend {
+    /// Whether [`Kernels::native`] is implemented.
+    const NATIVE: bool = false;
+
+    /// Applies `op` (or, with `transpose`, its adjoint) to a primitive.
+    fn native(op: &Move, x: FloatTensor<Self>, transpose: bool) -> FloatTensor<Self> {
+        let _ = (x, transpose);
+        unreachable!("{op:?} called natively on a backend without native kernels")
+    }
+
+    /// [N, H, W, C] → [N·Ho·Wo, k·k·C]; a row holds one window, ordered (dy, dx, c).
+    fn im2col(x: Tensor<Self, 4>, kernel: usize, stride: usize) -> Tensor<Self, 2> {
+        if Self::NATIVE {
+            let op = Move::Im2col {
+                dims: x.dims(),
+                kernel,
+                stride,
+            };
+            return wrap(Self::native(&op, float(x), false));
+        }
+        portable::im2col(x, kernel, stride)
+    }
+
+    /// k×k average pooling at stride s, no padding: [N, H, W, C] → [N, Ho, Wo, C].
+    fn avg_pool(x: Tensor<Self, 4>, kernel: usize, stride: usize) -> Tensor<Self, 4> {
+        if Self::NATIVE {
+            let op = Move::AvgPool {
+                dims: x.dims(),
+                kernel,
+                stride,
+            };
+            return wrap(Self::native(&op, float(x), false));
+        }
+        portable::avg_pool(x, kernel, stride)
+    }
+
+    /// [M, cin] → [M, cout], the extra channels zero (appended after the existing ones).
+    fn pad_channels(x: Tensor<Self, 2>, cout: usize) -> Tensor<Self, 2> {
+        if Self::NATIVE {
+            let [rows, cin] = x.dims();
+            return wrap(Self::native(&Move::PadChannels { rows, cin, cout }, float(x), false));
+        }
+        portable::pad_channels(x, cout)
+    }
+}
+
+/// Output side of a window operation.
+fn out_size(size: usize, kernel: usize, stride: usize) -> usize {
+    (size - kernel) / stride + 1
+}
+
+/// One data movement with its geometry; forward and backward are linear maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Move {
+    Im2col { dims: [usize; 4], kernel: usize, stride: usize },
+    AvgPool { dims: [usize; 4], kernel: usize, stride: usize },
+    PadChannels { rows: usize, cin: usize, cout: usize },
+}
+
+/// Element types the loops run on (f32 for training, f64 for gradient checks).
+trait Elem: Element + bytemuck::Pod + AddAssign + Mul<Output = Self> + Send + Sync {}
+impl Elem for f32 {}
+impl Elem for f64 {}
+
+impl Move {
+    fn input_shape(&self) -> Vec<usize> {
+        match *self {
+            Move::Im2col { dims, .. } | Move::AvgPool { dims, .. } => dims.to_vec(),
+            Move::PadChannels { rows, cin, .. } => vec![rows, cin],
+        }
+    }
+
+    fn output_shape(&self) -> Vec<usize> {
+        match *self {
+            Move::Im2col {
+                dims: [n, h, w, c],
+                kernel,
+                stride,
+            } => {
+                vec![n * out_size(h, kernel, stride) * out_size(w, kernel, stride), kernel * kernel * c]
+            }
+            Move::AvgPool {
+                dims: [n, h, w, c],
+                kernel,
+                stride,
+            } => vec![n, out_size(h, kernel, stride), out_size(w, kernel, stride), c],
+            Move::PadChannels { rows, cout, .. } => vec![rows, cout],
+        }
+    }
+
+    /// Calls `f(input offset, output offset, run length)` for every contiguous
+    /// run the movement copies within one image (one row for channel padding);
+    /// offsets are relative to that image's input and output blocks.
+    fn for_each_run(&self, mut f: impl FnMut(usize, usize, usize)) {
+        match *self {
+            Move::Im2col {
+                dims: [_, h, w, c],
+                kernel,
+                stride,
+            }
+            | Move::AvgPool {
+                dims: [_, h, w, c],
+                kernel,
+                stride,
+            } => {
+                let (ho, wo) = (out_size(h, kernel, stride), out_size(w, kernel, stride));
+                let im2col = matches!(self, Move::Im2col { .. });
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        for dy in 0..kernel {
+                            for dx in 0..kernel {
+                                let src = ((oy * stride + dy) * w + ox * stride + dx) * c;
+                                let window = oy * wo + ox;
+                                let dst = if im2col {
+                                    (window * kernel * kernel + dy * kernel + dx) * c
+                                } else {
+                                    window * c
+                                };
+                                f(src, dst, c);
+                            }
+                        }
+                    }
+                }
+            }
+            Move::PadChannels { cin, .. } => f(0, 0, cin),
+        }
+    }
+
+    /// (images, input elements per image, output elements per image).
+    fn blocks(&self) -> (usize, usize, usize) {
+        let input: usize = self.input_shape().iter().product();
+        let output: usize = self.output_shape().iter().product();
+        let images = match *self {
+            Move::Im2col { dims, .. } | Move::AvgPool { dims, .. } => dims[0],
+            Move::PadChannels { rows, .. } => rows,
+        };
+        (images, input / images.max(1), output / images.max(1))
+    }
+
+    fn scale<E: Elem>(&self) -> E {
+        match *self {
+            Move::AvgPool { kernel, .. } => (1.0 / (kernel * kernel) as f64).elem(),
+            _ => 1.0.elem(),
+        }
+    }
+
+    /// out = M·x, `out` zeroed by the caller.
+    fn forward<E: Elem>(&self, x: &[E], out: &mut [E]) {
+        let (images, in_block, out_block) = self.blocks();
+        if images == 0 || out_block == 0 {
+            return;
+        }
+        let scale = self.scale::<E>();
+        out.par_chunks_mut(out_block).enumerate().for_each(|(i, dst)| {
+            let src = &x[i * in_block..(i + 1) * in_block];
+            self.for_each_run(|s, d, len| {
+                for (o, &v) in dst[d..d + len].iter_mut().zip(&src[s..s + len]) {
+                    *o += v * scale;
+                }
+            });
+        });
+    }
+
+    /// grad_x = Mᵀ·grad_out, `grad_x` zeroed by the caller.
+    fn backward<E: Elem>(&self, grad_out: &[E], grad_x: &mut [E]) {
+        let (images, in_block, out_block) = self.blocks();
+        if images == 0 || in_block == 0 {
+            return;
+        }
+        let scale = self.scale::<E>();
+        grad_x.par_chunks_mut(in_block).enumerate().for_each(|(i, dst)| {
+            let src = &grad_out[i * out_block..(i + 1) * out_block];
+            self.for_each_run(|s, d, len| {
+                for (o, &g) in dst[s..s + len].iter_mut().zip(&src[d..d + len]) {
+                    *o += g * scale;
+                }
+            });
+        });
+    }
+
+    fn run_typed<E: Elem>(&self, x: &FlexTensor, transpose: bool) -> FlexTensor {
+        let shape = if transpose { self.input_shape() } else { self.output_shape() };
+        let mut out = FlexTensor::zeros(Shape::from(shape), E::dtype());
+        let src: &[E] = x.storage();
+        let dst: &mut [E] = out.storage_mut();
+        if transpose {
+            self.backward(src, dst);
+        } else {
+            self.forward(src, dst);
+        }
+        out
+    }
+
+    /// Applies the movement (or its transpose) to a flex tensor.
+    fn run(&self, x: &FlexTensor, transpose: bool) -> FlexTensor {
+        let x = x.to_contiguous();
+        match x.dtype() {
+            DType::F64 => self.run_typed::<f64>(&x, transpose),
+            DType::F32 => self.run_typed::<f32>(&x, transpose),
+            other => unreachable!("encoder tensors are f32 or f64, got {other:?}"),
+        }
+    }
+}
+
+fn float<B: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor<B> {
+    x.into_primitive().tensor()
+}
+
+fn wrap<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(x))
+}
+
+impl Kernels for Flex {
+    const NATIVE: bool = true;
+
+    fn native(op: &Move, x: FlexTensor, transpose: bool) -> FlexTensor {
+        op.run(&x, transpose)
+    }
+}
+
+/// Autodiff node of a native [`Move`]: the gradient is the transposed movement.
+#[derive(Debug)]
+struct MoveBackward;
+
+impl<B: Kernels> Backward<B, 1> for MoveBackward {
+    type State = Move;
+
+    fn backward(self, ops: Ops<Move, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = parent {
+            grads.register::<B>(node.id, B::native(&ops.state, grad, true));
+        }
+    }
+}
+
+impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
+    const NATIVE: bool = B::NATIVE;
+
+    fn native(op: &Move, x: FloatTensor<Self>, transpose: bool) -> FloatTensor<Self> {
+        // The adjoint is only ever taken inside `MoveBackward`, on the inner backend.
+        debug_assert!(!transpose, "autodiff tensors are moved forward only");
+        let out = B::native(op, x.primitive.clone(), false);
+        match MoveBackward.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(*op, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Kernels for burn::backend::Cuda {}
+
+/// The same movements written with tensor ops, for backends whose strided
+/// copies are fast (autodiff differentiates them).
+pub mod portable {
+    use super::*;
+
+    /// The window at offset (dy, dx) of every output position: [N, Ho, Wo, C].
+    fn shifted<B: Backend>(x: &Tensor<B, 4>, dy: usize, dx: usize, kernel: usize, stride: usize) -> Tensor<B, 4> {
+        let [_, h, w, _] = x.dims();
+        let (ho, wo) = (out_size(h, kernel, stride), out_size(w, kernel, stride));
+        x.clone().slice([
+            Slice::new(0, None, 1),
+            Slice::new(dy as isize, Some((dy + stride * (ho - 1) + 1) as isize), stride as isize),
+            Slice::new(dx as isize, Some((dx + stride * (wo - 1) + 1) as isize), stride as isize),
+            Slice::new(0, None, 1),
+        ])
+    }
+
+    pub fn im2col<B: Backend>(x: Tensor<B, 4>, kernel: usize, stride: usize) -> Tensor<B, 2> {
+        let [n, h, w, c] = x.dims();
+        let rows = n * out_size(h, kernel, stride) * out_size(w, kernel, stride);
+        let windows: Vec<Tensor<B, 4>> = (0..kernel * kernel)
+            .map(|i| shifted(&x, i / kernel, i % kernel, kernel, stride))
+            .collect();
+        Tensor::cat(windows, 3).reshape([rows, kernel * kernel * c])
+    }
+
+    pub fn avg_pool<B: Backend>(x: Tensor<B, 4>, kernel: usize, stride: usize) -> Tensor<B, 4> {
+        (0..kernel * kernel)
+            .map(|i| shifted(&x, i / kernel, i % kernel, kernel, stride))
+            .reduce(|a, b| a + b)
+            .unwrap_or(x)
+            .div_scalar((kernel * kernel) as f64)
+    }
+
+    pub fn pad_channels<B: Backend>(x: Tensor<B, 2>, cout: usize) -> Tensor<B, 2> {
+        let [rows, cin] = x.dims();
+        if cout == cin {
+            return x;
+        }
+        let options = TensorCreationOptions::new(x.device()).with_dtype(x.dtype());
+        let zeros = Tensor::zeros([rows, cout - cin], options);
+        Tensor::cat(vec![x, zeros], 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, Tolerance};
+
+    type AD = Autodiff<Flex>;
+
+    /// Each flex kernel equals the portable tensor-op version, forward and backward.
+    #[test]
+    fn flex_kernels_match_portable_tensor_ops_with_gradients() {
+        let dev = Default::default();
+        for (n, hw, c, k, s) in [(2, 9, 3, 3, 1), (3, 10, 4, 4, 2), (2, 8, 5, 2, 2), (1, 5, 2, 1, 1)] {
+            let x = Tensor::<AD, 4>::random([n, hw, hw, c], Distribution::Normal(0.0, 1.0), &dev).require_grad();
+            let cases: [(
+                &str,
+                fn(Tensor<AD, 4>, usize, usize) -> Tensor<AD, 2>,
+                fn(Tensor<AD, 4>, usize, usize) -> Tensor<AD, 2>,
+            ); 3] = [
+                ("im2col", |x, k, s| <AD as Kernels>::im2col(x, k, s), portable::im2col),
+                (
+                    "avg_pool",
+                    |x, k, s| {
+                        let y = <AD as Kernels>::avg_pool(x, k, s);
+                        let [a, b, c, d] = y.dims();
+                        y.reshape([a * b * c, d])
+                    },
+                    |x, k, s| {
+                        let y = portable::avg_pool(x, k, s);
+                        let [a, b, c, d] = y.dims();
+                        y.reshape([a * b * c, d])
+                    },
+                ),
+                (
+                    "pad_channels",
+                    |x, _, _| {
+                        let [a, b, c, d] = x.dims();
+                        <AD as Kernels>::pad_channels(x.reshape([a * b * c, d]), d + 3)
+                    },
+                    |x, _, _| {
+                        let [a, b, c, d] = x.dims();
+                        portable::pad_channels(x.reshape([a * b * c, d]), d + 3)
+                    },
+                ),
+            ];
+            for (name, fast, reference) in cases {
+                let y_fast = fast(x.clone(), k, s);
+                let y_ref = reference(x.clone(), k, s);
+                assert_eq!(y_fast.dims(), y_ref.dims(), "{name}");
+                y_fast
+                    .clone()
+                    .into_data()
+                    .assert_approx_eq::<f32>(&y_ref.clone().into_data(), Tolerance::rel_abs(1e-6, 1e-6));
+                let weights = Tensor::<AD, 2>::random(y_ref.dims(), Distribution::Normal(0.0, 1.0), &dev);
+                let g_fast = (y_fast * weights.clone()).sum().backward();
+                let g_ref = (y_ref * weights).sum().backward();
+                x.grad(&g_fast)
+                    .unwrap_or_else(|| panic!("{name}: no gradient"))
+                    .into_data()
+                    .assert_approx_eq::<f32>(&x.grad(&g_ref).unwrap().into_data(), Tolerance::rel_abs(1e-5, 1e-6));
+            }
+        }
+    }
+}
