@@ -72,6 +72,9 @@ pub enum DataFormat {
     Cifar100,
     /// Random images, for benchmarks and smoke tests.
     Synthetic,
+    /// JPEG/PNG files in the ImageNet layout: `<path>/train/<class>/*`, and
+    /// optionally `<path>/val/<class>/*`; classes sorted by name.
+    ImageFolder,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -85,6 +88,13 @@ pub struct DataSpec {
     /// Samples in a synthetic dataset.
     pub synthetic_samples: usize,
     pub last_batch: LastBatch,
+    /// Largest image (width × height) decoded; bigger files are skipped as
+    /// decompression bombs.
+    pub max_pixels: u64,
+    /// Threads decoding and augmenting images (0 = one per core).
+    pub workers: usize,
+    /// Batches prepared ahead of the training step (bounds memory).
+    pub prefetch_batches: usize,
 }
 
 impl Default for DataSpec {
@@ -95,6 +105,9 @@ impl Default for DataSpec {
             max_train_samples: 0,
             synthetic_samples: 1024,
             last_batch: LastBatch::Drop,
+            max_pixels: 64 * 1024 * 1024,
+            workers: 0,
+            prefetch_batches: 2,
         }
     }
 }
@@ -181,6 +194,9 @@ pub struct AugmentSpec {
     pub flip: bool,
     /// 32 px: random translation (±4 px, reflect padding) with p 0.8.
     pub translate: bool,
+    /// 64/128 px: RandomResizedCrop (scale 0.3–1, ratio 0.7–1.4); off = the
+    /// evaluation transform (resize, centre crop).
+    pub crop: bool,
     /// Colour jitter with p 0.8.
     pub color_jitter: bool,
     /// Random grayscale with p 0.25.
@@ -194,6 +210,7 @@ impl Default for AugmentSpec {
         Self {
             flip: true,
             translate: true,
+            crop: true,
             color_jitter: true,
             grayscale: true,
             normalize: true,
@@ -424,6 +441,12 @@ impl JobSpec {
                 "model.image_size",
                 format!("{:?} images are 32×32 after padding; set image_size = 32", self.data.format),
             ));
+        }
+        if self.data.max_pixels == 0 {
+            return Err(field_err("data.max_pixels", "must be at least 1"));
+        }
+        if self.data.prefetch_batches == 0 {
+            return Err(field_err("data.prefetch_batches", "must be at least 1"));
         }
         let t = &self.train;
         if t.batch_size < 2 {

@@ -65,6 +65,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure the input pipeline: decode + two training views of the job's photos.
+    BenchData {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// Photos of the training split held in memory and cycled through.
+        #[arg(long, default_value_t = 256)]
+        files: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure training and forward throughput on synthetic images.
     Bench {
         #[arg(long, short = 'c')]
@@ -163,6 +176,20 @@ fn main() -> Result<()> {
                     "1t5 {:.6}  1t7 {:.6}  5t5 {:.6}  reg {:.6}  total {:.6}",
                     r.loss_1t5, r.loss_1t7, r.loss_5t5, r.reg, r.loss_total
                 );
+            }
+        }
+        Command::BenchData {
+            config,
+            files,
+            seconds,
+            json,
+        } => {
+            let spec = load_spec(&config)?;
+            let r = amdim_worker::data::bench::bench_data(&spec, files, seconds)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("{r:#?}");
             }
         }
         Command::Bench { config, steps, json } => {

@@ -1,4 +1,5 @@
-//! The 32 px augmentations of spec §5, on f32 pixels in [0, 1].
+//! The 32 px augmentations of spec §5, and the colour stage every family
+//! shares, on f32 CHW pixels in [0, 1] (colour functions take any size).
 //!
 //! One horizontal flip (p 0.5) per image, shared by both views; then per view:
 //! translation by up to ±4 px with reflect padding (p 0.8), colour jitter
@@ -7,7 +8,6 @@
 //! colour maths follows torchvision's tensor definitions. All randomness comes
 //! from the sample's keyed stream (seed, epoch, sample index).
 
-use crate::data::Dataset;
 use amdim_shared::rng::{KeyedRng, Stream};
 use amdim_shared::spec::AugmentSpec;
 
@@ -55,16 +55,18 @@ pub fn adjust_brightness(img: &mut [f32], factor: f32) {
 }
 
 pub fn adjust_contrast(img: &mut [f32], factor: f32) {
-    let mean = (0..PLANE).map(|i| luma(img[i], img[PLANE + i], img[2 * PLANE + i])).sum::<f32>() / PLANE as f32;
+    let plane = img.len() / 3;
+    let mean = (0..plane).map(|i| luma(img[i], img[plane + i], img[2 * plane + i])).sum::<f32>() / plane as f32;
     img.iter_mut()
         .for_each(|v| *v = (factor * *v + (1.0 - factor) * mean).clamp(0.0, 1.0));
 }
 
 pub fn adjust_saturation(img: &mut [f32], factor: f32) {
-    for i in 0..PLANE {
-        let gray = luma(img[i], img[PLANE + i], img[2 * PLANE + i]);
+    let plane = img.len() / 3;
+    for i in 0..plane {
+        let gray = luma(img[i], img[plane + i], img[2 * plane + i]);
         for c in 0..3 {
-            let v = &mut img[c * PLANE + i];
+            let v = &mut img[c * plane + i];
             *v = (factor * *v + (1.0 - factor) * gray).clamp(0.0, 1.0);
         }
     }
@@ -111,29 +113,56 @@ pub fn hsv_to_rgb(h: f32, s: f32, v: f32) -> (f32, f32, f32) {
 }
 
 pub fn adjust_hue(img: &mut [f32], shift: f32) {
-    for i in 0..PLANE {
-        let (h, s, v) = rgb_to_hsv(img[i], img[PLANE + i], img[2 * PLANE + i]);
+    let plane = img.len() / 3;
+    for i in 0..plane {
+        let (h, s, v) = rgb_to_hsv(img[i], img[plane + i], img[2 * plane + i]);
         let (r, g, b) = hsv_to_rgb((h + shift).rem_euclid(1.0), s, v);
         img[i] = r;
-        img[PLANE + i] = g;
-        img[2 * PLANE + i] = b;
+        img[plane + i] = g;
+        img[2 * plane + i] = b;
     }
 }
 
 pub fn to_grayscale(img: &mut [f32]) {
-    for i in 0..PLANE {
-        let g = luma(img[i], img[PLANE + i], img[2 * PLANE + i]);
+    let plane = img.len() / 3;
+    for i in 0..plane {
+        let g = luma(img[i], img[plane + i], img[2 * plane + i]);
         for c in 0..3 {
-            img[c * PLANE + i] = g;
+            img[c * plane + i] = g;
         }
     }
 }
 
-fn normalize(img: &mut [f32]) {
+/// (x − mean_c) / std_c per channel.
+pub fn normalize(img: &mut [f32], mean: [f32; 3], std: [f32; 3]) {
+    let plane = img.len() / 3;
     for c in 0..3 {
-        for v in &mut img[c * PLANE..(c + 1) * PLANE] {
-            *v = (*v - CIFAR_MEAN[c]) / CIFAR_STD[c];
+        for v in &mut img[c * plane..(c + 1) * plane] {
+            *v = (*v - mean[c]) / std[c];
         }
+    }
+}
+
+/// The colour stage of one view (spec §5): with p 0.8 ColorJitter(0.4, 0.4,
+/// 0.4, `hue`) in a random order (as torchvision), then grayscale with p 0.25.
+pub fn colour(img: &mut [f32], aug: &AugmentSpec, hue: f64, rng: &mut KeyedRng) {
+    if aug.color_jitter && rng.bernoulli(0.8) {
+        let order = rng.permutation(4);
+        let brightness = rng.uniform(0.6, 1.4) as f32;
+        let contrast = rng.uniform(0.6, 1.4) as f32;
+        let saturation = rng.uniform(0.6, 1.4) as f32;
+        let hue = rng.uniform(-hue, hue) as f32;
+        for op in order {
+            match op {
+                0 => adjust_brightness(img, brightness),
+                1 => adjust_contrast(img, contrast),
+                2 => adjust_saturation(img, saturation),
+                _ => adjust_hue(img, hue),
+            }
+        }
+    }
+    if aug.grayscale && rng.bernoulli(0.25) {
+        to_grayscale(img);
     }
 }
 
@@ -160,26 +189,9 @@ fn view(base: &[f32], aug: &AugmentSpec, rng: &mut KeyedRng) -> Vec<f32> {
     } else {
         base.to_vec()
     };
-    if aug.color_jitter && rng.bernoulli(0.8) {
-        let order = rng.permutation(4);
-        let brightness = rng.uniform(0.6, 1.4) as f32;
-        let contrast = rng.uniform(0.6, 1.4) as f32;
-        let saturation = rng.uniform(0.6, 1.4) as f32;
-        let hue = rng.uniform(-0.2, 0.2) as f32;
-        for op in order {
-            match op {
-                0 => adjust_brightness(&mut img, brightness),
-                1 => adjust_contrast(&mut img, contrast),
-                2 => adjust_saturation(&mut img, saturation),
-                _ => adjust_hue(&mut img, hue),
-            }
-        }
-    }
-    if aug.grayscale && rng.bernoulli(0.25) {
-        to_grayscale(&mut img);
-    }
+    colour(&mut img, aug, 0.2, rng);
     if aug.normalize {
-        normalize(&mut img);
+        normalize(&mut img, CIFAR_MEAN, CIFAR_STD);
     }
     img
 }
@@ -198,7 +210,7 @@ pub fn two_views(img: &[u8], aug: &AugmentSpec, seed: u64, epoch: u64, sample: u
 pub fn eval_view(img: &[u8], aug: &AugmentSpec) -> Vec<f32> {
     let mut v = to_unit(img, false);
     if aug.normalize {
-        normalize(&mut v);
+        normalize(&mut v, CIFAR_MEAN, CIFAR_STD);
     }
     v
 }
@@ -207,41 +219,6 @@ pub fn eval_view(img: &[u8], aug: &AugmentSpec) -> Vec<f32> {
 pub fn source_locations(seed: u64, epoch: u64, sample: u64) -> (usize, usize) {
     let mut rng = KeyedRng::new(Stream::SourceLocation, &[seed, epoch, sample]);
     (rng.below(25) as usize, rng.below(25) as usize)
-}
-
-/// Two augmented views, labels and 5→5 locations of a list of samples.
-pub struct TrainBatch {
-    pub n: usize,
-    /// [n, 3, 32, 32] each.
-    pub view1: Vec<f32>,
-    pub view2: Vec<f32>,
-    pub labels: Option<Vec<u32>>,
-    pub loc1: Vec<usize>,
-    pub loc2: Vec<usize>,
-    pub indices: Vec<u32>,
-}
-
-/// Builds the batch of `indices` for `epoch`.
-pub fn train_batch(ds: &Dataset, indices: &[u32], aug: &AugmentSpec, seed: u64, epoch: u64) -> TrainBatch {
-    let n = indices.len();
-    let mut b = TrainBatch {
-        n,
-        view1: Vec::with_capacity(n * 3 * PLANE),
-        view2: Vec::with_capacity(n * 3 * PLANE),
-        labels: ds.labels.as_ref().map(|l| indices.iter().map(|&i| l[i as usize]).collect()),
-        loc1: Vec::with_capacity(n),
-        loc2: Vec::with_capacity(n),
-        indices: indices.to_vec(),
-    };
-    for &i in indices {
-        let (v1, v2) = two_views(ds.image(i as usize), aug, seed, epoch, i as u64);
-        b.view1.extend_from_slice(&v1);
-        b.view2.extend_from_slice(&v2);
-        let (l1, l2) = source_locations(seed, epoch, i as u64);
-        b.loc1.push(l1);
-        b.loc2.push(l2);
-    }
-    b
 }
 
 #[cfg(test)]
@@ -315,6 +292,7 @@ mod tests {
         assert_ne!(a, two_views(&img, &aug, 1, 3, 3));
         assert_ne!(a.0, a.1, "the two views differ");
         let off = AugmentSpec {
+            crop: false,
             flip: false,
             translate: false,
             color_jitter: false,

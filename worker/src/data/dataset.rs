@@ -97,6 +97,7 @@ impl Dataset {
                 Ok(out)
             }
             DataFormat::Synthetic => Ok(synthetic(spec.synthetic_samples, 32, 10, split)),
+            DataFormat::ImageFolder => Err(file_err(dir, "an ImageFolder is read on demand (data::folder), not loaded")),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! size (forward + backward + Adam, and forward only), plus peak RSS, printed
 //! as one JSON line. A benchmark, not a test: it asserts nothing.
 
-use crate::data::augment::TrainBatch;
+use crate::data::pipeline::TrainBatch;
 use crate::loss::nce::multiscale_nce;
 use crate::model::BnMode;
 use crate::model::encoder::Forward;

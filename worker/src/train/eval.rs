@@ -2,8 +2,7 @@
 //! statistics on a few test batches in training mode, then evaluate the
 //! linear and MLP heads in eval mode.
 
-use crate::data::Dataset;
-use crate::data::augment::eval_view;
+use crate::data::pipeline::Pipeline;
 use crate::loss::classifier::correct;
 use crate::model::BnMode;
 use crate::model::encoder::Forward;
@@ -19,30 +18,27 @@ pub struct EvalResult {
     pub samples: usize,
 }
 
-fn eval_batch(test: &Dataset, t: &Trainer<impl Kernels>, range: std::ops::Range<usize>) -> Vec<f32> {
-    range.flat_map(|i| eval_view(test.image(i), &t.spec.augment)).collect()
-}
-
 /// Refreshes BN statistics on a copy of the model and evaluates; None
 /// without classifiers or labels. The trainer's own state is untouched, so
 /// evaluating (or not) never changes the course of training or a resume.
-pub fn evaluate<B: Kernels>(t: &Trainer<B>, test: &Dataset) -> Option<EvalResult> {
+pub fn evaluate<B: Kernels>(t: &Trainer<B>, test: &Pipeline) -> Option<EvalResult> {
     let mut params = t.params.clone();
     let cls = t.plan.classifier.clone()?;
-    let labels = test.labels.as_ref()?;
+    let labels = test.source.labels()?;
+    let test_len = test.source.len();
     let size = t.spec.model.image_size;
     let batch = t.spec.train.batch_size.min(256);
     let limit = match t.spec.eval.max_test_samples {
-        0 => test.len(),
-        m => m.min(test.len()),
+        0 => test_len,
+        m => m.min(test_len),
     };
     for b in 0..t.spec.eval.bn_refresh_batches {
-        let start = (b * batch) % test.len().max(1);
-        let end = (start + batch).min(test.len());
+        let start = (b * batch) % test_len.max(1);
+        let end = (start + batch).min(test_len);
         if end - start < 2 {
             break;
         }
-        let x = images::<B>(&eval_batch(test, t, start..end), end - start, size, &t.device);
+        let x = images::<B>(&test.eval_batch(start..end), end - start, size, &t.device);
         let mut fwd = Forward::new(&params.values, BnMode::Train);
         let e = fwd.encode(&t.plan.encoder, x);
         let _ = fwd.classify(&cls, e.r1, None);
@@ -52,7 +48,7 @@ pub fn evaluate<B: Kernels>(t: &Trainer<B>, test: &Dataset) -> Option<EvalResult
     let (mut hit_lin, mut hit_mlp) = (0, 0);
     for start in (0..limit).step_by(batch) {
         let end = (start + batch).min(limit);
-        let x = images::<B>(&eval_batch(test, t, start..end), end - start, size, &t.device);
+        let x = images::<B>(&test.eval_batch(start..end), end - start, size, &t.device);
         let mut fwd = Forward::new(&params.values, BnMode::Eval);
         let e = fwd.encode(&t.plan.encoder, x);
         let (lin, mlp) = fwd.classify(&cls, e.r1, None);

@@ -4,8 +4,8 @@
 
 use crate::checkpoint::CheckpointStore;
 use crate::checkpoint::format::{model_bytes, optimizer_bytes, read_model, read_optimizer};
-use crate::data::augment::{TrainBatch, train_batch};
-use crate::data::{Dataset, Split};
+use crate::data::Split;
+use crate::data::pipeline::{Pipeline, Source, TrainBatch};
 use crate::model::kernels::Kernels;
 use crate::train::eval::evaluate;
 use crate::train::step::Trainer;
@@ -93,35 +93,41 @@ fn resume<B: Kernels>(t: &mut Trainer<B>, store: &CheckpointStore) -> Result<boo
 
 /// Trains the job on this process's backend.
 pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, runtime: tokio::runtime::Handle) -> Result<RunSummary> {
-    if spec.model.image_size != 32 {
-        bail!(
-            "model.image_size = {}: training needs the 64/128 px augmentation pipeline, which is not built yet; \
-             `bench`, `score` and `embed` support every size",
-            spec.model.image_size
-        );
-    }
-    let train = Dataset::load(&spec.data, Split::Train)?.truncate(spec.data.max_train_samples);
-    let test = if spec.eval.enabled && train.labels.is_some() {
-        Some(Dataset::load(&spec.data, Split::Test)?)
+    let d = &spec.data;
+    let pipeline = |source: Source| -> Result<Pipeline> {
+        let p = Pipeline::new(
+            source,
+            spec.model.image_size,
+            spec.augment.clone(),
+            spec.job.seed,
+            d.max_pixels,
+            d.workers,
+        )?;
+        Ok(p)
+    };
+    let train = pipeline(Source::open(d, Split::Train)?.truncate(d.max_train_samples))?;
+    let test = if spec.eval.enabled && train.source.labels().is_some() && Source::has_split(d, Split::Test) {
+        Some(pipeline(Source::open(d, Split::Test)?)?)
     } else {
         None
     };
     let g = spec.train.batch_size;
-    let spe = steps_per_epoch(train.len(), g, spec.data.last_batch);
+    let n_train = train.source.len();
+    let spe = steps_per_epoch(n_train, g, spec.data.last_batch);
     if spe == 0 {
-        bail!("train.batch_size = {g} is larger than the {} training samples", train.len());
+        bail!("train.batch_size = {g} is larger than the {n_train} training samples");
     }
     let total = match spec.train.max_steps {
         0 => spec.train.epochs * spe,
         m => m.min(spec.train.epochs * spe),
     };
     let store = CheckpointStore::open(&spec.checkpoint.uri, runtime)?;
-    let mut t = Trainer::<B>::new(spec.clone(), Some(train.n_classes), device);
+    let mut t = Trainer::<B>::new(spec.clone(), Some(train.source.n_classes()), device);
     if options.resume && !resume(&mut t, &store)? {
         tracing::info!(uri = %spec.checkpoint.uri, "no checkpoint to resume from; starting at step 0");
     }
     tracing::info!(
-        samples = train.len(),
+        samples = n_train,
         steps_per_epoch = spe,
         total_steps = total,
         parameters = t.plan.count_params(""),
@@ -134,20 +140,21 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
     let start_step = t.step;
     std::thread::scope(|scope| -> Result<()> {
         // Batches are built one step ahead on a second thread, in step order.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, TrainBatch)>(2);
+        // At most data.prefetch_batches batches wait in the queue (back-pressure).
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, TrainBatch)>(spec.data.prefetch_batches);
         let producer_stop = options.stop.clone();
-        let (train_ref, spec_ref) = (&train, &spec);
+        let train_ref = &train;
         scope.spawn(move || {
             let mut perm_epoch = u64::MAX;
             let mut perm = Vec::new();
             for k in start_step..total {
                 let pos = step_position(k, spe);
                 if pos.epoch != perm_epoch {
-                    perm = epoch_permutation(train_ref.len(), seed, pos.epoch);
+                    perm = epoch_permutation(n_train, seed, pos.epoch);
                     perm_epoch = pos.epoch;
                 }
                 let indices = global_batch(&perm, pos.step_in_epoch, g);
-                let batch = train_batch(train_ref, &indices, &spec_ref.augment, seed, pos.epoch);
+                let batch = train_ref.train_batch(&indices, pos.epoch);
                 if tx.send((pos.epoch, batch)).is_err() || producer_stop.load(Ordering::Relaxed) {
                     break;
                 }
@@ -155,12 +162,15 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
         });
         let mut window = Instant::now();
         let mut window_images = 0usize;
+        let mut window_wait = 0.0f64;
         while t.step < total {
             if options.stop.load(Ordering::Relaxed) {
                 stopped_early = true;
                 break;
             }
+            let waiting = Instant::now();
             let Ok((epoch, batch)) = rx.recv() else { break };
+            window_wait += waiting.elapsed().as_secs_f64();
             let m = t.train_step(&batch, epoch);
             window_images += batch.n;
             if m.skipped {
@@ -180,10 +190,13 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
                     class_mlp = m.class_mlp,
                     lr = m.lr,
                     images_per_s = window_images as f64 / secs.max(1e-9),
+                    data_wait_s = window_wait,
+                    skipped_samples = train.health.skipped(),
                     "step"
                 );
                 window = Instant::now();
                 window_images = 0;
+                window_wait = 0.0;
             }
             let epoch_done = t.step.is_multiple_of(spe);
             let eval_due = (epoch_done && (epoch + 1) % spec.eval.every_epochs == 0) || t.step == total;

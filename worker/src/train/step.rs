@@ -8,7 +8,7 @@
 //! batch and step index — which is what makes resume bitwise exact.
 
 use crate::checkpoint::format::{HostAdam, HostState};
-use crate::data::augment::TrainBatch;
+use crate::data::pipeline::TrainBatch;
 use crate::loss::classifier::classifier_loss;
 use crate::loss::nce::{NceLoss, Sources, Targets, multiscale_nce, select_locations};
 use crate::model::encoder::{BnStats, Embeddings, Forward};
@@ -261,8 +261,14 @@ impl<B: Kernels> Trainer<B> {
 mod tests {
     use super::*;
     use crate::data::Split;
-    use crate::data::augment::train_batch;
     use crate::data::dataset::synthetic;
+    use crate::data::pipeline::{Pipeline, Source};
+
+    fn synthetic_batch(spec: &JobSpec, n: u32) -> TrainBatch {
+        let data = synthetic(16, 32, 10, Split::Train);
+        let pipeline = Pipeline::new(Source::Memory(data), 32, spec.augment.clone(), 1, 1 << 20, 1).unwrap();
+        pipeline.train_batch(&(0..n).collect::<Vec<u32>>(), 0)
+    }
     use amdim_shared::spec::{LossSpec, MixtureSpec, ModelSpec, OptimSpec};
     use burn::backend::Flex;
 
@@ -288,13 +294,11 @@ mod tests {
 
     #[test]
     fn mixture_step_trains_the_mixture_map_and_classifiers() {
-        let data = synthetic(16, 32, 10, Split::Train);
         let spec = tiny_spec(3);
         let mut t = Trainer::<Flex>::new(spec.clone(), Some(10), Default::default());
         let mixture = t.plan.mixture.clone().expect("k = 3 builds the mixture map");
         let before = t.host_state();
-        let indices: Vec<u32> = (0..8).collect();
-        let batch = train_batch(&data, &indices, &spec.augment, 1, 0);
+        let batch = synthetic_batch(&spec, 8);
         let m = t.train_step(&batch, 0);
         assert!(
             !m.skipped && m.loss.is_finite() && m.class_lin.is_finite() && m.class_mlp.is_finite(),
@@ -320,11 +324,9 @@ mod tests {
     #[test]
     fn classifier_gradients_never_reach_the_encoder() {
         // The classifiers train on detached r1: their loss must leave the encoder without gradient.
-        let data = synthetic(16, 32, 10, Split::Train);
         let spec = tiny_spec(1);
         let t = Trainer::<Flex>::new(spec.clone(), Some(10), Default::default());
-        let indices: Vec<u32> = (0..8).collect();
-        let batch = train_batch(&data, &indices, &spec.augment, 1, 0);
+        let batch = synthetic_batch(&spec, 8);
         let leaves = t.leaves();
         let mut fwd = Forward::new(&leaves, BnMode::Train);
         let e = fwd.encode(&t.plan.encoder, images::<Autodiff<Flex>>(&batch.view1, 8, 32, &t.device));

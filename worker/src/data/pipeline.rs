@@ -1,0 +1,239 @@
+//! From sample indices to batches: reads and decodes samples, builds their
+//! views on a dedicated thread pool (separate from the one running the
+//! model's matrix products), and survives bad files.
+//!
+//! A sample that cannot be read or decoded is skipped, counted, logged once
+//! with its path, and replaced by the next readable sample (i+1, i+2, … mod
+//! N); its views keep the original index's random stream, so the
+//! replacement is the same on every run, rank and thread. The order of
+//! samples comes from `amdim_shared::order`; this module never picks indices.
+
+use crate::data::augment;
+use crate::data::dataset::{DataError, Dataset, Split};
+use crate::data::folder::ImageFolder;
+use crate::data::photo::{self, Rgb};
+use amdim_shared::spec::{AugmentSpec, DataFormat, DataSpec};
+use rayon::prelude::*;
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Consecutive unreadable samples after which a mid-gray image stands in.
+const MAX_REPLACEMENTS: usize = 64;
+
+/// Where samples come from.
+pub enum Source {
+    /// Decoded 32×32 images held in memory (IDX, CIFAR, synthetic).
+    Memory(Dataset),
+    /// Encoded photos read on demand.
+    Folder(ImageFolder),
+}
+
+impl Source {
+    /// Opens one split of the spec's dataset; errors name the file or folder.
+    pub fn open(spec: &DataSpec, split: Split) -> Result<Self, DataError> {
+        match spec.format {
+            DataFormat::ImageFolder => Ok(Source::Folder(ImageFolder::open(Path::new(&spec.path), split)?)),
+            _ => Ok(Source::Memory(Dataset::load(spec, split)?)),
+        }
+    }
+
+    /// Whether the dataset has this split (ImageFolder's `val` is optional).
+    pub fn has_split(spec: &DataSpec, split: Split) -> bool {
+        match spec.format {
+            DataFormat::ImageFolder => ImageFolder::has_split(Path::new(&spec.path), split),
+            _ => true,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Source::Memory(d) => d.len(),
+            Source::Folder(f) => f.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn truncate(self, n: usize) -> Self {
+        match self {
+            Source::Memory(d) => Source::Memory(d.truncate(n)),
+            Source::Folder(f) => Source::Folder(f.truncate(n)),
+        }
+    }
+
+    pub fn labels(&self) -> Option<&[u32]> {
+        match self {
+            Source::Memory(d) => d.labels.as_deref(),
+            Source::Folder(f) => Some(&f.labels),
+        }
+    }
+
+    pub fn n_classes(&self) -> usize {
+        match self {
+            Source::Memory(d) => d.n_classes,
+            Source::Folder(f) => f.classes.len(),
+        }
+    }
+}
+
+/// Unreadable samples requested so far (exported as a metric by the metrics
+/// issue); each bad file is logged once.
+#[derive(Default)]
+pub struct Health {
+    skipped: AtomicU64,
+    logged: Mutex<HashSet<usize>>,
+}
+
+impl Health {
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Notes that sample `index` is unreadable; `requested` counts it as a
+    /// skipped sample (false while trying replacements).
+    fn record(&self, index: usize, path: &Path, reason: &str, requested: bool) {
+        if requested {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        let first_time = self.logged.lock().map(|mut seen| seen.insert(index)).unwrap_or(false);
+        if first_time {
+            tracing::warn!(sample = index, path = %path.display(), reason, "skipping unreadable sample");
+        }
+    }
+}
+
+/// Two augmented views, labels and 5→5 locations of a list of samples.
+pub struct TrainBatch {
+    pub n: usize,
+    /// [n, 3, size, size] each, normalised.
+    pub view1: Vec<f32>,
+    pub view2: Vec<f32>,
+    pub labels: Option<Vec<u32>>,
+    pub loc1: Vec<usize>,
+    pub loc2: Vec<usize>,
+    pub indices: Vec<u32>,
+}
+
+/// A source with its augmentation recipe and worker threads.
+pub struct Pipeline {
+    pub source: Source,
+    pub size: usize,
+    pub augment: AugmentSpec,
+    pub seed: u64,
+    pub max_pixels: u64,
+    pub health: Health,
+    pool: rayon::ThreadPool,
+}
+
+impl Pipeline {
+    /// `workers` = 0 uses one thread per core.
+    pub fn new(source: Source, size: usize, augment: AugmentSpec, seed: u64, max_pixels: u64, workers: usize) -> Result<Self, DataError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(workers)
+            .thread_name(|i| format!("amdim-data-{i}"))
+            .build()
+            .map_err(|e| DataError::File {
+                path: "data.workers".into(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            source,
+            size,
+            augment,
+            seed,
+            max_pixels,
+            health: Health::default(),
+            pool,
+        })
+    }
+
+    /// Decoded photo of sample `i` of a folder source, or its deterministic
+    /// replacement.
+    fn photo(&self, folder: &ImageFolder, i: usize) -> Rgb {
+        let n = folder.len();
+        for k in 0..MAX_REPLACEMENTS.min(n) {
+            let j = (i + k) % n;
+            let decoded = folder
+                .read(j)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| photo::decode(&bytes, self.max_pixels).map_err(|e| e.to_string()));
+            match decoded {
+                Ok(img) => return img,
+                Err(reason) => self.health.record(j, &folder.files[j], &reason, k == 0),
+            }
+        }
+        tracing::error!(sample = i, "{MAX_REPLACEMENTS} consecutive unreadable samples; using a gray image");
+        Rgb {
+            width: self.size as u32,
+            height: self.size as u32,
+            pixels: vec![128; 3 * self.size * self.size],
+        }
+    }
+
+    /// The two training views of sample `i` in `epoch`.
+    pub fn views(&self, i: usize, epoch: u64) -> (Vec<f32>, Vec<f32>) {
+        match &self.source {
+            Source::Memory(d) => augment::two_views(d.image(i), &self.augment, self.seed, epoch, i as u64),
+            Source::Folder(f) => photo::two_views(&self.photo(f, i), self.size, &self.augment, self.seed, epoch, i as u64),
+        }
+    }
+
+    /// The evaluation view of sample `i`.
+    pub fn eval_view(&self, i: usize) -> Vec<f32> {
+        match &self.source {
+            Source::Memory(d) => augment::eval_view(d.image(i), &self.augment),
+            Source::Folder(f) => photo::eval_view(&self.photo(f, i), self.size, self.augment.normalize),
+        }
+    }
+
+    /// Builds the batch of `indices` for `epoch`, samples in parallel.
+    pub fn train_batch(&self, indices: &[u32], epoch: u64) -> TrainBatch {
+        let views: Vec<(Vec<f32>, Vec<f32>)> = self
+            .pool
+            .install(|| indices.par_iter().map(|&i| self.views(i as usize, epoch)).collect());
+        let per = 3 * self.size * self.size;
+        let n = indices.len();
+        let mut b = TrainBatch {
+            n,
+            view1: Vec::with_capacity(n * per),
+            view2: Vec::with_capacity(n * per),
+            labels: self.source.labels().map(|l| indices.iter().map(|&i| l[i as usize]).collect()),
+            loc1: Vec::with_capacity(n),
+            loc2: Vec::with_capacity(n),
+            indices: indices.to_vec(),
+        };
+        for (&i, (v1, v2)) in indices.iter().zip(views) {
+            b.view1.extend_from_slice(&v1);
+            b.view2.extend_from_slice(&v2);
+            let (l1, l2) = augment::source_locations(self.seed, epoch, i as u64);
+            b.loc1.push(l1);
+            b.loc2.push(l2);
+        }
+        b
+    }
+
+    /// Evaluation views of samples `range`, [n, 3, size, size].
+    pub fn eval_batch(&self, range: std::ops::Range<usize>) -> Vec<f32> {
+        let views: Vec<Vec<f32>> = self.pool.install(|| range.into_par_iter().map(|i| self.eval_view(i)).collect());
+        views.concat()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_do_not_depend_on_the_number_of_threads() {
+        let data = crate::data::dataset::synthetic(16, 32, 10, Split::Train);
+        let one = Pipeline::new(Source::Memory(data.clone()), 32, AugmentSpec::default(), 5, 1 << 20, 1).unwrap();
+        let three = Pipeline::new(Source::Memory(data), 32, AugmentSpec::default(), 5, 1 << 20, 3).unwrap();
+        let idx = [3u32, 9, 0, 15, 7];
+        let (a, b) = (one.train_batch(&idx, 2), three.train_batch(&idx, 2));
+        assert_eq!((a.view1, a.view2, a.loc1, a.loc2), (b.view1, b.view2, b.loc1, b.loc2));
+    }
+}

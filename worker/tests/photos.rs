@@ -1,0 +1,232 @@
+//! The photo pipeline on real files: the foolbox 3.3.4 wheel's ImageNet JPEGs
+//! (512×512) and CIFAR PNGs arranged as ImageFolder trees by
+//! `tests/fixtures/photos.py`, Pillow/torchvision as the reference for
+//! decoding and bicubic crops (`tests/parity/pil_reference.py`, Debian's
+//! python3-pil and python3-torchvision), a generated torture set, and short
+//! training runs at 64 and 128 px through the CLI.
+
+use amdim_shared::spec::AugmentSpec;
+use amdim_worker::data::Split;
+use amdim_worker::data::photo::{self, CropBox, Rgb};
+use amdim_worker::data::pipeline::{Pipeline, Source};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// The ImageFolder trees of the fixture script, built on first use.
+fn testdata() -> PathBuf {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/testdata"));
+    if !dir.join(".photos-ready").exists() {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/photos.py");
+        let out = Command::new("python3").arg(script).arg(&dir).output().expect("python3");
+        assert!(
+            out.status.success(),
+            "fixture script failed (it downloads foolbox==3.3.4 with pip): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir
+}
+
+fn imagenet_jpeg() -> PathBuf {
+    testdata().join("imagenet20/train/0022/imagenet_17_22.jpg")
+}
+
+fn check_pillow() {
+    let ok = Command::new(SYSTEM_PYTHON)
+        .args(["-c", "import PIL, torchvision"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "Pillow/torchvision missing: `apt-get install python3-torchvision` (.ci/run installs it)"
+    );
+}
+
+/// Pillow's reference images for `image` and the crop box `bx`.
+fn pillow_reference(image: &Path, bx: [u32; 4], out: &Path) -> (Rgb, Vec<u8>, Vec<u8>, Vec<u8>) {
+    check_pillow();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/parity/pil_reference.py");
+    let status = Command::new(SYSTEM_PYTHON)
+        .arg(script)
+        .arg(image)
+        .arg(out)
+        .args(bx.map(|v| v.to_string()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("meta.json")).unwrap()).unwrap();
+    let decoded = Rgb {
+        width: meta["width"].as_u64().unwrap() as u32,
+        height: meta["height"].as_u64().unwrap() as u32,
+        pixels: std::fs::read(out.join("decoded.rgb")).unwrap(),
+    };
+    let read = |name: &str| std::fs::read(out.join(name)).unwrap();
+    (decoded, read("crop.rgb"), read("eval128.rgb"), read("eval64.rgb"))
+}
+
+/// (max, mean) absolute difference of two u8 buffers.
+fn diff(a: &[u8], b: &[u8]) -> (u8, f64) {
+    assert_eq!(a.len(), b.len());
+    let max = a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap_or(0);
+    let mean = a.iter().zip(b).map(|(x, y)| x.abs_diff(*y) as f64).sum::<f64>() / a.len() as f64;
+    (max, mean)
+}
+
+#[test]
+fn bicubic_crops_and_eval_transforms_match_pillow_and_torchvision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bx = [37, 50, 300, 260];
+    let (decoded, crop, eval128, eval64) = pillow_reference(&imagenet_jpeg(), bx, tmp.path());
+    // Same input pixels on both sides: only the resampling is compared.
+    let ours = photo::resample(
+        &decoded,
+        CropBox {
+            left: bx[0] as f64,
+            top: bx[1] as f64,
+            width: bx[2] as f64,
+            height: bx[3] as f64,
+        },
+        128,
+    );
+    let (max, mean) = diff(&ours, &crop);
+    // Both use fixed-point two-pass convolution; rounding differs by a level at most twice.
+    assert!(
+        max <= 2 && mean < 0.15,
+        "RandomResizedCrop resampling vs Pillow: max {max}, mean {mean}"
+    );
+    for (size, resize, reference) in [(128, 146, &eval128), (64, 70, &eval64)] {
+        let ours = photo::resample(
+            &decoded,
+            photo::resize_center_crop(decoded.width, decoded.height, resize, size),
+            size,
+        );
+        let (max, mean) = diff(&ours, reference);
+        assert!(
+            max <= 2 && mean < 0.1,
+            "eval transform {size} px vs torchvision: max {max}, mean {mean}"
+        );
+    }
+}
+
+#[test]
+fn jpeg_decoding_is_close_to_pillows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let jpeg = imagenet_jpeg();
+    let (decoded, ..) = pillow_reference(&jpeg, [0, 0, 64, 64], tmp.path());
+    let ours = photo::decode(&std::fs::read(&jpeg).unwrap(), 1 << 26).unwrap();
+    assert_eq!((ours.width, ours.height), (decoded.width, decoded.height));
+    // Different IDCT and chroma upsampling code: close, not identical.
+    let (max, mean) = diff(&ours.pixels, &decoded.pixels);
+    assert!(mean < 1.0 && max < 48, "decoded pixels vs Pillow: max {max}, mean {mean}");
+}
+
+#[test]
+fn torture_set_is_skipped_counted_and_replaced_deterministically() {
+    check_pillow();
+    let tmp = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/torture.py");
+    let out = Command::new(SYSTEM_PYTHON)
+        .arg(script)
+        .arg(imagenet_jpeg())
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bad: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+    let spec = amdim_shared::spec::DataSpec {
+        format: amdim_shared::spec::DataFormat::ImageFolder,
+        path: tmp.path().display().to_string(),
+        ..Default::default()
+    };
+    let source = Source::open(&spec, Split::Train).unwrap();
+    let Source::Folder(folder) = &source else {
+        panic!("not a folder source")
+    };
+    let names: Vec<String> = folder
+        .files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 12);
+    let aug = AugmentSpec::default();
+    let pipeline = Pipeline::new(source, 128, aug.clone(), 7, spec.max_pixels, 2).unwrap();
+    let all: Vec<u32> = (0..12).collect();
+    let batch = pipeline.train_batch(&all, 0);
+    assert_eq!(pipeline.health.skipped(), bad.len() as u64, "skipped: {bad:?}");
+    assert!(batch.view1.iter().chain(&batch.view2).all(|v| v.is_finite()));
+    assert_eq!(batch.labels.as_deref(), Some(&[0u32, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1][..]));
+    // A bad sample i is replaced by the next readable file, with i's own random stream.
+    let per = 3 * 128 * 128;
+    let Source::Folder(folder) = &pipeline.source else { unreachable!() };
+    let first_good_after = |i: usize| (i..12).find(|&j| !bad.contains(&names[j])).unwrap();
+    for (i, name) in names.iter().enumerate() {
+        let j = if bad.contains(name) { first_good_after(i) } else { i };
+        let img = photo::decode(&folder.read(j).unwrap(), spec.max_pixels).unwrap_or_else(|e| panic!("{}: {e}", names[j]));
+        let (v1, v2) = photo::two_views(&img, 128, &aug, 7, 0, i as u64);
+        assert_eq!(&batch.view1[i * per..(i + 1) * per], &v1[..], "{name}");
+        assert_eq!(&batch.view2[i * per..(i + 1) * per], &v2[..], "{name}");
+    }
+    // The same batch again: identical, and each bad file counted again but logged once.
+    let again = pipeline.train_batch(&all, 0);
+    assert_eq!(again.view1, batch.view1);
+    assert_eq!(pipeline.health.skipped(), 2 * bad.len() as u64);
+}
+
+fn write_job(dir: &Path, data: &Path, size: usize, extra: &str) -> PathBuf {
+    let spec = dir.join("job.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[job]\nname = \"photos-{size}\"\n[data]\nformat = \"image_folder\"\npath = \"{}\"\n\
+             [model]\nimage_size = {size}\nndf = 8\nn_rkhs = 64\ndepth = 1\n\
+             [train]\nbatch_size = 4\nmax_steps = 3\nlog_every = 1\n\
+             [eval]\nbn_refresh_batches = 1\n\
+             [checkpoint]\nuri = \"{}\"\n{extra}",
+            data.display(),
+            dir.join("ckpt").display()
+        ),
+    )
+    .unwrap();
+    spec
+}
+
+#[test]
+fn trains_on_an_image_folder_at_64_and_128_px() {
+    let data = testdata().join("imagenet20");
+    for size in [64, 128] {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = write_job(tmp.path(), &data, size, "");
+        let out = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
+            .args(["train", "--config"])
+            .arg(&spec)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{size} px: {log}");
+        assert!(log.contains("step=3"), "{size} px: no third step in {log}");
+        assert!(log.contains("test accuracy"), "{size} px: no evaluation in {log}");
+        assert!(log.contains("data_wait_s"), "{size} px: {log}");
+        assert!(tmp.path().join("ckpt/step-0000000003/manifest.json").exists());
+    }
+}
+
+#[test]
+fn a_missing_or_empty_dataset_fails_at_start_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-dataset");
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(empty.join("train/some-class")).unwrap();
+    for (data, expect) in [(&missing, "no-such-dataset/train"), (&empty, "no .jpg, .jpeg or .png files")] {
+        let spec = write_job(tmp.path(), data, 64, "");
+        let out = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
+            .args(["train", "--config"])
+            .arg(&spec)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expect), "{err}");
+    }
+}
