@@ -331,6 +331,8 @@ mod tests {
     use burn::tensor::{Distribution, Tolerance};
 
     type AD = Autodiff<Flex>;
+    /// One movement as a function of (map, kernel, stride), flattened to 2-D.
+    type Movement = fn(Tensor<AD, 4>, usize, usize) -> Tensor<AD, 2>;
 
     /// Each flex kernel equals the portable tensor-op version, forward and backward.
     #[test]
@@ -338,11 +340,7 @@ mod tests {
         let dev = Default::default();
         for (n, hw, c, k, s) in [(2, 9, 3, 3, 1), (3, 10, 4, 4, 2), (2, 8, 5, 2, 2), (1, 5, 2, 1, 1)] {
             let x = Tensor::<AD, 4>::random([n, hw, hw, c], Distribution::Normal(0.0, 1.0), &dev).require_grad();
-            let cases: [(
-                &str,
-                fn(Tensor<AD, 4>, usize, usize) -> Tensor<AD, 2>,
-                fn(Tensor<AD, 4>, usize, usize) -> Tensor<AD, 2>,
-            ); 3] = [
+            let cases: [(&str, Movement, Movement); 3] = [
                 ("im2col", |x, k, s| <AD as Kernels>::im2col(x, k, s), portable::im2col),
                 (
                     "avg_pool",
