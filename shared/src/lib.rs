@@ -6,6 +6,9 @@
 //! of ML dependencies: the coordinator links it without burn.
 
 pub mod checkpoint;
+pub mod imagefolder;
 pub mod order;
 pub mod rng;
+pub mod shards;
 pub mod spec;
+pub mod storage;

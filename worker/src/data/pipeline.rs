@@ -42,7 +42,7 @@ impl Source {
     /// Whether the dataset has this split (ImageFolder's `val` is optional).
     pub fn has_split(spec: &DataSpec, split: Split) -> bool {
         match spec.format {
-            DataFormat::ImageFolder => ImageFolder::has_split(Path::new(&spec.path), split),
+            DataFormat::ImageFolder => crate::data::folder::split_dir(Path::new(&spec.path), split).is_dir(),
             _ => true,
         }
     }
