@@ -149,6 +149,9 @@ pub struct ShardBuilder {
     pub shards: Vec<ShardInfo>,
 }
 
+/// A finished shard: its object name and its tar bytes.
+pub type NamedShard = (String, Vec<u8>);
+
 impl ShardBuilder {
     pub fn new(shard_bytes: u64) -> Self {
         Self {
@@ -167,7 +170,7 @@ impl ShardBuilder {
 
     /// Adds a sample (`ext` is "jpg" or "png"); returns a finished shard
     /// (name, tar bytes) when this sample did not fit in the current one.
-    pub fn add(&mut self, ext: &str, data: &[u8], label: u32) -> Option<(String, Vec<u8>)> {
+    pub fn add(&mut self, ext: &str, data: &[u8], label: u32) -> Option<NamedShard> {
         let key = format!("{:09}", self.index.len());
         let cls = label.to_string();
         let need = Self::member_len(data.len()) + Self::member_len(cls.len()) + 2 * BLOCK as u64;
@@ -195,7 +198,7 @@ impl ShardBuilder {
         finished
     }
 
-    fn finish_shard(&mut self) -> Option<(String, Vec<u8>)> {
+    fn finish_shard(&mut self) -> Option<NamedShard> {
         if self.current_samples == 0 {
             return None;
         }
@@ -212,7 +215,7 @@ impl ShardBuilder {
     }
 
     /// The last shard (if any samples are pending), then the index and manifest.
-    pub fn finish(mut self, classes: Vec<String>) -> (Option<(String, Vec<u8>)>, Vec<u8>, ShardManifest) {
+    pub fn finish(mut self, classes: Vec<String>) -> (Option<NamedShard>, Vec<u8>, ShardManifest) {
         let last = self.finish_shard();
         let manifest = ShardManifest {
             format: FORMAT.into(),

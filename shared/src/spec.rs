@@ -73,15 +73,21 @@ pub enum DataFormat {
     /// Random images, for benchmarks and smoke tests.
     Synthetic,
     /// JPEG/PNG files in the ImageNet layout: `<path>/train/<class>/*`, and
-    /// optionally `<path>/val/<class>/*`; classes sorted by name.
+    /// optionally `<path>/val/<class>/*`; classes sorted by name. `path` may
+    /// be a folder or a `file://` / `s3://` URI.
     ImageFolder,
+    /// A packed dataset (`amdimctl dataset pack`): tar shards with index and
+    /// manifest under `<path>/train/` and optionally `<path>/val/`; `path` is
+    /// a folder or a `file://` / `s3://` URI.
+    Shards,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataSpec {
     pub format: DataFormat,
-    /// Folder holding the dataset files.
+    /// Folder (or, for image_folder and shards, `file://` / `s3://` URI)
+    /// holding the dataset.
     pub path: String,
     /// Use at most this many training samples (0 = all).
     pub max_train_samples: usize,

@@ -75,6 +75,12 @@ enum Command {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+        /// Steps of the simulated training loop (batches of train.batch_size).
+        #[arg(long, default_value_t = 10)]
+        steps: u64,
+        /// Duration of one simulated training step, e.g. the GPU's step time.
+        #[arg(long, default_value_t = 0.0)]
+        step_ms: f64,
         #[arg(long)]
         json: bool,
     },
@@ -182,10 +188,13 @@ fn main() -> Result<()> {
             config,
             files,
             seconds,
+            steps,
+            step_ms,
             json,
         } => {
             let spec = load_spec(&config)?;
-            let r = amdim_worker::data::bench::bench_data(&spec, files, seconds)?;
+            let sim = amdim_worker::data::bench::StepSimulation { steps, step_ms };
+            let r = amdim_worker::data::bench::bench_data(&spec, files, seconds, sim, runtime.handle())?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

@@ -5,29 +5,17 @@
 //! python3-pil and python3-torchvision), a generated torture set, and short
 //! training runs at 64 and 128 px through the CLI.
 
-use amdim_shared::spec::AugmentSpec;
+use amdim_shared::spec::{AugmentSpec, DataFormat, DataSpec};
 use amdim_worker::data::Split;
 use amdim_worker::data::photo::{self, CropBox, Rgb};
 use amdim_worker::data::pipeline::{Pipeline, Source};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+mod support;
+use support::{run_amdimctl, testdata};
 
-/// The ImageFolder trees of the fixture script, built on first use.
-fn testdata() -> PathBuf {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/testdata"));
-    if !dir.join(".photos-ready").exists() {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/photos.py");
-        let out = Command::new("python3").arg(script).arg(&dir).output().expect("python3");
-        assert!(
-            out.status.success(),
-            "fixture script failed (it downloads foolbox==3.3.4 with pip): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    dir
-}
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 
 fn imagenet_jpeg() -> PathBuf {
     testdata().join("imagenet20/train/0022/imagenet_17_22.jpg")
@@ -140,14 +128,13 @@ fn torture_set_is_skipped_counted_and_replaced_deterministically() {
         path: tmp.path().display().to_string(),
         ..Default::default()
     };
-    let source = Source::open(&spec, Split::Train).unwrap();
-    let Source::Folder(folder) = &source else {
-        panic!("not a folder source")
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let source = Source::open(&spec, Split::Train, runtime.handle()).unwrap();
+    let Source::Encoded(folder) = &source else {
+        panic!("not a photo source")
     };
-    let names: Vec<String> = folder
-        .files
-        .iter()
-        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+    let names: Vec<String> = (0..folder.len())
+        .map(|i| Path::new(&folder.name(i)).file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names.len(), 12);
     let aug = AugmentSpec::default();
@@ -159,7 +146,9 @@ fn torture_set_is_skipped_counted_and_replaced_deterministically() {
     assert_eq!(batch.labels.as_deref(), Some(&[0u32, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1][..]));
     // A bad sample i is replaced by the next readable file, with i's own random stream.
     let per = 3 * 128 * 128;
-    let Source::Folder(folder) = &pipeline.source else { unreachable!() };
+    let Source::Encoded(folder) = &pipeline.source else {
+        unreachable!()
+    };
     let first_good_after = |i: usize| (i..12).find(|&j| !bad.contains(&names[j])).unwrap();
     for (i, name) in names.iter().enumerate() {
         let j = if bad.contains(name) { first_good_after(i) } else { i };
@@ -229,4 +218,70 @@ fn a_missing_or_empty_dataset_fails_at_start_naming_it() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(expect), "{err}");
     }
+}
+
+/// Pipelines over one split of `spec`'s dataset (2 data threads).
+fn pipeline_for(format: DataFormat, path: &Path, runtime: &tokio::runtime::Runtime) -> Pipeline {
+    let spec = DataSpec {
+        format,
+        path: path.display().to_string(),
+        ..Default::default()
+    };
+    let source = Source::open(&spec, Split::Train, runtime.handle()).unwrap_or_else(|e| panic!("{format:?}: {e}"));
+    Pipeline::new(source, 64, AugmentSpec::default(), 3, spec.max_pixels, 2).unwrap()
+}
+
+#[test]
+fn packed_shards_give_the_same_samples_labels_and_views_as_the_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = testdata().join("imagenet20");
+    let packed = tmp.path().join("packed");
+    // Small shards: the 20 JPEGs spread over several tar files.
+    let out = run_amdimctl(
+        &[
+            "dataset",
+            "pack",
+            folder.to_str().unwrap(),
+            packed.to_str().unwrap(),
+            "--shard-size",
+            "300KiB",
+            "-o",
+            "json",
+        ],
+        &[],
+    );
+    let packed_splits: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(packed_splits[0]["shards"].as_u64().unwrap() >= 4, "{out}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let a = pipeline_for(DataFormat::ImageFolder, &folder, &runtime);
+    let b = pipeline_for(DataFormat::Shards, &packed, &runtime);
+    assert_eq!(a.source.len(), b.source.len());
+    assert_eq!(a.source.n_classes(), b.source.n_classes());
+    let all: Vec<u32> = (0..a.source.len() as u32).rev().collect();
+    let (x, y) = (a.train_batch(&all, 1), b.train_batch(&all, 1));
+    assert_eq!(x.labels, y.labels);
+    assert!(x.view1 == y.view1 && x.view2 == y.view2, "views differ");
+    assert_eq!(a.eval_batch(3..11), b.eval_batch(3..11));
+    assert_eq!(b.health.skipped(), 0);
+    // Truncating a shard makes its samples unreadable: skipped and replaced, never a crash.
+    let shard = packed.join("train/shard-000001.tar");
+    let len = std::fs::metadata(&shard).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap()
+        .set_len(len / 3)
+        .unwrap();
+    let c = pipeline_for(DataFormat::Shards, &packed, &runtime);
+    let z = c.train_batch(&all, 1);
+    assert!(c.health.skipped() > 0);
+    assert!(z.view1.iter().all(|v| v.is_finite()));
+    // A folder that is not a packed dataset is refused at start, naming the file.
+    let spec = DataSpec {
+        format: DataFormat::Shards,
+        path: folder.display().to_string(),
+        ..Default::default()
+    };
+    let err = Source::open(&spec, Split::Train, runtime.handle()).err().unwrap().to_string();
+    assert!(err.contains("imagenet20/train") && err.contains("no manifest.json"), "{err}");
 }

@@ -1,7 +1,9 @@
 //! `amdimctl`: the user's command-line client. Today it validates job specs
 //! locally (`amdimctl validate -f job.toml`), with the same field-named errors
-//! the worker and coordinator give.
+//! the worker and coordinator give, and packs and inspects datasets
+//! (`amdimctl dataset pack SRC DST`, `amdimctl dataset inspect URI`).
 
+use amdim_coordinator::dataset::{self, human_bytes};
 use amdim_shared::spec::JobSpec;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -29,42 +31,138 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Pack and inspect datasets.
+    Dataset {
+        #[command(subcommand)]
+        command: DatasetCommand,
+    },
 }
 
-/// Exit codes scripts can rely on: 0 ok, 2 invalid input.
+#[derive(Subcommand)]
+enum DatasetCommand {
+    /// Pack an ImageFolder tree (SRC/train/<class>/<image>, optional SRC/val)
+    /// into tar shards plus index and manifest at DST (a folder, file:// or
+    /// s3://bucket/prefix; S3 settings from AWS_* variables, AWS_ENDPOINT_URL
+    /// for a custom endpoint).
+    Pack {
+        src: PathBuf,
+        dst: String,
+        /// Largest shard (B, KB, KiB, MB, MiB, GB, GiB).
+        #[arg(long, default_value = "256MiB", value_parser = dataset::parse_size)]
+        shard_size: u64,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Print samples, classes, shards and sizes of a packed dataset, after
+    /// checking its index and shard sizes against the manifest.
+    Inspect {
+        uri: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+/// Exit codes scripts can rely on: 0 ok, 1 failure, 2 invalid input.
 const EXIT_INVALID: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Validate { file, output } => match JobSpec::load(&file) {
-            Ok(spec) => {
-                match output {
-                    Output::Json => match serde_json::to_string_pretty(&spec) {
-                        Ok(text) => println!("{text}"),
-                        Err(e) => {
-                            eprintln!("error: {e}");
-                            return ExitCode::FAILURE;
-                        }
-                    },
-                    Output::Table => println!(
-                        "{}: valid — {} px encoder (ndf {}, D {}, depth {}), global batch {}, {} epochs, checkpoints at {}",
-                        file.display(),
-                        spec.model.image_size,
-                        spec.model.ndf,
-                        spec.model.n_rkhs,
-                        spec.model.depth,
-                        spec.train.batch_size,
-                        spec.train.epochs,
-                        spec.checkpoint.uri
-                    ),
-                }
-                ExitCode::SUCCESS
-            }
+        Command::Validate { file, output } => validate(file, output),
+        Command::Dataset { command } => match run_dataset(command) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {}: {e}", file.display());
-                ExitCode::from(EXIT_INVALID)
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
             }
         },
     }
+}
+
+fn validate(file: PathBuf, output: Output) -> ExitCode {
+    match JobSpec::load(&file) {
+        Ok(spec) => {
+            match output {
+                Output::Json => match serde_json::to_string_pretty(&spec) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                Output::Table => println!(
+                    "{}: valid — {} px encoder (ndf {}, D {}, depth {}), global batch {}, {} epochs, checkpoints at {}",
+                    file.display(),
+                    spec.model.image_size,
+                    spec.model.ndf,
+                    spec.model.n_rkhs,
+                    spec.model.depth,
+                    spec.train.batch_size,
+                    spec.train.epochs,
+                    spec.checkpoint.uri
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}
+
+fn run_dataset(command: DatasetCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    match command {
+        DatasetCommand::Pack {
+            src,
+            dst,
+            shard_size,
+            output,
+        } => {
+            let packed = runtime.block_on(dataset::pack(&src, &dst, shard_size))?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string(&packed)?),
+                Output::Table => {
+                    for p in packed {
+                        println!(
+                            "{dst}/{}: {} samples, {} classes, {} shards, {}",
+                            p.split,
+                            p.samples,
+                            p.classes,
+                            p.shards,
+                            human_bytes(p.bytes)
+                        );
+                    }
+                }
+            }
+        }
+        DatasetCommand::Inspect { uri, output } => {
+            let reports = runtime.block_on(dataset::inspect(&uri))?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string(&reports)?),
+                Output::Table => {
+                    println!(
+                        "{:<6} {:>10} {:>8} {:>7} {:>11}  samples/class  classes",
+                        "split", "samples", "classes", "shards", "size"
+                    );
+                    for r in reports {
+                        let more = if r.classes > r.class_names.len() { ", …" } else { "" };
+                        println!(
+                            "{:<6} {:>10} {:>8} {:>7} {:>11}  {}–{}  {}{more}",
+                            r.split,
+                            r.samples,
+                            r.classes,
+                            r.shards,
+                            human_bytes(r.bytes),
+                            r.class_samples_min,
+                            r.class_samples_max,
+                            r.class_names.join(", ")
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,5 +1,5 @@
 //! Writing, listing, verifying, loading and pruning checkpoint folders on an
-//! `object_store` location (a bare path or `file://` URL by default).
+//! `object_store` location (a bare path, `file://` or `s3://` URL).
 //!
 //! A checkpoint counts only once its manifest exists; the manifest is written
 //! after every data file. Loading verifies sizes and SHA-256 against the
@@ -33,28 +33,13 @@ impl LoadedCheckpoint {
 }
 
 impl CheckpointStore {
-    /// Opens `uri`: a URL with a scheme (`file://…`), or a local folder path
-    /// that is created if missing.
+    /// Opens `uri` (config field `checkpoint.uri`): a folder path or
+    /// `file://` URL (created if missing), or `s3://bucket/prefix`.
     pub fn open(uri: &str, runtime: tokio::runtime::Handle) -> Result<Self> {
-        let (store, root): (Arc<dyn ObjectStore>, ObjPath) = if uri.contains("://") {
-            let url = url::Url::parse(uri).with_context(|| format!("checkpoint.uri `{uri}` is not a valid URL"))?;
-            if url.scheme() == "file" {
-                let dir = url
-                    .to_file_path()
-                    .map_err(|_| anyhow!("checkpoint.uri `{uri}`: not a local file URL"))?;
-                std::fs::create_dir_all(&dir).with_context(|| format!("checkpoint.uri `{uri}`: cannot create {}", dir.display()))?;
-            }
-            let (store, path) = object_store::parse_url(&url).with_context(|| format!("checkpoint.uri `{uri}`: unsupported location"))?;
-            (Arc::from(store), path)
-        } else {
-            std::fs::create_dir_all(uri).with_context(|| format!("checkpoint.uri `{uri}`: cannot create the folder"))?;
-            let fs = object_store::local::LocalFileSystem::new_with_prefix(uri)
-                .with_context(|| format!("checkpoint.uri `{uri}`: cannot open the folder"))?;
-            (Arc::new(fs), ObjPath::default())
-        };
+        let location = amdim_shared::storage::open(uri, "checkpoint.uri", true)?;
         Ok(Self {
-            store,
-            root,
+            store: location.store,
+            root: location.prefix,
             uri: uri.to_string(),
             runtime,
         })

@@ -1,14 +1,19 @@
 //! `amdim-worker bench-data`: throughput of the input pipeline on the job's
 //! own photos — decode from memory plus the two training views at the job's
 //! image size — on one thread (split into decode and views) and on the data
-//! thread pool. A benchmark, not a test: it asserts nothing.
+//! thread pool; then the real pipeline (reads from the job's source, local
+//! or object storage, batches of the job's size through the prefetch queue)
+//! feeding a simulated training step of `step_ms`, reporting how long each
+//! step waited for its batch. A benchmark, not a test: it asserts nothing.
 
 use crate::data::dataset::Split;
-use crate::data::folder::ImageFolder;
 use crate::data::photo;
+use crate::data::pipeline::{Pipeline, Source};
+use crate::data::prefetch::{StepRange, spawn_batches};
+use amdim_shared::order::steps_per_epoch;
 use amdim_shared::spec::{DataFormat, JobSpec};
 use rayon::prelude::*;
-use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, serde::Serialize)]
@@ -24,6 +29,22 @@ pub struct DataBenchResult {
     pub threads: usize,
     pub pool_images_per_s: f64,
     pub pool_images_per_s_per_core: f64,
+    /// The simulated training step: `steps` steps of `batch` images, each
+    /// taking `step_ms` after its batch arrived.
+    pub steps: u64,
+    pub batch: usize,
+    pub step_ms: f64,
+    /// Images/s delivered by the whole pipeline (source reads included).
+    pub pipeline_images_per_s: f64,
+    /// Mean time a step waited for its batch (the first step excluded: it
+    /// waits for the queue to fill).
+    pub data_wait_ms_per_step: f64,
+}
+
+/// The simulated-step part of the benchmark.
+pub struct StepSimulation {
+    pub steps: u64,
+    pub step_ms: f64,
 }
 
 /// Runs `f` on `n` items until at least `min_time` has passed; (items, seconds).
@@ -39,17 +60,30 @@ fn timed(min_time: Duration, mut f: impl FnMut(usize)) -> (usize, f64) {
 
 /// Benchmarks decode + two views on up to `max_files` photos of the job's
 /// training split, for about `seconds` per measurement.
-pub fn bench_data(spec: &JobSpec, max_files: usize, seconds: f64) -> anyhow::Result<DataBenchResult> {
-    if spec.data.format != DataFormat::ImageFolder {
+pub fn bench_data(
+    spec: &JobSpec,
+    max_files: usize,
+    seconds: f64,
+    sim: StepSimulation,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<DataBenchResult> {
+    if !matches!(spec.data.format, DataFormat::ImageFolder | DataFormat::Shards) {
         anyhow::bail!(
-            "data.format = {:?}: bench-data measures photo decoding; use an image_folder dataset",
+            "data.format = {:?}: bench-data measures photo decoding; use an image_folder or shards dataset",
             spec.data.format
         );
     }
-    let folder = ImageFolder::open(Path::new(&spec.data.path), Split::Train)?;
-    let files: Vec<Vec<u8>> = (0..folder.len().min(max_files.max(1)))
-        .map(|i| folder.read(i))
-        .collect::<std::io::Result<_>>()?;
+    let source = Source::open(&spec.data, Split::Train, runtime)?.truncate(spec.data.max_train_samples);
+    let Source::Encoded(encoded) = &source else {
+        anyhow::bail!("data.format = {:?} is not a photo dataset", spec.data.format);
+    };
+    let held: Vec<usize> = (0..encoded.len().min(max_files.max(1))).collect();
+    let files: Vec<bytes::Bytes> = encoded
+        .read_many(&held)
+        .into_iter()
+        .zip(&held)
+        .map(|(r, &i)| r.map_err(|e| anyhow::anyhow!("{}: {e}", encoded.name(i))))
+        .collect::<anyhow::Result<_>>()?;
     let max_pixels = spec.data.max_pixels;
     let decoded: Vec<photo::Rgb> = files
         .iter()
@@ -90,6 +124,7 @@ pub fn bench_data(spec: &JobSpec, max_files: usize, seconds: f64) -> anyhow::Res
     }
     let t_pool = start.elapsed().as_secs_f64();
     let pool_rate = pooled as f64 / t_pool;
+    let (steps, batch, pipeline_rate, wait_ms) = simulate_steps(spec, source, &sim)?;
     Ok(DataBenchResult {
         image_size: size,
         files: files.len(),
@@ -101,5 +136,51 @@ pub fn bench_data(spec: &JobSpec, max_files: usize, seconds: f64) -> anyhow::Res
         threads,
         pool_images_per_s: pool_rate,
         pool_images_per_s_per_core: pool_rate / threads as f64,
+        steps,
+        batch,
+        step_ms: sim.step_ms,
+        pipeline_images_per_s: pipeline_rate,
+        data_wait_ms_per_step: wait_ms,
     })
+}
+
+/// Runs the job's pipeline through the prefetch queue into a training step
+/// that sleeps `step_ms`; (steps, batch, images/s, mean wait ms).
+fn simulate_steps(spec: &JobSpec, source: Source, sim: &StepSimulation) -> anyhow::Result<(u64, usize, f64, f64)> {
+    let d = &spec.data;
+    let n = source.len();
+    let batch = spec.train.batch_size.min(n);
+    let pipeline = Pipeline::new(
+        source,
+        spec.model.image_size,
+        spec.augment.clone(),
+        spec.job.seed,
+        d.max_pixels,
+        d.workers,
+    )?;
+    let steps = StepRange {
+        seed: spec.job.seed,
+        global_batch: batch,
+        steps_per_epoch: steps_per_epoch(n, batch, d.last_batch).max(1),
+        start: 0,
+        end: sim.steps.max(2),
+    };
+    let stop = AtomicBool::new(false);
+    let step_time = Duration::from_secs_f64(sim.step_ms.max(0.0) / 1e3);
+    let start = Instant::now();
+    let mut waits = Vec::new();
+    std::thread::scope(|scope| {
+        let rx = spawn_batches(scope, &pipeline, steps, d.prefetch_batches, &stop);
+        loop {
+            let waiting = Instant::now();
+            let Ok(_batch) = rx.recv() else { break };
+            waits.push(waiting.elapsed().as_secs_f64());
+            std::thread::sleep(step_time);
+        }
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let done = waits.len() as u64;
+    let later = &waits[1.min(waits.len())..];
+    let wait_ms = 1e3 * later.iter().sum::<f64>() / later.len().max(1) as f64;
+    Ok((done, batch, (done as usize * batch) as f64 / elapsed, wait_ms))
 }

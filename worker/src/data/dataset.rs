@@ -97,7 +97,9 @@ impl Dataset {
                 Ok(out)
             }
             DataFormat::Synthetic => Ok(synthetic(spec.synthetic_samples, 32, 10, split)),
-            DataFormat::ImageFolder => Err(file_err(dir, "an ImageFolder is read on demand (data::folder), not loaded")),
+            DataFormat::ImageFolder | DataFormat::Shards => {
+                Err(file_err(dir, "photo datasets are read on demand (data::encoded), not loaded"))
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Input data: dataset readers (IDX, CIFAR binary, synthetic, ImageFolder),
+//! Input data: dataset readers (IDX, CIFAR binary, synthetic; ImageFolder
+//! trees and packed shards on disk or object storage),
 //! photo decoding and the augmentations of every family, the batch pipeline,
 //! `.npy` files and image folders for `embed`.
 //!
@@ -10,10 +11,11 @@
 pub mod augment;
 pub mod bench;
 pub mod dataset;
-pub mod folder;
+pub mod encoded;
 pub mod images;
 pub mod npy;
 pub mod photo;
 pub mod pipeline;
+pub mod prefetch;
 
 pub use dataset::{Dataset, Split};

@@ -10,14 +10,14 @@
 
 use crate::data::augment;
 use crate::data::dataset::{DataError, Dataset, Split};
-use crate::data::folder::ImageFolder;
+use crate::data::encoded::{EncodedSource, Fetched};
 use crate::data::photo::{self, Rgb};
 use amdim_shared::spec::{AugmentSpec, DataFormat, DataSpec};
 use rayon::prelude::*;
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::runtime::Handle;
 
 /// Consecutive unreadable samples after which a mid-gray image stands in.
 const MAX_REPLACEMENTS: usize = 64;
@@ -26,23 +26,27 @@ const MAX_REPLACEMENTS: usize = 64;
 pub enum Source {
     /// Decoded 32×32 images held in memory (IDX, CIFAR, synthetic).
     Memory(Dataset),
-    /// Encoded photos read on demand.
-    Folder(ImageFolder),
+    /// Encoded photos read on demand (ImageFolder or packed shards, local
+    /// or on object storage).
+    Encoded(EncodedSource),
 }
 
 impl Source {
-    /// Opens one split of the spec's dataset; errors name the file or folder.
-    pub fn open(spec: &DataSpec, split: Split) -> Result<Self, DataError> {
+    /// Opens one split of the spec's dataset; errors name the file, folder
+    /// or URI. Object-store reads run on `runtime`.
+    pub fn open(spec: &DataSpec, split: Split, runtime: &Handle) -> Result<Self, DataError> {
         match spec.format {
-            DataFormat::ImageFolder => Ok(Source::Folder(ImageFolder::open(Path::new(&spec.path), split)?)),
+            DataFormat::ImageFolder => Ok(Source::Encoded(EncodedSource::open_folder(&spec.path, split, runtime)?)),
+            DataFormat::Shards => Ok(Source::Encoded(EncodedSource::open_shards(&spec.path, split, runtime)?)),
             _ => Ok(Source::Memory(Dataset::load(spec, split)?)),
         }
     }
 
-    /// Whether the dataset has this split (ImageFolder's `val` is optional).
-    pub fn has_split(spec: &DataSpec, split: Split) -> bool {
+    /// Whether the dataset has this split (a photo dataset's `val` is optional).
+    pub fn has_split(spec: &DataSpec, split: Split, runtime: &Handle) -> bool {
         match spec.format {
-            DataFormat::ImageFolder => crate::data::folder::split_dir(Path::new(&spec.path), split).is_dir(),
+            DataFormat::ImageFolder => EncodedSource::has_split(&spec.path, false, split, runtime),
+            DataFormat::Shards => EncodedSource::has_split(&spec.path, true, split, runtime),
             _ => true,
         }
     }
@@ -50,7 +54,7 @@ impl Source {
     pub fn len(&self) -> usize {
         match self {
             Source::Memory(d) => d.len(),
-            Source::Folder(f) => f.len(),
+            Source::Encoded(f) => f.len(),
         }
     }
 
@@ -61,21 +65,21 @@ impl Source {
     pub fn truncate(self, n: usize) -> Self {
         match self {
             Source::Memory(d) => Source::Memory(d.truncate(n)),
-            Source::Folder(f) => Source::Folder(f.truncate(n)),
+            Source::Encoded(f) => Source::Encoded(f.truncate(n)),
         }
     }
 
     pub fn labels(&self) -> Option<&[u32]> {
         match self {
             Source::Memory(d) => d.labels.as_deref(),
-            Source::Folder(f) => Some(&f.labels),
+            Source::Encoded(f) => Some(&f.labels),
         }
     }
 
     pub fn n_classes(&self) -> usize {
         match self {
             Source::Memory(d) => d.n_classes,
-            Source::Folder(f) => f.classes.len(),
+            Source::Encoded(f) => f.classes.len(),
         }
     }
 }
@@ -95,13 +99,13 @@ impl Health {
 
     /// Notes that sample `index` is unreadable; `requested` counts it as a
     /// skipped sample (false while trying replacements).
-    fn record(&self, index: usize, path: &Path, reason: &str, requested: bool) {
+    fn record(&self, index: usize, name: &str, reason: &str, requested: bool) {
         if requested {
             self.skipped.fetch_add(1, Ordering::Relaxed);
         }
         let first_time = self.logged.lock().map(|mut seen| seen.insert(index)).unwrap_or(false);
         if first_time {
-            tracing::warn!(sample = index, path = %path.display(), reason, "skipping unreadable sample");
+            tracing::warn!(sample = index, path = name, reason, "skipping unreadable sample");
         }
     }
 }
@@ -151,19 +155,20 @@ impl Pipeline {
         })
     }
 
-    /// Decoded photo of sample `i` of a folder source, or its deterministic
-    /// replacement.
-    fn photo(&self, folder: &ImageFolder, i: usize) -> Rgb {
-        let n = folder.len();
+    /// Decoded photo of sample `i` of an encoded source, or its
+    /// deterministic replacement; `fetched` is sample i's bytes when a
+    /// batched read already got them.
+    fn photo(&self, source: &EncodedSource, i: usize, fetched: Option<&Fetched>) -> Rgb {
+        let n = source.len();
         for k in 0..MAX_REPLACEMENTS.min(n) {
             let j = (i + k) % n;
-            let decoded = folder
-                .read(j)
-                .map_err(|e| e.to_string())
-                .and_then(|bytes| photo::decode(&bytes, self.max_pixels).map_err(|e| e.to_string()));
-            match decoded {
+            let bytes = match fetched {
+                Some(got) if k == 0 => got.clone(),
+                _ => source.read(j),
+            };
+            match bytes.and_then(|b| photo::decode(&b, self.max_pixels).map_err(|e| e.to_string())) {
                 Ok(img) => return img,
-                Err(reason) => self.health.record(j, &folder.files[j], &reason, k == 0),
+                Err(reason) => self.health.record(j, &source.name(j), &reason, k == 0),
             }
         }
         tracing::error!(sample = i, "{MAX_REPLACEMENTS} consecutive unreadable samples; using a gray image");
@@ -174,27 +179,49 @@ impl Pipeline {
         }
     }
 
+    /// Object-store bytes of `indices`, fetched together before the pool
+    /// decodes them (None: the source is read sample by sample).
+    fn fetch(&self, indices: impl Iterator<Item = usize>) -> Option<Vec<Fetched>> {
+        match &self.source {
+            Source::Encoded(e) if e.is_remote() => Some(e.read_many(&indices.collect::<Vec<_>>())),
+            _ => None,
+        }
+    }
+
     /// The two training views of sample `i` in `epoch`.
     pub fn views(&self, i: usize, epoch: u64) -> (Vec<f32>, Vec<f32>) {
+        self.views_fetched(i, epoch, None)
+    }
+
+    fn views_fetched(&self, i: usize, epoch: u64, fetched: Option<&Fetched>) -> (Vec<f32>, Vec<f32>) {
         match &self.source {
             Source::Memory(d) => augment::two_views(d.image(i), &self.augment, self.seed, epoch, i as u64),
-            Source::Folder(f) => photo::two_views(&self.photo(f, i), self.size, &self.augment, self.seed, epoch, i as u64),
+            Source::Encoded(e) => photo::two_views(&self.photo(e, i, fetched), self.size, &self.augment, self.seed, epoch, i as u64),
         }
     }
 
     /// The evaluation view of sample `i`.
     pub fn eval_view(&self, i: usize) -> Vec<f32> {
+        self.eval_view_fetched(i, None)
+    }
+
+    fn eval_view_fetched(&self, i: usize, fetched: Option<&Fetched>) -> Vec<f32> {
         match &self.source {
             Source::Memory(d) => augment::eval_view(d.image(i), &self.augment),
-            Source::Folder(f) => photo::eval_view(&self.photo(f, i), self.size, self.augment.normalize),
+            Source::Encoded(e) => photo::eval_view(&self.photo(e, i, fetched), self.size, self.augment.normalize),
         }
     }
 
     /// Builds the batch of `indices` for `epoch`, samples in parallel.
     pub fn train_batch(&self, indices: &[u32], epoch: u64) -> TrainBatch {
-        let views: Vec<(Vec<f32>, Vec<f32>)> = self
-            .pool
-            .install(|| indices.par_iter().map(|&i| self.views(i as usize, epoch)).collect());
+        let fetched = self.fetch(indices.iter().map(|&i| i as usize));
+        let views: Vec<(Vec<f32>, Vec<f32>)> = self.pool.install(|| {
+            indices
+                .par_iter()
+                .enumerate()
+                .map(|(k, &i)| self.views_fetched(i as usize, epoch, fetched.as_ref().map(|f| &f[k])))
+                .collect()
+        });
         let per = 3 * self.size * self.size;
         let n = indices.len();
         let mut b = TrainBatch {
@@ -218,7 +245,14 @@ impl Pipeline {
 
     /// Evaluation views of samples `range`, [n, 3, size, size].
     pub fn eval_batch(&self, range: std::ops::Range<usize>) -> Vec<f32> {
-        let views: Vec<Vec<f32>> = self.pool.install(|| range.into_par_iter().map(|i| self.eval_view(i)).collect());
+        let fetched = self.fetch(range.clone());
+        let start = range.start;
+        let views: Vec<Vec<f32>> = self.pool.install(|| {
+            range
+                .into_par_iter()
+                .map(|i| self.eval_view_fetched(i, fetched.as_ref().map(|f| &f[i - start])))
+                .collect()
+        });
         views.concat()
     }
 }

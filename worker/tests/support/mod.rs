@@ -1,0 +1,48 @@
+//! Helpers shared by the worker's integration tests: the photo fixtures and
+//! the `amdimctl` binary (built on demand: it belongs to the coordinator
+//! crate, so `cargo test -p amdim-worker` alone does not build it).
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The ImageFolder trees of the fixture script, built on first use.
+pub fn testdata() -> PathBuf {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/testdata"));
+    if !dir.join(".photos-ready").exists() {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/photos.py");
+        let out = Command::new("python3").arg(script).arg(&dir).output().expect("python3");
+        assert!(
+            out.status.success(),
+            "fixture script failed (it downloads foolbox==3.3.4 with pip): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir
+}
+
+/// `amdimctl`, next to this crate's binary in the same target folder.
+pub fn amdimctl() -> PathBuf {
+    let worker = PathBuf::from(env!("CARGO_BIN_EXE_amdim-worker"));
+    let dir = worker.parent().expect("binary folder").to_path_buf();
+    let ctl = dir.join("amdimctl");
+    if !ctl.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "amdim-coordinator", "--bin", "amdimctl"]);
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("running cargo to build amdimctl");
+        assert!(status.success() && ctl.exists(), "could not build {}", ctl.display());
+    }
+    ctl
+}
+
+/// Runs `amdimctl args…` with `env`, asserting success; returns stdout.
+pub fn run_amdimctl(args: &[&str], env: &[(&'static str, String)]) -> String {
+    let out = Command::new(amdimctl()).args(args).envs(env.iter().cloned()).output().unwrap();
+    assert!(out.status.success(), "amdimctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
