@@ -40,6 +40,7 @@ pub struct JobSpec {
     pub eval: EvalSpec,
     pub checkpoint: CheckpointSpec,
     pub runtime: RuntimeSpec,
+    pub dist: DistSpec,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -347,6 +348,31 @@ impl Default for RuntimeSpec {
     }
 }
 
+/// Data-parallel training across ranks (one rank per device). Which rank a
+/// process is and where its peers are is not part of the job: it comes from
+/// the rendezvous (`amdim-worker train --rank … --world-size …`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistSpec {
+    /// Synchronise BatchNorm batch statistics across ranks (the global batch
+    /// is normalised as one). Off: per-rank statistics, as the authors' code.
+    pub sync_bn: bool,
+    /// Gradients are averaged in buckets of about this many MiB.
+    pub bucket_mib: f64,
+    /// Seconds a collective waits for its peers before failing the step.
+    pub timeout_s: f64,
+}
+
+impl Default for DistSpec {
+    fn default() -> Self {
+        Self {
+            sync_bn: false,
+            bucket_mib: 25.0,
+            timeout_s: 300.0,
+        }
+    }
+}
+
 /// Prefix of environment overrides: `AMDIM_TRAIN__BATCH_SIZE=64` sets
 /// `train.batch_size`. Only variables with the `__` separator are read, so
 /// unrelated `AMDIM_…` variables do not turn into unknown fields.
@@ -395,6 +421,12 @@ impl JobSpec {
 
     /// Checks every field against what the worker supports.
     pub fn validate(&self) -> Result<(), SpecError> {
+        if !(self.dist.bucket_mib > 0.0 && self.dist.bucket_mib.is_finite()) {
+            return Err(field_err("dist.bucket_mib", "must be a positive number"));
+        }
+        if !(self.dist.timeout_s > 0.0 && self.dist.timeout_s.is_finite()) {
+            return Err(field_err("dist.timeout_s", "must be a positive number of seconds"));
+        }
         let m = &self.model;
         if ![32, 64, 128].contains(&m.image_size) {
             return Err(field_err(

@@ -6,12 +6,14 @@
 //! - `data/`: dataset readers and augmentations (spec §5, design §4)
 //! - `checkpoint/`: safetensors state and object-store checkpoints (design §7)
 //! - `train/`: the training step, evaluation, the training loop and benchmarks
+//! - `dist/`: collectives (TCP, NCCL) and data-parallel exchanges (design §5–6)
 //! - `backend`: CPU (flex) or CUDA backend selection
 
 pub mod backend;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
+pub mod dist;
 pub mod loss;
 pub mod model;
 pub mod optim;

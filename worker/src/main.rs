@@ -2,7 +2,8 @@
 //! view pairs, and benchmark training throughput. A thin shell over the
 //! `amdim_worker` library.
 
-use amdim_worker::cli::{backend_name, embed, load_spec};
+use amdim_worker::cli::dist::DistArgs;
+use amdim_worker::cli::{backend_name, embed, gradients, load_spec};
 use amdim_worker::train::run::{RunOptions, run};
 use amdim_worker::with_backend;
 use anyhow::{Context, Result};
@@ -30,6 +31,50 @@ enum Command {
         /// Continue from the newest complete checkpoint under checkpoint.uri.
         #[arg(long)]
         resume: bool,
+        #[command(flatten)]
+        dist: DistArgs,
+    },
+    /// Write the loss and rank-averaged gradients of one training step
+    /// (safetensors, state_dict names): checks W ranks against one.
+    Gradients {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// Global step whose batch is used (default: 0, or the checkpoint's).
+        #[arg(long)]
+        step: Option<u64>,
+        /// Start from the newest checkpoint under checkpoint.uri.
+        #[arg(long)]
+        resume: bool,
+        /// Written by rank 0.
+        #[arg(long)]
+        out: PathBuf,
+        /// Gather targets without summing their gradients over ranks (the
+        /// known bug; only to show that it changes the gradients).
+        #[arg(long)]
+        plain_gather: bool,
+        #[command(flatten)]
+        dist: DistArgs,
+    },
+    /// All-reduce and all-gather bandwidth between processes over loopback TCP.
+    BenchCollective {
+        /// Processes (ranks).
+        #[arg(long, default_value_t = 2)]
+        world: usize,
+        /// Buffer sizes in MiB.
+        #[arg(long, value_delimiter = ',', default_value = "4,16,64,256")]
+        sizes_mib: Vec<usize>,
+        /// Timed repetitions per size.
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        #[arg(long, default_value_t = 120.0)]
+        timeout_s: f64,
+        /// Internal: run as this participant instead of launching them.
+        #[arg(long, hide = true)]
+        rank: Option<usize>,
+        #[arg(long, hide = true)]
+        rendezvous: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// Write r1 (and optionally r5, r7) features of images as safetensors.
     Embed {
@@ -118,7 +163,7 @@ fn main() -> Result<()> {
         .build()
         .context("starting the I/O runtime")?;
     match cli.command {
-        Command::Train { config, resume } => {
+        Command::Train { config, resume, dist } => {
             let spec = load_spec(&config)?;
             let stop = Arc::new(AtomicBool::new(false));
             let flag = stop.clone();
@@ -129,13 +174,102 @@ fn main() -> Result<()> {
                 }
             });
             let handle = runtime.handle().clone();
-            let summary = with_backend!(spec, |B, device| run::<B>(
-                spec.clone(),
-                device,
-                RunOptions { resume, stop },
-                handle
-            )?);
-            println!("{}", serde_json::to_string(&summary)?);
+            let summaries = dist.run_local(|rank| {
+                let spec = dist.spec_for(&spec, rank);
+                let comm = dist.connect(&spec, rank)?;
+                let options = RunOptions {
+                    resume,
+                    stop: stop.clone(),
+                    comm,
+                };
+                Ok(with_backend!(spec, |B, device| run::<B>(
+                    spec.clone(),
+                    device,
+                    options,
+                    handle.clone()
+                )?))
+            })?;
+            for summary in summaries {
+                println!("{}", serde_json::to_string(&summary)?);
+            }
+        }
+        Command::Gradients {
+            config,
+            step,
+            resume,
+            out,
+            plain_gather,
+            dist,
+        } => {
+            let spec = load_spec(&config)?;
+            let request = gradients::GradientRequest {
+                step,
+                resume,
+                exact_gather: !plain_gather,
+            };
+            let handle = runtime.handle().clone();
+            let results = dist.run_local(|rank| {
+                let spec = dist.spec_for(&spec, rank);
+                let comm = dist.connect(&spec, rank)?;
+                let (metrics, bytes) = with_backend!(spec, |B, device| gradients::gradients::<B>(&spec, device, comm, &request, &handle)?);
+                if rank == 0 {
+                    std::fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()))?;
+                }
+                Ok(metrics)
+            })?;
+            for metrics in results {
+                println!("{}", serde_json::to_string(&metrics)?);
+            }
+        }
+        Command::BenchCollective {
+            world,
+            sizes_mib,
+            iters,
+            timeout_s,
+            rank,
+            rendezvous,
+            json,
+        } => {
+            use amdim_worker::dist::bench;
+            let timeout = std::time::Duration::from_secs_f64(timeout_s);
+            let results = match (rank, rendezvous) {
+                (Some(rank), Some(rendezvous)) => {
+                    let spec = amdim_worker::dist::tcp::RendezvousSpec {
+                        rank,
+                        world,
+                        rendezvous,
+                        advertise_host: "127.0.0.1".into(),
+                        timeout,
+                    };
+                    let r = bench::participate(&spec, &sizes_mib, iters.max(1))?;
+                    if rank == 0 {
+                        println!("{}", serde_json::to_string(&r)?);
+                    }
+                    return Ok(());
+                }
+                _ => bench::launch(world, &sizes_mib, iters.max(1), timeout)?,
+            };
+            let parsed: Vec<bench::CollectiveResult> = serde_json::from_str(results.trim()).context("participant output")?;
+            if json {
+                println!("{}", results.trim());
+            } else {
+                println!(
+                    "{:<11} {:>5} {:>10} {:>10} {:>11} {:>11} {:>12}",
+                    "op", "world", "MiB", "ms", "algbw GB/s", "busbw GB/s", "bus/memcpy"
+                );
+                for r in parsed {
+                    println!(
+                        "{:<11} {:>5} {:>10.1} {:>10.2} {:>11.2} {:>11.2} {:>12.3}",
+                        r.op,
+                        r.world,
+                        r.bytes as f64 / (1 << 20) as f64,
+                        r.seconds * 1e3,
+                        r.algbw_gb_s,
+                        r.busbw_gb_s,
+                        r.busbw_over_memcpy
+                    );
+                }
+            }
         }
         Command::Embed {
             weights,

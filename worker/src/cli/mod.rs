@@ -1,9 +1,11 @@
 //! The `amdim-worker` commands, each a thin layer over the library:
-//! `train`, `embed`, `score` and `bench`. Every command picks the backend from
+//! `train` (one rank or several), `gradients`, `embed`, `score` and the benchmarks. Every command picks the backend from
 //! the job spec (`runtime.backend`) and reports bad input with the file or
 //! field it came from.
 
+pub mod dist;
 pub mod embed;
+pub mod gradients;
 
 use amdim_shared::spec::{BackendKind, JobSpec};
 use anyhow::{Context, Result};

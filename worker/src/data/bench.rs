@@ -164,6 +164,8 @@ fn simulate_steps(spec: &JobSpec, source: Source, sim: &StepSimulation) -> anyho
         steps_per_epoch: steps_per_epoch(n, batch, d.last_batch).max(1),
         start: 0,
         end: sim.steps.max(2),
+        rank: 0,
+        world: 1,
     };
     let stop = AtomicBool::new(false);
     let step_time = Duration::from_secs_f64(sim.step_ms.max(0.0) / 1e3);

@@ -1,11 +1,12 @@
 //! Batches built ahead of the training step: one producer thread walks the
-//! global sample order (`amdim_shared::order`) from a start step and hands
-//! finished batches, in step order, through a bounded queue. A full queue
+//! global sample order (`amdim_shared::order`) from a start step, takes this
+//! rank's slice of each global batch, and hands finished batches, in step
+//! order, through a bounded queue. A full queue
 //! blocks the producer (back-pressure, bounded memory); dropping the
 //! receiver or raising the stop flag ends it.
 
 use crate::data::pipeline::{Pipeline, TrainBatch};
-use amdim_shared::order::{epoch_permutation, global_batch, step_position};
+use amdim_shared::order::{epoch_permutation, global_batch, rank_slice, step_position};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::Scope;
@@ -19,6 +20,9 @@ pub struct StepRange {
     /// Steps [start, end).
     pub start: u64,
     pub end: u64,
+    /// This rank's slice of each global batch.
+    pub rank: usize,
+    pub world: usize,
 }
 
 /// Starts the producer on `scope`; receives (epoch, batch) per step.
@@ -41,7 +45,7 @@ pub fn spawn_batches<'scope>(
                 perm_epoch = pos.epoch;
             }
             let indices = global_batch(&perm, pos.step_in_epoch, steps.global_batch);
-            let batch = pipeline.train_batch(&indices, pos.epoch);
+            let batch = pipeline.train_batch(rank_slice(&indices, steps.rank, steps.world), pos.epoch);
             if tx.send((pos.epoch, batch)).is_err() || stop.load(Ordering::Relaxed) {
                 break;
             }

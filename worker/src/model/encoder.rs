@@ -11,7 +11,7 @@
 //! with location index row·S + column, which is what the loss consumes.
 
 use crate::model::kernels::Kernels;
-use crate::model::layers::{BatchStats, batch_norm, conv, conv_weight_matrix, linear};
+use crate::model::layers::{BatchStats, RankSum, batch_norm, conv, conv_weight_matrix, linear, sync_batch_norm};
 use crate::model::plan::{Bn, ClassifierPlan, Conv, EncoderPlan, Head, Layer, MixturePlan, ResUnit};
 use burn::tensor::{Tensor, activation::relu, backend::Backend};
 use std::cell::RefCell;
@@ -57,6 +57,8 @@ pub struct Forward<'a, B: Backend> {
     pub params: &'a [Tensor<B, 1>],
     pub mode: BnMode,
     pub stats: BnStats<B>,
+    /// Set for synchronised BatchNorm: sums a per-channel vector over ranks.
+    rank_sum: Option<&'a RankSum<'a, B>>,
     weight_matrices: RefCell<HashMap<usize, Tensor<B, 2>>>,
 }
 
@@ -66,8 +68,15 @@ impl<'a, B: Kernels> Forward<'a, B> {
             params,
             mode,
             stats: BnStats::default(),
+            rank_sum: None,
             weight_matrices: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// Training-mode BatchNorm takes its statistics over all ranks.
+    pub fn with_sync_bn(mut self, rank_sum: &'a RankSum<'a, B>) -> Self {
+        self.rank_sum = Some(rank_sum);
+        self
     }
 
     fn conv(&self, x: Tensor<B, 4>, c: &Conv) -> Tensor<B, 4> {
@@ -88,9 +97,14 @@ impl<'a, B: Kernels> Forward<'a, B> {
 
     fn bn_rows(&mut self, x: Tensor<B, 2>, bn: &Bn) -> Tensor<B, 2> {
         let p = self.params;
-        match self.mode {
-            BnMode::Eval => batch_norm(x, &p[bn.weight], &p[bn.bias], Some((&p[bn.running_mean], &p[bn.running_var]))).0,
-            BnMode::Train => {
+        match (self.mode, self.rank_sum) {
+            (BnMode::Eval, _) => batch_norm(x, &p[bn.weight], &p[bn.bias], Some((&p[bn.running_mean], &p[bn.running_var]))).0,
+            (BnMode::Train, Some(sum)) => {
+                let (y, stats) = sync_batch_norm(x, &p[bn.weight], &p[bn.bias], sum);
+                self.stats.updates.push((bn.clone(), stats));
+                y
+            }
+            (BnMode::Train, None) => {
                 let (y, stats) = batch_norm(x, &p[bn.weight], &p[bn.bias], None);
                 if let Some(s) = stats {
                     self.stats.updates.push((bn.clone(), s));

@@ -109,6 +109,38 @@ pub fn batch_norm<B: Backend>(
     }
 }
 
+/// Sums a per-channel vector over every rank of the world (differentiably).
+pub type RankSum<'a, B> = dyn Fn(Tensor<B, 1>) -> Tensor<B, 1> + 'a;
+
+/// Training-mode BatchNorm of x [M, C] with statistics over the rows of all
+/// ranks: the per-channel sums (and the row count) go through `rank_sum`,
+/// so the whole global batch is normalised as one. Returns the statistics
+/// (global mean, unbiased variance) for the running averages.
+pub fn sync_batch_norm<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: &Tensor<B, 1>,
+    bias: &Tensor<B, 1>,
+    rank_sum: &RankSum<'_, B>,
+) -> (Tensor<B, 2>, BatchStats<B>) {
+    let [m, c] = x.dims();
+    let options = burn::tensor::TensorCreationOptions::new(x.device()).with_dtype(x.dtype());
+    let rows = Tensor::<B, 1>::full([1], m as f64, options);
+    let sums = rank_sum(Tensor::cat(vec![x.clone().sum_dim(0).reshape([c]), rows], 0));
+    let total = sums.clone().narrow(0, c, 1).detach();
+    let mean = sums.narrow(0, 0, c).div(total.clone());
+    let centered = x - mean.clone().reshape([1, c]);
+    let var = rank_sum(centered.clone().square().sum_dim(0).reshape([c])).div(total.clone());
+    let scale = weight.clone() * var.clone().add_scalar(BN_EPS).sqrt().recip();
+    let y = centered * scale.reshape([1, c]) + bias.clone().reshape([1, c]);
+    // Unbiased: var · M / (M − 1), M the global row count.
+    let unbias = total.clone().div(total.sub_scalar(1.0).clamp_min(1.0));
+    let stats = BatchStats {
+        mean: mean.detach(),
+        var_unbiased: (var.detach() * unbias).reshape([c]),
+    };
+    (y, stats)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,12 @@
 //! Test accuracy of the online classifiers (spec §4): refresh BatchNorm
 //! statistics on a few test batches in training mode, then evaluate the
-//! linear and MLP heads in eval mode.
+//! linear and MLP heads in eval mode. With several ranks, each refreshes the
+//! same statistics (identical weights, identical batches) and evaluates
+//! every W-th test batch; the hit counts are summed over ranks.
 
 use crate::data::pipeline::Pipeline;
+use crate::dist::CollectiveError;
+use crate::dist::ops::Exchange;
 use crate::loss::classifier::correct;
 use crate::model::BnMode;
 use crate::model::encoder::Forward;
@@ -21,10 +25,12 @@ pub struct EvalResult {
 /// Refreshes BN statistics on a copy of the model and evaluates; None
 /// without classifiers or labels. The trainer's own state is untouched, so
 /// evaluating (or not) never changes the course of training or a resume.
-pub fn evaluate<B: Kernels>(t: &Trainer<B>, test: &Pipeline) -> Option<EvalResult> {
+pub fn evaluate<B: Kernels>(t: &Trainer<B>, test: &Pipeline) -> Result<Option<EvalResult>, CollectiveError> {
     let mut params = t.params.clone();
-    let cls = t.plan.classifier.clone()?;
-    let labels = test.source.labels()?;
+    let (Some(cls), Some(labels)) = (t.plan.classifier.clone(), test.source.labels()) else {
+        return Ok(None);
+    };
+    let (rank, world) = t.comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world()));
     let test_len = test.source.len();
     let size = t.spec.model.image_size;
     let batch = t.spec.train.batch_size.min(256);
@@ -46,7 +52,7 @@ pub fn evaluate<B: Kernels>(t: &Trainer<B>, test: &Pipeline) -> Option<EvalResul
         apply_bn_stats(&mut params, stats);
     }
     let (mut hit_lin, mut hit_mlp) = (0, 0);
-    for start in (0..limit).step_by(batch) {
+    for start in (0..limit).step_by(batch).skip(rank).step_by(world) {
         let end = (start + batch).min(limit);
         let x = images::<B>(&test.eval_batch(start..end), end - start, size, &t.device);
         let mut fwd = Forward::new(&params.values, BnMode::Eval);
@@ -55,9 +61,14 @@ pub fn evaluate<B: Kernels>(t: &Trainer<B>, test: &Pipeline) -> Option<EvalResul
         hit_lin += correct(&to_vec(lin), cls.n_classes, &labels[start..end]);
         hit_mlp += correct(&to_vec(mlp), cls.n_classes, &labels[start..end]);
     }
-    Some(EvalResult {
+    if let Some(comm) = &t.comm {
+        let mut hits = [hit_lin as f32, hit_mlp as f32];
+        comm.run(Exchange::AllReduce, |c| c.all_reduce_sum(&mut hits))?;
+        (hit_lin, hit_mlp) = (hits[0] as usize, hits[1] as usize);
+    }
+    Ok(Some(EvalResult {
         linear: hit_lin as f64 / limit.max(1) as f64,
         mlp: hit_mlp as f64 / limit.max(1) as f64,
         samples: limit,
-    })
+    }))
 }

@@ -1,12 +1,15 @@
-//! The single-process training loop: global sample order, a prefetching
-//! batch builder, logging, per-epoch evaluation, checkpoints every N steps,
-//! exact resume, and a clean stop (checkpoint first) on Ctrl-C.
+//! The training loop of one rank: global sample order (this rank's slice), a
+//! prefetching batch builder, logging with the step's time split, per-epoch
+//! evaluation, checkpoints every N steps (written by rank 0), exact resume,
+//! and a clean stop (checkpoint first) on Ctrl-C. With one rank it is the
+//! single-process loop.
 
 use crate::checkpoint::CheckpointStore;
 use crate::checkpoint::format::{model_bytes, optimizer_bytes, read_model, read_optimizer};
 use crate::data::Split;
 use crate::data::pipeline::{Pipeline, Source};
 use crate::data::prefetch::{StepRange, spawn_batches};
+use crate::dist::ops::{Comm, CommTimes};
 use crate::model::kernels::Kernels;
 use crate::train::eval::evaluate;
 use crate::train::step::Trainer;
@@ -32,6 +35,20 @@ pub struct RunSummary {
 pub struct RunOptions {
     pub resume: bool,
     pub stop: Arc<AtomicBool>,
+    /// This process's rank in a multi-rank job (None: the only rank).
+    pub comm: Option<Arc<Comm>>,
+}
+
+/// A cheap fingerprint of the parameters, logged so that ranks can be
+/// checked to hold identical weights.
+pub fn param_checksum<B: Kernels>(t: &Trainer<B>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for values in t.params.to_host() {
+        for v in values {
+            h = (h ^ u64::from(v.to_bits())).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
 }
 
 fn save<B: Kernels>(t: &Trainer<B>, store: &CheckpointStore, epoch: u64) -> Result<()> {
@@ -44,7 +61,7 @@ fn save<B: Kernels>(t: &Trainer<B>, store: &CheckpointStore, epoch: u64) -> Resu
         step: t.step,
         epoch,
         global_batch: t.spec.train.batch_size,
-        world_size: 1,
+        world_size: t.comm.as_ref().map_or(1, |c| c.world()),
         seed: t.spec.job.seed,
         config_hash: t.spec.config_hash(),
         files: vec![FileEntry::of_bytes(MODEL_FILE, &model), FileEntry::of_bytes(OPTIMIZER_FILE, &optim)],
@@ -63,7 +80,7 @@ fn save<B: Kernels>(t: &Trainer<B>, store: &CheckpointStore, epoch: u64) -> Resu
 }
 
 /// Restores the newest verified checkpoint; returns whether one was found.
-fn resume<B: Kernels>(t: &mut Trainer<B>, store: &CheckpointStore) -> Result<bool> {
+pub fn resume<B: Kernels>(t: &mut Trainer<B>, store: &CheckpointStore) -> Result<bool> {
     let Some(ckpt) = store.load_latest()? else { return Ok(false) };
     let m = &ckpt.manifest;
     if m.global_batch != t.spec.train.batch_size {
@@ -94,8 +111,8 @@ fn resume<B: Kernels>(t: &mut Trainer<B>, store: &CheckpointStore) -> Result<boo
     Ok(true)
 }
 
-/// Trains the job on this process's backend.
-pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, runtime: tokio::runtime::Handle) -> Result<RunSummary> {
+/// The training pipeline and, when evaluation can run, the test pipeline.
+pub fn open_pipelines(spec: &JobSpec, runtime: &tokio::runtime::Handle) -> Result<(Pipeline, Option<Pipeline>)> {
     let d = &spec.data;
     let pipeline = |source: Source| -> Result<Pipeline> {
         let p = Pipeline::new(
@@ -108,13 +125,23 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
         )?;
         Ok(p)
     };
-    let train = pipeline(Source::open(d, Split::Train, &runtime)?.truncate(d.max_train_samples))?;
-    let test = if spec.eval.enabled && train.source.labels().is_some() && Source::has_split(d, Split::Test, &runtime) {
-        Some(pipeline(Source::open(d, Split::Test, &runtime)?)?)
+    let train = pipeline(Source::open(d, Split::Train, runtime)?.truncate(d.max_train_samples))?;
+    let test = if spec.eval.enabled && train.source.labels().is_some() && Source::has_split(d, Split::Test, runtime) {
+        Some(pipeline(Source::open(d, Split::Test, runtime)?)?)
     } else {
         None
     };
+    Ok((train, test))
+}
+
+/// Trains the job on this process's backend.
+pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, runtime: tokio::runtime::Handle) -> Result<RunSummary> {
+    let (train, test) = open_pipelines(&spec, &runtime)?;
     let g = spec.train.batch_size;
+    let (rank, world) = options.comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world()));
+    if !g.is_multiple_of(world) {
+        bail!("train.batch_size = {g} must be divisible by the world size {world} (every rank takes an equal slice)");
+    }
     let n_train = train.source.len();
     let spe = steps_per_epoch(n_train, g, spec.data.last_batch);
     if spe == 0 {
@@ -126,6 +153,9 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
     };
     let store = CheckpointStore::open(&spec.checkpoint.uri, runtime)?;
     let mut t = Trainer::<B>::new(spec.clone(), Some(train.source.n_classes()), device);
+    if let Some(comm) = &options.comm {
+        t = t.with_comm(comm.clone());
+    }
     if options.resume && !resume(&mut t, &store)? {
         tracing::info!(uri = %spec.checkpoint.uri, "no checkpoint to resume from; starting at step 0");
     }
@@ -134,6 +164,8 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
         steps_per_epoch = spe,
         total_steps = total,
         parameters = t.plan.count_params(""),
+        rank,
+        world,
         "training {}",
         spec.job.name
     );
@@ -151,11 +183,15 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
             steps_per_epoch: spe,
             start: start_step,
             end: total,
+            rank,
+            world,
         };
         let rx = spawn_batches(scope, &train, steps, spec.data.prefetch_batches, &options.stop);
         let mut window = Instant::now();
         let mut window_images = 0usize;
         let mut window_wait = 0.0f64;
+        let mut window_compute = 0.0f64;
+        let mut window_comm = CommTimes::default();
         while t.step < total {
             if options.stop.load(Ordering::Relaxed) {
                 stopped_early = true;
@@ -166,13 +202,19 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
             let waited = waiting.elapsed().as_secs_f64();
             window_wait += waited;
             total_wait += waited;
-            let m = t.train_step(&batch, epoch);
-            window_images += batch.n;
+            let m = t
+                .train_step(&batch, epoch)
+                .with_context(|| format!("rank {rank} of {world}, step {}", t.step))?;
+            window_images += batch.n * world;
+            window_compute += m.compute_s;
+            window_comm.add(&m.comm);
             if m.skipped {
                 tracing::warn!(step = m.step, "non-finite loss: update skipped");
             }
             if t.step.is_multiple_of(spec.train.log_every) || t.step == total {
                 let secs = window.elapsed().as_secs_f64();
+                let comm_s = window_comm.total();
+                let checksum = if world > 1 { param_checksum(&t) } else { String::new() };
                 tracing::info!(
                     step = t.step,
                     epoch,
@@ -186,18 +228,26 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
                     lr = m.lr,
                     images_per_s = window_images as f64 / secs.max(1e-9),
                     data_wait_s = window_wait,
+                    compute_s = window_compute,
+                    gather_s = window_comm.gather_s,
+                    bn_sync_s = window_comm.bn_s,
+                    all_reduce_s = window_comm.all_reduce_s,
+                    exposed_comm_share = comm_s / (window_compute + comm_s + window_wait).max(1e-9),
                     skipped_samples = train.health.skipped(),
+                    param_checksum = %checksum,
                     "step"
                 );
                 window = Instant::now();
                 window_images = 0;
                 window_wait = 0.0;
+                window_compute = 0.0;
+                window_comm = CommTimes::default();
             }
             let epoch_done = t.step.is_multiple_of(spe);
             let eval_due = (epoch_done && (epoch + 1) % spec.eval.every_epochs == 0) || t.step == total;
             if let Some(test) = &test
                 && eval_due
-                && let Some(r) = evaluate(&t, test)
+                && let Some(r) = evaluate(&t, test).with_context(|| format!("rank {rank}: evaluation"))?
             {
                 {
                     tracing::info!(
@@ -212,14 +262,14 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
                 }
             }
             let every = spec.checkpoint.every_steps;
-            if (every > 0 && t.step.is_multiple_of(every)) || t.step == total {
+            if rank == 0 && ((every > 0 && t.step.is_multiple_of(every)) || t.step == total) {
                 save(&t, &store, step_position(t.step, spe).epoch)?;
             }
         }
         drop(rx);
         Ok(())
     })?;
-    if stopped_early {
+    if stopped_early && rank == 0 {
         save(&t, &store, step_position(t.step, spe).epoch)?;
         tracing::info!(step = t.step, "stopped on request after writing a checkpoint; resume with --resume");
     }

@@ -1,6 +1,10 @@
-//! One training step on one process: both views through the encoder, the
+//! One training step of one rank: both views through the encoder, the
 //! multiscale NCE loss, the online classifiers on detached r1, backward, Adam,
-//! and the BatchNorm running-average updates.
+//! and the BatchNorm running-average updates. As one rank of several
+//! (`Trainer::comm`), the targets are gathered from all ranks with exact
+//! gradients, BatchNorm is optionally synchronised, and gradients, metrics
+//! and BN statistics are averaged over ranks (design §5–6); the exchanges
+//! themselves are `dist`'s.
 //!
 //! The trainer owns the model state on the inner (non-autodiff) backend; each
 //! step wraps it in fresh autodiff leaves. All randomness (5×5 locations,
@@ -9,11 +13,14 @@
 
 use crate::checkpoint::format::{HostAdam, HostState};
 use crate::data::pipeline::TrainBatch;
+use crate::dist::CollectiveError;
+use crate::dist::ops::{Comm, CommTimes, all_gather_rows, all_reduce_sum, average_gradients, mean_over_ranks};
 use crate::loss::classifier::classifier_loss;
 use crate::loss::nce::{NceLoss, Sources, Targets, multiscale_nce, select_locations};
 use crate::model::encoder::{BnStats, Embeddings, Forward};
 use crate::model::kernels::Kernels;
 use crate::model::layers::BN_MOMENTUM;
+use crate::model::layers::RankSum;
 use crate::model::params::{from_vec, scalar, to_vec};
 use crate::model::plan::{EntryKind, ModelPlan};
 use crate::model::{BnMode, ParamStore};
@@ -23,6 +30,8 @@ use amdim_shared::rng::{KeyedRng, Stream};
 use amdim_shared::spec::JobSpec;
 use burn::backend::Autodiff;
 use burn::tensor::{Tensor, TensorData};
+use std::sync::Arc;
+use std::time::Instant;
 
 const DROPOUT: f64 = 0.2;
 
@@ -42,8 +51,24 @@ pub struct StepMetrics {
     pub class_lin: f32,
     pub class_mlp: f32,
     pub lr: f64,
-    /// The loss was not finite: the update was skipped.
+    /// The loss was not finite (on some rank): the update was skipped.
     pub skipped: bool,
+    /// Seconds of this step spent computing (everything but the exchanges).
+    pub compute_s: f64,
+    /// Seconds of this step spent in each kind of exchange.
+    pub comm: CommTimes,
+}
+
+/// BN statistics of a step on the inner backend: (layer, mean, unbiased variance).
+pub type InnerStats<B> = Vec<(crate::model::plan::Bn, Tensor<B, 1>, Tensor<B, 1>)>;
+
+/// The outcome of a forward and backward pass, before the update.
+pub struct StepGradients<B: Kernels> {
+    pub metrics: StepMetrics,
+    /// Per plan entry; None for buffers (and every entry of a skipped step).
+    /// Averaged over ranks.
+    pub grads: Vec<Option<Tensor<B, 1>>>,
+    pub stats: InnerStats<B>,
 }
 
 /// Model, optimizer and step counter of one training process.
@@ -55,10 +80,15 @@ pub struct Trainer<B: Kernels> {
     /// Optimizer updates done so far = the next global step.
     pub step: u64,
     pub device: B::Device,
+    /// Set when this trainer is one rank of several.
+    pub comm: Option<Arc<Comm>>,
+    /// Sum the gathered targets' gradients over ranks (always, except to
+    /// show what dropping that exchange does).
+    pub exact_gather: bool,
 }
 
 /// Applies collected batch statistics to the running averages (PyTorch momentum 0.1).
-pub fn apply_bn_stats<B: Kernels>(params: &mut ParamStore<B>, stats: Vec<(crate::model::plan::Bn, Tensor<B, 1>, Tensor<B, 1>)>) {
+pub fn apply_bn_stats<B: Kernels>(params: &mut ParamStore<B>, stats: InnerStats<B>) {
     for (bn, mean, var) in stats {
         let m = BN_MOMENTUM;
         params.values[bn.running_mean] = params.values[bn.running_mean].clone().mul_scalar(1.0 - m) + mean.mul_scalar(m);
@@ -68,7 +98,7 @@ pub fn apply_bn_stats<B: Kernels>(params: &mut ParamStore<B>, stats: Vec<(crate:
 }
 
 /// Inner-backend copies of the statistics of a forward pass.
-pub fn inner_stats<B: Kernels>(stats: BnStats<Autodiff<B>>) -> Vec<(crate::model::plan::Bn, Tensor<B, 1>, Tensor<B, 1>)> {
+pub fn inner_stats<B: Kernels>(stats: BnStats<Autodiff<B>>) -> InnerStats<B> {
     stats
         .updates
         .into_iter()
@@ -102,15 +132,55 @@ pub fn nce_inputs<B: Kernels>(
     ([src(0), src(1)], [trg(0), trg(1)])
 }
 
-/// Dropout keep-masks scaled by 1/(1−p), from the step's keyed stream.
-fn dropout_masks<B: Kernels>(seed: u64, step: u64, n: usize, widths: [usize; 2], device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
-    let mut rng = KeyedRng::new(Stream::Dropout, &[seed, step]);
+/// Dropout keep-masks scaled by 1/(1−p) for the rows [view 1 of `samples`,
+/// view 2 of `samples`]; each row's mask comes from (seed, step, sample,
+/// view), so a sample gets the same mask whichever rank holds it.
+fn dropout_masks<B: Kernels>(
+    seed: u64,
+    step: u64,
+    samples: &[u32],
+    widths: [usize; 2],
+    device: &B::Device,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let scale = (1.0 / (1.0 - DROPOUT)) as f32;
-    let mut mask = |w: usize| {
-        let v: Vec<f32> = (0..n * w).map(|_| if rng.bernoulli(DROPOUT) { 0.0 } else { scale }).collect();
-        Tensor::<B, 2>::from_data(TensorData::new(v, [n, w]), device)
+    let rows = 2 * samples.len();
+    let (mut m1, mut m2) = (Vec::with_capacity(rows * widths[0]), Vec::with_capacity(rows * widths[1]));
+    for view in 0..2u64 {
+        for &sample in samples {
+            let mut rng = KeyedRng::new(Stream::Dropout, &[seed, step, u64::from(sample), view]);
+            let mut keep = |w: usize, out: &mut Vec<f32>| out.extend((0..w).map(|_| if rng.bernoulli(DROPOUT) { 0.0 } else { scale }));
+            keep(widths[0], &mut m1);
+            keep(widths[1], &mut m2);
+        }
+    }
+    let mask = |v: Vec<f32>, w: usize| Tensor::<B, 2>::from_data(TensorData::new(v, [rows, w]), device);
+    (mask(m1, widths[0]), mask(m2, widths[1]))
+}
+
+/// Per-rank BN statistics replaced by their mean over ranks, so that the
+/// running averages stay identical on every rank without synchronised BN.
+fn average_stats<B: Kernels>(stats: InnerStats<B>, comm: &Comm) -> Result<InnerStats<B>, CollectiveError> {
+    let mut flat = Vec::new();
+    for (_, mean, var) in &stats {
+        flat.extend(to_vec(mean.clone()));
+        flat.extend(to_vec(var.clone()));
+    }
+    mean_over_ranks(&mut flat, comm)?;
+    let mut offset = 0;
+    let mut take = |n: usize, device: &B::Device| {
+        let t = from_vec::<B>(flat[offset..offset + n].to_vec(), device);
+        offset += n;
+        t
     };
-    (mask(widths[0]), mask(widths[1]))
+    Ok(stats
+        .into_iter()
+        .map(|(bn, mean, _)| {
+            let (c, device) = (mean.dims()[0], mean.device());
+            let m = take(c, &device);
+            let v = take(c, &device);
+            (bn, m, v)
+        })
+        .collect())
 }
 
 impl<B: Kernels> Trainer<B> {
@@ -127,7 +197,19 @@ impl<B: Kernels> Trainer<B> {
             adam,
             step: 0,
             device,
+            comm: None,
+            exact_gather: true,
         }
+    }
+
+    /// Makes this trainer one rank of `comm`'s world.
+    pub fn with_comm(mut self, comm: Arc<Comm>) -> Self {
+        self.comm = (comm.world() > 1).then_some(comm);
+        self
+    }
+
+    fn sync_bn(&self) -> Option<&Arc<Comm>> {
+        self.comm.as_ref().filter(|_| self.spec.dist.sync_bn)
     }
 
     /// The NCE loss of one batch in training mode, with autodiff leaves
@@ -139,12 +221,31 @@ impl<B: Kernels> Trainer<B> {
         view2: Tensor<Autodiff<B>, 4>,
         locs: [&[usize]; 2],
     ) -> NceForward<B> {
+        let rank_sum = |t: Tensor<Autodiff<B>, 1>| match self.sync_bn() {
+            Some(comm) => all_reduce_sum(t, comm),
+            None => t,
+        };
         let mut fwd = Forward::new(leaves, BnMode::Train);
+        if self.sync_bn().is_some() {
+            fwd = fwd.with_sync_bn(&rank_sum as &RankSum<'_, Autodiff<B>>);
+        }
         let e1 = fwd.encode(&self.plan.encoder, view1);
         let e2 = fwd.encode(&self.plan.encoder, view2);
-        let (src, trg) = nce_inputs(&fwd, &self.plan, [&e1, &e2], locs);
-        let loss = multiscale_nce([&src[0], &src[1]], [&trg[0], &trg[1]], 0, &self.spec.loss);
-        (loss, [e1, e2], fwd.stats)
+        let (src, mut trg) = nce_inputs(&fwd, &self.plan, [&e1, &e2], locs);
+        // Each rank's sources against the targets of every rank (design §6).
+        let own_offset = match &self.comm {
+            Some(comm) => {
+                for t in &mut trg {
+                    t.r5 = all_gather_rows(t.r5.clone(), comm, self.exact_gather);
+                    t.r7 = all_gather_rows(t.r7.clone(), comm, self.exact_gather);
+                }
+                comm.rank() * locs[0].len()
+            }
+            None => 0,
+        };
+        let loss = multiscale_nce([&src[0], &src[1]], [&trg[0], &trg[1]], own_offset, &self.spec.loss);
+        let stats = std::mem::take(&mut fwd.stats);
+        (loss, [e1, e2], stats)
     }
 
     /// Autodiff leaves of the current state: trainable entries require grad.
@@ -160,8 +261,13 @@ impl<B: Kernels> Trainer<B> {
             .collect()
     }
 
-    /// One optimisation step on `batch` taken during `epoch`.
-    pub fn train_step(&mut self, batch: &TrainBatch, epoch: u64) -> StepMetrics {
+    /// Forward and backward on `batch` (taken during `epoch`): the metrics,
+    /// averaged over ranks, and the gradients and BN statistics of the step.
+    pub fn gradients(&self, batch: &TrainBatch, epoch: u64) -> Result<StepGradients<B>, CollectiveError> {
+        let started = Instant::now();
+        if let Some(comm) = &self.comm {
+            comm.take_times();
+        }
         let size = self.spec.model.image_size;
         let n = batch.n;
         let leaves = self.leaves();
@@ -181,13 +287,20 @@ impl<B: Kernels> Trainer<B> {
             let masks = dropout_masks::<Autodiff<B>>(
                 self.spec.job.seed,
                 self.step,
-                2 * n,
+                &batch.indices,
                 [self.spec.model.n_rkhs, cls.hidden],
                 &self.device,
             );
+            let rank_sum = |t: Tensor<Autodiff<B>, 1>| match self.sync_bn() {
+                Some(comm) => all_reduce_sum(t, comm),
+                None => t,
+            };
             let mut fwd = Forward::new(&leaves, BnMode::Train);
+            if self.sync_bn().is_some() {
+                fwd = fwd.with_sync_bn(&rank_sum as &RankSum<'_, Autodiff<B>>);
+            }
             let (lin, mlp) = fwd.classify(cls, features, Some(masks));
-            stats.updates.extend(fwd.stats.updates);
+            stats.updates.extend(std::mem::take(&mut fwd.stats).updates);
             let (l_lin, l_mlp) = (classifier_loss(lin, &both), classifier_loss(mlp, &both));
             metrics.class_lin = scalar(l_lin.clone());
             metrics.class_mlp = scalar(l_mlp.clone());
@@ -199,23 +312,78 @@ impl<B: Kernels> Trainer<B> {
         metrics.loss_5t5 = scalar(nce.l5t5);
         metrics.reg = scalar(nce.reg);
         metrics.lr = learning_rate(&self.spec.optim, self.step, epoch);
-        if !(metrics.loss.is_finite() && metrics.class_lin.is_finite() && metrics.class_mlp.is_finite()) {
-            metrics.skipped = true;
-            self.step += 1;
-            return metrics;
+        if let Some(comm) = &self.comm {
+            // Global means; a non-finite value on any rank makes every rank skip.
+            let mut v = [
+                metrics.loss,
+                metrics.loss_1t5,
+                metrics.loss_1t7,
+                metrics.loss_5t5,
+                metrics.reg,
+                metrics.class_lin,
+                metrics.class_mlp,
+            ];
+            mean_over_ranks(&mut v, comm)?;
+            [
+                metrics.loss,
+                metrics.loss_1t5,
+                metrics.loss_1t7,
+                metrics.loss_5t5,
+                metrics.reg,
+                metrics.class_lin,
+                metrics.class_mlp,
+            ] = v;
+        }
+        let mut out = StepGradients {
+            metrics,
+            grads: vec![None; leaves.len()],
+            stats: Vec::new(),
+        };
+        let m = &mut out.metrics;
+        if !(m.loss.is_finite() && m.class_lin.is_finite() && m.class_mlp.is_finite()) {
+            m.skipped = true;
+            self.finish_timing(m, started);
+            return Ok(out);
         }
         let grads = total.backward();
         for (i, leaf) in leaves.iter().enumerate() {
-            if self.plan.entries[i].kind != EntryKind::Param {
-                continue;
-            }
-            if let Some(g) = leaf.grad(&grads) {
-                self.adam.update(i, &mut self.params.values[i], g, metrics.lr, &self.spec.optim);
+            if self.plan.entries[i].kind == EntryKind::Param {
+                out.grads[i] = leaf.grad(&grads);
             }
         }
-        apply_bn_stats(&mut self.params, inner_stats(stats));
+        out.stats = inner_stats(stats);
+        if let Some(comm) = &self.comm {
+            comm.check()?;
+            let bucket = (self.spec.dist.bucket_mib * (1 << 20) as f64) as usize;
+            average_gradients(&mut out.grads, comm, bucket.max(1))?;
+            if !self.spec.dist.sync_bn {
+                out.stats = average_stats(out.stats, comm)?;
+            }
+        }
+        self.finish_timing(&mut out.metrics, started);
+        Ok(out)
+    }
+
+    fn finish_timing(&self, m: &mut StepMetrics, started: Instant) {
+        if let Some(comm) = &self.comm {
+            m.comm = comm.take_times();
+        }
+        m.compute_s = (started.elapsed().as_secs_f64() - m.comm.total()).max(0.0);
+    }
+
+    /// One optimisation step on `batch` taken during `epoch`.
+    pub fn train_step(&mut self, batch: &TrainBatch, epoch: u64) -> Result<StepMetrics, CollectiveError> {
+        let StepGradients { metrics, grads, stats } = self.gradients(batch, epoch)?;
+        if !metrics.skipped {
+            for (i, g) in grads.into_iter().enumerate() {
+                if let Some(g) = g {
+                    self.adam.update(i, &mut self.params.values[i], g, metrics.lr, &self.spec.optim);
+                }
+            }
+            apply_bn_stats(&mut self.params, stats);
+        }
         self.step += 1;
-        metrics
+        Ok(metrics)
     }
 
     /// Host copy of the model state.
@@ -299,7 +467,7 @@ mod tests {
         let mixture = t.plan.mixture.clone().expect("k = 3 builds the mixture map");
         let before = t.host_state();
         let batch = synthetic_batch(&spec, 8);
-        let m = t.train_step(&batch, 0);
+        let m = t.train_step(&batch, 0).unwrap();
         assert!(
             !m.skipped && m.loss.is_finite() && m.class_lin.is_finite() && m.class_mlp.is_finite(),
             "{m:?}"

@@ -1,0 +1,130 @@
+//! `amdim-worker bench-collective`: all-reduce and all-gather of float32
+//! buffers between W processes over loopback TCP, reported as time,
+//! algorithm bandwidth and bus bandwidth (nccl-tests definitions: all-reduce
+//! bus = alg × 2(W−1)/W, all-gather bus = alg × (W−1)/W, the size being the
+//! whole buffer), next to a single-thread memory copy of the same bytes.
+//!
+//! The launcher starts W copies of this binary as participants; rank 0
+//! measures and prints. Nothing here is used by training.
+
+use super::Collective;
+use super::tcp::{RendezvousSpec, TcpCollective};
+use anyhow::{Context, Result, bail};
+use std::time::{Duration, Instant};
+
+/// One measured size of one operation.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CollectiveResult {
+    pub op: String,
+    pub world: usize,
+    pub bytes: usize,
+    pub seconds: f64,
+    pub algbw_gb_s: f64,
+    pub busbw_gb_s: f64,
+    /// A one-thread copy of the same bytes, GB/s.
+    pub memcpy_gb_s: f64,
+    pub busbw_over_memcpy: f64,
+}
+
+fn memcpy_gb_s(bytes: usize) -> f64 {
+    let src = vec![1.0f32; bytes / 4];
+    let mut dst = vec![0.0f32; bytes / 4];
+    dst.copy_from_slice(&src);
+    let reps = (256 << 20) / bytes.max(1) + 2;
+    let start = Instant::now();
+    for _ in 0..reps {
+        dst.copy_from_slice(std::hint::black_box(&src));
+        std::hint::black_box(&dst);
+    }
+    (bytes * reps) as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+/// Runs the measurements as one participant; rank 0 returns the results.
+pub fn participate(spec: &RendezvousSpec, sizes_mib: &[usize], iters: usize) -> Result<Vec<CollectiveResult>> {
+    let c = TcpCollective::connect(spec).context("bench-collective rendezvous")?;
+    let w = c.world();
+    let mut out = Vec::new();
+    for &mib in sizes_mib {
+        let bytes = mib << 20;
+        let n = bytes / 4;
+        let copy = if c.rank() == 0 { memcpy_gb_s(bytes) } else { 0.0 };
+        let mut buf = vec![1.0f32; n];
+        let local = vec![1.0f32; n / w];
+        // Warm-up, then timed rounds (a barrier lines the ranks up first).
+        c.all_reduce_sum(&mut buf)?;
+        c.barrier()?;
+        let start = Instant::now();
+        for _ in 0..iters {
+            c.all_reduce_sum(&mut buf)?;
+        }
+        let ar = start.elapsed().as_secs_f64() / iters as f64;
+        c.all_gather(&local)?;
+        c.barrier()?;
+        let start = Instant::now();
+        for _ in 0..iters {
+            std::hint::black_box(c.all_gather(&local)?);
+        }
+        let ag = start.elapsed().as_secs_f64() / iters as f64;
+        let wf = w as f64;
+        for (op, seconds, factor, size) in [
+            ("all_reduce", ar, 2.0 * (wf - 1.0) / wf, bytes),
+            ("all_gather", ag, (wf - 1.0) / wf, (n / w) * w * 4),
+        ] {
+            let alg = size as f64 / seconds / 1e9;
+            out.push(CollectiveResult {
+                op: op.to_string(),
+                world: w,
+                bytes: size,
+                seconds,
+                algbw_gb_s: alg,
+                busbw_gb_s: alg * factor,
+                memcpy_gb_s: copy,
+                busbw_over_memcpy: if copy > 0.0 { alg * factor / copy } else { 0.0 },
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Starts `world` participants of this binary and returns rank 0's output.
+pub fn launch(world: usize, sizes_mib: &[usize], iters: usize, timeout: Duration) -> Result<String> {
+    if world < 2 {
+        bail!("--world must be at least 2");
+    }
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let sizes = sizes_mib.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
+    let mut children = Vec::new();
+    for rank in 0..world {
+        let child = std::process::Command::new(&exe)
+            .args([
+                "bench-collective",
+                "--json",
+                "--world",
+                &world.to_string(),
+                "--rank",
+                &rank.to_string(),
+            ])
+            .args(["--rendezvous", &addr, "--sizes-mib", &sizes, "--iters", &iters.to_string()])
+            .args(["--timeout-s", &timeout.as_secs_f64().to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting participant {rank}"))?;
+        children.push(child);
+    }
+    let mut rank0 = String::new();
+    let mut failed = Vec::new();
+    for (rank, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            failed.push(rank);
+        }
+        if rank == 0 {
+            rank0 = String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+    }
+    if !failed.is_empty() {
+        bail!("participants {failed:?} failed");
+    }
+    Ok(rank0)
+}

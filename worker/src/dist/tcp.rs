@@ -1,0 +1,783 @@
+//! The TCP collective backend (CPU ranks) and its static rendezvous.
+//!
+//! Rendezvous: rank 0 listens on the rendezvous address; every other rank
+//! connects there and says who it is and where its data listener is; rank 0
+//! checks the world (size, duplicates, missing ranks) and hands out the
+//! address table. Then every pair of ranks opens one TCP connection (the
+//! higher rank dials), so each rank holds a full-duplex stream to each peer.
+//!
+//! Algorithms: ring all-reduce (reduce-scatter then all-gather over near-
+//! equal segments), ring all-gather and ring reduce-scatter. In each ring
+//! step a sender thread streams one segment to the next rank in frames of
+//! [`CHUNK_BYTES`] while this thread receives the previous rank's segment
+//! and reduces it frame by frame, so large buffers are bandwidth-bound.
+//! Barrier and broadcast go through rank 0 / the root directly.
+//!
+//! Every read and write is bounded by the timeout. On any failure the
+//! communicator is poisoned and sends an abort frame, naming the ranks it
+//! blames, to every peer, so that the others stop at once with that reason
+//! instead of waiting for their own timeouts. This module knows bytes and
+//! ranks only; what the buffers mean is `ops`'.
+
+use super::{CollResult, Collective, CollectiveError, segments};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::ops::Range;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Payload bytes per data frame.
+pub const CHUNK_BYTES: usize = 1 << 20;
+const CHUNK_FLOATS: usize = CHUNK_BYTES / 4;
+const MAGIC: u32 = 0x414d_4431; // "AMD1"
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+enum Kind {
+    Data = 1,
+    Abort = 2,
+    Arrive = 3,
+    Release = 4,
+    Hello = 5,
+    Table = 6,
+    Refused = 7,
+}
+
+impl Kind {
+    fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Data,
+            2 => Self::Abort,
+            3 => Self::Arrive,
+            4 => Self::Release,
+            5 => Self::Hello,
+            6 => Self::Table,
+            7 => Self::Refused,
+            _ => return None,
+        })
+    }
+}
+
+/// Where this rank is in the world and how to find the others.
+#[derive(Clone, Debug)]
+pub struct RendezvousSpec {
+    pub rank: usize,
+    pub world: usize,
+    /// `host:port` where rank 0 listens for the others.
+    pub rendezvous: String,
+    /// Host (or IP) the other ranks use to reach this rank's data port.
+    pub advertise_host: String,
+    /// Bound on every wait, rendezvous included.
+    pub timeout: Duration,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Hello {
+    rank: usize,
+    world: usize,
+    data_addr: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AbortNote {
+    reporter: usize,
+    ranks: Vec<usize>,
+    message: String,
+}
+
+struct Peer {
+    reader: Mutex<TcpStream>,
+    writer: Mutex<TcpStream>,
+}
+
+/// One rank's connections to all the others.
+pub struct TcpCollective {
+    rank: usize,
+    world: usize,
+    timeout: Duration,
+    /// `peers[p]` for p ≠ rank.
+    peers: Vec<Option<Peer>>,
+    poisoned: Mutex<Option<CollectiveError>>,
+    /// Serialises collectives: one at a time per communicator.
+    busy: Mutex<()>,
+}
+
+fn io_error(op: &'static str, peer: usize, timeout: Duration, e: std::io::Error) -> CollectiveError {
+    match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => CollectiveError::Timeout { op, peer, timeout },
+        ErrorKind::UnexpectedEof => CollectiveError::PeerLost {
+            op,
+            peer,
+            message: "connection closed (process exited?)".into(),
+        },
+        _ => CollectiveError::PeerLost {
+            op,
+            peer,
+            message: e.to_string(),
+        },
+    }
+}
+
+fn write_frame(stream: &mut TcpStream, kind: Kind, payload: &[u8]) -> std::io::Result<()> {
+    let mut header = [0u8; 16];
+    header[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    header[4..8].copy_from_slice(&(kind as u32).to_le_bytes());
+    header[8..16].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    stream.write_all(&header)?;
+    stream.write_all(payload)
+}
+
+fn read_header(stream: &mut TcpStream) -> std::io::Result<(Option<Kind>, u64)> {
+    let mut header = [0u8; 16];
+    stream.read_exact(&mut header)?;
+    let magic = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default());
+    if magic != MAGIC {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidData,
+            "not an amdim collective stream (bad frame magic)",
+        ));
+    }
+    let kind = Kind::from_u32(u32::from_le_bytes(header[4..8].try_into().unwrap_or_default()));
+    Ok((kind, u64::from_le_bytes(header[8..16].try_into().unwrap_or_default())))
+}
+
+/// Reads one small frame (control messages, at most 1 MiB).
+fn read_small(stream: &mut TcpStream) -> std::io::Result<(Option<Kind>, Vec<u8>)> {
+    let (kind, len) = read_header(stream)?;
+    if len > 1 << 20 {
+        return Err(std::io::Error::new(ErrorKind::InvalidData, format!("control frame of {len} bytes")));
+    }
+    let mut payload = vec![0u8; len as usize];
+    stream.read_exact(&mut payload)?;
+    Ok((kind, payload))
+}
+
+fn configure(stream: &TcpStream, timeout: Duration) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))
+}
+
+/// Dials `addr` until it answers or `deadline` passes.
+fn dial(addr: &str, deadline: Instant) -> Result<TcpStream, String> {
+    loop {
+        let resolved: Vec<SocketAddr> = match addr.to_socket_addrs() {
+            Ok(a) => a.collect(),
+            Err(e) => return Err(format!("cannot resolve {addr}: {e}")),
+        };
+        let mut last = String::from("no address");
+        for a in &resolved {
+            match TcpStream::connect_timeout(a, Duration::from_secs(2)) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("cannot connect to {addr}: {last}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn accept_until(listener: &TcpListener, deadline: Instant) -> std::io::Result<Option<TcpStream>> {
+    listener.set_nonblocking(true)?;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false)?;
+                return Ok(Some(s));
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn rv_err(message: impl Into<String>) -> CollectiveError {
+    CollectiveError::Rendezvous(message.into())
+}
+
+impl TcpCollective {
+    /// Runs the rendezvous and connects every pair of ranks.
+    pub fn connect(spec: &RendezvousSpec) -> CollResult<Self> {
+        let (rank, world) = (spec.rank, spec.world);
+        if world == 0 || rank >= world {
+            return Err(rv_err(format!("rank {rank} is not in a world of {world}")));
+        }
+        let deadline = Instant::now() + spec.timeout;
+        let data = TcpListener::bind((spec.advertise_host.as_str(), 0))
+            .map_err(|e| rv_err(format!("cannot listen on {}: {e}", spec.advertise_host)))?;
+        let data_addr = data.local_addr().map_err(|e| rv_err(e.to_string()))?;
+        let table = if rank == 0 {
+            Self::host_rendezvous(spec, data_addr.to_string(), deadline)?
+        } else {
+            Self::join_rendezvous(spec, data_addr.to_string(), deadline)?
+        };
+        let mut streams: Vec<Option<TcpStream>> = (0..world).map(|_| None).collect();
+        // Lower ranks first: dial every lower rank, then accept every higher one.
+        for (peer, addr) in table.iter().enumerate().take(rank) {
+            let mut s = dial(addr, deadline).map_err(|e| rv_err(format!("rank {peer}: {e}")))?;
+            configure(&s, spec.timeout).map_err(|e| rv_err(e.to_string()))?;
+            write_frame(&mut s, Kind::Hello, &(rank as u64).to_le_bytes()).map_err(|e| rv_err(format!("rank {peer}: {e}")))?;
+            streams[peer] = Some(s);
+        }
+        while streams.iter().enumerate().any(|(p, s)| p > rank && s.is_none()) {
+            let Some(mut s) = accept_until(&data, deadline).map_err(|e| rv_err(e.to_string()))? else {
+                let missing: Vec<usize> = (rank + 1..world).filter(|&p| streams[p].is_none()).collect();
+                return Err(CollectiveError::NotArrived {
+                    op: "connect",
+                    missing,
+                    timeout: spec.timeout,
+                });
+            };
+            configure(&s, spec.timeout).map_err(|e| rv_err(e.to_string()))?;
+            let (kind, payload) = read_small(&mut s).map_err(|e| rv_err(format!("a peer's hello: {e}")))?;
+            let peer = match (kind, <[u8; 8]>::try_from(payload.as_slice())) {
+                (Some(Kind::Hello), Ok(b)) => u64::from_le_bytes(b) as usize,
+                _ => return Err(rv_err("a connection to the data port did not say its rank")),
+            };
+            if peer <= rank || peer >= world || streams[peer].is_some() {
+                return Err(rv_err(format!("unexpected connection from rank {peer}")));
+            }
+            streams[peer] = Some(s);
+        }
+        let mut peers = Vec::with_capacity(world);
+        for s in streams {
+            peers.push(match s {
+                Some(s) => {
+                    let writer = s.try_clone().map_err(|e| rv_err(e.to_string()))?;
+                    Some(Peer {
+                        reader: Mutex::new(s),
+                        writer: Mutex::new(writer),
+                    })
+                }
+                None => None,
+            });
+        }
+        Ok(Self {
+            rank,
+            world,
+            timeout: spec.timeout,
+            peers,
+            poisoned: Mutex::new(None),
+            busy: Mutex::new(()),
+        })
+    }
+
+    /// Rank 0: collects every rank's hello, checks the world, sends the table.
+    fn host_rendezvous(spec: &RendezvousSpec, own: String, deadline: Instant) -> CollResult<Vec<String>> {
+        let world = spec.world;
+        let listener = TcpListener::bind(&spec.rendezvous)
+            .map_err(|e| rv_err(format!("rank 0 cannot listen on the rendezvous address {}: {e}", spec.rendezvous)))?;
+        let mut table: Vec<Option<String>> = vec![None; world];
+        table[0] = Some(own);
+        let mut joined: Vec<(usize, TcpStream)> = Vec::new();
+        let refuse = |s: &mut TcpStream, why: String| {
+            let _ = write_frame(s, Kind::Refused, why.as_bytes());
+            rv_err(why)
+        };
+        while table.iter().any(Option::is_none) {
+            let Some(mut s) = accept_until(&listener, deadline).map_err(|e| rv_err(e.to_string()))? else {
+                let missing: Vec<usize> = (0..world).filter(|&r| table[r].is_none()).collect();
+                let why = format!("ranks {missing:?} did not join within {:?}", spec.timeout);
+                for (_, s) in &mut joined {
+                    let _ = write_frame(s, Kind::Refused, why.as_bytes());
+                }
+                return Err(CollectiveError::NotArrived {
+                    op: "rendezvous",
+                    missing,
+                    timeout: spec.timeout,
+                });
+            };
+            configure(&s, spec.timeout).map_err(|e| rv_err(e.to_string()))?;
+            let hello: Hello = match read_small(&mut s) {
+                Ok((Some(Kind::Hello), payload)) => {
+                    serde_json::from_slice(&payload).map_err(|e| rv_err(format!("a malformed hello: {e}")))?
+                }
+                // Something else dialled the port (a health check, a scanner): ignore it.
+                _ => continue,
+            };
+            if hello.world != world {
+                return Err(refuse(
+                    &mut s,
+                    format!("rank {} says the world has {} ranks, rank 0 says {world}", hello.rank, hello.world),
+                ));
+            }
+            if hello.rank == 0 || hello.rank >= world || table[hello.rank].is_some() {
+                return Err(refuse(&mut s, format!("rank {} joined twice or is out of range", hello.rank)));
+            }
+            table[hello.rank] = Some(hello.data_addr);
+            joined.push((hello.rank, s));
+        }
+        let table: Vec<String> = table.into_iter().flatten().collect();
+        let payload = serde_json::to_vec(&table).map_err(|e| rv_err(e.to_string()))?;
+        for (r, s) in &mut joined {
+            write_frame(s, Kind::Table, &payload).map_err(|e| rv_err(format!("sending the table to rank {r}: {e}")))?;
+        }
+        Ok(table)
+    }
+
+    /// Ranks ≠ 0: say hello to rank 0 and wait for the table.
+    fn join_rendezvous(spec: &RendezvousSpec, own: String, deadline: Instant) -> CollResult<Vec<String>> {
+        let mut s = dial(&spec.rendezvous, deadline).map_err(|e| rv_err(format!("rank 0 at {}: {e}", spec.rendezvous)))?;
+        configure(&s, spec.timeout).map_err(|e| rv_err(e.to_string()))?;
+        let hello = Hello {
+            rank: spec.rank,
+            world: spec.world,
+            data_addr: own,
+        };
+        let payload = serde_json::to_vec(&hello).map_err(|e| rv_err(e.to_string()))?;
+        write_frame(&mut s, Kind::Hello, &payload).map_err(|e| rv_err(format!("rank 0: {e}")))?;
+        match read_small(&mut s) {
+            Ok((Some(Kind::Table), payload)) => {
+                let table: Vec<String> = serde_json::from_slice(&payload).map_err(|e| rv_err(format!("a malformed table: {e}")))?;
+                if table.len() != spec.world {
+                    return Err(rv_err(format!("rank 0 sent a table of {} ranks", table.len())));
+                }
+                Ok(table)
+            }
+            Ok((Some(Kind::Refused), why)) => Err(rv_err(format!("rank 0 refused: {}", String::from_utf8_lossy(&why)))),
+            Ok(_) => Err(rv_err("rank 0 answered with something other than the table")),
+            Err(e) => Err(rv_err(format!("waiting for rank 0's table: {e}"))),
+        }
+    }
+
+    fn peer(&self, p: usize) -> &Peer {
+        match &self.peers[p] {
+            Some(peer) => peer,
+            None => unreachable!("rank {} has no connection to itself", self.rank),
+        }
+    }
+
+    fn next(&self) -> usize {
+        (self.rank + 1) % self.world
+    }
+
+    fn prev(&self) -> usize {
+        (self.rank + self.world - 1) % self.world
+    }
+
+    /// Runs `f` unless poisoned; a failure poisons and tells every peer.
+    fn guarded<T>(&self, f: impl FnOnce() -> CollResult<T>) -> CollResult<T> {
+        let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = self.poisoned.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Err(e);
+        }
+        let out = f();
+        if let Err(e) = &out {
+            self.poison(e.clone());
+        }
+        out
+    }
+
+    fn poison(&self, e: CollectiveError) {
+        let note = AbortNote {
+            reporter: self.rank,
+            ranks: e.blamed(),
+            message: e.to_string(),
+        };
+        let payload = serde_json::to_vec(&note).unwrap_or_default();
+        for (p, peer) in self.peers.iter().enumerate() {
+            let Some(peer) = peer else { continue };
+            if note.ranks.contains(&p) {
+                continue;
+            }
+            if let Ok(mut w) = peer.writer.try_lock() {
+                let _ = w.set_write_timeout(Some(Duration::from_millis(200)));
+                let _ = write_frame(&mut w, Kind::Abort, &payload);
+            }
+        }
+        *self.poisoned.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+    }
+
+    /// Reads a frame header from `peer`; abort frames become errors.
+    fn expect(&self, op: &'static str, peer: usize, stream: &mut TcpStream, want: Kind) -> CollResult<u64> {
+        let (kind, len) = read_header(stream).map_err(|e| io_error(op, peer, self.timeout, e))?;
+        match kind {
+            Some(k) if k == want => Ok(len),
+            Some(Kind::Abort) => {
+                let mut payload = vec![0u8; len.min(1 << 20) as usize];
+                stream.read_exact(&mut payload).map_err(|e| io_error(op, peer, self.timeout, e))?;
+                let note: AbortNote = serde_json::from_slice(&payload).map_err(|e| CollectiveError::PeerLost {
+                    op,
+                    peer,
+                    message: format!("malformed abort: {e}"),
+                })?;
+                Err(CollectiveError::Aborted {
+                    op,
+                    reporter: note.reporter,
+                    ranks: note.ranks,
+                    message: note.message,
+                })
+            }
+            other => Err(CollectiveError::PeerLost {
+                op,
+                peer,
+                message: format!("protocol error: expected {want:?}, got {other:?} (the ranks are out of step)"),
+            }),
+        }
+    }
+
+    /// One ring step: streams `send` to the next rank while receiving the
+    /// previous rank's segment into `recv` (added when `reduce`).
+    fn ring_step(&self, op: &'static str, send: &[f32], recv: &mut [f32], reduce: bool) -> CollResult<()> {
+        let (next, prev) = (self.next(), self.prev());
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let sender = scope.spawn(|| -> CollResult<()> {
+                let mut w = self.peer(next).writer.lock().unwrap_or_else(|e| e.into_inner());
+                for chunk in send.chunks(CHUNK_FLOATS) {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    write_frame(&mut w, Kind::Data, bytemuck::cast_slice(chunk)).map_err(|e| io_error(op, next, self.timeout, e))?;
+                }
+                Ok(())
+            });
+            let received = (|| -> CollResult<()> {
+                let mut r = self.peer(prev).reader.lock().unwrap_or_else(|e| e.into_inner());
+                let mut scratch = vec![0f32; if reduce { CHUNK_FLOATS.min(recv.len()) } else { 0 }];
+                for chunk in recv.chunks_mut(CHUNK_FLOATS) {
+                    let len = self.expect(op, prev, &mut r, Kind::Data)?;
+                    if len != (chunk.len() * 4) as u64 {
+                        return Err(CollectiveError::PeerLost {
+                            op,
+                            peer: prev,
+                            message: format!(
+                                "sent {len} bytes where {} were expected (buffer sizes differ across ranks)",
+                                chunk.len() * 4
+                            ),
+                        });
+                    }
+                    if reduce {
+                        let part = &mut scratch[..chunk.len()];
+                        r.read_exact(bytemuck::cast_slice_mut(part))
+                            .map_err(|e| io_error(op, prev, self.timeout, e))?;
+                        chunk.iter_mut().zip(part.iter()).for_each(|(a, b)| *a += *b);
+                    } else {
+                        r.read_exact(bytemuck::cast_slice_mut(chunk))
+                            .map_err(|e| io_error(op, prev, self.timeout, e))?;
+                    }
+                }
+                Ok(())
+            })();
+            if received.is_err() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            let sent = sender.join().unwrap_or_else(|_| {
+                Err(CollectiveError::Invalid {
+                    op,
+                    message: "the sender thread panicked".into(),
+                })
+            });
+            received.and(sent)
+        })
+    }
+
+    /// Ring reduce-scatter over `segs` of `buf`, in place: afterwards segment
+    /// r of rank r holds the sum over ranks.
+    fn ring_reduce_scatter(&self, op: &'static str, buf: &mut [f32], segs: &[Range<usize>]) -> CollResult<()> {
+        let w = self.world;
+        for s in 0..w - 1 {
+            let send = (self.rank + 2 * w - s - 1) % w;
+            let recv = (self.rank + 2 * w - s - 2) % w;
+            let (a, b) = split_pair(buf, segs[send].clone(), segs[recv].clone());
+            self.ring_step(op, a, b, true)?;
+        }
+        Ok(())
+    }
+
+    /// Ring all-gather over `segs` of `buf`, in place: rank r starts with
+    /// segment r filled and ends with all of them.
+    fn ring_all_gather(&self, op: &'static str, buf: &mut [f32], segs: &[Range<usize>]) -> CollResult<()> {
+        let w = self.world;
+        for s in 0..w - 1 {
+            let send = (self.rank + w - s) % w;
+            let recv = (self.rank + 2 * w - s - 1) % w;
+            let (a, b) = split_pair(buf, segs[send].clone(), segs[recv].clone());
+            self.ring_step(op, a, b, false)?;
+        }
+        Ok(())
+    }
+}
+
+/// Disjoint `send` (shared) and `recv` (mutable) ranges of one buffer.
+fn split_pair(buf: &mut [f32], send: Range<usize>, recv: Range<usize>) -> (&[f32], &mut [f32]) {
+    if send.start < recv.start {
+        let (lo, hi) = buf.split_at_mut(recv.start);
+        (&lo[send], &mut hi[..recv.len()])
+    } else {
+        let (lo, hi) = buf.split_at_mut(send.start);
+        (&hi[..send.len()], &mut lo[recv])
+    }
+}
+
+impl Collective for TcpCollective {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> CollResult<()> {
+        if self.world == 1 {
+            return Ok(());
+        }
+        self.guarded(|| {
+            let segs = segments(buf.len(), self.world);
+            self.ring_reduce_scatter("all_reduce", buf, &segs)?;
+            self.ring_all_gather("all_reduce", buf, &segs)
+        })
+    }
+
+    fn all_gather(&self, local: &[f32]) -> CollResult<Vec<f32>> {
+        let n = local.len();
+        let mut out = vec![0f32; n * self.world];
+        out[self.rank * n..(self.rank + 1) * n].copy_from_slice(local);
+        if self.world == 1 {
+            return Ok(out);
+        }
+        self.guarded(|| {
+            let segs: Vec<_> = (0..self.world).map(|r| r * n..(r + 1) * n).collect();
+            self.ring_all_gather("all_gather", &mut out, &segs)
+        })?;
+        Ok(out)
+    }
+
+    fn reduce_scatter_sum(&self, full: &[f32]) -> CollResult<Vec<f32>> {
+        if !full.len().is_multiple_of(self.world) {
+            return Err(CollectiveError::Invalid {
+                op: "reduce_scatter",
+                message: format!("{} elements do not split into {} ranks", full.len(), self.world),
+            });
+        }
+        let n = full.len() / self.world;
+        let mut work = full.to_vec();
+        if self.world > 1 {
+            self.guarded(|| {
+                let segs: Vec<_> = (0..self.world).map(|r| r * n..(r + 1) * n).collect();
+                self.ring_reduce_scatter("reduce_scatter", &mut work, &segs)
+            })?;
+        }
+        Ok(work[self.rank * n..(self.rank + 1) * n].to_vec())
+    }
+
+    fn broadcast(&self, buf: &mut [f32], root: usize) -> CollResult<()> {
+        if self.world == 1 {
+            return Ok(());
+        }
+        if root >= self.world {
+            return Err(CollectiveError::Invalid {
+                op: "broadcast",
+                message: format!("root {root} is not a rank of a world of {}", self.world),
+            });
+        }
+        self.guarded(|| {
+            if self.rank == root {
+                for p in (0..self.world).filter(|&p| p != root) {
+                    let mut w = self.peer(p).writer.lock().unwrap_or_else(|e| e.into_inner());
+                    for chunk in buf.chunks(CHUNK_FLOATS) {
+                        write_frame(&mut w, Kind::Data, bytemuck::cast_slice(chunk))
+                            .map_err(|e| io_error("broadcast", p, self.timeout, e))?;
+                    }
+                }
+                return Ok(());
+            }
+            let mut r = self.peer(root).reader.lock().unwrap_or_else(|e| e.into_inner());
+            for chunk in buf.chunks_mut(CHUNK_FLOATS) {
+                let len = self.expect("broadcast", root, &mut r, Kind::Data)?;
+                if len != (chunk.len() * 4) as u64 {
+                    return Err(CollectiveError::PeerLost {
+                        op: "broadcast",
+                        peer: root,
+                        message: "buffer sizes differ across ranks".into(),
+                    });
+                }
+                r.read_exact(bytemuck::cast_slice_mut(chunk))
+                    .map_err(|e| io_error("broadcast", root, self.timeout, e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn barrier(&self) -> CollResult<()> {
+        if self.world == 1 {
+            return Ok(());
+        }
+        self.guarded(|| {
+            if self.rank != 0 {
+                let mut w = self.peer(0).writer.lock().unwrap_or_else(|e| e.into_inner());
+                write_frame(&mut w, Kind::Arrive, &[]).map_err(|e| io_error("barrier", 0, self.timeout, e))?;
+                drop(w);
+                let mut r = self.peer(0).reader.lock().unwrap_or_else(|e| e.into_inner());
+                self.expect("barrier", 0, &mut r, Kind::Release)?;
+                return Ok(());
+            }
+            // Rank 0 waits for everyone until one shared deadline.
+            let deadline = Instant::now() + self.timeout;
+            let mut missing = Vec::new();
+            for p in 1..self.world {
+                let mut r = self.peer(p).reader.lock().unwrap_or_else(|e| e.into_inner());
+                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+                let _ = r.set_read_timeout(Some(left));
+                let got = self.expect("barrier", p, &mut r, Kind::Arrive);
+                let _ = r.set_read_timeout(Some(self.timeout));
+                match got {
+                    Ok(_) => {}
+                    Err(CollectiveError::Timeout { .. }) | Err(CollectiveError::PeerLost { .. }) => missing.push(p),
+                    Err(e) => return Err(e),
+                }
+            }
+            if !missing.is_empty() {
+                return Err(CollectiveError::NotArrived {
+                    op: "barrier",
+                    missing,
+                    timeout: self.timeout,
+                });
+            }
+            for p in 1..self.world {
+                let mut w = self.peer(p).writer.lock().unwrap_or_else(|e| e.into_inner());
+                write_frame(&mut w, Kind::Release, &[]).map_err(|e| io_error("barrier", p, self.timeout, e))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn free_addr() -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    }
+
+    /// Runs `f(rank, collective)` on `world` threads connected over loopback.
+    fn with_world<T: Send>(world: usize, timeout: Duration, f: impl Fn(usize, &TcpCollective) -> T + Sync) -> Vec<T> {
+        let addr = free_addr();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..world)
+                .map(|rank| {
+                    let (addr, f) = (addr.clone(), &f);
+                    scope.spawn(move || {
+                        let spec = RendezvousSpec {
+                            rank,
+                            world,
+                            rendezvous: addr,
+                            advertise_host: "127.0.0.1".into(),
+                            timeout,
+                        };
+                        let c = TcpCollective::connect(&spec).unwrap();
+                        f(rank, &c)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    fn data(rank: usize, n: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * 7 + rank * 13) % 97) as f32 - 40.0).collect()
+    }
+
+    #[test]
+    fn ring_collectives_match_their_definitions() {
+        for world in [2, 3, 4] {
+            // Sizes that do and do not divide, below and above one frame.
+            for n in [1, 5, 1000, CHUNK_FLOATS * 2 + 3] {
+                let out = with_world(world, Duration::from_secs(20), |rank, c| {
+                    let mut sum = data(rank, n);
+                    c.all_reduce_sum(&mut sum).unwrap();
+                    let gathered = c.all_gather(&data(rank, n)).unwrap();
+                    let full: Vec<f32> = (0..world * n).map(|i| (i % 11) as f32 + rank as f32).collect();
+                    let scattered = c.reduce_scatter_sum(&full).unwrap();
+                    let mut b = if rank == 1 { data(9, n) } else { vec![0.0; n] };
+                    c.broadcast(&mut b, 1).unwrap();
+                    c.barrier().unwrap();
+                    (sum, gathered, scattered, b)
+                });
+                let inputs: Vec<Vec<f32>> = (0..world).map(|r| data(r, n)).collect();
+                let expect_sum: Vec<f32> = (0..n).map(|i| inputs.iter().map(|d| d[i]).sum()).collect();
+                let expect_gather: Vec<f32> = (0..world).flat_map(|r| data(r, n)).collect();
+                for (rank, (sum, gathered, scattered, b)) in out.into_iter().enumerate() {
+                    assert_eq!(sum, expect_sum, "all_reduce w={world} n={n}");
+                    assert_eq!(gathered, expect_gather, "all_gather w={world} n={n}");
+                    let expect: Vec<f32> = (rank * n..(rank + 1) * n)
+                        .map(|i| (0..world).map(|r| (i % 11) as f32 + r as f32).sum())
+                        .collect();
+                    assert_eq!(scattered, expect, "reduce_scatter w={world} n={n}");
+                    assert_eq!(b, data(9, n), "broadcast");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_rank_that_leaves_fails_the_others_promptly_naming_it() {
+        let started = Instant::now();
+        let out = with_world(3, Duration::from_secs(30), |rank, c| {
+            if rank == 1 {
+                return None; // leaves without calling: its connections close on drop
+            }
+            let mut buf = vec![1.0f32; 1000];
+            let first = c.all_reduce_sum(&mut buf).err();
+            // Poisoned: the next call fails at once with the same error.
+            let again = c.barrier().err();
+            Some((first.map(|e| e.to_string()), again.map(|e| e.to_string())))
+        });
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "failed by closed connections, not timeouts"
+        );
+        for (rank, o) in out.into_iter().enumerate() {
+            let Some((first, again)) = o else { continue };
+            let first = first.unwrap_or_else(|| panic!("rank {rank} did not fail"));
+            assert!(first.contains("rank 1") || first.contains("[1]"), "rank {rank}: {first}");
+            assert_eq!(again.as_deref(), Some(first.as_str()));
+        }
+    }
+
+    #[test]
+    fn a_silent_rank_times_out_and_the_barrier_names_it() {
+        let out = with_world(3, Duration::from_millis(600), |rank, c| {
+            if rank == 2 {
+                std::thread::sleep(Duration::from_millis(1500));
+                return String::new();
+            }
+            c.barrier().unwrap_err().to_string()
+        });
+        assert!(out[0].contains("ranks [2] did not arrive"), "{}", out[0]);
+        assert!(out[1].contains("[2]"), "{}", out[1]);
+    }
+
+    #[test]
+    fn rendezvous_names_missing_ranks_and_world_mismatches() {
+        let addr = free_addr();
+        let spec = |rank, world| RendezvousSpec {
+            rank,
+            world,
+            rendezvous: addr.clone(),
+            advertise_host: "127.0.0.1".into(),
+            timeout: Duration::from_millis(800),
+        };
+        let err = TcpCollective::connect(&spec(0, 3)).err().unwrap().to_string();
+        assert!(err.contains("[1, 2]"), "{err}");
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| TcpCollective::connect(&spec(0, 2)).err().map(|e| e.to_string()));
+            let b = s.spawn(|| TcpCollective::connect(&spec(1, 3)).err().map(|e| e.to_string()));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        assert!(a.unwrap().contains("world has 3 ranks"));
+        assert!(b.unwrap().contains("refused"));
+    }
+}
