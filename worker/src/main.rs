@@ -129,6 +129,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure a checkpoint of the job's model: step blocked, upload, restore.
+    BenchCheckpoint {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure training and forward throughput on synthetic images.
     Bench {
         #[arg(long, short = 'c')]
@@ -329,6 +336,20 @@ fn main() -> Result<()> {
             let spec = load_spec(&config)?;
             let sim = amdim_worker::data::bench::StepSimulation { steps, step_ms };
             let r = amdim_worker::data::bench::bench_data(&spec, files, seconds, sim, runtime.handle())?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("{r:#?}");
+            }
+        }
+        Command::BenchCheckpoint { config, json } => {
+            let spec = load_spec(&config)?;
+            let handle = runtime.handle().clone();
+            let r = with_backend!(spec, |B, device| amdim_worker::checkpoint::bench::bench_checkpoint::<B>(
+                spec.clone(),
+                device,
+                handle
+            )?);
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

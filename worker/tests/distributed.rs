@@ -2,6 +2,7 @@
 //! - W ∈ {2, 3} ranks of B images give the loss and parameter gradients of
 //!   one rank of W·B images (synchronised BN), and the twin that gathers
 //!   targets without summing their gradients over ranks does not;
+//! - the same with both ranks in one process (`--local-ranks 2`);
 //! - `train` on 2 processes ends where the single process ends, with
 //!   identical parameters on both ranks after every logged step;
 //! - a rank killed mid-training makes the others fail promptly, naming it.
@@ -162,6 +163,19 @@ fn w_ranks_of_b_images_have_the_gradients_of_one_rank_of_w_times_b_images() {
         }
         assert!(c.worst_excess <= 1.0, "W={world}: {c:?}");
     }
+    // One process driving both ranks of a world of 2 (one thread each).
+    let out = tmp.path().join("local-ranks.safetensors");
+    let stdout = ok(
+        Command::new(BIN)
+            .args(["gradients", "--resume", "-c", spec_s, "--out", out.to_str().unwrap()])
+            .args(["--world-size", "2", "--local-ranks", "2", "--rendezvous", &free_addr()])
+            .output()
+            .unwrap(),
+        "--local-ranks 2",
+    );
+    assert_eq!(stdout.lines().count(), 2, "one result per local rank: {stdout}");
+    let c = compare(&single, &out, 5e-5, 1e-5, &[]);
+    assert!(c.worst_excess <= 1.0, "--local-ranks 2: {c:?}");
 }
 
 fn step_losses(log: &str) -> Vec<f64> {

@@ -169,3 +169,90 @@ fn trains_from_s3_shards_and_folders_and_resumes_from_s3_checkpoints_bitwise() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("s3://amdim/packed/imagenet20"), "{err}");
 }
+
+/// Complete checkpoints under `uri`, via `amdimctl checkpoints -o json`.
+fn complete_steps(uri: &str, env: &[(&'static str, String)]) -> Vec<u64> {
+    let listed: serde_json::Value = serde_json::from_str(&run_amdimctl(&["checkpoints", uri, "-o", "json"], env)).unwrap();
+    listed.as_array().unwrap().iter().map(|c| c["step"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn checkpoints_survive_the_s3_server_being_killed_mid_upload() {
+    let mut s3 = seaweed::SeaweedS3::start("faults");
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let uri = s3.uri("runs/faulty");
+    // A wide RKHS head makes ~240 MB checkpoints (multipart uploads) from cheap steps.
+    let spec = tmp.path().join("job.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[job]\nname = \"faults\"\n[data]\nformat = \"synthetic\"\nsynthetic_samples = 64\n\
+             [model]\nndf = 8\nn_rkhs = 2048\ndepth = 1\n[train]\nbatch_size = 4\nmax_steps = 16\nlog_every = 1\n\
+             [eval]\nenabled = false\n[checkpoint]\nuri = \"{uri}\"\nevery_steps = 4\nkeep = 2\n"
+        ),
+    )
+    .unwrap();
+    let log = tmp.path().join("train.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
+        .args(["train", "--config"])
+        .arg(&spec)
+        .envs(env.iter().cloned())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let started = std::time::Instant::now();
+    while !read_log().contains("checkpoint snapshot taken") {
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint started:\n{}", read_log());
+        assert!(child.try_wait().unwrap().is_none(), "training ended early:\n{}", read_log());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // The first upload is in flight: kill the server under it.
+    s3.kill();
+    let steps_at_kill = read_log().matches(" step ").count();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let steps_during_outage = read_log().matches(" step ").count() - steps_at_kill;
+    s3.restart();
+    let status = child.wait().unwrap();
+    let text = read_log();
+    assert!(status.success(), "training failed:\n{text}");
+    assert!(steps_during_outage > 0, "training stalled while S3 was down:\n{text}");
+    // Whatever happened to the interrupted upload, every listed checkpoint is
+    // complete and verifies, and the last one is there.
+    let steps = complete_steps(&uri, &env);
+    assert_eq!(steps.last(), Some(&16), "{steps:?}\n{text}");
+    assert!(steps.len() <= 2, "retention keeps 2: {steps:?}");
+    for step in steps {
+        let out = tmp.path().join(format!("export-{step}"));
+        run_amdimctl(&["export", &uri, "--step", &step.to_string(), "--out", out.to_str().unwrap()], &env);
+        assert!(out.join("model.safetensors").metadata().unwrap().len() > 50 << 20);
+    }
+    // Resuming from the bucket works.
+    let out = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
+        .args(["train", "--resume", "--config"])
+        .arg(&spec)
+        .envs(env.iter().cloned())
+        .env("AMDIM_TRAIN__MAX_STEPS", "17")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("resumed from checkpoint step=16"), "{err}");
+
+    // Wrong credentials: the job stops at start, naming checkpoint.uri.
+    let mut bad = env.clone();
+    bad[1].1 = "wrong-secret".into();
+    let out = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
+        .args(["train", "--config"])
+        .arg(&spec)
+        .envs(bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("checkpoint.uri") && err.contains("runs/faulty"),
+        "{err}"
+    );
+}

@@ -1,8 +1,11 @@
 //! `amdimctl`: the user's command-line client. Today it validates job specs
 //! locally (`amdimctl validate -f job.toml`), with the same field-named errors
 //! the worker and coordinator give, and packs and inspects datasets
-//! (`amdimctl dataset pack SRC DST`, `amdimctl dataset inspect URI`).
+//! (`amdimctl dataset pack SRC DST`, `amdimctl dataset inspect URI`), and
+//! lists and exports checkpoints (`amdimctl checkpoints URI`,
+//! `amdimctl export URI --out DIR`).
 
+use amdim_coordinator::checkpoints::{self, human_age};
 use amdim_coordinator::dataset::{self, human_bytes};
 use amdim_shared::spec::JobSpec;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -35,6 +38,23 @@ enum Command {
     Dataset {
         #[command(subcommand)]
         command: DatasetCommand,
+    },
+    /// List the complete checkpoints under a checkpoint URI (the job's
+    /// checkpoint.uri: a folder, file:// or s3://bucket/prefix).
+    Checkpoints {
+        uri: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Download a checkpoint's model weights (safetensors, the authors'
+    /// PyTorch names) and manifest into a folder, verified.
+    Export {
+        uri: String,
+        /// The checkpoint's step (default: the newest complete one).
+        #[arg(long)]
+        step: Option<u64>,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -69,14 +89,51 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { file, output } => validate(file, output),
-        Command::Dataset { command } => match run_dataset(command) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Dataset { command } => report(run_dataset(command)),
+        Command::Checkpoints { uri, output } => report(list_checkpoints(&uri, output)),
+        Command::Export { uri, step, out } => report(export(&uri, step, &out)),
     }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+fn list_checkpoints(uri: &str, output: Output) -> anyhow::Result<()> {
+    let list = runtime()?.block_on(checkpoints::list(uri))?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string(&list)?),
+        Output::Table => {
+            println!("{:>10} {:>6} {:>6} {:>11} {:>9}", "step", "epoch", "ranks", "size", "age");
+            for c in list {
+                println!(
+                    "{:>10} {:>6} {:>6} {:>11} {:>9}",
+                    c.step,
+                    c.epoch,
+                    c.world_size,
+                    human_bytes(c.bytes),
+                    human_age(c.age_s)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn export(uri: &str, step: Option<u64>, out: &std::path::Path) -> anyhow::Result<()> {
+    let path = runtime()?.block_on(checkpoints::export(uri, step, out))?;
+    println!("{}", path.display());
+    Ok(())
 }
 
 fn validate(file: PathBuf, output: Output) -> ExitCode {
@@ -112,7 +169,7 @@ fn validate(file: PathBuf, output: Output) -> ExitCode {
 }
 
 fn run_dataset(command: DatasetCommand) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = runtime()?;
     match command {
         DatasetCommand::Pack {
             src,

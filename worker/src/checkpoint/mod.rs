@@ -4,9 +4,11 @@
 //! the authors' PyTorch names and back; `store` writes a checkpoint folder
 //! (data files first, manifest last), lists complete ones, loads and verifies
 //! the newest good one (falling back past corrupt or partial ones), and prunes
-//! to the newest K.
+//! to the newest K; `writer` uploads snapshots in the background.
 
+pub mod bench;
 pub mod format;
 pub mod store;
+pub mod writer;
 
 pub use store::{CheckpointStore, LoadedCheckpoint};

@@ -1,21 +1,23 @@
 //! Writing, listing, verifying, loading and pruning checkpoint folders on an
-//! `object_store` location (a bare path, `file://` or `s3://` URL).
+//! `object_store` location (a bare path, `file://` or `s3://` URL), blocking
+//! on the given runtime; the folder I/O itself is
+//! `amdim_shared::checkpoint_store`'s.
 //!
 //! A checkpoint counts only once its manifest exists; the manifest is written
 //! after every data file. Loading verifies sizes and SHA-256 against the
 //! manifest and falls back to the previous complete checkpoint, logging why.
+//! Pruning never touches the newest complete checkpoint, nor a folder
+//! without a manifest (one being written).
 
-use amdim_shared::checkpoint::{MANIFEST_FILE, Manifest, parse_step_folder, step_folder};
-use anyhow::{Context, Result, anyhow, bail};
+use amdim_shared::checkpoint::{MANIFEST_FILE, Manifest, step_folder};
+use amdim_shared::checkpoint_store as io;
+use amdim_shared::storage::Location;
+use anyhow::{Context, Result};
 use bytes::Bytes;
-use futures::TryStreamExt;
-use object_store::{ObjectStore, PutPayload, path::Path as ObjPath};
-use std::sync::Arc;
 
 /// A checkpoint location plus the runtime that drives its async I/O.
 pub struct CheckpointStore {
-    store: Arc<dyn ObjectStore>,
-    root: ObjPath,
+    location: Location,
     uri: String,
     runtime: tokio::runtime::Handle,
 }
@@ -36,17 +38,15 @@ impl CheckpointStore {
     /// Opens `uri` (config field `checkpoint.uri`): a folder path or
     /// `file://` URL (created if missing), or `s3://bucket/prefix`.
     pub fn open(uri: &str, runtime: tokio::runtime::Handle) -> Result<Self> {
-        let location = amdim_shared::storage::open(uri, "checkpoint.uri", true)?;
         Ok(Self {
-            store: location.store,
-            root: location.prefix,
+            location: amdim_shared::storage::open(uri, "checkpoint.uri", true)?,
             uri: uri.to_string(),
             runtime,
         })
     }
 
-    fn path(&self, parts: &[&str]) -> ObjPath {
-        parts.iter().fold(self.root.clone(), |p, part| p.child(*part))
+    pub fn uri(&self) -> &str {
+        &self.uri
     }
 
     /// Writes the files of step `manifest.step`, then the manifest, then prunes to `keep`.
@@ -55,16 +55,9 @@ impl CheckpointStore {
         let manifest_json = serde_json::to_vec_pretty(manifest)?;
         self.runtime.block_on(async {
             for (name, bytes) in files {
-                self.store
-                    .put(&self.path(&[&folder, &name]), PutPayload::from(bytes))
-                    .await
-                    .with_context(|| format!("writing {}/{folder}/{name}", self.uri))?;
+                io::put_file(&self.location, &folder, &name, Bytes::from(bytes)).await?;
             }
-            self.store
-                .put(&self.path(&[&folder, MANIFEST_FILE]), PutPayload::from(manifest_json))
-                .await
-                .with_context(|| format!("writing {}/{folder}/{MANIFEST_FILE}", self.uri))?;
-            Ok::<_, anyhow::Error>(())
+            io::put_file(&self.location, &folder, MANIFEST_FILE, Bytes::from(manifest_json)).await
         })?;
         if keep > 0 {
             self.prune(keep)?;
@@ -74,51 +67,18 @@ impl CheckpointStore {
 
     /// Steps of all folders that hold a manifest, ascending.
     pub fn complete_steps(&self) -> Result<Vec<u64>> {
-        self.runtime.block_on(async {
-            let listing = self
-                .store
-                .list_with_delimiter(Some(&self.root))
-                .await
-                .with_context(|| format!("listing {}", self.uri))?;
-            let mut steps = Vec::new();
-            for prefix in listing.common_prefixes {
-                let Some(step) = prefix.filename().and_then(parse_step_folder) else {
-                    continue;
-                };
-                if self.store.head(&prefix.child(MANIFEST_FILE)).await.is_ok() {
-                    steps.push(step);
-                }
-            }
-            steps.sort_unstable();
-            Ok(steps)
-        })
+        self.runtime
+            .block_on(io::complete_steps(&self.location))
+            .with_context(|| format!("listing {}", self.uri))
     }
 
     /// Reads and verifies the checkpoint of `step`.
     pub fn load_step(&self, step: u64) -> Result<LoadedCheckpoint> {
-        let folder = step_folder(step);
         self.runtime.block_on(async {
-            let raw = self.store.get(&self.path(&[&folder, MANIFEST_FILE])).await?.bytes().await?;
-            let manifest: Manifest =
-                serde_json::from_slice(&raw).with_context(|| format!("{}/{folder}/{MANIFEST_FILE} is not a valid manifest", self.uri))?;
-            if manifest.step != step {
-                bail!(
-                    "{}/{folder}/{MANIFEST_FILE} says step {} but sits in {folder}",
-                    self.uri,
-                    manifest.step
-                );
-            }
+            let manifest = io::read_manifest(&self.location, step).await?;
             let mut files = Vec::new();
             for entry in &manifest.files {
-                let bytes = self
-                    .store
-                    .get(&self.path(&[&folder, &entry.name]))
-                    .await
-                    .with_context(|| format!("reading {}/{folder}/{}", self.uri, entry.name))?
-                    .bytes()
-                    .await?;
-                entry.verify(&bytes).map_err(|e| anyhow!("{}/{folder}/{e}", self.uri))?;
-                files.push((entry.name.clone(), bytes));
+                files.push((entry.name.clone(), io::read_verified(&self.location, &manifest, &entry.name).await?));
             }
             Ok(LoadedCheckpoint { manifest, files })
         })
@@ -138,21 +98,13 @@ impl CheckpointStore {
     /// Deletes all but the newest `keep` complete checkpoints.
     pub fn prune(&self, keep: usize) -> Result<()> {
         let steps = self.complete_steps()?;
+        let keep = keep.max(1);
         if steps.len() <= keep {
             return Ok(());
         }
         for &step in &steps[..steps.len() - keep] {
-            let prefix = self.path(&[&step_folder(step)]);
             self.runtime
-                .block_on(async {
-                    // Manifest first: a half-deleted folder is never mistaken for a checkpoint.
-                    self.store.delete(&prefix.child(MANIFEST_FILE)).await?;
-                    let objects: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
-                    for o in objects {
-                        self.store.delete(&o.location).await?;
-                    }
-                    Ok::<_, object_store::Error>(())
-                })
+                .block_on(io::delete_step(&self.location, step))
                 .with_context(|| format!("pruning {}/{}", self.uri, step_folder(step)))?;
         }
         Ok(())

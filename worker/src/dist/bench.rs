@@ -50,6 +50,7 @@ pub fn participate(spec: &RendezvousSpec, sizes_mib: &[usize], iters: usize) -> 
         let copy = if c.rank() == 0 { memcpy_gb_s(bytes) } else { 0.0 };
         let mut buf = vec![1.0f32; n];
         let local = vec![1.0f32; n / w];
+        let mut gathered = vec![0.0f32; (n / w) * w];
         // Warm-up, then timed rounds (a barrier lines the ranks up first).
         c.all_reduce_sum(&mut buf)?;
         c.barrier()?;
@@ -58,11 +59,11 @@ pub fn participate(spec: &RendezvousSpec, sizes_mib: &[usize], iters: usize) -> 
             c.all_reduce_sum(&mut buf)?;
         }
         let ar = start.elapsed().as_secs_f64() / iters as f64;
-        c.all_gather(&local)?;
+        c.all_gather_into(&local, &mut gathered)?;
         c.barrier()?;
         let start = Instant::now();
         for _ in 0..iters {
-            std::hint::black_box(c.all_gather(&local)?);
+            c.all_gather_into(&local, &mut gathered)?;
         }
         let ag = start.elapsed().as_secs_f64() / iters as f64;
         let wf = w as f64;

@@ -66,8 +66,15 @@ pub trait Collective: Send + Sync {
     fn world(&self) -> usize;
     /// Element-wise sum over ranks, in place.
     fn all_reduce_sum(&self, buf: &mut [f32]) -> CollResult<()>;
-    /// Every rank's `local` (all the same length), concatenated in rank order.
-    fn all_gather(&self, local: &[f32]) -> CollResult<Vec<f32>>;
+    /// Every rank's `local` (all the same length), concatenated in rank
+    /// order into `out` (world × local.len() elements).
+    fn all_gather_into(&self, local: &[f32], out: &mut [f32]) -> CollResult<()>;
+    /// [`Collective::all_gather_into`] a new buffer.
+    fn all_gather(&self, local: &[f32]) -> CollResult<Vec<f32>> {
+        let mut out = vec![0.0; local.len() * self.world()];
+        self.all_gather_into(local, &mut out)?;
+        Ok(out)
+    }
     /// The sum over ranks of `full` (world × n elements), keeping this rank's
     /// n-element slice.
     fn reduce_scatter_sum(&self, full: &[f32]) -> CollResult<Vec<f32>>;
@@ -105,8 +112,9 @@ impl Collective for Solo {
     fn all_reduce_sum(&self, _buf: &mut [f32]) -> CollResult<()> {
         Ok(())
     }
-    fn all_gather(&self, local: &[f32]) -> CollResult<Vec<f32>> {
-        Ok(local.to_vec())
+    fn all_gather_into(&self, local: &[f32], out: &mut [f32]) -> CollResult<()> {
+        out.copy_from_slice(local);
+        Ok(())
     }
     fn reduce_scatter_sum(&self, full: &[f32]) -> CollResult<Vec<f32>> {
         Ok(full.to_vec())

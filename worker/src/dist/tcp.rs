@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Payload bytes per data frame.
-pub const CHUNK_BYTES: usize = 1 << 20;
+pub const CHUNK_BYTES: usize = 4 << 20;
 const CHUNK_FLOATS: usize = CHUNK_BYTES / 4;
 const MAGIC: u32 = 0x414d_4431; // "AMD1"
 
@@ -538,18 +538,22 @@ impl Collective for TcpCollective {
         })
     }
 
-    fn all_gather(&self, local: &[f32]) -> CollResult<Vec<f32>> {
+    fn all_gather_into(&self, local: &[f32], out: &mut [f32]) -> CollResult<()> {
         let n = local.len();
-        let mut out = vec![0f32; n * self.world];
+        if out.len() != n * self.world {
+            return Err(CollectiveError::Invalid {
+                op: "all_gather",
+                message: format!("output of {} elements for {} ranks of {n}", out.len(), self.world),
+            });
+        }
         out[self.rank * n..(self.rank + 1) * n].copy_from_slice(local);
         if self.world == 1 {
-            return Ok(out);
+            return Ok(());
         }
         self.guarded(|| {
             let segs: Vec<_> = (0..self.world).map(|r| r * n..(r + 1) * n).collect();
-            self.ring_all_gather("all_gather", &mut out, &segs)
-        })?;
-        Ok(out)
+            self.ring_all_gather("all_gather", out, &segs)
+        })
     }
 
     fn reduce_scatter_sum(&self, full: &[f32]) -> CollResult<Vec<f32>> {
@@ -617,8 +621,13 @@ impl Collective for TcpCollective {
                 let mut w = self.peer(0).writer.lock().unwrap_or_else(|e| e.into_inner());
                 write_frame(&mut w, Kind::Arrive, &[]).map_err(|e| io_error("barrier", 0, self.timeout, e))?;
                 drop(w);
+                // Rank 0 decides: it waits up to the timeout for the others,
+                // then releases or names the missing; give it that long and more.
                 let mut r = self.peer(0).reader.lock().unwrap_or_else(|e| e.into_inner());
-                self.expect("barrier", 0, &mut r, Kind::Release)?;
+                let _ = r.set_read_timeout(Some(2 * self.timeout));
+                let got = self.expect("barrier", 0, &mut r, Kind::Release);
+                let _ = r.set_read_timeout(Some(self.timeout));
+                got?;
                 return Ok(());
             }
             // Rank 0 waits for everyone until one shared deadline.

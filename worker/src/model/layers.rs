@@ -176,6 +176,26 @@ mod tests {
     }
 
     #[test]
+    fn synchronised_batch_norm_of_one_rank_is_batch_norm() {
+        let dev = Default::default();
+        let x = Tensor::<B, 2>::random([40, 6], Distribution::Normal(0.5, 2.0), &dev);
+        let w = Tensor::<B, 1>::random([6], Distribution::Uniform(0.5, 1.5), &dev);
+        let b = Tensor::<B, 1>::random([6], Distribution::Uniform(-1.0, 1.0), &dev);
+        let (y, stats) = batch_norm(x.clone(), &w, &b, None);
+        let stats = stats.unwrap();
+        // A world of one rank: the sum over ranks is the identity.
+        let (ys, sync) = sync_batch_norm(x, &w, &b, &|t| t);
+        ys.into_data()
+            .assert_approx_eq::<f32>(&y.into_data(), Tolerance::rel_abs(1e-5, 1e-6));
+        sync.mean
+            .into_data()
+            .assert_approx_eq::<f32>(&stats.mean.into_data(), Tolerance::rel_abs(1e-5, 1e-6));
+        sync.var_unbiased
+            .into_data()
+            .assert_approx_eq::<f32>(&stats.var_unbiased.into_data(), Tolerance::rel_abs(1e-5, 1e-6));
+    }
+
+    #[test]
     fn channels_last_convolution_and_pooling_match_burns_ops() {
         use burn::tensor::module::{avg_pool2d, conv2d};
         use burn::tensor::ops::ConvOptions;

@@ -5,7 +5,8 @@
 //! single-process loop.
 
 use crate::checkpoint::CheckpointStore;
-use crate::checkpoint::format::{model_bytes, optimizer_bytes, read_model, read_optimizer};
+use crate::checkpoint::format::{read_model, read_optimizer};
+use crate::checkpoint::writer::{AsyncCheckpointer, Snapshot};
 use crate::data::Split;
 use crate::data::pipeline::{Pipeline, Source};
 use crate::data::prefetch::{StepRange, spawn_batches};
@@ -13,7 +14,7 @@ use crate::dist::ops::{Comm, CommTimes};
 use crate::model::kernels::Kernels;
 use crate::train::eval::evaluate;
 use crate::train::step::Trainer;
-use amdim_shared::checkpoint::{FileEntry, MANIFEST_FORMAT, MODEL_FILE, Manifest, OPTIMIZER_FILE};
+use amdim_shared::checkpoint::{MANIFEST_FORMAT, MODEL_FILE, Manifest, OPTIMIZER_FILE};
 use amdim_shared::order::{step_position, steps_per_epoch};
 use amdim_shared::spec::JobSpec;
 use anyhow::{Context, Result, bail};
@@ -28,6 +29,9 @@ pub struct RunSummary {
     pub stopped_early: bool,
     /// Seconds the training steps of this run waited for their batches.
     pub data_wait_s: f64,
+    /// Seconds training was blocked by checkpoints (snapshots, and waiting
+    /// for a previous upload); the uploads themselves run in the background.
+    pub checkpoint_blocked_s: f64,
     pub last_eval: Option<crate::train::eval::EvalResult>,
 }
 
@@ -51,32 +55,43 @@ pub fn param_checksum<B: Kernels>(t: &Trainer<B>) -> String {
     format!("{h:016x}")
 }
 
-fn save<B: Kernels>(t: &Trainer<B>, store: &CheckpointStore, epoch: u64) -> Result<()> {
-    let model = model_bytes(&t.plan, &t.host_state())?;
-    let optim = optimizer_bytes(&t.plan, &t.host_adam())?;
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        job_id: t.spec.job.name.clone(),
-        generation: 0,
-        step: t.step,
-        epoch,
-        global_batch: t.spec.train.batch_size,
-        world_size: t.comm.as_ref().map_or(1, |c| c.world()),
-        seed: t.spec.job.seed,
-        config_hash: t.spec.config_hash(),
-        files: vec![FileEntry::of_bytes(MODEL_FILE, &model), FileEntry::of_bytes(OPTIMIZER_FILE, &optim)],
-        created_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    };
+/// The trainer's state at `epoch`, copied to host memory for a checkpoint.
+pub fn snapshot<B: Kernels>(t: &Trainer<B>, epoch: u64) -> Snapshot {
+    Snapshot {
+        manifest: Manifest {
+            format: MANIFEST_FORMAT,
+            job_id: t.spec.job.name.clone(),
+            generation: 0,
+            step: t.step,
+            epoch,
+            global_batch: t.spec.train.batch_size,
+            world_size: t.comm.as_ref().map_or(1, |c| c.world()),
+            seed: t.spec.job.seed,
+            config_hash: t.spec.config_hash(),
+            files: Vec::new(),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        },
+        state: t.host_state(),
+        adam: t.host_adam(),
+    }
+}
+
+/// Takes a checkpoint of `t` in the background; returns the seconds the
+/// step was blocked (the snapshot, plus waiting for a previous upload).
+fn checkpoint<B: Kernels>(t: &Trainer<B>, writer: &mut AsyncCheckpointer, epoch: u64) -> f64 {
     let started = Instant::now();
-    store.save(
-        &manifest,
-        vec![(MODEL_FILE.into(), model), (OPTIMIZER_FILE.into(), optim)],
-        t.spec.checkpoint.keep,
-    )?;
-    tracing::info!(step = t.step, seconds = started.elapsed().as_secs_f64(), "checkpoint written");
-    Ok(())
+    let snap = snapshot(t, epoch);
+    let waited = writer.submit(snap);
+    let blocked = started.elapsed().as_secs_f64();
+    tracing::info!(
+        step = t.step,
+        blocked_s = blocked,
+        waited_for_previous_s = waited,
+        "checkpoint snapshot taken; uploading in the background"
+    );
+    blocked
 }
 
 /// Restores the newest verified checkpoint; returns whether one was found.
@@ -151,7 +166,12 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
         0 => spec.train.epochs * spe,
         m => m.min(spec.train.epochs * spe),
     };
-    let store = CheckpointStore::open(&spec.checkpoint.uri, runtime)?;
+    let store = Arc::new(CheckpointStore::open(&spec.checkpoint.uri, runtime)?);
+    // Reach the checkpoint location now: bad credentials or a missing bucket
+    // stop the job at start, not at its first checkpoint.
+    store
+        .complete_steps()
+        .with_context(|| format!("checkpoint.uri = {}: the checkpoint location cannot be read", spec.checkpoint.uri))?;
     let mut t = Trainer::<B>::new(spec.clone(), Some(train.source.n_classes()), device);
     if let Some(comm) = &options.comm {
         t = t.with_comm(comm.clone());
@@ -172,6 +192,8 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
     let seed = spec.job.seed;
     let mut last_eval = None;
     let mut stopped_early = false;
+    let mut writer = AsyncCheckpointer::new(store.clone(), t.plan.clone(), spec.checkpoint.keep);
+    let mut checkpoint_blocked = 0.0f64;
     let start_step = t.step;
     let mut total_wait = 0.0f64;
     std::thread::scope(|scope| -> Result<()> {
@@ -263,20 +285,25 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
             }
             let every = spec.checkpoint.every_steps;
             if rank == 0 && ((every > 0 && t.step.is_multiple_of(every)) || t.step == total) {
-                save(&t, &store, step_position(t.step, spe).epoch)?;
+                checkpoint_blocked += checkpoint(&t, &mut writer, step_position(t.step, spe).epoch);
             }
         }
         drop(rx);
         Ok(())
     })?;
     if stopped_early && rank == 0 {
-        save(&t, &store, step_position(t.step, spe).epoch)?;
+        checkpoint_blocked += checkpoint(&t, &mut writer, step_position(t.step, spe).epoch);
+    }
+    // The last checkpoint must land before the run reports success.
+    writer.wait().context("the final checkpoint could not be written")?;
+    if stopped_early {
         tracing::info!(step = t.step, "stopped on request after writing a checkpoint; resume with --resume");
     }
     Ok(RunSummary {
         steps: t.step,
         stopped_early,
         data_wait_s: total_wait,
+        checkpoint_blocked_s: checkpoint_blocked,
         last_eval,
     })
 }

@@ -1,0 +1,70 @@
+//! `amdim-worker bench-checkpoint`: the cost of a checkpoint of the job's
+//! model with a full Adam state — how long the training step is blocked
+//! (the host snapshot), how fast the background upload goes to
+//! `checkpoint.uri`, and how long a restore takes (download, SHA-256
+//! verification, parsing). Measures only; writes one checkpoint there.
+
+use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::writer::AsyncCheckpointer;
+use crate::model::kernels::Kernels;
+use crate::optim::adam::AdamState;
+use crate::train::run::{resume, snapshot};
+use crate::train::step::Trainer;
+use amdim_shared::spec::JobSpec;
+use anyhow::{Context, Result};
+use burn::tensor::Tensor;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckpointBench {
+    pub parameters: usize,
+    /// model + optimizer files.
+    pub bytes: u64,
+    /// Seconds the step is blocked: copying the state to host memory.
+    pub step_blocked_s: f64,
+    /// Seconds from the snapshot to the manifest being written.
+    pub upload_s: f64,
+    pub upload_mb_s: f64,
+    /// Seconds to find, download, verify and load the newest checkpoint.
+    pub restore_s: f64,
+    pub uri: String,
+}
+
+pub fn bench_checkpoint<B: Kernels>(spec: JobSpec, device: B::Device, runtime: tokio::runtime::Handle) -> Result<CheckpointBench> {
+    let mut t = Trainer::<B>::new(spec.clone(), None, device);
+    // A full optimizer state, as after the first update.
+    for (i, state) in t.adam.states.iter_mut().enumerate() {
+        if t.plan.entries[i].kind == crate::model::plan::EntryKind::Param {
+            let n = t.params.values[i].dims()[0];
+            *state = Some(AdamState {
+                exp_avg: Tensor::zeros([n], &t.device),
+                exp_avg_sq: Tensor::zeros([n], &t.device),
+                step: 1,
+            });
+        }
+    }
+    t.step = 1;
+    let store = Arc::new(CheckpointStore::open(&spec.checkpoint.uri, runtime)?);
+    let mut writer = AsyncCheckpointer::new(store.clone(), t.plan.clone(), 0);
+    let started = Instant::now();
+    let snap = snapshot(&t, 0);
+    writer.submit(snap);
+    let step_blocked_s = started.elapsed().as_secs_f64();
+    writer.wait().context("uploading the benchmark checkpoint")?;
+    let upload_s = started.elapsed().as_secs_f64() - step_blocked_s;
+    let bytes: u64 = store.load_step(t.step)?.manifest.files.iter().map(|f| f.size).sum();
+    let mut fresh = Trainer::<B>::new(spec.clone(), None, t.device.clone());
+    let started = Instant::now();
+    resume(&mut fresh, &store)?;
+    let restore_s = started.elapsed().as_secs_f64();
+    Ok(CheckpointBench {
+        parameters: t.plan.count_params(""),
+        bytes,
+        step_blocked_s,
+        upload_s,
+        upload_mb_s: bytes as f64 / upload_s.max(1e-9) / 1e6,
+        restore_s,
+        uri: spec.checkpoint.uri,
+    })
+}

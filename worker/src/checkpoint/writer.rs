@@ -1,0 +1,130 @@
+//! Checkpoints written in the background (design §7): the training step only
+//! copies the state to host memory ([`Snapshot`]); serialising, hashing and
+//! uploading run on an uploader thread while training goes on.
+//!
+//! Memory stays bounded: at most one snapshot is being uploaded. When the
+//! next checkpoint is due before the previous upload has finished, the step
+//! waits for it (the wait is measured and logged) rather than dropping
+//! either. A failed upload is retried as a whole (after object_store's own
+//! per-request retries with exponential backoff and jitter); if it still
+//! fails, that checkpoint is abandoned — its manifest was never written, so
+//! nobody can load it half-written — and training continues.
+
+use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::format::{HostAdam, HostState, model_bytes, optimizer_bytes};
+use crate::model::ModelPlan;
+use amdim_shared::checkpoint::{FileEntry, MODEL_FILE, Manifest, OPTIMIZER_FILE};
+use anyhow::{Result, anyhow};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Whole-checkpoint attempts before a checkpoint is abandoned.
+const ATTEMPTS: u32 = 3;
+
+/// The state of one step, copied to host memory.
+pub struct Snapshot {
+    /// Everything but `files`, which the uploader fills in.
+    pub manifest: Manifest,
+    pub state: HostState,
+    pub adam: Vec<Option<HostAdam>>,
+}
+
+/// Owns the uploader thread of one run.
+pub struct AsyncCheckpointer {
+    store: Arc<CheckpointStore>,
+    plan: Arc<ModelPlan>,
+    keep: usize,
+    pending: Option<(u64, JoinHandle<Result<f64>>)>,
+}
+
+fn jitter_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()) % 1000)
+}
+
+fn write(store: &CheckpointStore, plan: &ModelPlan, keep: usize, snapshot: Snapshot) -> Result<f64> {
+    let started = Instant::now();
+    let model = model_bytes(plan, &snapshot.state)?;
+    let optim = optimizer_bytes(plan, &snapshot.adam)?;
+    drop(snapshot.state);
+    let mut manifest = snapshot.manifest;
+    manifest.files = vec![FileEntry::of_bytes(MODEL_FILE, &model), FileEntry::of_bytes(OPTIMIZER_FILE, &optim)];
+    let files = vec![(MODEL_FILE.to_string(), model), (OPTIMIZER_FILE.to_string(), optim)];
+    let mut last = None;
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            let wait = Duration::from_millis((1000 << attempt) + jitter_ms());
+            tracing::warn!(
+                step = manifest.step,
+                attempt,
+                wait_s = wait.as_secs_f64(),
+                "retrying checkpoint upload"
+            );
+            std::thread::sleep(wait);
+        }
+        match store.save(&manifest, files.clone(), keep) {
+            Ok(()) => return Ok(started.elapsed().as_secs_f64()),
+            Err(e) => {
+                tracing::warn!(step = manifest.step, reason = %format!("{e:#}"), "checkpoint upload failed");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("no attempt made")))
+}
+
+impl AsyncCheckpointer {
+    pub fn new(store: Arc<CheckpointStore>, plan: ModelPlan, keep: usize) -> Self {
+        Self {
+            store,
+            plan: Arc::new(plan),
+            keep,
+            pending: None,
+        }
+    }
+
+    /// Starts uploading `snapshot`, after the previous upload has finished
+    /// (at most one in flight). Returns the seconds spent waiting for it.
+    pub fn submit(&mut self, snapshot: Snapshot) -> f64 {
+        let started = Instant::now();
+        let _ = self.wait();
+        let waited = started.elapsed().as_secs_f64();
+        let (store, plan, keep) = (self.store.clone(), self.plan.clone(), self.keep);
+        let step = snapshot.manifest.step;
+        let handle = std::thread::Builder::new()
+            .name(format!("checkpoint-{step}"))
+            .spawn(move || write(&store, &plan, keep, snapshot));
+        match handle {
+            Ok(h) => self.pending = Some((step, h)),
+            Err(e) => tracing::warn!(step, reason = %e, "cannot start the checkpoint uploader: checkpoint abandoned"),
+        }
+        waited
+    }
+
+    /// Waits for the upload in flight, if any, and reports how it ended:
+    /// Ok(Some(step)) once written, Err if it was abandoned.
+    pub fn wait(&mut self) -> Result<Option<u64>> {
+        let Some((step, handle)) = self.pending.take() else {
+            return Ok(None);
+        };
+        match handle.join() {
+            Ok(Ok(seconds)) => {
+                tracing::info!(step, seconds, uri = %self.store.uri(), "checkpoint written");
+                Ok(Some(step))
+            }
+            Ok(Err(e)) => {
+                tracing::error!(step, reason = %format!("{e:#}"), "checkpoint abandoned (never registered); training continues");
+                Err(e.context(format!("checkpoint step {step}")))
+            }
+            Err(_) => Err(anyhow!("checkpoint step {step}: the uploader panicked")),
+        }
+    }
+}
+
+impl Drop for AsyncCheckpointer {
+    fn drop(&mut self) {
+        let _ = self.wait();
+    }
+}
