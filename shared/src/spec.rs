@@ -311,6 +311,9 @@ pub struct CheckpointSpec {
     pub every_steps: u64,
     /// Keep only the newest K complete checkpoints (0 = keep all).
     pub keep: usize,
+    /// Also keep, beyond `keep`, every checkpoint whose step is a multiple
+    /// of this (e.g. one per epoch; 0 = none).
+    pub keep_every_steps: u64,
 }
 
 impl Default for CheckpointSpec {
@@ -319,6 +322,7 @@ impl Default for CheckpointSpec {
             uri: "runs/amdim/checkpoints".into(),
             every_steps: 500,
             keep: 3,
+            keep_every_steps: 0,
         }
     }
 }

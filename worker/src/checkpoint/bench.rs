@@ -5,6 +5,7 @@
 //! verification, parsing). Measures only; writes one checkpoint there.
 
 use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::store::Retention;
 use crate::checkpoint::writer::AsyncCheckpointer;
 use crate::model::kernels::Kernels;
 use crate::optim::adam::AdamState;
@@ -46,7 +47,8 @@ pub fn bench_checkpoint<B: Kernels>(spec: JobSpec, device: B::Device, runtime: t
     }
     t.step = 1;
     let store = Arc::new(CheckpointStore::open(&spec.checkpoint.uri, runtime)?);
-    let mut writer = AsyncCheckpointer::new(store.clone(), t.plan.clone(), 0);
+    let keep_all = Retention { newest: 0, every_steps: 0 };
+    let mut writer = AsyncCheckpointer::new(store.clone(), t.plan.clone(), keep_all);
     let started = Instant::now();
     let snap = snapshot(&t, 0);
     writer.submit(snap);

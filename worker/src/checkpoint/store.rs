@@ -15,6 +15,30 @@ use amdim_shared::storage::Location;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 
+/// Which complete checkpoints survive pruning.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    /// The newest K (0 = all). The newest one always survives.
+    pub newest: usize,
+    /// Also every checkpoint whose step is a multiple of this (0 = none).
+    pub every_steps: u64,
+}
+
+impl Retention {
+    /// The steps of `complete` (ascending) to delete.
+    pub fn to_delete(&self, complete: &[u64]) -> Vec<u64> {
+        if self.newest == 0 {
+            return Vec::new();
+        }
+        let cut = complete.len().saturating_sub(self.newest.max(1));
+        complete[..cut]
+            .iter()
+            .copied()
+            .filter(|&s| self.every_steps == 0 || !s.is_multiple_of(self.every_steps))
+            .collect()
+    }
+}
+
 /// A checkpoint location plus the runtime that drives its async I/O.
 pub struct CheckpointStore {
     location: Location,
@@ -49,20 +73,18 @@ impl CheckpointStore {
         &self.uri
     }
 
-    /// Writes the files of step `manifest.step`, then the manifest, then prunes to `keep`.
-    pub fn save(&self, manifest: &Manifest, files: Vec<(String, Vec<u8>)>, keep: usize) -> Result<()> {
+    /// Writes the files of step `manifest.step`, then the manifest, then
+    /// prunes (see [`Retention`]).
+    pub fn save(&self, manifest: &Manifest, files: &[(String, Bytes)], keep: Retention) -> Result<()> {
         let folder = step_folder(manifest.step);
         let manifest_json = serde_json::to_vec_pretty(manifest)?;
         self.runtime.block_on(async {
             for (name, bytes) in files {
-                io::put_file(&self.location, &folder, &name, Bytes::from(bytes)).await?;
+                io::put_file(&self.location, &folder, name, bytes.clone()).await?;
             }
             io::put_file(&self.location, &folder, MANIFEST_FILE, Bytes::from(manifest_json)).await
         })?;
-        if keep > 0 {
-            self.prune(keep)?;
-        }
-        Ok(())
+        self.prune(keep)
     }
 
     /// Steps of all folders that hold a manifest, ascending.
@@ -95,18 +117,30 @@ impl CheckpointStore {
         Ok(None)
     }
 
-    /// Deletes all but the newest `keep` complete checkpoints.
-    pub fn prune(&self, keep: usize) -> Result<()> {
-        let steps = self.complete_steps()?;
-        let keep = keep.max(1);
-        if steps.len() <= keep {
-            return Ok(());
-        }
-        for &step in &steps[..steps.len() - keep] {
+    /// Deletes the complete checkpoints `keep` does not retain. Folders
+    /// without a manifest (being written) are never touched.
+    pub fn prune(&self, keep: Retention) -> Result<()> {
+        for step in keep.to_delete(&self.complete_steps()?) {
             self.runtime
                 .block_on(io::delete_step(&self.location, step))
                 .with_context(|| format!("pruning {}/{}", self.uri, step_folder(step)))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_keeps_the_newest_and_every_nth() {
+        let complete = [2, 4, 6, 8, 10, 12];
+        let keep = |newest, every_steps| Retention { newest, every_steps }.to_delete(&complete);
+        assert_eq!(keep(2, 0), vec![2, 4, 6, 8]);
+        assert_eq!(keep(2, 4), vec![2, 6]);
+        assert_eq!(keep(0, 0), Vec::<u64>::new(), "0 keeps all");
+        assert_eq!(keep(10, 0), Vec::<u64>::new());
+        assert_eq!(keep(1, 0), vec![2, 4, 6, 8, 10], "the newest always survives");
     }
 }

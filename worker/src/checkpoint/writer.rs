@@ -1,6 +1,8 @@
 //! Checkpoints written in the background (design §7): the training step only
-//! copies the state to host memory ([`Snapshot`]); serialising, hashing and
-//! uploading run on an uploader thread while training goes on.
+//! takes a [`Snapshot`] — new handles on the current tensors, which burn
+//! never mutates while another handle exists — and copying to host memory,
+//! serialising, hashing and uploading run on an uploader thread while
+//! training goes on.
 //!
 //! Memory stays bounded: at most one snapshot is being uploaded. When the
 //! next checkpoint is due before the previous upload has finished, the step
@@ -12,9 +14,15 @@
 
 use crate::checkpoint::CheckpointStore;
 use crate::checkpoint::format::{HostAdam, HostState, model_bytes, optimizer_bytes};
+use crate::checkpoint::store::Retention;
 use crate::model::ModelPlan;
+use crate::model::params::to_vec;
+use crate::optim::adam::AdamState;
 use amdim_shared::checkpoint::{FileEntry, MODEL_FILE, Manifest, OPTIMIZER_FILE};
 use anyhow::{Result, anyhow};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use bytes::Bytes;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,20 +30,44 @@ use std::time::{Duration, Instant};
 /// Whole-checkpoint attempts before a checkpoint is abandoned.
 const ATTEMPTS: u32 = 3;
 
-/// The state of one step, copied to host memory.
-pub struct Snapshot {
+/// The state of one step: handles on its tensors (no copy).
+pub struct Snapshot<B: Backend> {
     /// Everything but `files`, which the uploader fills in.
     pub manifest: Manifest,
-    pub state: HostState,
-    pub adam: Vec<Option<HostAdam>>,
+    pub values: Vec<Tensor<B, 1>>,
+    pub counters: Vec<i64>,
+    /// Per entry, once it has Adam state.
+    pub adam: Vec<Option<AdamState<B>>>,
+}
+
+impl<B: Backend> Snapshot<B> {
+    fn host_state(values: Vec<Tensor<B, 1>>, counters: Vec<i64>) -> HostState {
+        HostState {
+            values: values.into_iter().map(to_vec).collect(),
+            counters,
+        }
+    }
+
+    fn host_adam(adam: Vec<Option<AdamState<B>>>) -> Vec<Option<HostAdam>> {
+        adam.into_iter()
+            .map(|s| {
+                s.map(|s| HostAdam {
+                    exp_avg: to_vec(s.exp_avg),
+                    exp_avg_sq: to_vec(s.exp_avg_sq),
+                    step: s.step,
+                })
+            })
+            .collect()
+    }
 }
 
 /// Owns the uploader thread of one run.
-pub struct AsyncCheckpointer {
+pub struct AsyncCheckpointer<B: Backend> {
     store: Arc<CheckpointStore>,
     plan: Arc<ModelPlan>,
-    keep: usize,
+    keep: Retention,
     pending: Option<(u64, JoinHandle<Result<f64>>)>,
+    _backend: std::marker::PhantomData<B>,
 }
 
 fn jitter_ms() -> u64 {
@@ -44,13 +76,22 @@ fn jitter_ms() -> u64 {
         .map_or(0, |d| u64::from(d.subsec_nanos()) % 1000)
 }
 
-fn write(store: &CheckpointStore, plan: &ModelPlan, keep: usize, snapshot: Snapshot) -> Result<f64> {
+fn write<B: Backend>(store: &CheckpointStore, plan: &ModelPlan, keep: Retention, snapshot: Snapshot<B>) -> Result<f64> {
     let started = Instant::now();
-    let model = model_bytes(plan, &snapshot.state)?;
-    let optim = optimizer_bytes(plan, &snapshot.adam)?;
-    drop(snapshot.state);
-    let mut manifest = snapshot.manifest;
+    let Snapshot {
+        mut manifest,
+        values,
+        counters,
+        adam,
+    } = snapshot;
+    let state = Snapshot::<B>::host_state(values, counters);
+    let model = Bytes::from(model_bytes(plan, &state)?);
+    drop(state);
+    let adam = Snapshot::<B>::host_adam(adam);
+    let optim = Bytes::from(optimizer_bytes(plan, &adam)?);
+    drop(adam);
     manifest.files = vec![FileEntry::of_bytes(MODEL_FILE, &model), FileEntry::of_bytes(OPTIMIZER_FILE, &optim)];
+    // Bytes: a retry re-sends the same buffers without copying them.
     let files = vec![(MODEL_FILE.to_string(), model), (OPTIMIZER_FILE.to_string(), optim)];
     let mut last = None;
     for attempt in 0..ATTEMPTS {
@@ -64,7 +105,7 @@ fn write(store: &CheckpointStore, plan: &ModelPlan, keep: usize, snapshot: Snaps
             );
             std::thread::sleep(wait);
         }
-        match store.save(&manifest, files.clone(), keep) {
+        match store.save(&manifest, &files, keep) {
             Ok(()) => return Ok(started.elapsed().as_secs_f64()),
             Err(e) => {
                 tracing::warn!(step = manifest.step, reason = %format!("{e:#}"), "checkpoint upload failed");
@@ -75,19 +116,20 @@ fn write(store: &CheckpointStore, plan: &ModelPlan, keep: usize, snapshot: Snaps
     Err(last.unwrap_or_else(|| anyhow!("no attempt made")))
 }
 
-impl AsyncCheckpointer {
-    pub fn new(store: Arc<CheckpointStore>, plan: ModelPlan, keep: usize) -> Self {
+impl<B: Backend> AsyncCheckpointer<B> {
+    pub fn new(store: Arc<CheckpointStore>, plan: ModelPlan, keep: Retention) -> Self {
         Self {
             store,
             plan: Arc::new(plan),
             keep,
             pending: None,
+            _backend: std::marker::PhantomData,
         }
     }
 
     /// Starts uploading `snapshot`, after the previous upload has finished
     /// (at most one in flight). Returns the seconds spent waiting for it.
-    pub fn submit(&mut self, snapshot: Snapshot) -> f64 {
+    pub fn submit(&mut self, snapshot: Snapshot<B>) -> f64 {
         let started = Instant::now();
         let _ = self.wait();
         let waited = started.elapsed().as_secs_f64();
@@ -123,7 +165,7 @@ impl AsyncCheckpointer {
     }
 }
 
-impl Drop for AsyncCheckpointer {
+impl<B: Backend> Drop for AsyncCheckpointer<B> {
     fn drop(&mut self) {
         let _ = self.wait();
     }

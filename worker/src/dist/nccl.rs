@@ -110,10 +110,10 @@ impl Collective for NcclCollective {
         Ok(())
     }
 
-    fn all_gather(&self, local: &[f32]) -> CollResult<Vec<f32>> {
-        self.run("all_gather", local, local.len() * self.world(), |c, s, r| {
-            c.all_gather(s, r).map(|_| ())
-        })
+    fn all_gather_into(&self, local: &[f32], out: &mut [f32]) -> CollResult<()> {
+        let got = self.run("all_gather", local, out.len(), |c, s, r| c.all_gather(s, r).map(|_| ()))?;
+        out.copy_from_slice(&got);
+        Ok(())
     }
 
     fn reduce_scatter_sum(&self, full: &[f32]) -> CollResult<Vec<f32>> {

@@ -6,6 +6,7 @@
 
 use crate::checkpoint::CheckpointStore;
 use crate::checkpoint::format::{read_model, read_optimizer};
+use crate::checkpoint::store::Retention;
 use crate::checkpoint::writer::{AsyncCheckpointer, Snapshot};
 use crate::data::Split;
 use crate::data::pipeline::{Pipeline, Source};
@@ -55,8 +56,8 @@ pub fn param_checksum<B: Kernels>(t: &Trainer<B>) -> String {
     format!("{h:016x}")
 }
 
-/// The trainer's state at `epoch`, copied to host memory for a checkpoint.
-pub fn snapshot<B: Kernels>(t: &Trainer<B>, epoch: u64) -> Snapshot {
+/// The trainer's state at `epoch` for a checkpoint: handles, no copies.
+pub fn snapshot<B: Kernels>(t: &Trainer<B>, epoch: u64) -> Snapshot<B> {
     Snapshot {
         manifest: Manifest {
             format: MANIFEST_FORMAT,
@@ -73,14 +74,15 @@ pub fn snapshot<B: Kernels>(t: &Trainer<B>, epoch: u64) -> Snapshot {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         },
-        state: t.host_state(),
-        adam: t.host_adam(),
+        values: t.params.values.clone(),
+        counters: t.params.counters.clone(),
+        adam: t.adam.states.clone(),
     }
 }
 
 /// Takes a checkpoint of `t` in the background; returns the seconds the
 /// step was blocked (the snapshot, plus waiting for a previous upload).
-fn checkpoint<B: Kernels>(t: &Trainer<B>, writer: &mut AsyncCheckpointer, epoch: u64) -> f64 {
+fn checkpoint<B: Kernels>(t: &Trainer<B>, writer: &mut AsyncCheckpointer<B>, epoch: u64) -> f64 {
     let started = Instant::now();
     let snap = snapshot(t, epoch);
     let waited = writer.submit(snap);
@@ -192,7 +194,11 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
     let seed = spec.job.seed;
     let mut last_eval = None;
     let mut stopped_early = false;
-    let mut writer = AsyncCheckpointer::new(store.clone(), t.plan.clone(), spec.checkpoint.keep);
+    let retention = Retention {
+        newest: spec.checkpoint.keep,
+        every_steps: spec.checkpoint.keep_every_steps,
+    };
+    let mut writer = AsyncCheckpointer::new(store.clone(), t.plan.clone(), retention);
     let mut checkpoint_blocked = 0.0f64;
     let start_step = t.step;
     let mut total_wait = 0.0f64;
