@@ -203,15 +203,7 @@ fn pack_and_inspect_through_a_real_s3_server() {
 
     // The objects are the same bytes as the local pack's files.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name(&s3.bucket)
-        .with_region("us-east-1")
-        .with_access_key_id(seaweed::ACCESS_KEY)
-        .with_secret_access_key(seaweed::SECRET_KEY)
-        .with_endpoint(&s3.endpoint)
-        .with_allow_http(true)
-        .build()
-        .unwrap();
+    let store = s3.client();
     for name in ["train/shard-000000.tar", "train/index.bin", "val/manifest.json"] {
         let got = runtime.block_on(async {
             use object_store::ObjectStore;

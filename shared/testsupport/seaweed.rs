@@ -114,10 +114,9 @@ impl SeaweedS3 {
         self.wait_ready();
     }
 
-    /// Polls with a real signed request (list the bucket) until it succeeds.
-    fn wait_ready(&self) {
-        use futures::TryStreamExt;
-        let store = object_store::aws::AmazonS3Builder::new()
+    /// An object_store client of the bucket.
+    pub fn client(&self) -> object_store::aws::AmazonS3 {
+        object_store::aws::AmazonS3Builder::new()
             .with_bucket_name(&self.bucket)
             .with_region("us-east-1")
             .with_access_key_id(ACCESS_KEY)
@@ -125,7 +124,13 @@ impl SeaweedS3 {
             .with_endpoint(&self.endpoint)
             .with_allow_http(true)
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Polls with a real signed request (list the bucket) until it succeeds.
+    fn wait_ready(&self) {
+        use futures::TryStreamExt;
+        let store = self.client();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let start = Instant::now();
         loop {

@@ -50,15 +50,7 @@ struct Bucket {
 
 impl Bucket {
     fn new(s3: &seaweed::SeaweedS3) -> Self {
-        let store = object_store::aws::AmazonS3Builder::new()
-            .with_bucket_name(&s3.bucket)
-            .with_region("us-east-1")
-            .with_access_key_id(seaweed::ACCESS_KEY)
-            .with_secret_access_key(seaweed::SECRET_KEY)
-            .with_endpoint(&s3.endpoint)
-            .with_allow_http(true)
-            .build()
-            .unwrap();
+        let store = s3.client();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         Self { store, runtime }
     }

@@ -150,14 +150,7 @@ fn simulate_steps(spec: &JobSpec, source: Source, sim: &StepSimulation) -> anyho
     let d = &spec.data;
     let n = source.len();
     let batch = spec.train.batch_size.min(n);
-    let pipeline = Pipeline::new(
-        source,
-        spec.model.image_size,
-        spec.augment.clone(),
-        spec.job.seed,
-        d.max_pixels,
-        d.workers,
-    )?;
+    let pipeline = Pipeline::for_job(source, spec)?;
     let steps = StepRange {
         seed: spec.job.seed,
         global_batch: batch,

@@ -134,6 +134,20 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// A pipeline over `source` with the job's image size, augmentations,
+    /// seed, pixel cap and worker threads.
+    pub fn for_job(source: Source, spec: &amdim_shared::spec::JobSpec) -> Result<Self, DataError> {
+        let d = &spec.data;
+        Self::new(
+            source,
+            spec.model.image_size,
+            spec.augment.clone(),
+            spec.job.seed,
+            d.max_pixels,
+            d.workers,
+        )
+    }
+
     /// `workers` = 0 uses one thread per core.
     pub fn new(source: Source, size: usize, augment: AugmentSpec, seed: u64, max_pixels: u64, workers: usize) -> Result<Self, DataError> {
         let pool = rayon::ThreadPoolBuilder::new()

@@ -285,36 +285,17 @@ pub fn mean_over_ranks(values: &mut [f32], comm: &Comm) -> CollResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dist::tcp::{RendezvousSpec, TcpCollective};
+    use crate::dist::tcp::connect_loopback;
     use burn::backend::Flex;
     use std::time::Duration;
 
     type A = Autodiff<Flex>;
 
     fn world_of(world: usize) -> Vec<Arc<Comm>> {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .to_string();
-        std::thread::scope(|s| {
-            let hs: Vec<_> = (0..world)
-                .map(|rank| {
-                    let addr = addr.clone();
-                    s.spawn(move || {
-                        let spec = RendezvousSpec {
-                            rank,
-                            world,
-                            rendezvous: addr,
-                            advertise_host: "127.0.0.1".into(),
-                            timeout: Duration::from_secs(20),
-                        };
-                        Comm::new(Box::new(TcpCollective::connect(&spec).unwrap()))
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        })
+        connect_loopback(world, Duration::from_secs(20))
+            .into_iter()
+            .map(|c| Comm::new(Box::new(c)))
+            .collect()
     }
 
     fn rows(rank: usize) -> Vec<f32> {

@@ -661,35 +661,50 @@ impl Collective for TcpCollective {
     }
 }
 
+/// `world` ranks connected over loopback (one thread each during the
+/// rendezvous), in rank order. For tests.
+#[cfg(test)]
+pub(crate) fn connect_loopback(world: usize, timeout: Duration) -> Vec<TcpCollective> {
+    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..world)
+            .map(|rank| {
+                let addr = addr.clone();
+                scope.spawn(move || {
+                    let spec = RendezvousSpec {
+                        rank,
+                        world,
+                        rendezvous: addr,
+                        advertise_host: "127.0.0.1".into(),
+                        timeout,
+                    };
+                    TcpCollective::connect(&spec).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
 
     fn free_addr() -> String {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().to_string()
     }
 
-    /// Runs `f(rank, collective)` on `world` threads connected over loopback.
+    /// Runs `f(rank, collective)` on `world` threads connected over
+    /// loopback; each thread owns its collective (closed when it returns).
     fn with_world<T: Send>(world: usize, timeout: Duration, f: impl Fn(usize, &TcpCollective) -> T + Sync) -> Vec<T> {
-        let addr = free_addr();
+        let ranks = connect_loopback(world, timeout);
         std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..world)
-                .map(|rank| {
-                    let (addr, f) = (addr.clone(), &f);
-                    scope.spawn(move || {
-                        let spec = RendezvousSpec {
-                            rank,
-                            world,
-                            rendezvous: addr,
-                            advertise_host: "127.0.0.1".into(),
-                            timeout,
-                        };
-                        let c = TcpCollective::connect(&spec).unwrap();
-                        f(rank, &c)
-                    })
-                })
+            let f = &f;
+            let handles: Vec<_> = ranks
+                .into_iter()
+                .enumerate()
+                .map(|(rank, c)| scope.spawn(move || f(rank, &c)))
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         })

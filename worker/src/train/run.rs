@@ -131,17 +131,7 @@ pub fn resume<B: Kernels>(t: &mut Trainer<B>, store: &CheckpointStore) -> Result
 /// The training pipeline and, when evaluation can run, the test pipeline.
 pub fn open_pipelines(spec: &JobSpec, runtime: &tokio::runtime::Handle) -> Result<(Pipeline, Option<Pipeline>)> {
     let d = &spec.data;
-    let pipeline = |source: Source| -> Result<Pipeline> {
-        let p = Pipeline::new(
-            source,
-            spec.model.image_size,
-            spec.augment.clone(),
-            spec.job.seed,
-            d.max_pixels,
-            d.workers,
-        )?;
-        Ok(p)
-    };
+    let pipeline = |source: Source| -> Result<Pipeline> { Ok(Pipeline::for_job(source, spec)?) };
     let train = pipeline(Source::open(d, Split::Train, runtime)?.truncate(d.max_train_samples))?;
     let test = if spec.eval.enabled && train.source.labels().is_some() && Source::has_split(d, Split::Test, runtime) {
         Some(pipeline(Source::open(d, Split::Test, runtime)?)?)

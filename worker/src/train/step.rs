@@ -59,6 +59,21 @@ pub struct StepMetrics {
     pub comm: CommTimes,
 }
 
+impl StepMetrics {
+    /// Every loss value of the step, for averaging over ranks.
+    fn losses_mut(&mut self) -> [&mut f32; 7] {
+        [
+            &mut self.loss,
+            &mut self.loss_1t5,
+            &mut self.loss_1t7,
+            &mut self.loss_5t5,
+            &mut self.reg,
+            &mut self.class_lin,
+            &mut self.class_mlp,
+        ]
+    }
+}
+
 /// BN statistics of a step on the inner backend: (layer, mean, unbiased variance).
 pub type InnerStats<B> = Vec<(crate::model::plan::Bn, Tensor<B, 1>, Tensor<B, 1>)>;
 
@@ -314,25 +329,10 @@ impl<B: Kernels> Trainer<B> {
         metrics.lr = learning_rate(&self.spec.optim, self.step, epoch);
         if let Some(comm) = &self.comm {
             // Global means; a non-finite value on any rank makes every rank skip.
-            let mut v = [
-                metrics.loss,
-                metrics.loss_1t5,
-                metrics.loss_1t7,
-                metrics.loss_5t5,
-                metrics.reg,
-                metrics.class_lin,
-                metrics.class_mlp,
-            ];
+            let mut fields = metrics.losses_mut();
+            let mut v: Vec<f32> = fields.iter().map(|f| **f).collect();
             mean_over_ranks(&mut v, comm)?;
-            [
-                metrics.loss,
-                metrics.loss_1t5,
-                metrics.loss_1t7,
-                metrics.loss_5t5,
-                metrics.reg,
-                metrics.class_lin,
-                metrics.class_mlp,
-            ] = v;
+            fields.iter_mut().zip(v).for_each(|(f, x)| **f = x);
         }
         let mut out = StepGradients {
             metrics,
