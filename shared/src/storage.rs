@@ -1,8 +1,12 @@
 //! Locations on object storage from user-facing URIs: a local folder path,
-//! `file:///abs/path`, or `s3://bucket/prefix` (credentials, region and a
-//! custom endpoint from the usual `AWS_*` environment variables; plain-http
-//! endpoints such as a local S3 server are allowed). Owns parsing and error
-//! messages that name the config field; no reading or writing here.
+//! `file:///abs/path`, or `s3://bucket/prefix`. S3 settings come from the
+//! usual `AWS_*` environment variables (region, `AWS_ENDPOINT_URL` for a
+//! custom endpoint, which also turns on path-style requests and allows plain
+//! http); credentials from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, or
+//! from a mounted credentials file (`AWS_SHARED_CREDENTIALS_FILE`, INI,
+//! profile `AWS_PROFILE` or `default`) — never from a job spec, and never
+//! put in a message. Owns parsing and error messages that name the config
+//! field; no reading or writing here.
 
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
@@ -49,6 +53,27 @@ pub fn open(uri: &str, field: &str, create: bool) -> Result<Location, StorageErr
         }
         "s3" => {
             let mut builder = AmazonS3Builder::from_env().with_url(uri);
+            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
+                && let Some(file) = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
+            {
+                let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+                let text = std::fs::read_to_string(&file).map_err(|e| {
+                    err(format!(
+                        "AWS_SHARED_CREDENTIALS_FILE {}: {e}",
+                        std::path::Path::new(&file).display()
+                    ))
+                })?;
+                let c = credentials_from_ini(&text, &profile).map_err(|m| {
+                    err(format!(
+                        "AWS_SHARED_CREDENTIALS_FILE {}: {m}",
+                        std::path::Path::new(&file).display()
+                    ))
+                })?;
+                builder = builder.with_access_key_id(c.key_id).with_secret_access_key(c.secret);
+                if let Some(token) = c.session_token {
+                    builder = builder.with_token(token);
+                }
+            }
             let endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).ok();
             if let Some(endpoint) = endpoint {
                 builder = builder
@@ -67,6 +92,51 @@ pub fn open(uri: &str, field: &str, create: bool) -> Result<Location, StorageErr
     }
 }
 
+/// Keys of one profile of an AWS credentials file.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FileCredentials {
+    pub key_id: String,
+    pub secret: String,
+    pub session_token: Option<String>,
+}
+
+/// Reads profile `profile` of an AWS-style INI credentials file. Errors
+/// name the profile and the missing key, never a value.
+pub fn credentials_from_ini(text: &str, profile: &str) -> Result<FileCredentials, String> {
+    let mut in_profile = false;
+    let mut seen = false;
+    let (mut key_id, mut secret, mut token) = (None, None, None);
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            in_profile = name.trim() == profile;
+            seen |= in_profile;
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else { continue };
+        if !in_profile {
+            continue;
+        }
+        let v = Some(v.trim().to_string());
+        match k.trim() {
+            "aws_access_key_id" => key_id = v,
+            "aws_secret_access_key" => secret = v,
+            "aws_session_token" => token = v,
+            _ => {}
+        }
+    }
+    if !seen {
+        return Err(format!("no [{profile}] profile"));
+    }
+    Ok(FileCredentials {
+        key_id: key_id.ok_or_else(|| format!("profile [{profile}] has no aws_access_key_id"))?,
+        secret: secret.ok_or_else(|| format!("profile [{profile}] has no aws_secret_access_key"))?,
+        session_token: token,
+    })
+}
+
 fn local(dir: &std::path::Path, create: bool) -> Result<Location, String> {
     if create {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the folder: {e}"))?;
@@ -83,6 +153,19 @@ fn local(dir: &std::path::Path, create: bool) -> Result<Location, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_files_give_the_profile_asked_for_and_errors_hide_values() {
+        let text = "# comment\n[default]\naws_access_key_id = AKIA1\naws_secret_access_key=s3cr3t\n\n[ci]\naws_access_key_id=AKIA2\naws_secret_access_key = other\naws_session_token = tok\n[broken]\naws_access_key_id = AKIA3\n";
+        let d = credentials_from_ini(text, "default").unwrap();
+        assert_eq!((d.key_id.as_str(), d.secret.as_str(), d.session_token), ("AKIA1", "s3cr3t", None));
+        let ci = credentials_from_ini(text, "ci").unwrap();
+        assert_eq!((ci.key_id.as_str(), ci.session_token.as_deref()), ("AKIA2", Some("tok")));
+        let e = credentials_from_ini(text, "broken").unwrap_err();
+        assert_eq!(e, "profile [broken] has no aws_secret_access_key");
+        assert!(!e.contains("AKIA3"));
+        assert_eq!(credentials_from_ini(text, "prod").unwrap_err(), "no [prod] profile");
+    }
 
     #[test]
     fn errors_name_the_field_and_the_uri() {

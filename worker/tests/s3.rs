@@ -222,11 +222,47 @@ fn checkpoints_survive_the_s3_server_being_killed_mid_upload() {
         run_amdimctl(&["export", &uri, "--step", &step.to_string(), "--out", out.to_str().unwrap()], &env);
         assert!(out.join("model.safetensors").metadata().unwrap().len() > 50 << 20);
     }
-    // Resuming from the bucket works.
+    // The exported weights load into the authors' PyTorch encoder with
+    // safetensors.torch.load_file and a strict load_state_dict.
+    let weights = tmp.path().join("export-16/model.safetensors");
+    let out = Command::new("/usr/bin/python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/load_export.py"))
+        .arg(&weights)
+        .args(["32", "8", "2048", "1", "0"])
+        .output()
+        .unwrap();
+    let loaded = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let loaded: serde_json::Value = serde_json::from_str(loaded.trim()).unwrap();
+    assert_eq!(loaded["r1"], serde_json::json!([2, 2048, 1, 1]));
+    assert_eq!(loaded["finite"], true);
+    // Resuming from the bucket works, with the keys from a mounted
+    // credentials file instead of the environment.
+    let creds = tmp.path().join("credentials");
+    std::fs::write(
+        &creds,
+        format!(
+            "[default]\naws_access_key_id = nobody\naws_secret_access_key = nothing\n[amdim]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            seaweed::ACCESS_KEY,
+            seaweed::SECRET_KEY
+        ),
+    )
+    .unwrap();
+    let file_env: Vec<(&'static str, String)> = env
+        .iter()
+        .filter(|(k, _)| !k.starts_with("AWS_ACCESS_KEY_ID") && !k.starts_with("AWS_SECRET"))
+        .cloned()
+        .chain([
+            ("AWS_SHARED_CREDENTIALS_FILE", creds.display().to_string()),
+            ("AWS_PROFILE", "amdim".to_string()),
+        ])
+        .collect();
     let out = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
         .args(["train", "--resume", "--config"])
         .arg(&spec)
-        .envs(env.iter().cloned())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .envs(file_env)
         .env("AMDIM_TRAIN__MAX_STEPS", "17")
         .output()
         .unwrap();
@@ -247,4 +283,71 @@ fn checkpoints_survive_the_s3_server_being_killed_mid_upload() {
         !out.status.success() && err.contains("checkpoint.uri") && err.contains("runs/faulty"),
         "{err}"
     );
+}
+
+#[test]
+fn a_two_rank_job_resumes_from_its_s3_checkpoint() {
+    let s3 = seaweed::SeaweedS3::start("ranks");
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let uri = s3.uri("runs/two-ranks");
+    let spec = tmp.path().join("job.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[job]\nname = \"two-ranks\"\n[data]\nformat = \"synthetic\"\nsynthetic_samples = 48\n\
+             [model]\nndf = 8\nn_rkhs = 32\ndepth = 1\n[train]\nbatch_size = 8\nlog_every = 1\n\
+             [dist]\nsync_bn = true\ntimeout_s = 30\n[checkpoint]\nuri = \"{uri}\"\nevery_steps = 2\nkeep = 0\n"
+        ),
+    )
+    .unwrap();
+    let run_ranks = |max_steps: &str, resume: bool| -> Vec<String> {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let children: Vec<_> = (0..2)
+            .map(|rank| {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_amdim-worker"));
+                c.arg("train");
+                if resume {
+                    c.arg("--resume");
+                }
+                c.arg("--config")
+                    .arg(&spec)
+                    .args(["--rank", &rank.to_string(), "--world-size", "2", "--rendezvous", &addr])
+                    .envs(env.iter().cloned())
+                    .env("AMDIM_TRAIN__MAX_STEPS", max_steps)
+                    .env("NO_COLOR", "1")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        children
+            .into_iter()
+            .map(|c| {
+                let out = c.wait_with_output().unwrap();
+                let log = String::from_utf8_lossy(&out.stderr).into_owned();
+                assert!(out.status.success(), "{log}");
+                log
+            })
+            .collect()
+    };
+    run_ranks("4", false);
+    let logs = run_ranks("6", true);
+    let checksum = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains(" step "))
+            .last()
+            .and_then(|l| l.split("param_checksum=").nth(1))
+            .map(str::to_string)
+    };
+    for log in &logs {
+        assert!(log.contains("resumed from checkpoint step=4"), "{log}");
+    }
+    assert_eq!(checksum(&logs[0]), checksum(&logs[1]), "ranks differ after the resume");
+    assert_eq!(complete_steps(&uri, &env), vec![2, 4, 6]);
 }
