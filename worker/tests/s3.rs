@@ -340,8 +340,8 @@ fn a_two_rank_job_resumes_from_its_s3_checkpoint() {
     let logs = run_ranks("6", true);
     let checksum = |log: &str| {
         log.lines()
-            .filter(|l| l.contains(" step "))
-            .last()
+            .rev()
+            .find(|l| l.contains(" step "))
             .and_then(|l| l.split("param_checksum=").nth(1))
             .map(str::to_string)
     };
