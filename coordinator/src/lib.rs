@@ -1,7 +1,11 @@
-//! The coordinator crate: the `amdimctl` client with its dataset and
-//! checkpoint tools today;
-//! the gRPC coordinator server arrives with the coordinator issue. It links
-//! no ML code: job specs are validated with `amdim-shared` alone.
+//! The coordinator crate: the coordinator server (`state`: the rules,
+//! `server`: gRPC and persistence) and the `amdimctl` client with its job,
+//! dataset and checkpoint tools. It links no ML code: job specs are
+//! validated with `amdim-shared` alone.
 
 pub mod checkpoints;
 pub mod dataset;
+pub mod jobs;
+pub mod local;
+pub mod server;
+pub mod state;

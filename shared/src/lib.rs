@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod checkpoint_store;
 pub mod imagefolder;
 pub mod order;
+pub mod proto;
 pub mod rng;
 pub mod shards;
 pub mod spec;

@@ -41,6 +41,7 @@ pub struct JobSpec {
     pub checkpoint: CheckpointSpec,
     pub runtime: RuntimeSpec,
     pub dist: DistSpec,
+    pub scheduling: SchedulingSpec,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -352,6 +353,31 @@ impl Default for RuntimeSpec {
     }
 }
 
+/// How the coordinator runs the job: a generation starts when at least
+/// `min_workers` are free and takes up to `max_workers` (a count that divides
+/// the global batch); higher priority first, then first come.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulingSpec {
+    pub min_workers: u32,
+    pub max_workers: u32,
+    pub priority: i32,
+    /// Generations that may end early (lost worker, failed collective)
+    /// before the job fails.
+    pub max_restarts: u32,
+}
+
+impl Default for SchedulingSpec {
+    fn default() -> Self {
+        Self {
+            min_workers: 1,
+            max_workers: 1,
+            priority: 0,
+            max_restarts: 3,
+        }
+    }
+}
+
 /// Data-parallel training across ranks (one rank per device). Which rank a
 /// process is and where its peers are is not part of the job: it comes from
 /// the rendezvous (`amdim-worker train --rank … --world-size …`).
@@ -425,6 +451,16 @@ impl JobSpec {
 
     /// Checks every field against what the worker supports.
     pub fn validate(&self) -> Result<(), SpecError> {
+        let sch = &self.scheduling;
+        if sch.min_workers == 0 {
+            return Err(field_err("scheduling.min_workers", "must be at least 1"));
+        }
+        if sch.max_workers < sch.min_workers {
+            return Err(field_err(
+                "scheduling.max_workers",
+                format!("must be at least scheduling.min_workers = {}", sch.min_workers),
+            ));
+        }
         if !(self.dist.bucket_mib > 0.0 && self.dist.bucket_mib.is_finite()) {
             return Err(field_err("dist.bucket_mib", "must be a positive number"));
         }

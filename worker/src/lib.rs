@@ -7,8 +7,10 @@
 //! - `checkpoint/`: safetensors state and object-store checkpoints (design §7)
 //! - `train/`: the training step, evaluation, the training loop and benchmarks
 //! - `dist/`: collectives (TCP, NCCL) and data-parallel exchanges (design §5–6)
+//! - `agent/`: the worker under a coordinator (register, heartbeat, train assigned generations)
 //! - `backend`: CPU (flex) or CUDA backend selection
 
+pub mod agent;
 pub mod backend;
 pub mod checkpoint;
 pub mod cli;

@@ -34,6 +34,18 @@ enum Command {
         #[command(flatten)]
         dist: DistArgs,
     },
+    /// Work for a coordinator: register, then train the generations it assigns.
+    Agent {
+        /// The coordinator's gRPC address.
+        #[arg(long, env = "AMDIM_COORDINATOR")]
+        coordinator: String,
+        /// A name for listings (default: host name and process id).
+        #[arg(long, env = "AMDIM_WORKER_NAME")]
+        name: Option<String>,
+        /// Host or IP the other workers reach this one at.
+        #[arg(long, env = "AMDIM_ADVERTISE_HOST", default_value = "127.0.0.1")]
+        advertise_host: String,
+    },
     /// Write the loss and rank-averaged gradients of one training step
     /// (safetensors, state_dict names): checks W ranks against one.
     Gradients {
@@ -188,6 +200,7 @@ fn main() -> Result<()> {
                     resume,
                     stop: stop.clone(),
                     comm,
+                    progress: None,
                 };
                 Ok(with_backend!(spec, |B, device| run::<B>(
                     spec.clone(),
@@ -199,6 +212,23 @@ fn main() -> Result<()> {
             for summary in summaries {
                 println!("{}", serde_json::to_string(&summary)?);
             }
+        }
+        Command::Agent {
+            coordinator,
+            name,
+            advertise_host,
+        } => {
+            let name = name.unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+                format!("{}-{}", host.trim(), std::process::id())
+            });
+            let settings = amdim_worker::agent::AgentSettings {
+                coordinator,
+                name,
+                advertise_host,
+                devices: 1,
+            };
+            amdim_worker::agent::run_agent(settings, &runtime)?;
         }
         Command::Gradients {
             config,

@@ -7,6 +7,7 @@
 
 use amdim_coordinator::checkpoints::{self, human_age};
 use amdim_coordinator::dataset::{self, human_bytes};
+use amdim_coordinator::jobs;
 use amdim_shared::spec::JobSpec;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -15,11 +16,14 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "amdimctl", version, about = "Submit and watch AMDIM training jobs")]
 struct Cli {
+    /// The coordinator's gRPC address.
+    #[arg(long, global = true, env = "AMDIM_SERVER", default_value = "http://127.0.0.1:7070")]
+    server: String,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
     Table,
     Json,
@@ -31,6 +35,53 @@ enum Command {
     Validate {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Submit a job spec to the coordinator (validated here first).
+    Submit {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Override scheduling.min_workers / max_workers.
+        #[arg(long)]
+        min_workers: Option<u32>,
+        #[arg(long)]
+        max_workers: Option<u32>,
+        /// Wait until the job ends, printing its progress; exit 1 unless it succeeded.
+        #[arg(long)]
+        watch: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// List jobs.
+    List {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// One job: state, generations (with why each ended), progress.
+    Get {
+        id: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Wait until a job ends, printing its progress; exit 1 unless it succeeded.
+    Watch { id: String },
+    /// Cancel a job.
+    Cancel { id: String },
+    /// Run a job on this machine: an in-process coordinator and N local
+    /// worker processes (`amdim-worker agent`); exit 0 when it succeeds.
+    Local {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Worker processes (default: scheduling.max_workers).
+        #[arg(long)]
+        workers: Option<u32>,
+        /// The amdim-worker binary (default: next to amdimctl, then PATH).
+        #[arg(long, env = "AMDIM_WORKER_BIN")]
+        worker_bin: Option<PathBuf>,
+    },
+    /// List the workers the coordinator knows.
+    Workers {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -89,9 +140,65 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { file, output } => validate(file, output),
+        Command::Submit {
+            file,
+            min_workers,
+            max_workers,
+            watch,
+            output,
+        } => match JobSpec::load(&file) {
+            Err(e) => {
+                eprintln!("error: {}: {e}", file.display());
+                ExitCode::from(EXIT_INVALID)
+            }
+            Ok(_) => jobs_command(&cli.server, |c| {
+                jobs::submit(c, &file, min_workers, max_workers, watch, output == Output::Json)
+            }),
+        },
+        Command::List { output } => jobs_command(&cli.server, |c| jobs::list(c, output == Output::Json)),
+        Command::Get { id, output } => jobs_command(&cli.server, |c| jobs::get(c, &id, output == Output::Json)),
+        Command::Watch { id } => jobs_command(&cli.server, |c| jobs::watch(c, &id)),
+        Command::Cancel { id } => jobs_command(&cli.server, |c| jobs::cancel(c, &id)),
+        Command::Local { file, workers, worker_bin } => match JobSpec::load(&file) {
+            Err(e) => {
+                eprintln!("error: {}: {e}", file.display());
+                ExitCode::from(EXIT_INVALID)
+            }
+            Ok(spec) => {
+                let n = workers.unwrap_or(spec.scheduling.max_workers).max(1);
+                match runtime().and_then(|rt| rt.block_on(amdim_coordinator::local::run(&file, n, worker_bin))) {
+                    Ok(code) => code,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        },
+        Command::Workers { output } => jobs_command(&cli.server, |c| jobs::workers(c, output == Output::Json)),
         Command::Dataset { command } => report(run_dataset(command)),
         Command::Checkpoints { uri, output } => report(list_checkpoints(&uri, output)),
         Command::Export { uri, step, out } => report(export(&uri, step, &out)),
+    }
+}
+
+/// Runs a coordinator command; its result is the exit code.
+fn jobs_command<F>(server: &str, f: impl FnOnce(jobs::Client) -> F) -> ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let client = jobs::connect(server).await?;
+            f(client).await
+        })
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

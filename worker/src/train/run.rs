@@ -42,6 +42,15 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
     /// This process's rank in a multi-rank job (None: the only rank).
     pub comm: Option<Arc<Comm>>,
+    /// Published after every step (for the agent's heartbeats).
+    pub progress: Option<Arc<Progress>>,
+}
+
+/// The step a run has reached, readable from another thread.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub step: std::sync::atomic::AtomicU64,
+    pub total: std::sync::atomic::AtomicU64,
 }
 
 /// A cheap fingerprint of the parameters, logged so that ranks can be
@@ -158,6 +167,9 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
         0 => spec.train.epochs * spe,
         m => m.min(spec.train.epochs * spe),
     };
+    if let Some(p) = &options.progress {
+        p.total.store(total, Ordering::Relaxed);
+    }
     let store = Arc::new(CheckpointStore::open(&spec.checkpoint.uri, runtime)?);
     // Reach the checkpoint location now: bad credentials or a missing bucket
     // stop the job at start, not at its first checkpoint.
@@ -224,6 +236,9 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
                 .train_step(&batch, epoch)
                 .with_context(|| format!("rank {rank} of {world}, step {}", t.step))?;
             window_images += batch.n * world;
+            if let Some(p) = &options.progress {
+                p.step.store(t.step, Ordering::Relaxed);
+            }
             window_compute += m.compute_s;
             window_comm.add(&m.comm);
             if m.skipped {

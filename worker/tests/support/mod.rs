@@ -1,6 +1,6 @@
 //! Helpers shared by the worker's integration tests: the photo fixtures and
-//! the `amdimctl` binary (built on demand: it belongs to the coordinator
-//! crate, so `cargo test -p amdim-worker` alone does not build it).
+//! the coordinator crate's binaries (built on demand: `cargo test -p
+//! amdim-worker` alone does not build them).
 
 #![allow(dead_code)]
 
@@ -22,22 +22,28 @@ pub fn testdata() -> PathBuf {
     dir
 }
 
-/// `amdimctl`, next to this crate's binary in the same target folder.
-pub fn amdimctl() -> PathBuf {
+/// A binary of the coordinator crate (`amdimctl`, `amdim-coordinator`),
+/// next to this crate's binary in the same target folder; built on demand.
+pub fn coordinator_bin(name: &str) -> PathBuf {
     let worker = PathBuf::from(env!("CARGO_BIN_EXE_amdim-worker"));
     let dir = worker.parent().expect("binary folder").to_path_buf();
-    let ctl = dir.join("amdimctl");
-    if !ctl.exists() {
+    let bin = dir.join(name);
+    if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "-p", "amdim-coordinator", "--bin", "amdimctl"]);
+        build.args(["build", "-p", "amdim-coordinator", "--bin", name]);
         if dir.ends_with("release") {
             build.arg("--release");
         }
-        let status = build.status().expect("running cargo to build amdimctl");
-        assert!(status.success() && ctl.exists(), "could not build {}", ctl.display());
+        let status = build.status().expect("running cargo to build the coordinator crate");
+        assert!(status.success() && bin.exists(), "could not build {}", bin.display());
     }
-    ctl
+    bin
+}
+
+/// `amdimctl`, next to this crate's binary.
+pub fn amdimctl() -> PathBuf {
+    coordinator_bin("amdimctl")
 }
 
 /// Runs `amdimctl args…` with `env`, asserting success; returns stdout.

@@ -1,0 +1,52 @@
+//! `amdim-coordinator`: the job queue, gang scheduler and rendezvous of an
+//! amdim installation (gRPC, default 0.0.0.0:7070), with its state in a
+//! local file so that a restart carries on. A thin shell over
+//! `amdim_coordinator::server`.
+
+use amdim_coordinator::server::{Coordinator, Settings};
+use anyhow::{Context, Result};
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "amdim-coordinator", version, about = "amdim coordinator")]
+struct Cli {
+    /// gRPC address.
+    #[arg(long, env = "AMDIM_LISTEN", default_value = "0.0.0.0:7070")]
+    listen: String,
+    /// Where jobs, generations and workers are kept.
+    #[arg(long, env = "AMDIM_STATE_FILE", default_value = "amdim-coordinator.json")]
+    state_file: PathBuf,
+    /// How often workers report.
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_ms: u64,
+    /// A worker silent for this long is lost.
+    #[arg(long, default_value_t = 10.0)]
+    heartbeat_timeout_s: f64,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AMDIM_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let coordinator = Coordinator::open(Settings {
+            state_file: Some(cli.state_file.clone()),
+            heartbeat_interval: Duration::from_millis(cli.heartbeat_ms.max(50)),
+            heartbeat_timeout: Duration::from_secs_f64(cli.heartbeat_timeout_s.max(1.0)),
+        })?;
+        let listener = tokio::net::TcpListener::bind(&cli.listen)
+            .await
+            .with_context(|| format!("--listen {}", cli.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, state = %cli.state_file.display(), "coordinator listening");
+        coordinator
+            .serve(listener, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+    })
+}

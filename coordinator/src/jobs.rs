@@ -1,0 +1,198 @@
+//! The job commands of `amdimctl` (submit, list, get, watch, cancel,
+//! workers) as gRPC calls to the coordinator, with table or JSON output.
+//! Each returns the process exit code: 0 ok, 1 when a watched job did not
+//! succeed. Errors name the server.
+
+use amdim_shared::proto::v1 as pb;
+use anyhow::{Context, Result};
+use pb::job_service_client::JobServiceClient;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+pub type Client = JobServiceClient<Channel>;
+
+/// A connected client, or an error naming the server.
+pub async fn connect(server: &str) -> Result<Client> {
+    JobServiceClient::connect(server.to_string())
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {server} (--server or AMDIM_SERVER)"))
+}
+
+fn state_name(state: i32) -> &'static str {
+    match pb::JobState::try_from(state).unwrap_or(pb::JobState::Unspecified) {
+        pb::JobState::Unspecified => "UNKNOWN",
+        pb::JobState::Pending => "PENDING",
+        pb::JobState::Running => "RUNNING",
+        pb::JobState::Restarting => "RESTARTING",
+        pb::JobState::Succeeded => "SUCCEEDED",
+        pb::JobState::Failed => "FAILED",
+        pb::JobState::Cancelled => "CANCELLED",
+    }
+}
+
+fn is_final(state: i32) -> bool {
+    matches!(state_name(state), "SUCCEEDED" | "FAILED" | "CANCELLED")
+}
+
+/// A job as JSON (the proto message's fields, the state by name).
+pub fn job_json(j: &pb::Job) -> serde_json::Value {
+    serde_json::json!({
+        "id": j.id,
+        "name": j.name,
+        "state": state_name(j.state),
+        "min_workers": j.min_workers,
+        "max_workers": j.max_workers,
+        "priority": j.priority,
+        "restarts": j.restarts,
+        "max_restarts": j.max_restarts,
+        "step": j.step,
+        "total_steps": j.total_steps,
+        "message": j.message,
+        "created_unix": j.created_unix,
+        "updated_unix": j.updated_unix,
+        "generations": j.generations.iter().map(|g| serde_json::json!({
+            "number": g.number,
+            "workers": g.workers,
+            "rendezvous": g.rendezvous,
+            "started_unix": g.started_unix,
+            "end_reason": g.end_reason,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn line(j: &pb::Job) -> String {
+    format!(
+        "{:<12} {:<20} {:<11} {:>8}/{:<8} {}",
+        j.id,
+        j.name,
+        state_name(j.state),
+        j.step,
+        j.total_steps,
+        j.message
+    )
+}
+
+pub async fn submit(mut c: Client, file: &Path, min: Option<u32>, max: Option<u32>, watch_it: bool, json: bool) -> Result<ExitCode> {
+    let spec_toml = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let job = c
+        .submit(pb::SubmitRequest {
+            spec_toml,
+            min_workers: min.unwrap_or(0),
+            max_workers: max.unwrap_or(0),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", file.display(), s.message()))?
+        .into_inner();
+    if json {
+        println!("{}", job_json(&job));
+    } else {
+        println!("{}", job.id);
+    }
+    if watch_it {
+        return watch(c, &job.id).await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn list(mut c: Client, json: bool) -> Result<ExitCode> {
+    let jobs = c.list(pb::ListJobsRequest {}).await?.into_inner().jobs;
+    if json {
+        println!("{}", serde_json::Value::Array(jobs.iter().map(job_json).collect()));
+    } else {
+        println!("{:<12} {:<20} {:<11} {:>17} message", "id", "name", "state", "step/total");
+        jobs.iter().for_each(|j| println!("{}", line(j)));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn get(mut c: Client, id: &str, json: bool) -> Result<ExitCode> {
+    let j = c
+        .get(pb::GetJobRequest { id: id.into() })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    if json {
+        println!("{}", job_json(&j));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{}", line(&j));
+    println!(
+        "workers {}..{}, priority {}, restarts {}/{}",
+        j.min_workers, j.max_workers, j.priority, j.restarts, j.max_restarts
+    );
+    for g in &j.generations {
+        let end = if g.end_reason.is_empty() { "running" } else { &g.end_reason };
+        println!("  generation {}: {} worker(s) {:?} — {end}", g.number, g.workers.len(), g.workers);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Polls the job every half second, printing each change, until it ends.
+pub async fn watch(mut c: Client, id: &str) -> Result<ExitCode> {
+    let mut last = String::new();
+    loop {
+        let j = c
+            .get(pb::GetJobRequest { id: id.into() })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        let now = line(&j);
+        if now != last {
+            eprintln!("{now}");
+            last = now;
+        }
+        if is_final(j.state) {
+            return Ok(if state_name(j.state) == "SUCCEEDED" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub async fn cancel(mut c: Client, id: &str) -> Result<ExitCode> {
+    let j = c
+        .cancel(pb::CancelJobRequest { id: id.into() })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    println!("{}", line(&j));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn workers(mut c: Client, json: bool) -> Result<ExitCode> {
+    let ws = c.workers(pb::ListWorkersRequest {}).await?.into_inner().workers;
+    if json {
+        let v: Vec<_> = ws
+            .iter()
+            .map(|w| {
+                serde_json::json!({"id": w.id, "name": w.name, "devices": w.devices, "rendezvous_addr": w.rendezvous_addr,
+                    "job_id": w.job_id, "last_seen_unix": w.last_seen_unix, "lost": w.lost})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        println!(
+            "{:<14} {:<16} {:>7} {:<22} {:<12} state",
+            "id", "name", "devices", "rendezvous", "job"
+        );
+        for w in ws {
+            let state = if w.lost {
+                "lost"
+            } else if w.job_id.is_empty() {
+                "idle"
+            } else {
+                "busy"
+            };
+            println!(
+                "{:<14} {:<16} {:>7} {:<22} {:<12} {state}",
+                w.id, w.name, w.devices, w.rendezvous_addr, w.job_id
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,260 @@
+//! The coordinator process: the gRPC job and worker services over
+//! [`State`], a ticker that applies heartbeat deadlines and schedules, and
+//! persistence (the whole state as JSON, written to a temporary file and
+//! renamed over the old one after every change, so a crash never leaves a
+//! half-written file). On start it reloads that file and recovers (design §8).
+//! The rules themselves are `state`'s.
+
+use crate::state::{Command, Generation, Job, JobState, State, StateError, Worker};
+use amdim_shared::proto::v1 as pb;
+use pb::job_service_server::{JobService, JobServiceServer};
+use pb::worker_service_server::{WorkerService, WorkerServiceServer};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// How the coordinator runs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where the state is kept (None: in memory only).
+    pub state_file: Option<PathBuf>,
+    pub heartbeat_interval: Duration,
+    /// A worker silent for longer is lost.
+    pub heartbeat_timeout: Duration,
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The shared state plus where it is persisted.
+#[derive(Clone)]
+pub struct Coordinator {
+    state: Arc<Mutex<State>>,
+    settings: Settings,
+}
+
+fn status(e: StateError) -> Status {
+    match e {
+        StateError::InvalidSpec(m) => Status::invalid_argument(m),
+        StateError::NoJob(_) | StateError::NoWorker(_) => Status::not_found(e.to_string()),
+        StateError::Final { .. } => Status::failed_precondition(e.to_string()),
+    }
+}
+
+impl Coordinator {
+    /// Loads the state file if there is one (recovering what was running).
+    pub fn open(settings: Settings) -> anyhow::Result<Self> {
+        let mut state = State::default();
+        if let Some(path) = &settings.state_file
+            && path.exists()
+        {
+            let text = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            state =
+                serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("{} is not a coordinator state file: {e}", path.display()))?;
+            state.recover(now_unix());
+            tracing::info!(jobs = state.jobs.len(), file = %path.display(), "state recovered");
+        }
+        let c = Self {
+            state: Arc::new(Mutex::new(state)),
+            settings,
+        };
+        c.persist(&c.lock());
+        Ok(c)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn persist(&self, state: &State) {
+        let Some(path) = &self.settings.state_file else { return };
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_vec(state)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| std::fs::write(&tmp, bytes).map_err(|e| e.to_string()))
+            .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            tracing::error!(file = %path.display(), reason = %e, "cannot persist the coordinator state");
+        }
+    }
+
+    /// Runs `f` on the state and persists the result.
+    fn change<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut s = self.lock();
+        let out = f(&mut s);
+        self.persist(&s);
+        out
+    }
+
+    /// Heartbeat deadlines and scheduling, every quarter interval.
+    pub fn spawn_ticker(&self) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(me.settings.heartbeat_interval / 4);
+            loop {
+                every.tick().await;
+                let deadline = me.settings.heartbeat_timeout.as_secs().max(1) as i64;
+                me.change(|s| s.tick(now_unix(), deadline));
+            }
+        })
+    }
+
+    /// Serves both services on `listener` until `shutdown` resolves.
+    pub async fn serve(self, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let ticker = self.spawn_ticker();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let served = tonic::transport::Server::builder()
+            .add_service(JobServiceServer::new(self.clone()))
+            .add_service(WorkerServiceServer::new(self))
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        ticker.abort();
+        Ok(served?)
+    }
+}
+
+fn job_state(s: JobState) -> pb::JobState {
+    match s {
+        JobState::Pending => pb::JobState::Pending,
+        JobState::Running => pb::JobState::Running,
+        JobState::Restarting => pb::JobState::Restarting,
+        JobState::Succeeded => pb::JobState::Succeeded,
+        JobState::Failed => pb::JobState::Failed,
+        JobState::Cancelled => pb::JobState::Cancelled,
+    }
+}
+
+fn generation(g: &Generation) -> pb::Generation {
+    pb::Generation {
+        number: g.number,
+        workers: g.workers.clone(),
+        rendezvous: g.rendezvous.clone(),
+        started_unix: g.started_unix,
+        end_reason: g.end_reason.clone().unwrap_or_default(),
+    }
+}
+
+pub fn job_message(j: &Job) -> pb::Job {
+    pb::Job {
+        id: j.id.clone(),
+        name: j.name.clone(),
+        state: job_state(j.state) as i32,
+        spec_toml: j.spec_toml.clone(),
+        min_workers: j.min_workers,
+        max_workers: j.max_workers,
+        priority: j.priority,
+        max_restarts: j.max_restarts,
+        restarts: j.restarts,
+        generations: j.generations.iter().map(generation).collect(),
+        step: j.step,
+        total_steps: j.total_steps,
+        message: j.message.clone(),
+        created_unix: j.created_unix,
+        updated_unix: j.updated_unix,
+    }
+}
+
+fn worker_message(w: &Worker) -> pb::Worker {
+    pb::Worker {
+        id: w.id.clone(),
+        name: w.name.clone(),
+        devices: w.devices,
+        rendezvous_addr: w.rendezvous_addr.clone(),
+        job_id: w.job.as_ref().map(|(j, _)| j.clone()).unwrap_or_default(),
+        last_seen_unix: w.last_seen_unix,
+        lost: w.lost,
+    }
+}
+
+#[tonic::async_trait]
+impl JobService for Coordinator {
+    async fn submit(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::Job>, Status> {
+        let r = request.into_inner();
+        let job = self
+            .change(|s| s.submit(&r.spec_toml, r.min_workers, r.max_workers, now_unix()))
+            .map_err(status)?;
+        tracing::info!(job = %job.id, name = %job.name, "job submitted");
+        Ok(Response::new(job_message(&job)))
+    }
+
+    async fn get(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let id = request.into_inner().id;
+        let s = self.lock();
+        let job = s.jobs.get(&id).ok_or_else(|| status(StateError::NoJob(id.clone())))?;
+        Ok(Response::new(job_message(job)))
+    }
+
+    async fn list(&self, _request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let s = self.lock();
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: s.jobs.values().map(job_message).collect(),
+        }))
+    }
+
+    async fn cancel(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let id = request.into_inner().id;
+        let job = self.change(|s| s.cancel(&id, now_unix())).map_err(status)?;
+        tracing::info!(job = %id, "job cancelled");
+        Ok(Response::new(job_message(&job)))
+    }
+
+    async fn workers(&self, _request: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let s = self.lock();
+        Ok(Response::new(pb::ListWorkersResponse {
+            workers: s.workers.values().map(worker_message).collect(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerService for Coordinator {
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let r = request.into_inner();
+        if r.rendezvous_addr.is_empty() {
+            return Err(Status::invalid_argument("rendezvous_addr is empty"));
+        }
+        let w = self.change(|s| s.register(&r.name, r.devices.max(1), &r.rendezvous_addr, now_unix()));
+        tracing::info!(worker = %w.id, name = %w.name, rendezvous = %w.rendezvous_addr, "worker registered");
+        Ok(Response::new(pb::RegisterResponse {
+            worker_id: w.id,
+            heartbeat_interval_ms: self.settings.heartbeat_interval.as_millis() as u32,
+        }))
+    }
+
+    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        let progress = (!r.job_id.is_empty()).then_some((r.step, r.total_steps));
+        let command = self.change(|s| s.heartbeat(&r.worker_id, progress, now_unix())).map_err(status)?;
+        use pb::heartbeat_response::Command as C;
+        let command = match command {
+            Command::Idle => C::Idle(pb::Idle {}),
+            Command::Continue => C::Continue(pb::Continue {}),
+            Command::Stop(reason) => C::Stop(pb::Stop { reason }),
+            Command::Assign(a) => {
+                tracing::info!(worker = %r.worker_id, job = %a.job_id, generation = a.generation, rank = a.rank, world = a.world_size, "assigned");
+                C::Assign(pb::Assignment {
+                    job_id: a.job_id,
+                    generation: a.generation,
+                    spec_toml: a.spec_toml,
+                    rank: a.rank,
+                    world_size: a.world_size,
+                    rendezvous: a.rendezvous,
+                    resume: a.resume,
+                })
+            }
+        };
+        Ok(Response::new(pb::HeartbeatResponse { command: Some(command) }))
+    }
+
+    async fn finish(&self, request: Request<pb::FinishRequest>) -> Result<Response<pb::FinishResponse>, Status> {
+        let r = request.into_inner();
+        self.change(|s| s.finish(&r.worker_id, &r.job_id, r.generation, r.ok, &r.message, now_unix()))
+            .map_err(status)?;
+        tracing::info!(worker = %r.worker_id, job = %r.job_id, generation = r.generation, ok = r.ok, message = %r.message, "part finished");
+        Ok(Response::new(pb::FinishResponse {}))
+    }
+}

@@ -1,0 +1,532 @@
+//! The coordinator's state and its rules (design §3, §8), with no I/O:
+//! jobs and their generations, workers and their liveness, the queue
+//! (priority, then first come), gang scheduling (a generation starts only
+//! when at least `min_workers` are free; it takes as many as it may, up to
+//! `max_workers`, that divide the global batch), rank assignment and
+//! rendezvous, and what ends a generation: every rank finished, a rank
+//! failed, a worker missed its heartbeat deadline, or a cancel. An early end
+//! restarts the job from its latest checkpoint in a new generation, up to
+//! `max_restarts`, and records why. Time is passed in, so every rule is
+//! testable without clocks; `server` owns the RPCs and persistence.
+
+use amdim_shared::spec::JobSpec;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Pending,
+    Running,
+    Restarting,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    pub number: u32,
+    /// Worker ids in rank order.
+    pub workers: Vec<String>,
+    pub rendezvous: String,
+    pub started_unix: i64,
+    /// Why it ended; None while it runs.
+    pub end_reason: Option<String>,
+    /// Ranks that reported the end of their part (ok or not).
+    pub finished: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub name: String,
+    pub state: JobState,
+    pub spec_toml: String,
+    pub min_workers: u32,
+    pub max_workers: u32,
+    pub priority: i32,
+    pub max_restarts: u32,
+    pub restarts: u32,
+    pub global_batch: usize,
+    pub generations: Vec<Generation>,
+    pub step: u64,
+    pub total_steps: u64,
+    pub message: String,
+    pub created_unix: i64,
+    pub updated_unix: i64,
+    /// Submission order, for first-come scheduling.
+    pub seq: u64,
+}
+
+impl Job {
+    pub fn current(&self) -> Option<&Generation> {
+        self.generations.last()
+    }
+
+    fn current_mut(&mut self) -> Option<&mut Generation> {
+        self.generations.last_mut()
+    }
+
+    fn running_generation(&self) -> Option<&Generation> {
+        self.current().filter(|g| g.end_reason.is_none())
+    }
+}
+
+/// What a worker should do next; sent in its heartbeat reply.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    Idle,
+    Assign(Assignment),
+    Continue,
+    Stop(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub job_id: String,
+    pub generation: u32,
+    pub spec_toml: String,
+    pub rank: u32,
+    pub world_size: u32,
+    pub rendezvous: String,
+    pub resume: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Worker {
+    pub id: String,
+    pub name: String,
+    pub devices: u32,
+    pub rendezvous_addr: String,
+    /// (job, generation) it belongs to until it reports the end of its part.
+    pub job: Option<(String, u32)>,
+    /// An assignment not yet picked up by a heartbeat.
+    pub pending: Option<Assignment>,
+    pub last_seen_unix: i64,
+    pub lost: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum StateError {
+    #[error("{0}")]
+    InvalidSpec(String),
+    #[error("no job {0}")]
+    NoJob(String),
+    #[error("no worker {0} (register again)")]
+    NoWorker(String),
+    #[error("job {job} is {state:?}")]
+    Final { job: String, state: JobState },
+}
+
+/// Everything the coordinator knows; serialisable as a whole.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    pub jobs: BTreeMap<String, Job>,
+    pub workers: BTreeMap<String, Worker>,
+    pub next_seq: u64,
+}
+
+/// The largest worker count in [min, max] that is at most `free` and divides
+/// the global batch.
+pub fn gang_size(min: u32, max: u32, free: usize, global_batch: usize) -> Option<u32> {
+    (min..=max)
+        .rev()
+        .find(|&n| n as usize <= free && global_batch.is_multiple_of(n as usize))
+}
+
+impl State {
+    /// Queues a job after validating its spec.
+    pub fn submit(&mut self, spec_toml: &str, min: u32, max: u32, now: i64) -> Result<Job, StateError> {
+        let spec = JobSpec::from_toml_with_env(spec_toml, &[]).map_err(|e| StateError::InvalidSpec(e.to_string()))?;
+        let min = if min > 0 { min } else { spec.scheduling.min_workers };
+        let max = if max > 0 { max } else { spec.scheduling.max_workers.max(min) };
+        if max < min {
+            return Err(StateError::InvalidSpec(format!("max_workers {max} < min_workers {min}")));
+        }
+        if gang_size(min, max, usize::MAX, spec.train.batch_size).is_none() {
+            return Err(StateError::InvalidSpec(format!(
+                "train.batch_size = {} is not divisible by any worker count in {min}..={max}",
+                spec.train.batch_size
+            )));
+        }
+        self.next_seq += 1;
+        let id = format!("job-{:06}", self.next_seq);
+        let job = Job {
+            id: id.clone(),
+            name: spec.job.name.clone(),
+            state: JobState::Pending,
+            spec_toml: spec_toml.to_string(),
+            min_workers: min,
+            max_workers: max,
+            priority: spec.scheduling.priority,
+            max_restarts: spec.scheduling.max_restarts,
+            restarts: 0,
+            global_batch: spec.train.batch_size,
+            generations: Vec::new(),
+            step: 0,
+            total_steps: 0,
+            message: format!("waiting for {min} free worker(s)"),
+            created_unix: now,
+            updated_unix: now,
+            seq: self.next_seq,
+        };
+        self.jobs.insert(id, job.clone());
+        Ok(job)
+    }
+
+    pub fn register(&mut self, name: &str, devices: u32, rendezvous_addr: &str, now: i64) -> Worker {
+        self.next_seq += 1;
+        let w = Worker {
+            id: format!("worker-{:06}", self.next_seq),
+            name: name.to_string(),
+            devices,
+            rendezvous_addr: rendezvous_addr.to_string(),
+            job: None,
+            pending: None,
+            last_seen_unix: now,
+            lost: false,
+        };
+        self.workers.insert(w.id.clone(), w.clone());
+        w
+    }
+
+    /// A worker's heartbeat with its progress; returns its next command.
+    pub fn heartbeat(&mut self, worker: &str, step: Option<(u64, u64)>, now: i64) -> Result<Command, StateError> {
+        let w = self.workers.get_mut(worker).ok_or_else(|| StateError::NoWorker(worker.into()))?;
+        if w.lost {
+            return Err(StateError::NoWorker(worker.into()));
+        }
+        w.last_seen_unix = now;
+        if let Some(a) = w.pending.take() {
+            return Ok(Command::Assign(a));
+        }
+        let Some((job_id, generation)) = w.job.clone() else {
+            return Ok(Command::Idle);
+        };
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return Ok(Command::Stop(format!("job {job_id} is gone")));
+        };
+        let current = job.current().filter(|g| g.number == generation);
+        match current {
+            Some(g) if g.end_reason.is_none() => {
+                if let Some((step, total)) = step
+                    && g.workers.first().map(String::as_str) == Some(worker)
+                {
+                    job.step = step;
+                    job.total_steps = total;
+                    job.updated_unix = now;
+                }
+                Ok(Command::Continue)
+            }
+            Some(g) => Ok(Command::Stop(g.end_reason.clone().unwrap_or_default())),
+            None => Ok(Command::Stop(format!("generation {generation} of {job_id} is over"))),
+        }
+    }
+
+    /// A worker's part of a generation ended.
+    pub fn finish(&mut self, worker: &str, job_id: &str, generation: u32, ok: bool, message: &str, now: i64) -> Result<(), StateError> {
+        let w = self.workers.get_mut(worker).ok_or_else(|| StateError::NoWorker(worker.into()))?;
+        if w.job.as_ref() == Some(&(job_id.to_string(), generation)) {
+            w.job = None;
+        }
+        w.last_seen_unix = now;
+        let job = self.jobs.get_mut(job_id).ok_or_else(|| StateError::NoJob(job_id.into()))?;
+        let Some(g) = job.current_mut().filter(|g| g.number == generation) else {
+            return Ok(()); // a message from an older generation: ignored
+        };
+        if !g.finished.iter().any(|f| f == worker) {
+            g.finished.push(worker.to_string());
+        }
+        if g.end_reason.is_some() {
+            return Ok(());
+        }
+        if !ok {
+            let reason = format!("{worker} failed: {message}");
+            self.end_generation(job_id, &reason, now);
+        } else if g.finished.len() == g.workers.len() {
+            g.end_reason = Some("completed".into());
+            job.state = JobState::Succeeded;
+            job.step = job.total_steps.max(job.step);
+            job.message = "finished".into();
+            job.updated_unix = now;
+        }
+        Ok(())
+    }
+
+    pub fn cancel(&mut self, job_id: &str, now: i64) -> Result<Job, StateError> {
+        let job = self.jobs.get_mut(job_id).ok_or_else(|| StateError::NoJob(job_id.into()))?;
+        if job.state.is_final() {
+            return Err(StateError::Final {
+                job: job_id.into(),
+                state: job.state,
+            });
+        }
+        job.state = JobState::Cancelled;
+        job.message = "cancelled by the user".into();
+        job.updated_unix = now;
+        if let Some(g) = job.current_mut().filter(|g| g.end_reason.is_none()) {
+            g.end_reason = Some("cancelled".into());
+        }
+        let job = job.clone();
+        self.drop_pending(job_id);
+        Ok(job)
+    }
+
+    fn drop_pending(&mut self, job_id: &str) {
+        for w in self.workers.values_mut() {
+            if w.pending.as_ref().is_some_and(|a| a.job_id == job_id) {
+                w.pending = None;
+                w.job = None;
+            }
+        }
+    }
+
+    /// Ends the running generation of `job_id` early: restart or fail.
+    fn end_generation(&mut self, job_id: &str, reason: &str, now: i64) {
+        let Some(job) = self.jobs.get_mut(job_id) else { return };
+        let Some(g) = job.current_mut().filter(|g| g.end_reason.is_none()) else {
+            return;
+        };
+        g.end_reason = Some(reason.to_string());
+        job.updated_unix = now;
+        if job.restarts < job.max_restarts {
+            job.restarts += 1;
+            job.state = JobState::Restarting;
+            job.message = format!("restart {}/{}: {reason}", job.restarts, job.max_restarts);
+        } else {
+            job.state = JobState::Failed;
+            job.message = format!("failed after {} restart(s): {reason}", job.restarts);
+        }
+        self.drop_pending(job_id);
+    }
+
+    /// Marks workers silent for longer than `deadline_s` as lost (ending
+    /// their generations), then starts every job that can start.
+    pub fn tick(&mut self, now: i64, deadline_s: i64) {
+        let lost: Vec<(String, Option<(String, u32)>)> = self
+            .workers
+            .values_mut()
+            .filter(|w| !w.lost && now - w.last_seen_unix > deadline_s)
+            .map(|w| {
+                w.lost = true;
+                w.pending = None;
+                (w.id.clone(), w.job.take())
+            })
+            .collect();
+        for (worker, job) in lost {
+            if let Some((job_id, generation)) = job
+                && self.jobs.get(&job_id).and_then(Job::running_generation).map(|g| g.number) == Some(generation)
+            {
+                self.end_generation(&job_id, &format!("{worker} lost (no heartbeat for {deadline_s} s)"), now);
+            }
+        }
+        self.schedule(now);
+    }
+
+    fn schedule(&mut self, now: i64) {
+        let mut queue: Vec<(i32, u64, String)> = self
+            .jobs
+            .values()
+            .filter(|j| matches!(j.state, JobState::Pending | JobState::Restarting))
+            .map(|j| (-j.priority, j.seq, j.id.clone()))
+            .collect();
+        queue.sort();
+        for (_, _, job_id) in queue {
+            // A restarting job waits until its previous generation's workers are done or lost.
+            let busy_with_it = self
+                .workers
+                .values()
+                .any(|w| !w.lost && w.job.as_ref().is_some_and(|(j, _)| *j == job_id));
+            if busy_with_it {
+                continue;
+            }
+            let mut free: Vec<&Worker> = self.workers.values().filter(|w| !w.lost && w.job.is_none()).collect();
+            free.sort_by(|a, b| a.id.cmp(&b.id));
+            let job = &self.jobs[&job_id];
+            let Some(n) = gang_size(job.min_workers, job.max_workers, free.len(), job.global_batch) else {
+                continue;
+            };
+            let chosen: Vec<String> = free.iter().take(n as usize).map(|w| w.id.clone()).collect();
+            let rendezvous = free[0].rendezvous_addr.clone();
+            let job = self.jobs.get_mut(&job_id).unwrap_or_else(|| unreachable!());
+            let number = job.generations.len() as u32 + 1;
+            let resume = !job.generations.is_empty();
+            job.generations.push(Generation {
+                number,
+                workers: chosen.clone(),
+                rendezvous: rendezvous.clone(),
+                started_unix: now,
+                end_reason: None,
+                finished: Vec::new(),
+            });
+            job.state = JobState::Running;
+            job.message = format!("generation {number} on {n} worker(s)");
+            job.updated_unix = now;
+            let spec_toml = job.spec_toml.clone();
+            for (rank, id) in chosen.iter().enumerate() {
+                if let Some(w) = self.workers.get_mut(id) {
+                    w.job = Some((job_id.clone(), number));
+                    w.pending = Some(Assignment {
+                        job_id: job_id.clone(),
+                        generation: number,
+                        spec_toml: spec_toml.clone(),
+                        rank: rank as u32,
+                        world_size: n,
+                        rendezvous: rendezvous.clone(),
+                        resume,
+                    });
+                }
+            }
+        }
+    }
+
+    /// After a coordinator restart: workers must register again, and the
+    /// generations that were running end (their jobs resume from the
+    /// latest checkpoint once workers are back).
+    pub fn recover(&mut self, now: i64) {
+        let workers: Vec<String> = self.workers.keys().cloned().collect();
+        for id in workers {
+            if let Some(w) = self.workers.get_mut(&id) {
+                w.lost = true;
+                w.pending = None;
+                w.job = None;
+            }
+        }
+        let running: Vec<String> = self
+            .jobs
+            .values()
+            .filter(|j| j.running_generation().is_some() && !j.state.is_final())
+            .map(|j| j.id.clone())
+            .collect();
+        for job_id in running {
+            if let Some(job) = self.jobs.get_mut(&job_id)
+                && let Some(g) = job.current_mut()
+            {
+                g.end_reason = Some("coordinator restarted".into());
+                job.state = JobState::Restarting;
+                job.message = "coordinator restarted: resuming from the latest checkpoint".into();
+                job.updated_unix = now;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str =
+        "[job]\nname = \"t\"\n[data]\nformat = \"synthetic\"\n[train]\nbatch_size = 8\n[scheduling]\nmin_workers = 1\nmax_workers = 2\n";
+
+    fn assignment(c: Command) -> Assignment {
+        match c {
+            Command::Assign(a) => a,
+            other => panic!("expected an assignment, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn gang_sizes_divide_the_batch_and_fit_the_free_workers() {
+        assert_eq!(gang_size(1, 4, 3, 8), Some(2));
+        assert_eq!(gang_size(2, 4, 4, 12), Some(4));
+        assert_eq!(gang_size(3, 3, 2, 12), None);
+        assert_eq!(gang_size(3, 3, 3, 8), None);
+    }
+
+    #[test]
+    fn a_job_runs_on_two_workers_and_succeeds_when_both_finish() {
+        let mut s = State::default();
+        let job = s.submit(SPEC, 2, 2, 0).unwrap();
+        let a = s.register("a", 1, "10.0.0.1:5000", 0).id;
+        s.tick(1, 10);
+        assert_eq!(s.jobs[&job.id].state, JobState::Pending, "a gang of 2 needs 2 free workers");
+        let b = s.register("b", 1, "10.0.0.2:5000", 1).id;
+        s.tick(2, 10);
+        let (ra, rb) = (
+            assignment(s.heartbeat(&a, None, 2).unwrap()),
+            assignment(s.heartbeat(&b, None, 2).unwrap()),
+        );
+        assert_eq!((ra.rank, rb.rank, ra.world_size), (0, 1, 2));
+        assert_eq!(ra.rendezvous, "10.0.0.1:5000");
+        assert!(!ra.resume);
+        assert_eq!(s.heartbeat(&a, Some((3, 10)), 3).unwrap(), Command::Continue);
+        assert_eq!(s.jobs[&job.id].step, 3, "rank 0 reports progress");
+        s.finish(&a, &job.id, 1, true, "", 4).unwrap();
+        assert_eq!(s.jobs[&job.id].state, JobState::Running);
+        s.finish(&b, &job.id, 1, true, "", 4).unwrap();
+        assert_eq!(s.jobs[&job.id].state, JobState::Succeeded);
+        assert_eq!(s.heartbeat(&a, None, 5).unwrap(), Command::Idle);
+    }
+
+    #[test]
+    fn a_lost_worker_restarts_the_job_on_the_survivor_from_its_checkpoint() {
+        let mut s = State::default();
+        let job = s.submit(SPEC, 0, 0, 0).unwrap();
+        let a = s.register("a", 1, "h:1", 0).id;
+        let b = s.register("b", 1, "h:2", 0).id;
+        s.tick(0, 5);
+        assert_eq!(assignment(s.heartbeat(&a, None, 1).unwrap()).world_size, 2);
+        assignment(s.heartbeat(&b, None, 1).unwrap());
+        // b dies; a's collective fails first and a reports it.
+        s.finish(&a, &job.id, 1, false, "all_reduce: lost rank 1", 2).unwrap();
+        assert_eq!(s.jobs[&job.id].state, JobState::Restarting);
+        s.tick(3, 5);
+        assert_eq!(
+            s.heartbeat(&a, None, 3).unwrap(),
+            Command::Idle,
+            "waits until b is finished or lost"
+        );
+        assert_eq!(s.heartbeat(&a, None, 9).unwrap(), Command::Idle);
+        s.tick(10, 5);
+        assert!(s.workers[&b].lost && !s.workers[&a].lost);
+        let r = assignment(s.heartbeat(&a, None, 10).unwrap());
+        assert_eq!((r.generation, r.world_size, r.resume), (2, 1, true));
+        let j = &s.jobs[&job.id];
+        assert_eq!(j.restarts, 1);
+        assert!(j.generations[0].end_reason.as_deref().unwrap().contains("lost rank 1"));
+        // A late message from generation 1 changes nothing.
+        s.finish(&b, &job.id, 1, false, "late", 11).unwrap();
+        assert_eq!(s.jobs[&job.id].state, JobState::Running);
+        s.finish(&a, &job.id, 2, true, "", 12).unwrap();
+        assert_eq!(s.jobs[&job.id].state, JobState::Succeeded);
+    }
+
+    #[test]
+    fn restarts_are_bounded_and_cancel_stops_the_workers() {
+        let mut s = State::default();
+        let spec = format!("{SPEC}max_restarts = 0\n");
+        let job = s.submit(&spec, 1, 1, 0).unwrap();
+        let a = s.register("a", 1, "h:1", 0).id;
+        s.tick(0, 5);
+        assignment(s.heartbeat(&a, None, 0).unwrap());
+        s.finish(&a, &job.id, 1, false, "boom", 1).unwrap();
+        assert_eq!(s.jobs[&job.id].state, JobState::Failed);
+        assert!(s.jobs[&job.id].message.contains("boom"));
+
+        let job = s.submit(SPEC, 1, 1, 2).unwrap();
+        s.tick(2, 5);
+        assignment(s.heartbeat(&a, None, 2).unwrap());
+        s.cancel(&job.id, 3).unwrap();
+        assert_eq!(s.heartbeat(&a, None, 3).unwrap(), Command::Stop("cancelled".into()));
+        assert!(matches!(s.cancel(&job.id, 4), Err(StateError::Final { .. })));
+    }
+
+    #[test]
+    fn bad_specs_are_refused_naming_the_field_and_priority_goes_first() {
+        let mut s = State::default();
+        let e = s.submit("[optim]\nlr = -1\n", 0, 0, 0).unwrap_err().to_string();
+        assert!(e.contains("optim.lr"), "{e}");
+        let low = s.submit(SPEC, 1, 1, 0).unwrap();
+        let high = s.submit(&format!("{SPEC}priority = 5\n"), 1, 1, 0).unwrap();
+        let a = s.register("a", 1, "h:1", 0).id;
+        s.tick(1, 5);
+        assert_eq!(assignment(s.heartbeat(&a, None, 1).unwrap()).job_id, high.id);
+        assert_eq!(s.jobs[&low.id].state, JobState::Pending);
+    }
+}

@@ -1,0 +1,214 @@
+//! `amdim-worker agent`: a worker under a coordinator (design §1, §8). It
+//! registers (its devices and the address where it listens when it is rank
+//! 0), heartbeats with its progress, and obeys the reply: train an assigned
+//! generation (rank, world, rendezvous, resume), stop it, or wait. When its
+//! part ends it reports how (finished, stopped, or the error — e.g. a lost
+//! peer). It survives the coordinator going away: it retries with backoff,
+//! and registers again when the coordinator no longer knows it (stopping
+//! any training first). Training itself is `train::run`'s.
+
+use crate::cli::dist::DistArgs;
+use crate::train::run::{Progress, RunOptions, run};
+use crate::with_backend;
+use amdim_shared::proto::v1 as pb;
+use amdim_shared::spec::JobSpec;
+use anyhow::{Context, Result};
+use pb::heartbeat_response::Command;
+use pb::worker_service_client::WorkerServiceClient;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// Who this agent is and where its coordinator is.
+#[derive(Clone, Debug)]
+pub struct AgentSettings {
+    pub coordinator: String,
+    pub name: String,
+    /// Host or IP other workers reach this one at.
+    pub advertise_host: String,
+    pub devices: u32,
+}
+
+struct Training {
+    job_id: String,
+    generation: u32,
+    stop: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+    handle: JoinHandle<Result<bool>>,
+}
+
+/// A port free now on `host`, for the rendezvous this worker hosts as rank 0.
+fn free_port(host: &str) -> Result<u16> {
+    let l = std::net::TcpListener::bind((host, 0)).with_context(|| format!("--advertise-host {host}: cannot listen"))?;
+    Ok(l.local_addr()?.port())
+}
+
+fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::runtime::Handle) -> Result<Training> {
+    let spec = JobSpec::from_toml_with_env(&a.spec_toml, &[]).with_context(|| format!("job {}: spec", a.job_id))?;
+    let dist = DistArgs {
+        rank: a.rank as usize,
+        world_size: a.world_size as usize,
+        rendezvous: Some(a.rendezvous.clone()),
+        advertise_host: settings.advertise_host.clone(),
+        local_ranks: 1,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(Progress::default());
+    let (stop2, progress2, resume) = (stop.clone(), progress.clone(), a.resume);
+    let handle = std::thread::Builder::new()
+        .name(format!("train-{}-g{}", a.job_id, a.generation))
+        .spawn(move || -> Result<bool> {
+            let rank = dist.rank;
+            let comm = dist.connect(&spec, rank)?;
+            let options = RunOptions {
+                resume,
+                stop: stop2,
+                comm,
+                progress: Some(progress2),
+            };
+            let summary = with_backend!(spec, |B, device| run::<B>(spec.clone(), device, options, runtime)?);
+            Ok(!summary.stopped_early)
+        })?;
+    tracing::info!(job = %a.job_id, generation = a.generation, rank = a.rank, world = a.world_size, resume = a.resume, "training started");
+    Ok(Training {
+        job_id: a.job_id,
+        generation: a.generation,
+        stop,
+        progress,
+        handle,
+    })
+}
+
+async fn connect(coordinator: &str) -> WorkerServiceClient<Channel> {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match WorkerServiceClient::connect(coordinator.to_string()).await {
+            Ok(c) => return c,
+            Err(e) => {
+                tracing::warn!(coordinator, reason = %e, retry_s = wait.as_secs_f64(), "coordinator unreachable");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Reports the end of `t`'s part to the coordinator (best effort).
+async fn report(client: &mut WorkerServiceClient<Channel>, worker_id: &str, t: Training) {
+    let step = t.progress.step.load(Ordering::Relaxed);
+    let (ok, message) = match t.handle.join() {
+        Ok(Ok(true)) => (true, String::new()),
+        Ok(Ok(false)) => (false, "stopped".to_string()),
+        Ok(Err(e)) => (false, format!("{e:#}")),
+        Err(_) => (false, "the training thread panicked".to_string()),
+    };
+    tracing::info!(job = %t.job_id, generation = t.generation, ok, message = %message, "part ended");
+    let request = pb::FinishRequest {
+        worker_id: worker_id.to_string(),
+        job_id: t.job_id,
+        generation: t.generation,
+        ok,
+        message,
+        step,
+    };
+    if let Err(e) = client.finish(request).await {
+        tracing::warn!(reason = %e.message(), "could not report the end of a part");
+    }
+}
+
+/// Runs the agent until the process is stopped.
+pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    let port = free_port(&settings.advertise_host)?;
+    let rendezvous_addr = format!("{}:{port}", settings.advertise_host);
+    runtime.block_on(async {
+        let mut client = connect(&settings.coordinator).await;
+        let mut current: Option<Training> = None;
+        loop {
+            let registered = client
+                .register(pb::RegisterRequest {
+                    name: settings.name.clone(),
+                    devices: settings.devices,
+                    rendezvous_addr: rendezvous_addr.clone(),
+                })
+                .await;
+            let reg = match registered {
+                Ok(r) => r.into_inner(),
+                Err(e) => {
+                    tracing::warn!(reason = %e.message(), "register failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    client = connect(&settings.coordinator).await;
+                    continue;
+                }
+            };
+            let worker_id = reg.worker_id;
+            let interval = Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(50)));
+            tracing::info!(worker = %worker_id, coordinator = %settings.coordinator, rendezvous = %rendezvous_addr, "registered");
+            loop {
+                if current.as_ref().is_some_and(|t| t.handle.is_finished())
+                    && let Some(t) = current.take()
+                {
+                    report(&mut client, &worker_id, t).await;
+                }
+                let beat = pb::HeartbeatRequest {
+                    worker_id: worker_id.clone(),
+                    job_id: current.as_ref().map(|t| t.job_id.clone()).unwrap_or_default(),
+                    generation: current.as_ref().map_or(0, |t| t.generation),
+                    step: current.as_ref().map_or(0, |t| t.progress.step.load(Ordering::Relaxed)),
+                    total_steps: current.as_ref().map_or(0, |t| t.progress.total.load(Ordering::Relaxed)),
+                };
+                match client.heartbeat(beat).await {
+                    Ok(reply) => match reply.into_inner().command {
+                        Some(Command::Assign(a)) => {
+                            if let Some(t) = current.take() {
+                                t.stop.store(true, Ordering::Relaxed);
+                                report(&mut client, &worker_id, t).await;
+                            }
+                            let (job, generation) = (a.job_id.clone(), a.generation);
+                            match start_training(a, &settings, runtime_handle()) {
+                                Ok(t) => current = Some(t),
+                                Err(e) => {
+                                    let request = pb::FinishRequest {
+                                        worker_id: worker_id.clone(),
+                                        job_id: job,
+                                        generation,
+                                        ok: false,
+                                        message: format!("{e:#}"),
+                                        step: 0,
+                                    };
+                                    let _ = client.finish(request).await;
+                                }
+                            }
+                        }
+                        Some(Command::Stop(s)) => {
+                            if let Some(t) = &current
+                                && !t.stop.swap(true, Ordering::Relaxed)
+                            {
+                                tracing::warn!(job = %t.job_id, reason = %s.reason, "stopping the current generation");
+                            }
+                        }
+                        Some(Command::Idle(_)) | Some(Command::Continue(_)) | None => {}
+                    },
+                    Err(s) if s.code() == tonic::Code::NotFound => {
+                        tracing::warn!(reason = %s.message(), "the coordinator does not know this worker: registering again");
+                        if let Some(t) = current.take() {
+                            t.stop.store(true, Ordering::Relaxed);
+                            let _ = t.handle.join();
+                        }
+                        break;
+                    }
+                    Err(s) => {
+                        tracing::warn!(reason = %s.message(), "heartbeat failed");
+                        client = connect(&settings.coordinator).await;
+                    }
+                }
+                tokio::time::sleep(interval).await;
+            }
+        }
+    })
+}
+
+fn runtime_handle() -> tokio::runtime::Handle {
+    tokio::runtime::Handle::current()
+}

@@ -1,0 +1,238 @@
+//! A coordinator, worker agents and amdimctl as real processes on loopback:
+//! a job on two workers succeeds; a worker killed with SIGKILL mid-job makes
+//! the job restart from its checkpoint on the survivor and finish; a
+//! coordinator killed with SIGKILL and started again on its state file
+//! carries the job to the end; bad specs and cancels behave.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::coordinator_bin;
+
+struct Cluster {
+    dir: PathBuf,
+    server: String,
+    listen: String,
+    coordinator: Option<Child>,
+    agents: Vec<Child>,
+}
+
+impl Cluster {
+    fn start(dir: &Path, agents: usize) -> Self {
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let mut c = Self {
+            dir: dir.to_path_buf(),
+            server: format!("http://{listen}"),
+            listen,
+            coordinator: None,
+            agents: Vec::new(),
+        };
+        c.start_coordinator();
+        for i in 0..agents {
+            let agent = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
+                .args(["agent", "--coordinator", &c.server, "--name", &format!("w{i}")])
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join(format!("agent{i}.log"))).unwrap())
+                .spawn()
+                .unwrap();
+            c.agents.push(agent);
+        }
+        let started = Instant::now();
+        while c.ctl(&["workers", "-o", "json"]).matches("\"lost\":false").count() < agents {
+            assert!(started.elapsed() < Duration::from_secs(60), "agents did not register");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    fn start_coordinator(&mut self) {
+        let child = Command::new(coordinator_bin("amdim-coordinator"))
+            .args(["--listen", &self.listen, "--heartbeat-ms", "200", "--heartbeat-timeout-s", "2"])
+            .arg("--state-file")
+            .arg(self.dir.join("state.json"))
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join("coordinator.log"))
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        self.coordinator = Some(child);
+    }
+
+    fn ctl_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(coordinator_bin("amdimctl"))
+            .args(["--server", &self.server])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ctl(&self, args: &[&str]) -> String {
+        let out = self.ctl_output(args);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn job(&self, id: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ctl(&["get", id, "-o", "json"])).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn wait_for(&self, id: &str, what: &str, timeout: Duration, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let started = Instant::now();
+        loop {
+            let j = self.job(id);
+            if done(&j) {
+                return j;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "{what}: job is {j}\n{}",
+                std::fs::read_to_string(self.dir.join("coordinator.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self.agents.iter_mut().chain(self.coordinator.as_mut()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn job_spec(dir: &Path, steps: u64, min: u32, max: u32) -> PathBuf {
+    let path = dir.join(format!("job-{steps}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[job]\nname = \"coord-test\"\n[data]\nformat = \"synthetic\"\nsynthetic_samples = 64\n\
+             [model]\nndf = 8\nn_rkhs = 32\ndepth = 1\n[train]\nbatch_size = 8\nmax_steps = {steps}\nlog_every = 1\n\
+             [dist]\ntimeout_s = 20\n[checkpoint]\nuri = \"{}\"\nevery_steps = 10\nkeep = 0\n\
+             [scheduling]\nmin_workers = {min}\nmax_workers = {max}\n",
+            dir.join(format!("ckpt-{steps}")).display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn state(j: &serde_json::Value) -> &str {
+    j["state"].as_str().unwrap_or("")
+}
+
+#[test]
+fn a_job_on_two_workers_succeeds_and_survives_a_killed_worker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(tmp.path(), 2);
+
+    // Two workers from start to end.
+    let spec = job_spec(tmp.path(), 12, 2, 2);
+    let out = cluster.ctl_output(&["submit", "-f", spec.to_str().unwrap(), "--watch"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let j = cluster.job(&id);
+    assert_eq!(state(&j), "SUCCEEDED");
+    assert_eq!(j["generations"].as_array().unwrap().len(), 1);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("ckpt-12/step-0000000012/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["world_size"], 2);
+
+    // A worker killed mid-job: the job restarts on the survivor from its checkpoint.
+    let spec = job_spec(tmp.path(), 300, 1, 2);
+    let id = cluster.ctl(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
+    cluster.wait_for(&id, "reach step 20 on 2 workers", Duration::from_secs(120), |j| {
+        state(j) == "RUNNING" && j["step"].as_u64().unwrap_or(0) >= 20
+    });
+    cluster.agents[1].kill().unwrap();
+    let j = cluster.wait_for(&id, "restart and finish", Duration::from_secs(300), |j| {
+        matches!(state(j), "SUCCEEDED" | "FAILED")
+    });
+    assert_eq!(state(&j), "SUCCEEDED", "{j}");
+    assert_eq!(j["restarts"], 1);
+    let generations = j["generations"].as_array().unwrap();
+    assert_eq!(generations.len(), 2, "{j}");
+    assert_eq!(generations[1]["workers"].as_array().unwrap().len(), 1);
+    let reason = generations[0]["end_reason"].as_str().unwrap();
+    assert!(reason.contains("lost rank") || reason.contains("no heartbeat"), "{reason}");
+    let log = std::fs::read_to_string(tmp.path().join("agent0.log")).unwrap();
+    assert!(log.contains("resumed from checkpoint step="), "{log}");
+    assert!(tmp.path().join("ckpt-300/step-0000000300/manifest.json").exists());
+
+    // A bad spec is refused before it reaches the coordinator; cancel works.
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[optim]\nlr = -1.0\n").unwrap();
+    let out = cluster.ctl_output(&["submit", "-f", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("optim.lr"));
+    let id = cluster
+        .ctl(&["submit", "-f", job_spec(tmp.path(), 100_000, 1, 1).to_str().unwrap()])
+        .trim()
+        .to_string();
+    cluster.wait_for(&id, "start", Duration::from_secs(60), |j| state(j) == "RUNNING");
+    assert!(cluster.ctl_output(&["cancel", &id]).status.success());
+    assert_eq!(state(&cluster.job(&id)), "CANCELLED");
+    let out = cluster.ctl_output(&["cancel", &id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is Cancelled"), "{err}");
+}
+
+#[test]
+fn a_restarted_coordinator_carries_the_job_to_the_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(tmp.path(), 1);
+    let spec = job_spec(tmp.path(), 200, 1, 1);
+    let id = cluster.ctl(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
+    cluster.wait_for(&id, "reach step 20", Duration::from_secs(120), |j| {
+        j["step"].as_u64().unwrap_or(0) >= 20
+    });
+    let mut coordinator = cluster.coordinator.take().unwrap();
+    coordinator.kill().unwrap();
+    let _ = coordinator.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.start_coordinator();
+    let j = cluster.wait_for(&id, "finish after the coordinator restart", Duration::from_secs(300), |j| {
+        matches!(state(j), "SUCCEEDED" | "FAILED")
+    });
+    assert_eq!(state(&j), "SUCCEEDED", "{j}");
+    let generations = j["generations"].as_array().unwrap();
+    assert!(generations.len() >= 2, "{j}");
+    assert_eq!(generations[0]["end_reason"], "coordinator restarted");
+}
+
+#[test]
+fn amdimctl_local_runs_a_job_on_local_worker_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = job_spec(tmp.path(), 12, 1, 2);
+    let out = Command::new(coordinator_bin("amdimctl"))
+        .args([
+            "local",
+            "-f",
+            spec.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--worker-bin",
+            env!("CARGO_BIN_EXE_amdim-worker"),
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("SUCCEEDED") && err.contains("test accuracy"), "{err}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("ckpt-12/step-0000000012/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["world_size"], 2);
+}
