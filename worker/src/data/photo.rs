@@ -72,7 +72,7 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Rgb, DecodeError> {
     limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 20));
     decoder.limits(limits);
     let img = decoder.decode().map_err(|e| DecodeError::Corrupt(e.to_string()))?;
-    let rgb = img.to_rgb8();
+    let rgb = img.into_rgb8();
     Ok(Rgb {
         width,
         height,

@@ -394,20 +394,6 @@ impl<B: Kernels> Trainer<B> {
         }
     }
 
-    pub fn host_adam(&self) -> Vec<Option<HostAdam>> {
-        self.adam
-            .states
-            .iter()
-            .map(|s| {
-                s.as_ref().map(|s| HostAdam {
-                    exp_avg: to_vec(s.exp_avg.clone()),
-                    exp_avg_sq: to_vec(s.exp_avg_sq.clone()),
-                    step: s.step,
-                })
-            })
-            .collect()
-    }
-
     /// Replaces model and optimizer state (from a checkpoint).
     pub fn restore(&mut self, state: HostState, adam: Vec<Option<HostAdam>>, step: u64) {
         self.params = ParamStore::from_host(state.values, state.counters, &self.device);
