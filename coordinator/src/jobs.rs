@@ -3,21 +3,39 @@
 //! Each returns the process exit code: 0 ok, 1 when a watched job did not
 //! succeed. Errors name the server.
 
+use amdim_shared::auth::BearerToken;
 use amdim_shared::proto::v1 as pb;
 use anyhow::{Context, Result};
 use pb::job_service_client::JobServiceClient;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-pub type Client = JobServiceClient<Channel>;
+pub type Client = JobServiceClient<InterceptedService<Channel, BearerToken>>;
 
-/// A connected client, or an error naming the server.
-pub async fn connect(server: &str) -> Result<Client> {
-    JobServiceClient::connect(server.to_string())
+/// A connected client presenting `token`, or an error naming the server.
+pub async fn connect(server: &str, token: Option<&str>) -> Result<Client> {
+    let channel = Channel::from_shared(server.to_string())
+        .with_context(|| format!("--server {server} is not a valid URL"))?
+        .connect()
         .await
-        .with_context(|| format!("cannot reach the coordinator at {server} (--server or AMDIM_SERVER)"))
+        .with_context(|| format!("cannot reach the coordinator at {server} (--server or AMDIM_SERVER)"))?;
+    let token = BearerToken::new(token).map_err(|e| anyhow::anyhow!("--token: {e}"))?;
+    Ok(JobServiceClient::with_interceptor(channel, token))
+}
+
+/// The message of a refused call; a refused token says how to pass one.
+pub fn refused(s: tonic::Status) -> anyhow::Error {
+    if s.code() == tonic::Code::Unauthenticated {
+        anyhow::anyhow!(
+            "the coordinator refused the request: {} (--token, --token-file or AMDIM_TOKEN)",
+            s.message()
+        )
+    } else {
+        anyhow::anyhow!("{}", s.message())
+    }
 }
 
 fn state_name(state: i32) -> &'static str {
@@ -83,7 +101,7 @@ pub async fn submit(mut c: Client, file: &Path, min: Option<u32>, max: Option<u3
             max_workers: max.unwrap_or(0),
         })
         .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", file.display(), s.message()))?
+        .map_err(|s| refused(s).context(file.display().to_string()))?
         .into_inner();
     if json {
         println!("{}", job_json(&job));
@@ -97,7 +115,7 @@ pub async fn submit(mut c: Client, file: &Path, min: Option<u32>, max: Option<u3
 }
 
 pub async fn list(mut c: Client, json: bool) -> Result<ExitCode> {
-    let jobs = c.list(pb::ListJobsRequest {}).await?.into_inner().jobs;
+    let jobs = c.list(pb::ListJobsRequest {}).await.map_err(refused)?.into_inner().jobs;
     if json {
         println!("{}", serde_json::Value::Array(jobs.iter().map(job_json).collect()));
     } else {
@@ -108,11 +126,7 @@ pub async fn list(mut c: Client, json: bool) -> Result<ExitCode> {
 }
 
 pub async fn get(mut c: Client, id: &str, json: bool) -> Result<ExitCode> {
-    let j = c
-        .get(pb::GetJobRequest { id: id.into() })
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-        .into_inner();
+    let j = c.get(pb::GetJobRequest { id: id.into() }).await.map_err(refused)?.into_inner();
     if json {
         println!("{}", job_json(&j));
         return Ok(ExitCode::SUCCESS);
@@ -133,11 +147,7 @@ pub async fn get(mut c: Client, id: &str, json: bool) -> Result<ExitCode> {
 pub async fn watch(mut c: Client, id: &str) -> Result<ExitCode> {
     let mut last = String::new();
     loop {
-        let j = c
-            .get(pb::GetJobRequest { id: id.into() })
-            .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-            .into_inner();
+        let j = c.get(pb::GetJobRequest { id: id.into() }).await.map_err(refused)?.into_inner();
         let now = line(&j);
         if now != last {
             eprintln!("{now}");
@@ -158,14 +168,14 @@ pub async fn cancel(mut c: Client, id: &str) -> Result<ExitCode> {
     let j = c
         .cancel(pb::CancelJobRequest { id: id.into() })
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .map_err(refused)?
         .into_inner();
     println!("{}", line(&j));
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn workers(mut c: Client, json: bool) -> Result<ExitCode> {
-    let ws = c.workers(pb::ListWorkersRequest {}).await?.into_inner().workers;
+    let ws = c.workers(pb::ListWorkersRequest {}).await.map_err(refused)?.into_inner().workers;
     if json {
         let v: Vec<_> = ws
             .iter()

@@ -27,6 +27,9 @@ pub async fn run(spec_file: &Path, workers: u32, worker_bin: Option<PathBuf>) ->
         state_file: None,
         heartbeat_interval: Duration::from_millis(250),
         heartbeat_timeout: Duration::from_secs(5),
+        // Loopback only, for this process and its children.
+        client_token: None,
+        join_token: None,
     })?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let server = format!("http://{}", listener.local_addr()?);
@@ -50,7 +53,7 @@ pub async fn run(spec_file: &Path, workers: u32, worker_bin: Option<PathBuf>) ->
         agents.push(child);
     }
     eprintln!("amdimctl local: coordinator at {server}, {workers} worker process(es)");
-    let client = jobs::connect(&server).await?;
+    let client = jobs::connect(&server, None).await?;
     let code = jobs::submit(client.clone(), spec_file, Some(1), Some(workers), true, false).await?;
     let mut client = client;
     if let Ok(job) = client.list(pb::ListJobsRequest {}).await

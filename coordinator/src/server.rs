@@ -6,6 +6,7 @@
 //! The rules themselves are `state`'s.
 
 use crate::state::{Command, Generation, Job, JobState, State, StateError, Worker};
+use amdim_shared::auth::RequireToken;
 use amdim_shared::proto::v1 as pb;
 use pb::job_service_server::{JobService, JobServiceServer};
 use pb::worker_service_server::{WorkerService, WorkerServiceServer};
@@ -22,6 +23,10 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// A worker silent for longer is lost.
     pub heartbeat_timeout: Duration,
+    /// Required from amdimctl (None: no check).
+    pub client_token: Option<String>,
+    /// Required from worker agents (None: no check).
+    pub join_token: Option<String>,
 }
 
 fn now_unix() -> i64 {
@@ -107,9 +112,14 @@ impl Coordinator {
     pub async fn serve(self, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let ticker = self.spawn_ticker();
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        if self.settings.client_token.is_none() || self.settings.join_token.is_none() {
+            tracing::warn!("no client or join token configured: anyone who reaches this port may submit jobs or join as a worker");
+        }
+        let clients = RequireToken::new(self.settings.client_token.clone(), "client token");
+        let workers = RequireToken::new(self.settings.join_token.clone(), "join token");
         let served = tonic::transport::Server::builder()
-            .add_service(JobServiceServer::new(self.clone()))
-            .add_service(WorkerServiceServer::new(self))
+            .add_service(JobServiceServer::with_interceptor(self.clone(), clients))
+            .add_service(WorkerServiceServer::with_interceptor(self, workers))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         ticker.abort();

@@ -6,6 +6,7 @@
 //! URIs and the packed-dataset format. It must stay free
 //! of ML dependencies: the coordinator links it without burn.
 
+pub mod auth;
 pub mod checkpoint;
 pub mod checkpoint_store;
 pub mod imagefolder;

@@ -45,6 +45,9 @@ enum Command {
         /// Host or IP the other workers reach this one at.
         #[arg(long, env = "AMDIM_ADVERTISE_HOST", default_value = "127.0.0.1")]
         advertise_host: String,
+        /// A file holding the join token (or AMDIM_JOIN_TOKEN).
+        #[arg(long)]
+        join_token_file: Option<PathBuf>,
     },
     /// Write the loss and rank-averaged gradients of one training step
     /// (safetensors, state_dict names): checks W ranks against one.
@@ -217,7 +220,14 @@ fn main() -> Result<()> {
             coordinator,
             name,
             advertise_host,
+            join_token_file,
         } => {
+            let join_token = amdim_shared::auth::read_token(
+                std::env::var("AMDIM_JOIN_TOKEN").ok(),
+                join_token_file.as_deref(),
+                "--join-token-file",
+            )
+            .map_err(anyhow::Error::msg)?;
             let name = name.unwrap_or_else(|| {
                 let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
                 format!("{}-{}", host.trim(), std::process::id())
@@ -227,6 +237,7 @@ fn main() -> Result<()> {
                 name,
                 advertise_host,
                 devices: 1,
+                join_token,
             };
             amdim_worker::agent::run_agent(settings, &runtime)?;
         }

@@ -2,7 +2,8 @@
 //! a job on two workers succeeds; a worker killed with SIGKILL mid-job makes
 //! the job restart from its checkpoint on the survivor and finish; a
 //! coordinator killed with SIGKILL and started again on its state file
-//! carries the job to the end; bad specs and cancels behave.
+//! carries the job to the end; bad specs and cancels behave; without the
+//! right tokens neither clients nor workers get in.
 
 mod support;
 
@@ -15,12 +16,18 @@ struct Cluster {
     dir: PathBuf,
     server: String,
     listen: String,
+    /// (client token, join token) the coordinator requires, if any.
+    tokens: Option<(String, String)>,
     coordinator: Option<Child>,
     agents: Vec<Child>,
 }
 
 impl Cluster {
     fn start(dir: &Path, agents: usize) -> Self {
+        Self::start_with(dir, agents, None)
+    }
+
+    fn start_with(dir: &Path, agents: usize, tokens: Option<(&str, &str)>) -> Self {
         let listen = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -30,6 +37,7 @@ impl Cluster {
             dir: dir.to_path_buf(),
             server: format!("http://{listen}"),
             listen,
+            tokens: tokens.map(|(a, b)| (a.to_string(), b.to_string())),
             coordinator: None,
             agents: Vec::new(),
         };
@@ -37,6 +45,7 @@ impl Cluster {
         for i in 0..agents {
             let agent = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
                 .args(["agent", "--coordinator", &c.server, "--name", &format!("w{i}")])
+                .envs(c.tokens.iter().map(|(_, join)| ("AMDIM_JOIN_TOKEN", join.clone())))
                 .env("NO_COLOR", "1")
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(dir.join(format!("agent{i}.log"))).unwrap())
@@ -53,8 +62,13 @@ impl Cluster {
     }
 
     fn start_coordinator(&mut self) {
+        let tokens = self
+            .tokens
+            .iter()
+            .flat_map(|(client, join)| [("AMDIM_CLIENT_TOKEN", client.clone()), ("AMDIM_JOIN_TOKEN", join.clone())]);
         let child = Command::new(coordinator_bin("amdim-coordinator"))
             .args(["--listen", &self.listen, "--heartbeat-ms", "200", "--heartbeat-timeout-s", "2"])
+            .envs(tokens)
             .arg("--state-file")
             .arg(self.dir.join("state.json"))
             .stdout(Stdio::null())
@@ -73,6 +87,7 @@ impl Cluster {
     fn ctl_output(&self, args: &[&str]) -> std::process::Output {
         Command::new(coordinator_bin("amdimctl"))
             .args(["--server", &self.server])
+            .envs(self.tokens.iter().map(|(client, _)| ("AMDIM_TOKEN", client.clone())))
             .args(args)
             .output()
             .unwrap()
@@ -235,4 +250,42 @@ fn amdimctl_local_runs_a_job_on_local_worker_processes() {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tmp.path().join("ckpt-12/step-0000000012/manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["world_size"], 2);
+}
+
+#[test]
+fn tokens_keep_out_clients_and_workers_without_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start_with(tmp.path(), 1, Some(("client-s3cret", "join-s3cret")));
+    let plain = |token: Option<&str>, args: &[&str]| {
+        let mut c = Command::new(coordinator_bin("amdimctl"));
+        c.args(["--server", &cluster.server]).env_remove("AMDIM_TOKEN");
+        if let Some(t) = token {
+            c.args(["--token", t]);
+        }
+        c.args(args).output().unwrap()
+    };
+    let out = plain(None, &["list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("missing client token") && err.contains("--token"),
+        "{err}"
+    );
+    let out = plain(Some("guess"), &["list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("wrong client token") && !err.contains("client-s3cret"),
+        "{err}"
+    );
+    // A worker with the wrong join token is refused and exits.
+    let out = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
+        .args(["agent", "--coordinator", &cluster.server])
+        .env("AMDIM_JOIN_TOKEN", "guess")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("wrong join token"), "{err}");
+    // With the tokens, the job runs on the worker that had the right one.
+    let spec = job_spec(tmp.path(), 6, 1, 1);
+    let out = cluster.ctl_output(&["submit", "-f", spec.to_str().unwrap(), "--watch"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -4,6 +4,7 @@
 //! `amdim_coordinator::server`.
 
 use amdim_coordinator::server::{Coordinator, Settings};
+use amdim_shared::auth::read_token;
 use anyhow::{Context, Result};
 use clap::Parser;
 use std::path::PathBuf;
@@ -24,6 +25,12 @@ struct Cli {
     /// A worker silent for this long is lost.
     #[arg(long, default_value_t = 10.0)]
     heartbeat_timeout_s: f64,
+    /// Token amdimctl must present (or AMDIM_CLIENT_TOKEN).
+    #[arg(long)]
+    client_token_file: Option<PathBuf>,
+    /// Token worker agents must present (or AMDIM_JOIN_TOKEN).
+    #[arg(long)]
+    join_token_file: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -33,11 +40,18 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let token = |env: &str, file: &Option<PathBuf>, flag: &str| {
+        read_token(std::env::var(env).ok(), file.as_deref(), flag).map_err(anyhow::Error::msg)
+    };
+    let client_token = token("AMDIM_CLIENT_TOKEN", &cli.client_token_file, "--client-token-file")?;
+    let join_token = token("AMDIM_JOIN_TOKEN", &cli.join_token_file, "--join-token-file")?;
     runtime.block_on(async {
         let coordinator = Coordinator::open(Settings {
             state_file: Some(cli.state_file.clone()),
             heartbeat_interval: Duration::from_millis(cli.heartbeat_ms.max(50)),
             heartbeat_timeout: Duration::from_secs_f64(cli.heartbeat_timeout_s.max(1.0)),
+            client_token,
+            join_token,
         })?;
         let listener = tokio::net::TcpListener::bind(&cli.listen)
             .await

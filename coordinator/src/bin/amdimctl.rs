@@ -8,6 +8,7 @@
 use amdim_coordinator::checkpoints::{self, human_age};
 use amdim_coordinator::dataset::{self, human_bytes};
 use amdim_coordinator::jobs;
+use amdim_shared::auth::read_token;
 use amdim_shared::spec::JobSpec;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -19,6 +20,12 @@ struct Cli {
     /// The coordinator's gRPC address.
     #[arg(long, global = true, env = "AMDIM_SERVER", default_value = "http://127.0.0.1:7070")]
     server: String,
+    /// The client token, when the coordinator requires one.
+    #[arg(long, global = true, env = "AMDIM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the client token.
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -138,6 +145,11 @@ const EXIT_INVALID: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let conn = Conn {
+        server: cli.server,
+        token: cli.token,
+        token_file: cli.token_file,
+    };
     match cli.command {
         Command::Validate { file, output } => validate(file, output),
         Command::Submit {
@@ -151,14 +163,14 @@ fn main() -> ExitCode {
                 eprintln!("error: {}: {e}", file.display());
                 ExitCode::from(EXIT_INVALID)
             }
-            Ok(_) => jobs_command(&cli.server, |c| {
+            Ok(_) => jobs_command(&conn, |c| {
                 jobs::submit(c, &file, min_workers, max_workers, watch, output == Output::Json)
             }),
         },
-        Command::List { output } => jobs_command(&cli.server, |c| jobs::list(c, output == Output::Json)),
-        Command::Get { id, output } => jobs_command(&cli.server, |c| jobs::get(c, &id, output == Output::Json)),
-        Command::Watch { id } => jobs_command(&cli.server, |c| jobs::watch(c, &id)),
-        Command::Cancel { id } => jobs_command(&cli.server, |c| jobs::cancel(c, &id)),
+        Command::List { output } => jobs_command(&conn, |c| jobs::list(c, output == Output::Json)),
+        Command::Get { id, output } => jobs_command(&conn, |c| jobs::get(c, &id, output == Output::Json)),
+        Command::Watch { id } => jobs_command(&conn, |c| jobs::watch(c, &id)),
+        Command::Cancel { id } => jobs_command(&conn, |c| jobs::cancel(c, &id)),
         Command::Local { file, workers, worker_bin } => match JobSpec::load(&file) {
             Err(e) => {
                 eprintln!("error: {}: {e}", file.display());
@@ -175,24 +187,33 @@ fn main() -> ExitCode {
                 }
             }
         },
-        Command::Workers { output } => jobs_command(&cli.server, |c| jobs::workers(c, output == Output::Json)),
+        Command::Workers { output } => jobs_command(&conn, |c| jobs::workers(c, output == Output::Json)),
         Command::Dataset { command } => report(run_dataset(command)),
         Command::Checkpoints { uri, output } => report(list_checkpoints(&uri, output)),
         Command::Export { uri, step, out } => report(export(&uri, step, &out)),
     }
 }
 
+/// How to reach the coordinator.
+struct Conn {
+    server: String,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
 /// Runs a coordinator command; its result is the exit code.
-fn jobs_command<F>(server: &str, f: impl FnOnce(jobs::Client) -> F) -> ExitCode
+fn jobs_command<F>(cli: &Conn, f: impl FnOnce(jobs::Client) -> F) -> ExitCode
 where
     F: std::future::Future<Output = anyhow::Result<ExitCode>>,
 {
-    let result = runtime().and_then(|rt| {
-        rt.block_on(async {
-            let client = jobs::connect(server).await?;
-            f(client).await
-        })
-    });
+    let result = read_token(cli.token.clone(), cli.token_file.as_deref(), "--token-file")
+        .map_err(anyhow::Error::msg)
+        .and_then(|token| {
+            runtime()?.block_on(async {
+                let client = jobs::connect(&cli.server, token.as_deref()).await?;
+                f(client).await
+            })
+        });
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -10,6 +10,7 @@
 use crate::cli::dist::DistArgs;
 use crate::train::run::{Progress, RunOptions, run};
 use crate::with_backend;
+use amdim_shared::auth::BearerToken;
 use amdim_shared::proto::v1 as pb;
 use amdim_shared::spec::JobSpec;
 use anyhow::{Context, Result};
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// Who this agent is and where its coordinator is.
@@ -29,7 +31,11 @@ pub struct AgentSettings {
     /// Host or IP other workers reach this one at.
     pub advertise_host: String,
     pub devices: u32,
+    /// The join token the coordinator may require.
+    pub join_token: Option<String>,
 }
+
+type Client = WorkerServiceClient<InterceptedService<Channel, BearerToken>>;
 
 struct Training {
     job_id: String,
@@ -81,11 +87,13 @@ fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::r
     })
 }
 
-async fn connect(coordinator: &str) -> WorkerServiceClient<Channel> {
+async fn connect(coordinator: &str, token: &BearerToken) -> Result<Client> {
+    let endpoint =
+        Channel::from_shared(coordinator.to_string()).with_context(|| format!("--coordinator {coordinator} is not a valid URL"))?;
     let mut wait = Duration::from_millis(200);
     loop {
-        match WorkerServiceClient::connect(coordinator.to_string()).await {
-            Ok(c) => return c,
+        match endpoint.connect().await {
+            Ok(c) => return Ok(WorkerServiceClient::with_interceptor(c, token.clone())),
             Err(e) => {
                 tracing::warn!(coordinator, reason = %e, retry_s = wait.as_secs_f64(), "coordinator unreachable");
                 tokio::time::sleep(wait).await;
@@ -96,7 +104,7 @@ async fn connect(coordinator: &str) -> WorkerServiceClient<Channel> {
 }
 
 /// Reports the end of `t`'s part to the coordinator (best effort).
-async fn report(client: &mut WorkerServiceClient<Channel>, worker_id: &str, t: Training) {
+async fn report(client: &mut Client, worker_id: &str, t: Training) {
     let step = t.progress.step.load(Ordering::Relaxed);
     let (ok, message) = match t.handle.join() {
         Ok(Ok(true)) => (true, String::new()),
@@ -122,8 +130,9 @@ async fn report(client: &mut WorkerServiceClient<Channel>, worker_id: &str, t: T
 pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> Result<()> {
     let port = free_port(&settings.advertise_host)?;
     let rendezvous_addr = format!("{}:{port}", settings.advertise_host);
+    let token = BearerToken::new(settings.join_token.as_deref()).map_err(|e| anyhow::anyhow!("join token: {e}"))?;
     runtime.block_on(async {
-        let mut client = connect(&settings.coordinator).await;
+        let mut client = connect(&settings.coordinator, &token).await?;
         let mut current: Option<Training> = None;
         loop {
             let registered = client
@@ -135,10 +144,16 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
                 .await;
             let reg = match registered {
                 Ok(r) => r.into_inner(),
+                Err(e) if e.code() == tonic::Code::Unauthenticated => {
+                    anyhow::bail!(
+                        "the coordinator refused to register this worker: {} (--join-token-file or AMDIM_JOIN_TOKEN)",
+                        e.message()
+                    );
+                }
                 Err(e) => {
                     tracing::warn!(reason = %e.message(), "register failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    client = connect(&settings.coordinator).await;
+                    client = connect(&settings.coordinator, &token).await?;
                     continue;
                 }
             };
@@ -200,7 +215,7 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
                     }
                     Err(s) => {
                         tracing::warn!(reason = %s.message(), "heartbeat failed");
-                        client = connect(&settings.coordinator).await;
+                        client = connect(&settings.coordinator, &token).await?;
                     }
                 }
                 tokio::time::sleep(interval).await;
