@@ -5,6 +5,7 @@
 
 pub mod checkpoints;
 pub mod dataset;
+pub mod http;
 pub mod jobs;
 pub mod local;
 pub mod server;

@@ -16,6 +16,7 @@ struct Cluster {
     dir: PathBuf,
     server: String,
     listen: String,
+    http: String,
     /// (client token, join token) the coordinator requires, if any.
     tokens: Option<(String, String)>,
     coordinator: Option<Child>,
@@ -37,6 +38,11 @@ impl Cluster {
             dir: dir.to_path_buf(),
             server: format!("http://{listen}"),
             listen,
+            http: std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .to_string(),
             tokens: tokens.map(|(a, b)| (a.to_string(), b.to_string())),
             coordinator: None,
             agents: Vec::new(),
@@ -67,7 +73,8 @@ impl Cluster {
             .iter()
             .flat_map(|(client, join)| [("AMDIM_CLIENT_TOKEN", client.clone()), ("AMDIM_JOIN_TOKEN", join.clone())]);
         let child = Command::new(coordinator_bin("amdim-coordinator"))
-            .args(["--listen", &self.listen, "--heartbeat-ms", "200", "--heartbeat-timeout-s", "2"])
+            .args(["--listen", &self.listen, "--http-listen", &self.http])
+            .args(["--heartbeat-ms", "200", "--heartbeat-timeout-s", "2"])
             .envs(tokens)
             .arg("--state-file")
             .arg(self.dir.join("state.json"))
@@ -91,6 +98,16 @@ impl Cluster {
             .args(args)
             .output()
             .unwrap()
+    }
+
+    /// `GET path` on the probe port: the status line.
+    fn probe(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.http).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.lines().next().unwrap_or_default().to_string()
     }
 
     fn ctl(&self, args: &[&str]) -> String {
@@ -208,6 +225,8 @@ fn a_job_on_two_workers_succeeds_and_survives_a_killed_worker() {
 fn a_restarted_coordinator_carries_the_job_to_the_end() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(tmp.path(), 1);
+    assert_eq!(cluster.probe("/healthz"), "HTTP/1.1 200 OK");
+    assert_eq!(cluster.probe("/readyz"), "HTTP/1.1 200 OK");
     let spec = job_spec(tmp.path(), 200, 1, 1);
     let id = cluster.ctl(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
     cluster.wait_for(&id, "reach step 20", Duration::from_secs(120), |j| {

@@ -8,6 +8,8 @@ use amdim_shared::auth::read_token;
 use anyhow::{Context, Result};
 use clap::Parser;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -16,6 +18,9 @@ struct Cli {
     /// gRPC address.
     #[arg(long, env = "AMDIM_LISTEN", default_value = "0.0.0.0:7070")]
     listen: String,
+    /// HTTP address of /healthz and /readyz.
+    #[arg(long, env = "AMDIM_HTTP_LISTEN", default_value = "0.0.0.0:9090")]
+    http_listen: String,
     /// Where jobs, generations and workers are kept.
     #[arg(long, env = "AMDIM_STATE_FILE", default_value = "amdim-coordinator.json")]
     state_file: PathBuf,
@@ -56,11 +61,19 @@ fn main() -> Result<()> {
         let listener = tokio::net::TcpListener::bind(&cli.listen)
             .await
             .with_context(|| format!("--listen {}", cli.listen))?;
-        tracing::info!(addr = %listener.local_addr()?, state = %cli.state_file.display(), "coordinator listening");
-        coordinator
+        let http = tokio::net::TcpListener::bind(&cli.http_listen)
+            .await
+            .with_context(|| format!("--http-listen {}", cli.http_listen))?;
+        tracing::info!(addr = %listener.local_addr()?, http = %http.local_addr()?, state = %cli.state_file.display(), "coordinator listening");
+        let ready = Arc::new(AtomicBool::new(true));
+        let probes = tokio::spawn(amdim_coordinator::http::serve(http, ready.clone()));
+        let served = coordinator
             .serve(listener, async {
                 let _ = tokio::signal::ctrl_c().await;
             })
-            .await
+            .await;
+        ready.store(false, Ordering::Relaxed);
+        probes.abort();
+        served
     })
 }

@@ -23,12 +23,18 @@ pub fn testdata() -> PathBuf {
 }
 
 /// A binary of the coordinator crate (`amdimctl`, `amdim-coordinator`),
-/// next to this crate's binary in the same target folder; built on demand.
+/// next to this crate's binary in the same target folder; built when missing
+/// or older than its sources (`cargo test -p amdim-worker` alone does not
+/// rebuild another crate's binaries).
 pub fn coordinator_bin(name: &str) -> PathBuf {
     let worker = PathBuf::from(env!("CARGO_BIN_EXE_amdim-worker"));
     let dir = worker.parent().expect("binary folder").to_path_buf();
     let bin = dir.join(name);
-    if !bin.exists() {
+    let built = bin.metadata().and_then(|m| m.modified()).ok();
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let sources = ["coordinator/src", "coordinator/Cargo.toml", "shared/src", "proto"].map(|p| root.join(p));
+    let stale = built.is_none_or(|b| sources.iter().any(|p| newest(p).is_some_and(|s| s > b)));
+    if stale {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
         build.args(["build", "-p", "amdim-coordinator", "--bin", name]);
@@ -39,6 +45,15 @@ pub fn coordinator_bin(name: &str) -> PathBuf {
         assert!(status.success() && bin.exists(), "could not build {}", bin.display());
     }
     bin
+}
+
+/// The newest modification time of a file or of any file below a folder.
+fn newest(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    let meta = path.metadata().ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path).ok()?.flatten().filter_map(|e| newest(&e.path())).max()
 }
 
 /// `amdimctl`, next to this crate's binary.
