@@ -354,7 +354,7 @@ impl State {
             };
             let chosen: Vec<String> = free.iter().take(n as usize).map(|w| w.id.clone()).collect();
             let rendezvous = free[0].rendezvous_addr.clone();
-            let job = self.jobs.get_mut(&job_id).unwrap_or_else(|| unreachable!());
+            let Some(job) = self.jobs.get_mut(&job_id) else { continue };
             let number = job.generations.len() as u32 + 1;
             let resume = !job.generations.is_empty();
             job.generations.push(Generation {
