@@ -70,6 +70,9 @@ pub fn job_json(j: &pb::Job) -> serde_json::Value {
         "message": j.message,
         "created_unix": j.created_unix,
         "updated_unix": j.updated_unix,
+        "checkpoints": j.checkpoints.iter().map(|c| serde_json::json!({
+            "step": c.step, "bytes": c.bytes, "generation": c.generation, "created_unix": c.created_unix,
+        })).collect::<Vec<_>>(),
         "generations": j.generations.iter().map(|g| serde_json::json!({
             "number": g.number,
             "workers": g.workers,
@@ -139,6 +142,9 @@ pub async fn get(mut c: Client, id: &str, json: bool) -> Result<ExitCode> {
     for g in &j.generations {
         let end = if g.end_reason.is_empty() { "running" } else { &g.end_reason };
         println!("  generation {}: {} worker(s) {:?} — {end}", g.number, g.workers.len(), g.workers);
+    }
+    for c in &j.checkpoints {
+        println!("  checkpoint step {} ({} bytes, generation {})", c.step, c.bytes, c.generation);
     }
     Ok(ExitCode::SUCCESS)
 }

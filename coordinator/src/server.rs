@@ -165,6 +165,16 @@ pub fn job_message(j: &Job) -> pb::Job {
         message: j.message.clone(),
         created_unix: j.created_unix,
         updated_unix: j.updated_unix,
+        checkpoints: j
+            .checkpoints
+            .iter()
+            .map(|c| pb::Checkpoint {
+                step: c.step,
+                bytes: c.bytes,
+                generation: c.generation,
+                created_unix: c.created_unix,
+            })
+            .collect(),
     }
 }
 
@@ -266,5 +276,19 @@ impl WorkerService for Coordinator {
             .map_err(status)?;
         tracing::info!(worker = %r.worker_id, job = %r.job_id, generation = r.generation, ok = r.ok, message = %r.message, "part finished");
         Ok(Response::new(pb::FinishResponse {}))
+    }
+
+    async fn commit_checkpoint(
+        &self,
+        request: Request<pb::CommitCheckpointRequest>,
+    ) -> Result<Response<pb::CommitCheckpointResponse>, Status> {
+        let r = request.into_inner();
+        let recorded = self
+            .change(|s| s.commit_checkpoint(&r.worker_id, &r.job_id, r.generation, r.step, r.bytes, now_unix()))
+            .map_err(status)?;
+        if recorded {
+            tracing::info!(job = %r.job_id, step = r.step, bytes = r.bytes, "checkpoint registered");
+        }
+        Ok(Response::new(pb::CommitCheckpointResponse {}))
     }
 }

@@ -62,6 +62,17 @@ pub struct Job {
     pub updated_unix: i64,
     /// Submission order, for first-come scheduling.
     pub seq: u64,
+    /// Complete checkpoints committed by rank 0, in commit order.
+    #[serde(default)]
+    pub checkpoints: Vec<CheckpointRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    pub step: u64,
+    pub bytes: u64,
+    pub generation: u32,
+    pub created_unix: i64,
 }
 
 impl Job {
@@ -175,6 +186,7 @@ impl State {
             created_unix: now,
             updated_unix: now,
             seq: self.next_seq,
+            checkpoints: Vec::new(),
         };
         self.jobs.insert(id, job.clone());
         Ok(job)
@@ -257,6 +269,34 @@ impl State {
             job.updated_unix = now;
         }
         Ok(())
+    }
+
+    /// Records a checkpoint that rank 0 of the job's current generation has
+    /// completed (manifest written); anything else is ignored.
+    pub fn commit_checkpoint(
+        &mut self,
+        worker: &str,
+        job_id: &str,
+        generation: u32,
+        step: u64,
+        bytes: u64,
+        now: i64,
+    ) -> Result<bool, StateError> {
+        let job = self.jobs.get_mut(job_id).ok_or_else(|| StateError::NoJob(job_id.into()))?;
+        let from_rank0 = job
+            .current()
+            .is_some_and(|g| g.number == generation && g.workers.first().map(String::as_str) == Some(worker));
+        if !from_rank0 || job.checkpoints.iter().any(|c| c.step == step) {
+            return Ok(false);
+        }
+        job.checkpoints.push(CheckpointRecord {
+            step,
+            bytes,
+            generation,
+            created_unix: now,
+        });
+        job.updated_unix = now;
+        Ok(true)
     }
 
     pub fn cancel(&mut self, job_id: &str, now: i64) -> Result<Job, StateError> {
@@ -457,6 +497,10 @@ mod tests {
         assert!(!ra.resume);
         assert_eq!(s.heartbeat(&a, Some((3, 10)), 3).unwrap(), Command::Continue);
         assert_eq!(s.jobs[&job.id].step, 3, "rank 0 reports progress");
+        assert!(s.commit_checkpoint(&a, &job.id, 1, 3, 100, 3).unwrap(), "rank 0 commits");
+        assert!(!s.commit_checkpoint(&b, &job.id, 1, 3, 100, 3).unwrap(), "rank 1 does not");
+        assert!(!s.commit_checkpoint(&a, &job.id, 1, 3, 100, 3).unwrap(), "once per step");
+        assert_eq!(s.jobs[&job.id].checkpoints.len(), 1);
         s.finish(&a, &job.id, 1, true, "", 4).unwrap();
         assert_eq!(s.jobs[&job.id].state, JobState::Running);
         s.finish(&b, &job.id, 1, true, "", 4).unwrap();

@@ -204,6 +204,7 @@ fn main() -> Result<()> {
                     stop: stop.clone(),
                     comm,
                     progress: None,
+                    on_checkpoint: None,
                 };
                 Ok(with_backend!(spec, |B, device| run::<B>(
                     spec.clone(),

@@ -178,6 +178,14 @@ fn a_job_on_two_workers_succeeds_and_survives_a_killed_worker() {
     let j = cluster.job(&id);
     assert_eq!(state(&j), "SUCCEEDED");
     assert_eq!(j["generations"].as_array().unwrap().len(), 1);
+    // Rank 0 registered its complete checkpoints with the coordinator.
+    let steps: Vec<u64> = j["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![10, 12], "{j}");
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tmp.path().join("ckpt-12/step-0000000012/manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["world_size"], 2);

@@ -42,6 +42,8 @@ struct Training {
     generation: u32,
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
+    /// Complete checkpoints (step, bytes) not yet committed to the coordinator.
+    written: std::sync::mpsc::Receiver<(u64, u64)>,
     handle: JoinHandle<Result<bool>>,
 }
 
@@ -63,6 +65,13 @@ fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::r
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Progress::default());
     let (stop2, progress2, resume) = (stop.clone(), progress.clone(), a.resume);
+    let (tx, written) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let on_checkpoint: crate::checkpoint::writer::OnWritten = Arc::new(move |step, bytes| {
+        if let Ok(tx) = tx.lock() {
+            let _ = tx.send((step, bytes));
+        }
+    });
     let handle = std::thread::Builder::new()
         .name(format!("train-{}-g{}", a.job_id, a.generation))
         .spawn(move || -> Result<bool> {
@@ -73,6 +82,7 @@ fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::r
                 stop: stop2,
                 comm,
                 progress: Some(progress2),
+                on_checkpoint: Some(on_checkpoint),
             };
             let summary = with_backend!(spec, |B, device| run::<B>(spec.clone(), device, options, runtime)?);
             Ok(!summary.stopped_early)
@@ -83,8 +93,31 @@ fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::r
         generation: a.generation,
         stop,
         progress,
+        written,
         handle,
     })
+}
+
+/// Registers the checkpoints of (job, generation) completed since the last call.
+async fn commit_checkpoints(
+    client: &mut Client,
+    worker_id: &str,
+    job_id: &str,
+    generation: u32,
+    written: &std::sync::mpsc::Receiver<(u64, u64)>,
+) {
+    while let Ok((step, bytes)) = written.try_recv() {
+        let request = pb::CommitCheckpointRequest {
+            worker_id: worker_id.to_string(),
+            job_id: job_id.to_string(),
+            generation,
+            step,
+            bytes,
+        };
+        if let Err(e) = client.commit_checkpoint(request).await {
+            tracing::warn!(step, reason = %e.message(), "could not register a checkpoint with the coordinator");
+        }
+    }
 }
 
 async fn connect(coordinator: &str, token: &BearerToken) -> Result<Client> {
@@ -105,18 +138,28 @@ async fn connect(coordinator: &str, token: &BearerToken) -> Result<Client> {
 
 /// Reports the end of `t`'s part to the coordinator (best effort).
 async fn report(client: &mut Client, worker_id: &str, t: Training) {
-    let step = t.progress.step.load(Ordering::Relaxed);
-    let (ok, message) = match t.handle.join() {
+    let Training {
+        job_id,
+        generation,
+        progress,
+        written,
+        handle,
+        ..
+    } = t;
+    let (ok, message) = match handle.join() {
         Ok(Ok(true)) => (true, String::new()),
         Ok(Ok(false)) => (false, "stopped".to_string()),
         Ok(Err(e)) => (false, format!("{e:#}")),
         Err(_) => (false, "the training thread panicked".to_string()),
     };
-    tracing::info!(job = %t.job_id, generation = t.generation, ok, message = %message, "part ended");
+    let step = progress.step.load(Ordering::Relaxed);
+    // The run has ended: every checkpoint it completed is in the channel.
+    commit_checkpoints(client, worker_id, &job_id, generation, &written).await;
+    tracing::info!(job = %job_id, generation, ok, message = %message, "part ended");
     let request = pb::FinishRequest {
         worker_id: worker_id.to_string(),
-        job_id: t.job_id,
-        generation: t.generation,
+        job_id,
+        generation,
         ok,
         message,
         step,
@@ -161,6 +204,9 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
             let interval = Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(50)));
             tracing::info!(worker = %worker_id, coordinator = %settings.coordinator, rendezvous = %rendezvous_addr, "registered");
             loop {
+                if let Some(t) = &current {
+                    commit_checkpoints(&mut client, &worker_id, &t.job_id, t.generation, &t.written).await;
+                }
                 if current.as_ref().is_some_and(|t| t.handle.is_finished())
                     && let Some(t) = current.take()
                 {

@@ -61,12 +61,17 @@ impl<B: Backend> Snapshot<B> {
     }
 }
 
+/// Called on the uploader thread once a checkpoint is complete (manifest
+/// written): (step, bytes of its files).
+pub type OnWritten = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
 /// Owns the uploader thread of one run.
 pub struct AsyncCheckpointer<B: Backend> {
     store: Arc<CheckpointStore>,
     plan: Arc<ModelPlan>,
     keep: Retention,
     pending: Option<(u64, JoinHandle<Result<f64>>)>,
+    on_written: Option<OnWritten>,
     _backend: std::marker::PhantomData<B>,
 }
 
@@ -76,7 +81,13 @@ fn jitter_ms() -> u64 {
         .map_or(0, |d| u64::from(d.subsec_nanos()) % 1000)
 }
 
-fn write<B: Backend>(store: &CheckpointStore, plan: &ModelPlan, keep: Retention, snapshot: Snapshot<B>) -> Result<f64> {
+fn write<B: Backend>(
+    store: &CheckpointStore,
+    plan: &ModelPlan,
+    keep: Retention,
+    snapshot: Snapshot<B>,
+    on_written: Option<OnWritten>,
+) -> Result<f64> {
     let started = Instant::now();
     let Snapshot {
         mut manifest,
@@ -106,7 +117,12 @@ fn write<B: Backend>(store: &CheckpointStore, plan: &ModelPlan, keep: Retention,
             std::thread::sleep(wait);
         }
         match store.save(&manifest, &files, keep) {
-            Ok(()) => return Ok(started.elapsed().as_secs_f64()),
+            Ok(()) => {
+                if let Some(f) = &on_written {
+                    f(manifest.step, manifest.files.iter().map(|e| e.size).sum());
+                }
+                return Ok(started.elapsed().as_secs_f64());
+            }
             Err(e) => {
                 tracing::warn!(step = manifest.step, reason = %format!("{e:#}"), "checkpoint upload failed");
                 last = Some(e);
@@ -123,8 +139,15 @@ impl<B: Backend> AsyncCheckpointer<B> {
             plan: Arc::new(plan),
             keep,
             pending: None,
+            on_written: None,
             _backend: std::marker::PhantomData,
         }
+    }
+
+    /// Calls `f` for every checkpoint once it is complete.
+    pub fn on_written(mut self, f: Option<OnWritten>) -> Self {
+        self.on_written = f;
+        self
     }
 
     /// Starts uploading `snapshot`, after the previous upload has finished
@@ -133,11 +156,11 @@ impl<B: Backend> AsyncCheckpointer<B> {
         let started = Instant::now();
         let _ = self.wait();
         let waited = started.elapsed().as_secs_f64();
-        let (store, plan, keep) = (self.store.clone(), self.plan.clone(), self.keep);
+        let (store, plan, keep, on_written) = (self.store.clone(), self.plan.clone(), self.keep, self.on_written.clone());
         let step = snapshot.manifest.step;
         let handle = std::thread::Builder::new()
             .name(format!("checkpoint-{step}"))
-            .spawn(move || write(&store, &plan, keep, snapshot));
+            .spawn(move || write(&store, &plan, keep, snapshot, on_written));
         match handle {
             Ok(h) => self.pending = Some((step, h)),
             Err(e) => tracing::warn!(step, reason = %e, "cannot start the checkpoint uploader: checkpoint abandoned"),

@@ -44,6 +44,8 @@ pub struct RunOptions {
     pub comm: Option<Arc<Comm>>,
     /// Published after every step (for the agent's heartbeats).
     pub progress: Option<Arc<Progress>>,
+    /// Told about every complete checkpoint (for the coordinator's registry).
+    pub on_checkpoint: Option<crate::checkpoint::writer::OnWritten>,
 }
 
 /// The step a run has reached, readable from another thread.
@@ -200,7 +202,7 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
         newest: spec.checkpoint.keep,
         every_steps: spec.checkpoint.keep_every_steps,
     };
-    let mut writer = AsyncCheckpointer::new(store.clone(), t.plan.clone(), retention);
+    let mut writer = AsyncCheckpointer::new(store.clone(), t.plan.clone(), retention).on_written(options.on_checkpoint.clone());
     let mut checkpoint_blocked = 0.0f64;
     let start_step = t.step;
     let mut total_wait = 0.0f64;
