@@ -6,7 +6,7 @@
 
 use crate::checkpoint::CheckpointStore;
 use crate::checkpoint::store::Retention;
-use crate::checkpoint::writer::AsyncCheckpointer;
+use crate::checkpoint::writer::{AsyncCheckpointer, OnWritten};
 use crate::model::kernels::Kernels;
 use crate::optim::adam::AdamState;
 use crate::train::run::{resume, snapshot};
@@ -15,6 +15,7 @@ use amdim_shared::spec::JobSpec;
 use anyhow::{Context, Result};
 use burn::tensor::Tensor;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -48,14 +49,17 @@ pub fn bench_checkpoint<B: Kernels>(spec: JobSpec, device: B::Device, runtime: t
     t.step = 1;
     let store = Arc::new(CheckpointStore::open(&spec.checkpoint.uri, runtime)?);
     let keep_all = Retention { newest: 0, every_steps: 0 };
-    let mut writer = AsyncCheckpointer::new(store.clone(), t.plan.clone(), keep_all);
+    let written = Arc::new(AtomicU64::new(0));
+    let record = written.clone();
+    let on_written: OnWritten = Arc::new(move |_, bytes| record.store(bytes, Ordering::Relaxed));
+    let mut writer = AsyncCheckpointer::new(store.clone(), t.plan.clone(), keep_all).on_written(Some(on_written));
     let started = Instant::now();
     let snap = snapshot(&t, 0);
     writer.submit(snap);
     let step_blocked_s = started.elapsed().as_secs_f64();
     writer.wait().context("uploading the benchmark checkpoint")?;
     let upload_s = started.elapsed().as_secs_f64() - step_blocked_s;
-    let bytes: u64 = store.load_step(t.step)?.manifest.files.iter().map(|f| f.size).sum();
+    let bytes = written.load(Ordering::Relaxed);
     let mut fresh = Trainer::<B>::new(spec.clone(), None, t.device.clone());
     let started = Instant::now();
     resume(&mut fresh, &store)?;

@@ -237,20 +237,11 @@ impl EncodedSource {
     pub fn read(&self, i: usize) -> Fetched {
         match &self.items {
             Items::Files(files) => std::fs::read(&files[i]).map(Bytes::from).map_err(|e| e.to_string()),
-            Items::Objects { store, paths, runtime } => runtime
-                .block_on(async { store.get(&paths[i]).await?.bytes().await })
-                .map_err(|e| e.to_string()),
-            Items::Shards {
-                store,
-                shards,
-                entries,
-                runtime,
-            } => {
-                let e = entries[i];
-                runtime
-                    .block_on(store.get_range(&shards[e.shard as usize], e.offset..e.offset + e.size as u64))
-                    .map_err(|e| e.to_string())
-            }
+            _ => self
+                .read_many(&[i])
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| Err(format!("no read issued for {}", self.name(i)))),
         }
     }
 

@@ -73,9 +73,9 @@ impl<'a, B: Kernels> Forward<'a, B> {
         }
     }
 
-    /// Training-mode BatchNorm takes its statistics over all ranks.
-    pub fn with_sync_bn(mut self, rank_sum: &'a RankSum<'a, B>) -> Self {
-        self.rank_sum = Some(rank_sum);
+    /// With `Some`, training-mode BatchNorm takes its statistics over all ranks.
+    pub fn with_sync_bn(mut self, rank_sum: Option<&'a RankSum<'a, B>>) -> Self {
+        self.rank_sum = rank_sum;
         self
     }
 

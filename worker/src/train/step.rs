@@ -227,6 +227,15 @@ impl<B: Kernels> Trainer<B> {
         self.comm.as_ref().filter(|_| self.spec.dist.sync_bn)
     }
 
+    /// The per-channel sum over ranks of synchronised BatchNorm (the
+    /// identity unless `dist.sync_bn` is on in a multi-rank run).
+    fn bn_rank_sum(&self, t: Tensor<Autodiff<B>, 1>) -> Tensor<Autodiff<B>, 1> {
+        match self.sync_bn() {
+            Some(comm) => all_reduce_sum(t, comm),
+            None => t,
+        }
+    }
+
     /// The NCE loss of one batch in training mode, with autodiff leaves
     /// (`params[i]` requires grad for every trainable entry).
     pub fn nce_forward(
@@ -236,14 +245,8 @@ impl<B: Kernels> Trainer<B> {
         view2: Tensor<Autodiff<B>, 4>,
         locs: [&[usize]; 2],
     ) -> NceForward<B> {
-        let rank_sum = |t: Tensor<Autodiff<B>, 1>| match self.sync_bn() {
-            Some(comm) => all_reduce_sum(t, comm),
-            None => t,
-        };
-        let mut fwd = Forward::new(leaves, BnMode::Train);
-        if self.sync_bn().is_some() {
-            fwd = fwd.with_sync_bn(&rank_sum as &RankSum<'_, Autodiff<B>>);
-        }
+        let rank_sum = |t| self.bn_rank_sum(t);
+        let mut fwd = Forward::new(leaves, BnMode::Train).with_sync_bn(self.sync_bn().map(|_| &rank_sum as &RankSum<'_, _>));
         let e1 = fwd.encode(&self.plan.encoder, view1);
         let e2 = fwd.encode(&self.plan.encoder, view2);
         let (src, mut trg) = nce_inputs(&fwd, &self.plan, [&e1, &e2], locs);
@@ -306,14 +309,8 @@ impl<B: Kernels> Trainer<B> {
                 [self.spec.model.n_rkhs, cls.hidden],
                 &self.device,
             );
-            let rank_sum = |t: Tensor<Autodiff<B>, 1>| match self.sync_bn() {
-                Some(comm) => all_reduce_sum(t, comm),
-                None => t,
-            };
-            let mut fwd = Forward::new(&leaves, BnMode::Train);
-            if self.sync_bn().is_some() {
-                fwd = fwd.with_sync_bn(&rank_sum as &RankSum<'_, Autodiff<B>>);
-            }
+            let rank_sum = |t| self.bn_rank_sum(t);
+            let mut fwd = Forward::new(&leaves, BnMode::Train).with_sync_bn(self.sync_bn().map(|_| &rank_sum as &RankSum<'_, _>));
             let (lin, mlp) = fwd.classify(cls, features, Some(masks));
             stats.updates.extend(std::mem::take(&mut fwd.stats).updates);
             let (l_lin, l_mlp) = (classifier_loss(lin, &both), classifier_loss(mlp, &both));
