@@ -5,6 +5,7 @@
 
 use amdim_shared::auth::BearerToken;
 use amdim_shared::proto::v1 as pb;
+use amdim_shared::spec::JobSpec;
 use anyhow::{Context, Result};
 use pb::job_service_client::JobServiceClient;
 use std::path::Path;
@@ -70,6 +71,11 @@ pub fn job_json(j: &pb::Job) -> serde_json::Value {
         "message": j.message,
         "created_unix": j.created_unix,
         "updated_unix": j.updated_unix,
+        "stats": j.stats.as_ref().map(|t| serde_json::json!({
+            "samples_per_second": t.samples_per_second, "step_seconds": t.step_seconds,
+            "loss": t.loss, "loss_1t5": t.loss_1t5, "loss_1t7": t.loss_1t7, "loss_5t5": t.loss_5t5,
+            "linear_accuracy": t.linear_accuracy, "mlp_accuracy": t.mlp_accuracy,
+        })),
         "checkpoints": j.checkpoints.iter().map(|c| serde_json::json!({
             "step": c.step, "bytes": c.bytes, "generation": c.generation, "created_unix": c.created_unix,
         })).collect::<Vec<_>>(),
@@ -96,7 +102,10 @@ fn line(j: &pb::Job) -> String {
 }
 
 pub async fn submit(mut c: Client, file: &Path, min: Option<u32>, max: Option<u32>, watch_it: bool, json: bool) -> Result<ExitCode> {
-    let spec_toml = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    // The effective spec (file plus AMDIM_SECTION__FIELD overrides), validated.
+    let spec_toml = JobSpec::load(file)
+        .and_then(|spec| spec.to_toml())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let job = c
         .submit(pb::SubmitRequest {
             spec_toml,
@@ -150,14 +159,70 @@ pub async fn get(mut c: Client, id: &str, json: bool) -> Result<ExitCode> {
 }
 
 /// Polls the job every half second, printing each change, until it ends.
+/// `h:mm:ss` for a number of seconds.
+fn clock(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// The watch line of a job: state, a progress bar, step/total, throughput,
+/// the loss terms, the last test accuracy and the time left.
+pub fn progress_line(j: &pb::Job) -> String {
+    const BAR: usize = 20;
+    let done = if j.total_steps > 0 {
+        j.step as f64 / j.total_steps as f64
+    } else {
+        0.0
+    };
+    let filled = ((done * BAR as f64).round() as usize).min(BAR);
+    let mut out = format!(
+        "{} {:<11} [{}{}] {}/{} {:>3.0}%",
+        j.id,
+        state_name(j.state),
+        "#".repeat(filled),
+        ".".repeat(BAR - filled),
+        j.step,
+        j.total_steps,
+        100.0 * done
+    );
+    if let Some(t) = &j.stats {
+        out.push_str(&format!(
+            "  {:.0} samples/s  loss {:.3} (1t5 {:.3} 1t7 {:.3} 5t5 {:.3})",
+            t.samples_per_second, t.loss, t.loss_1t5, t.loss_1t7, t.loss_5t5
+        ));
+        if let (Some(lin), Some(mlp)) = (t.linear_accuracy, t.mlp_accuracy) {
+            out.push_str(&format!("  acc lin {lin:.3} mlp {mlp:.3}"));
+        }
+        if !is_final(j.state) && t.step_seconds > 0.0 {
+            let left = j.total_steps.saturating_sub(j.step) as f64 * t.step_seconds;
+            out.push_str(&format!("  ETA {}", clock(left)));
+        }
+    }
+    if !j.message.is_empty() {
+        out.push_str(&format!("  {}", j.message));
+    }
+    out
+}
+
 pub async fn watch(mut c: Client, id: &str) -> Result<ExitCode> {
-    let mut last = String::new();
+    use std::io::IsTerminal;
+    // On a terminal the line is redrawn in place; in a log, a line is
+    // written when the state or message changes, and every 10 s.
+    let terminal = std::io::stderr().is_terminal();
+    let mut last = (String::new(), i32::MIN);
+    let mut written = std::time::Instant::now();
     loop {
         let j = c.get(pb::GetJobRequest { id: id.into() }).await.map_err(refused)?.into_inner();
-        let now = line(&j);
-        if now != last {
+        let now = progress_line(&j);
+        if terminal {
+            eprint!("\r\x1b[2K{now}");
+            if is_final(j.state) {
+                eprintln!();
+            }
+        } else if (j.message.clone(), j.state) != last || written.elapsed() >= Duration::from_secs(10) || is_final(j.state) {
             eprintln!("{now}");
-            last = now;
+            last = (j.message.clone(), j.state);
+            written = std::time::Instant::now();
         }
         if is_final(j.state) {
             return Ok(if state_name(j.state) == "SUCCEEDED" {
@@ -211,4 +276,36 @@ pub async fn workers(mut c: Client, json: bool) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watch_line_shows_progress_numbers_and_time_left() {
+        let mut j = pb::Job {
+            id: "job-000001".into(),
+            state: pb::JobState::Running as i32,
+            step: 30,
+            total_steps: 120,
+            ..pb::Job::default()
+        };
+        assert_eq!(progress_line(&j), "job-000001 RUNNING     [#####...............] 30/120  25%");
+        j.stats = Some(pb::TrainingStats {
+            samples_per_second: 412.4,
+            step_seconds: 0.5,
+            loss: 19.5,
+            loss_1t5: 5.5,
+            loss_1t7: 7.25,
+            loss_5t5: 6.75,
+            linear_accuracy: Some(0.5),
+            mlp_accuracy: Some(0.625),
+        });
+        assert_eq!(
+            progress_line(&j),
+            "job-000001 RUNNING     [#####...............] 30/120  25%  412 samples/s  loss 19.500 (1t5 5.500 1t7 7.250 5t5 6.750)  acc lin 0.500 mlp 0.625  ETA 0:00:45"
+        );
+        assert_eq!(clock(3725.0), "1:02:05");
+    }
 }

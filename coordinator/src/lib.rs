@@ -5,8 +5,8 @@
 
 pub mod checkpoints;
 pub mod dataset;
-pub mod http;
 pub mod jobs;
 pub mod local;
+pub mod metrics;
 pub mod server;
 pub mod state;

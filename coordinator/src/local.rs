@@ -22,7 +22,10 @@ fn worker_binary(explicit: Option<PathBuf>) -> PathBuf {
     })
 }
 
-pub async fn run(spec_file: &Path, workers: u32, worker_bin: Option<PathBuf>) -> Result<ExitCode> {
+/// Runs the job in `spec_file` on `workers` local agents. With
+/// `metrics_port`, the coordinator serves `/metrics` on 127.0.0.1 at that
+/// port and worker i at the port + 1 + i.
+pub async fn run(spec_file: &Path, workers: u32, worker_bin: Option<PathBuf>, metrics_port: Option<u16>) -> Result<ExitCode> {
     let coordinator = Coordinator::open(Settings {
         state_file: None,
         heartbeat_interval: Duration::from_millis(250),
@@ -34,27 +37,53 @@ pub async fn run(spec_file: &Path, workers: u32, worker_bin: Option<PathBuf>) ->
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let server = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let http = match metrics_port {
+        Some(port) => {
+            let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .with_context(|| format!("--metrics-port {port}: cannot listen on 127.0.0.1:{port}"))?;
+            eprintln!("amdimctl local: coordinator metrics at http://127.0.0.1:{port}/metrics");
+            Some(coordinator.spawn_http(l, std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true))))
+        }
+        None => None,
+    };
     let serving = tokio::spawn(coordinator.serve(listener, async {
         let _ = stop_rx.await;
     }));
     let bin = worker_binary(worker_bin);
     let mut agents = Vec::new();
     for i in 0..workers {
-        let child = tokio::process::Command::new(&bin)
-            .args(["agent", "--coordinator", &server, "--name", &format!("local-{i}")])
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "starting {} (build it with `cargo build -p amdim-worker`, or pass --worker-bin)",
-                    bin.display()
-                )
-            })?;
+        let mut command = tokio::process::Command::new(&bin);
+        command.args(["agent", "--coordinator", &server, "--name", &format!("local-{i}")]);
+        if let Some(port) = metrics_port {
+            let worker_port = u32::from(port) + 1 + i;
+            command.args(["--metrics-listen", &format!("127.0.0.1:{worker_port}")]);
+        }
+        // The agents end with this process, even when it is killed outright.
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = command.kill_on_drop(true).spawn().with_context(|| {
+            format!(
+                "starting {} (build it with `cargo build -p amdim-worker`, or pass --worker-bin)",
+                bin.display()
+            )
+        })?;
         agents.push(child);
     }
     eprintln!("amdimctl local: coordinator at {server}, {workers} worker process(es)");
     let client = jobs::connect(&server, None).await?;
-    let code = jobs::submit(client.clone(), spec_file, Some(1), Some(workers), true, false).await?;
+    let code = tokio::select! {
+        code = jobs::submit(client.clone(), spec_file, Some(1), Some(workers), true, false) => code?,
+        signal = amdim_shared::shutdown::signalled() => {
+            eprintln!("amdimctl local: {signal}: stopping the workers");
+            ExitCode::from(130)
+        }
+    };
     let mut client = client;
     if let Ok(job) = client.list(pb::ListJobsRequest {}).await
         && let Some(j) = job.into_inner().jobs.last()
@@ -63,6 +92,9 @@ pub async fn run(spec_file: &Path, workers: u32, worker_bin: Option<PathBuf>) ->
     }
     for mut a in agents {
         let _ = a.kill().await;
+    }
+    if let Some(h) = http {
+        h.abort();
     }
     let _ = stop_tx.send(());
     let _ = serving.await;

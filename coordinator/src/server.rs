@@ -5,7 +5,7 @@
 //! half-written file). On start it reloads that file and recovers (design §8).
 //! The rules themselves are `state`'s.
 
-use crate::state::{Command, Generation, Job, JobState, State, StateError, Worker};
+use crate::state::{Command, Generation, Job, JobState, Report, State, StateError, TrainingStats, Worker};
 use amdim_shared::auth::RequireToken;
 use amdim_shared::proto::v1 as pb;
 use pb::job_service_server::{JobService, JobServiceServer};
@@ -95,6 +95,19 @@ impl Coordinator {
         out
     }
 
+    /// The coordinator's metrics now, in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        crate::metrics::encode(&self.lock(), now_unix())
+    }
+
+    /// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until the
+    /// task is aborted; `/readyz` answers 200 while `ready` holds.
+    pub fn spawn_http(&self, listener: tokio::net::TcpListener, ready: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        let metrics: amdim_shared::http::MetricsFn = Arc::new(move || me.metrics_text());
+        tokio::spawn(amdim_shared::http::serve(listener, ready, metrics))
+    }
+
     /// Heartbeat deadlines and scheduling, every quarter interval.
     pub fn spawn_ticker(&self) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
@@ -175,6 +188,16 @@ pub fn job_message(j: &Job) -> pb::Job {
                 created_unix: c.created_unix,
             })
             .collect(),
+        stats: j.stats.map(|t| pb::TrainingStats {
+            samples_per_second: t.samples_per_second,
+            step_seconds: t.step_seconds,
+            loss: t.loss,
+            loss_1t5: t.loss_1t5,
+            loss_1t7: t.loss_1t7,
+            loss_5t5: t.loss_5t5,
+            linear_accuracy: t.linear_accuracy,
+            mlp_accuracy: t.mlp_accuracy,
+        }),
     }
 }
 
@@ -247,8 +270,21 @@ impl WorkerService for Coordinator {
 
     async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = request.into_inner();
-        let progress = (!r.job_id.is_empty()).then_some((r.step, r.total_steps));
-        let command = self.change(|s| s.heartbeat(&r.worker_id, progress, now_unix())).map_err(status)?;
+        let report = (!r.job_id.is_empty()).then(|| Report {
+            step: r.step,
+            total: r.total_steps,
+            stats: r.stats.map(|t| TrainingStats {
+                samples_per_second: t.samples_per_second,
+                step_seconds: t.step_seconds,
+                loss: t.loss,
+                loss_1t5: t.loss_1t5,
+                loss_1t7: t.loss_1t7,
+                loss_5t5: t.loss_5t5,
+                linear_accuracy: t.linear_accuracy,
+                mlp_accuracy: t.mlp_accuracy,
+            }),
+        });
+        let command = self.change(|s| s.heartbeat(&r.worker_id, report, now_unix())).map_err(status)?;
         use pb::heartbeat_response::Command as C;
         let command = match command {
             Command::Idle => C::Idle(pb::Idle {}),

@@ -65,6 +65,31 @@ pub struct Job {
     /// Complete checkpoints committed by rank 0, in commit order.
     #[serde(default)]
     pub checkpoints: Vec<CheckpointRecord>,
+    /// Rank 0's latest numbers.
+    #[serde(default)]
+    pub stats: Option<TrainingStats>,
+}
+
+/// What rank 0 reports about its training (see `TrainingStats` in the proto).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainingStats {
+    pub samples_per_second: f64,
+    pub step_seconds: f64,
+    pub loss: f64,
+    pub loss_1t5: f64,
+    pub loss_1t7: f64,
+    pub loss_5t5: f64,
+    pub linear_accuracy: Option<f64>,
+    pub mlp_accuracy: Option<f64>,
+}
+
+/// A heartbeat's progress: the step reached, the steps in all, and the
+/// latest numbers when the worker has any.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Report {
+    pub step: u64,
+    pub total: u64,
+    pub stats: Option<TrainingStats>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -187,6 +212,7 @@ impl State {
             updated_unix: now,
             seq: self.next_seq,
             checkpoints: Vec::new(),
+            stats: None,
         };
         self.jobs.insert(id, job.clone());
         Ok(job)
@@ -209,7 +235,7 @@ impl State {
     }
 
     /// A worker's heartbeat with its progress; returns its next command.
-    pub fn heartbeat(&mut self, worker: &str, step: Option<(u64, u64)>, now: i64) -> Result<Command, StateError> {
+    pub fn heartbeat(&mut self, worker: &str, report: Option<Report>, now: i64) -> Result<Command, StateError> {
         let w = self.workers.get_mut(worker).ok_or_else(|| StateError::NoWorker(worker.into()))?;
         if w.lost {
             return Err(StateError::NoWorker(worker.into()));
@@ -227,11 +253,12 @@ impl State {
         let current = job.current().filter(|g| g.number == generation);
         match current {
             Some(g) if g.end_reason.is_none() => {
-                if let Some((step, total)) = step
+                if let Some(r) = report
                     && g.workers.first().map(String::as_str) == Some(worker)
                 {
-                    job.step = step;
-                    job.total_steps = total;
+                    job.step = r.step;
+                    job.total_steps = r.total;
+                    job.stats = r.stats.or(job.stats);
                     job.updated_unix = now;
                 }
                 Ok(Command::Continue)
@@ -495,7 +522,19 @@ mod tests {
         assert_eq!((ra.rank, rb.rank, ra.world_size), (0, 1, 2));
         assert_eq!(ra.rendezvous, "10.0.0.1:5000");
         assert!(!ra.resume);
-        assert_eq!(s.heartbeat(&a, Some((3, 10)), 3).unwrap(), Command::Continue);
+        assert_eq!(
+            s.heartbeat(
+                &a,
+                Some(Report {
+                    step: 3,
+                    total: 10,
+                    stats: None
+                }),
+                3
+            )
+            .unwrap(),
+            Command::Continue
+        );
         assert_eq!(s.jobs[&job.id].step, 3, "rank 0 reports progress");
         assert!(s.commit_checkpoint(&a, &job.id, 1, 3, 100, 3).unwrap(), "rank 0 commits");
         assert!(!s.commit_checkpoint(&b, &job.id, 1, 3, 100, 3).unwrap(), "rank 1 does not");

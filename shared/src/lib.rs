@@ -3,16 +3,20 @@
 //! This crate owns the job spec (parsing, environment overrides, field-named
 //! validation), the deterministic random streams and the global sample order
 //! (pure functions), the checkpoint layout, manifest and folder I/O, storage
-//! URIs and the packed-dataset format. It must stay free
+//! URIs, the packed-dataset format, and the metrics registry with the
+//! HTTP endpoints (health, readiness, metrics) both processes serve. It must stay free
 //! of ML dependencies: the coordinator links it without burn.
 
 pub mod auth;
 pub mod checkpoint;
 pub mod checkpoint_store;
+pub mod http;
 pub mod imagefolder;
+pub mod metrics;
 pub mod order;
 pub mod proto;
 pub mod rng;
 pub mod shards;
+pub mod shutdown;
 pub mod spec;
 pub mod storage;

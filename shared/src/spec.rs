@@ -409,6 +409,12 @@ impl Default for DistSpec {
 pub const ENV_PREFIX: &str = "AMDIM_";
 
 impl JobSpec {
+    /// The spec as TOML, every field spelled out: what `amdimctl submit`
+    /// sends, so that the environment overrides applied here travel with it.
+    pub fn to_toml(&self) -> Result<String, SpecError> {
+        toml::to_string(self).map_err(|e| field_err("(whole spec)", e.to_string()))
+    }
+
     /// Reads a TOML job spec, applies `AMDIM_…` environment overrides and validates.
     pub fn load(path: &Path) -> Result<Self, SpecError> {
         let text = std::fs::read_to_string(path).map_err(|e| SpecError::Read {
@@ -615,6 +621,19 @@ pub fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_examples_survive_a_round_trip_through_to_toml() {
+        for file in ["fashion-mnist.toml", "cifar-bench.toml"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(file);
+            let text = std::fs::read_to_string(&path).unwrap();
+            let env = vec![("AMDIM_TRAIN__EPOCHS".to_string(), "7".to_string())];
+            let spec = JobSpec::from_toml_with_env(&text, &env).unwrap();
+            let again = JobSpec::from_toml_with_env(&spec.to_toml().unwrap(), &[]).unwrap();
+            assert_eq!(again, spec, "{file}");
+            assert_eq!(again.train.epochs, 7);
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -8,6 +8,7 @@
 //! - `train/`: the training step, evaluation, the training loop and benchmarks
 //! - `dist/`: collectives (TCP, NCCL) and data-parallel exchanges (design §5–6)
 //! - `agent/`: the worker under a coordinator (register, heartbeat, train assigned generations)
+//! - `metrics`: the Prometheus series of a worker (design §9)
 //! - `backend`: CPU (flex) or CUDA backend selection
 
 pub mod agent;
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod data;
 pub mod dist;
 pub mod loss;
+pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod train;

@@ -4,6 +4,7 @@
 
 use amdim_worker::cli::dist::DistArgs;
 use amdim_worker::cli::{backend_name, embed, gradients, load_spec};
+use amdim_worker::metrics::WorkerMetrics;
 use amdim_worker::train::run::{RunOptions, run};
 use amdim_worker::with_backend;
 use anyhow::{Context, Result};
@@ -31,6 +32,9 @@ enum Command {
         /// Continue from the newest complete checkpoint under checkpoint.uri.
         #[arg(long)]
         resume: bool,
+        /// Serve Prometheus /metrics (and /healthz, /readyz) at this address.
+        #[arg(long, env = "AMDIM_METRICS_LISTEN")]
+        metrics_listen: Option<String>,
         #[command(flatten)]
         dist: DistArgs,
     },
@@ -46,8 +50,12 @@ enum Command {
         #[arg(long, env = "AMDIM_ADVERTISE_HOST", default_value = "127.0.0.1")]
         advertise_host: String,
         /// A file holding the join token (or AMDIM_JOIN_TOKEN).
-        #[arg(long)]
+        #[arg(long, env = "AMDIM_JOIN_TOKEN_FILE")]
         join_token_file: Option<PathBuf>,
+        /// Serve Prometheus /metrics, /healthz and /readyz (ready once
+        /// registered with the coordinator) at this address.
+        #[arg(long, env = "AMDIM_METRICS_LISTEN")]
+        metrics_listen: Option<String>,
     },
     /// Write the loss and rank-averaged gradients of one training step
     /// (safetensors, state_dict names): checks W ranks against one.
@@ -185,15 +193,22 @@ fn main() -> Result<()> {
         .build()
         .context("starting the I/O runtime")?;
     match cli.command {
-        Command::Train { config, resume, dist } => {
+        Command::Train {
+            config,
+            resume,
+            metrics_listen,
+            dist,
+        } => {
             let spec = load_spec(&config)?;
+            if let Some(addr) = &metrics_listen {
+                amdim_worker::metrics::serve(runtime.handle(), addr, Arc::new(AtomicBool::new(true)))?;
+            }
             let stop = Arc::new(AtomicBool::new(false));
             let flag = stop.clone();
             runtime.spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    tracing::warn!("interrupt: finishing the current step, writing a checkpoint, then stopping");
-                    flag.store(true, Ordering::Relaxed);
-                }
+                let signal = amdim_shared::shutdown::signalled().await;
+                tracing::warn!(signal, "finishing the current step, writing a checkpoint, then stopping");
+                flag.store(true, Ordering::Relaxed);
             });
             let handle = runtime.handle().clone();
             let summaries = dist.run_local(|rank| {
@@ -205,6 +220,7 @@ fn main() -> Result<()> {
                     comm,
                     progress: None,
                     on_checkpoint: None,
+                    metrics: Some(WorkerMetrics::global().for_run(&spec.job.name, rank)),
                 };
                 Ok(with_backend!(spec, |B, device| run::<B>(
                     spec.clone(),
@@ -222,7 +238,19 @@ fn main() -> Result<()> {
             name,
             advertise_host,
             join_token_file,
+            metrics_listen,
         } => {
+            let ready = Arc::new(AtomicBool::new(false));
+            let shutdown = Arc::new(AtomicBool::new(false));
+            let flag = shutdown.clone();
+            runtime.spawn(async move {
+                let signal = amdim_shared::shutdown::signalled().await;
+                tracing::warn!(signal, "stopping: the current part ends with a checkpoint, then this agent exits");
+                flag.store(true, Ordering::Relaxed);
+            });
+            if let Some(addr) = &metrics_listen {
+                amdim_worker::metrics::serve(runtime.handle(), addr, ready.clone())?;
+            }
             let join_token = amdim_shared::auth::read_token(
                 std::env::var("AMDIM_JOIN_TOKEN").ok(),
                 join_token_file.as_deref(),
@@ -239,6 +267,8 @@ fn main() -> Result<()> {
                 advertise_host,
                 devices: 1,
                 join_token,
+                ready,
+                shutdown,
             };
             amdim_worker::agent::run_agent(settings, &runtime)?;
         }

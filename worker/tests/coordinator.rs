@@ -186,6 +186,13 @@ fn a_job_on_two_workers_succeeds_and_survives_a_killed_worker() {
         .map(|c| c["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, vec![10, 12], "{j}");
+    // Rank 0's numbers reached the coordinator with its heartbeats.
+    let stats = &j["stats"];
+    assert!(stats["samples_per_second"].as_f64().unwrap() > 0.0, "{j}");
+    assert!(
+        stats["loss"].as_f64().unwrap().is_finite() && stats["step_seconds"].as_f64().unwrap() > 0.0,
+        "{j}"
+    );
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tmp.path().join("ckpt-12/step-0000000012/manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["world_size"], 2);

@@ -18,7 +18,7 @@ struct Cli {
     /// gRPC address.
     #[arg(long, env = "AMDIM_LISTEN", default_value = "0.0.0.0:7070")]
     listen: String,
-    /// HTTP address of /healthz and /readyz.
+    /// HTTP address of /healthz, /readyz and /metrics (Prometheus).
     #[arg(long, env = "AMDIM_HTTP_LISTEN", default_value = "0.0.0.0:9090")]
     http_listen: String,
     /// Where jobs, generations and workers are kept.
@@ -66,10 +66,11 @@ fn main() -> Result<()> {
             .with_context(|| format!("--http-listen {}", cli.http_listen))?;
         tracing::info!(addr = %listener.local_addr()?, http = %http.local_addr()?, state = %cli.state_file.display(), "coordinator listening");
         let ready = Arc::new(AtomicBool::new(true));
-        let probes = tokio::spawn(amdim_coordinator::http::serve(http, ready.clone()));
+        let probes = coordinator.spawn_http(http, ready.clone());
         let served = coordinator
             .serve(listener, async {
-                let _ = tokio::signal::ctrl_c().await;
+                let signal = amdim_shared::shutdown::signalled().await;
+                tracing::info!(signal, "shutting down");
             })
             .await;
         ready.store(false, Ordering::Relaxed);

@@ -86,6 +86,10 @@ enum Command {
         /// The amdim-worker binary (default: next to amdimctl, then PATH).
         #[arg(long, env = "AMDIM_WORKER_BIN")]
         worker_bin: Option<PathBuf>,
+        /// Serve Prometheus metrics on 127.0.0.1: the coordinator at this
+        /// port, worker i at port+1+i (deploy/prometheus.yml scrapes 9090..).
+        #[arg(long)]
+        metrics_port: Option<u16>,
     },
     /// List the workers the coordinator knows.
     Workers {
@@ -171,14 +175,19 @@ fn main() -> ExitCode {
         Command::Get { id, output } => jobs_command(&conn, |c| jobs::get(c, &id, output == Output::Json)),
         Command::Watch { id } => jobs_command(&conn, |c| jobs::watch(c, &id)),
         Command::Cancel { id } => jobs_command(&conn, |c| jobs::cancel(c, &id)),
-        Command::Local { file, workers, worker_bin } => match JobSpec::load(&file) {
+        Command::Local {
+            file,
+            workers,
+            worker_bin,
+            metrics_port,
+        } => match JobSpec::load(&file) {
             Err(e) => {
                 eprintln!("error: {}: {e}", file.display());
                 ExitCode::from(EXIT_INVALID)
             }
             Ok(spec) => {
                 let n = workers.unwrap_or(spec.scheduling.max_workers).max(1);
-                match runtime().and_then(|rt| rt.block_on(amdim_coordinator::local::run(&file, n, worker_bin))) {
+                match runtime().and_then(|rt| rt.block_on(amdim_coordinator::local::run(&file, n, worker_bin, metrics_port))) {
                     Ok(code) => code,
                     Err(e) => {
                         eprintln!("error: {e:#}");

@@ -8,6 +8,7 @@
 //! any training first). Training itself is `train::run`'s.
 
 use crate::cli::dist::DistArgs;
+use crate::metrics::WorkerMetrics;
 use crate::train::run::{Progress, RunOptions, run};
 use crate::with_backend;
 use amdim_shared::auth::BearerToken;
@@ -33,6 +34,11 @@ pub struct AgentSettings {
     pub devices: u32,
     /// The join token the coordinator may require.
     pub join_token: Option<String>,
+    /// Set while registered with the coordinator (`/readyz`).
+    pub ready: Arc<AtomicBool>,
+    /// Set on SIGINT/SIGTERM: stop the current part (it writes a checkpoint
+    /// when it is rank 0), report it, and return.
+    pub shutdown: Arc<AtomicBool>,
 }
 
 type Client = WorkerServiceClient<InterceptedService<Channel, BearerToken>>;
@@ -65,6 +71,7 @@ fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::r
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Progress::default());
     let (stop2, progress2, resume) = (stop.clone(), progress.clone(), a.resume);
+    let metrics = WorkerMetrics::global().for_run(&a.job_id, a.rank as usize);
     let (tx, written) = std::sync::mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let on_checkpoint: crate::checkpoint::writer::OnWritten = Arc::new(move |step, bytes| {
@@ -83,6 +90,7 @@ fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::r
                 comm,
                 progress: Some(progress2),
                 on_checkpoint: Some(on_checkpoint),
+                metrics: Some(metrics),
             };
             let summary = with_backend!(spec, |B, device| run::<B>(spec.clone(), device, options, runtime)?);
             Ok(!summary.stopped_early)
@@ -120,11 +128,16 @@ async fn commit_checkpoints(
     }
 }
 
-async fn connect(coordinator: &str, token: &BearerToken) -> Result<Client> {
+/// Connects to the coordinator, retrying with backoff until it answers or
+/// `shutdown` is set.
+async fn connect(coordinator: &str, token: &BearerToken, shutdown: &AtomicBool) -> Result<Client> {
     let endpoint =
         Channel::from_shared(coordinator.to_string()).with_context(|| format!("--coordinator {coordinator} is not a valid URL"))?;
     let mut wait = Duration::from_millis(200);
     loop {
+        if shutdown.load(Ordering::Relaxed) {
+            anyhow::bail!("stopped by a signal while the coordinator {coordinator} was unreachable");
+        }
         match endpoint.connect().await {
             Ok(c) => return Ok(WorkerServiceClient::with_interceptor(c, token.clone())),
             Err(e) => {
@@ -175,9 +188,12 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
     let rendezvous_addr = format!("{}:{port}", settings.advertise_host);
     let token = BearerToken::new(settings.join_token.as_deref()).map_err(|e| anyhow::anyhow!("join token: {e}"))?;
     runtime.block_on(async {
-        let mut client = connect(&settings.coordinator, &token).await?;
+        let mut client = connect(&settings.coordinator, &token, &settings.shutdown).await?;
         let mut current: Option<Training> = None;
         loop {
+            if settings.shutdown.load(Ordering::Relaxed) {
+                return Ok(());
+            }
             let registered = client
                 .register(pb::RegisterRequest {
                     name: settings.name.clone(),
@@ -196,14 +212,24 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
                 Err(e) => {
                     tracing::warn!(reason = %e.message(), "register failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    client = connect(&settings.coordinator, &token).await?;
+                    client = connect(&settings.coordinator, &token, &settings.shutdown).await?;
                     continue;
                 }
             };
             let worker_id = reg.worker_id;
             let interval = Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(50)));
             tracing::info!(worker = %worker_id, coordinator = %settings.coordinator, rendezvous = %rendezvous_addr, "registered");
+            settings.ready.store(true, Ordering::Relaxed);
             loop {
+                if settings.shutdown.load(Ordering::Relaxed) {
+                    settings.ready.store(false, Ordering::Relaxed);
+                    if let Some(t) = current.take() {
+                        t.stop.store(true, Ordering::Relaxed);
+                        report(&mut client, &worker_id, t).await;
+                    }
+                    tracing::info!(worker = %worker_id, "agent stopped");
+                    return Ok(());
+                }
                 if let Some(t) = &current {
                     commit_checkpoints(&mut client, &worker_id, &t.job_id, t.generation, &t.written).await;
                 }
@@ -218,6 +244,9 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
                     generation: current.as_ref().map_or(0, |t| t.generation),
                     step: current.as_ref().map_or(0, |t| t.progress.step.load(Ordering::Relaxed)),
                     total_steps: current.as_ref().map_or(0, |t| t.progress.total.load(Ordering::Relaxed)),
+                    stats: current
+                        .as_ref()
+                        .and_then(|t| *t.progress.stats.lock().unwrap_or_else(|e| e.into_inner())),
                 };
                 match client.heartbeat(beat).await {
                     Ok(reply) => match reply.into_inner().command {
@@ -261,7 +290,17 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
                     }
                     Err(s) => {
                         tracing::warn!(reason = %s.message(), "heartbeat failed");
-                        client = connect(&settings.coordinator, &token).await?;
+                        client = match connect(&settings.coordinator, &token, &settings.shutdown).await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                // Stopped while cut off: the part still ends with its checkpoint.
+                                if let Some(t) = current.take() {
+                                    t.stop.store(true, Ordering::Relaxed);
+                                    let _ = t.handle.join();
+                                }
+                                return Err(e);
+                            }
+                        };
                     }
                 }
                 tokio::time::sleep(interval).await;

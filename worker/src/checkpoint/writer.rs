@@ -15,6 +15,7 @@
 use crate::checkpoint::CheckpointStore;
 use crate::checkpoint::format::{HostAdam, HostState, model_bytes, optimizer_bytes};
 use crate::checkpoint::store::Retention;
+use crate::metrics::CheckpointMetrics;
 use crate::model::ModelPlan;
 use crate::model::params::to_vec;
 use crate::optim::adam::AdamState;
@@ -72,6 +73,7 @@ pub struct AsyncCheckpointer<B: Backend> {
     keep: Retention,
     pending: Option<(u64, JoinHandle<Result<f64>>)>,
     on_written: Option<OnWritten>,
+    metrics: Option<Arc<CheckpointMetrics>>,
     _backend: std::marker::PhantomData<B>,
 }
 
@@ -87,6 +89,7 @@ fn write<B: Backend>(
     keep: Retention,
     snapshot: Snapshot<B>,
     on_written: Option<OnWritten>,
+    metrics: Option<Arc<CheckpointMetrics>>,
 ) -> Result<f64> {
     let started = Instant::now();
     let Snapshot {
@@ -118,16 +121,24 @@ fn write<B: Backend>(
         }
         match store.save(&manifest, &files, keep) {
             Ok(()) => {
-                if let Some(f) = &on_written {
-                    f(manifest.step, manifest.files.iter().map(|e| e.size).sum());
+                let bytes = manifest.files.iter().map(|e| e.size).sum();
+                let seconds = started.elapsed().as_secs_f64();
+                if let Some(m) = &metrics {
+                    m.written(manifest.step, bytes, seconds);
                 }
-                return Ok(started.elapsed().as_secs_f64());
+                if let Some(f) = &on_written {
+                    f(manifest.step, bytes);
+                }
+                return Ok(seconds);
             }
             Err(e) => {
                 tracing::warn!(step = manifest.step, reason = %format!("{e:#}"), "checkpoint upload failed");
                 last = Some(e);
             }
         }
+    }
+    if let Some(m) = &metrics {
+        m.abandoned();
     }
     Err(last.unwrap_or_else(|| anyhow!("no attempt made")))
 }
@@ -140,8 +151,15 @@ impl<B: Backend> AsyncCheckpointer<B> {
             keep,
             pending: None,
             on_written: None,
+            metrics: None,
             _backend: std::marker::PhantomData,
         }
+    }
+
+    /// Records durations, bytes and abandoned checkpoints in `metrics`.
+    pub fn with_metrics(mut self, metrics: Option<Arc<CheckpointMetrics>>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Calls `f` for every checkpoint once it is complete.
@@ -156,14 +174,20 @@ impl<B: Backend> AsyncCheckpointer<B> {
         let started = Instant::now();
         let _ = self.wait();
         let waited = started.elapsed().as_secs_f64();
-        let (store, plan, keep, on_written) = (self.store.clone(), self.plan.clone(), self.keep, self.on_written.clone());
+        let (store, plan, keep) = (self.store.clone(), self.plan.clone(), self.keep);
+        let (on_written, metrics) = (self.on_written.clone(), self.metrics.clone());
         let step = snapshot.manifest.step;
         let handle = std::thread::Builder::new()
             .name(format!("checkpoint-{step}"))
-            .spawn(move || write(&store, &plan, keep, snapshot, on_written));
+            .spawn(move || write(&store, &plan, keep, snapshot, on_written, metrics));
         match handle {
             Ok(h) => self.pending = Some((step, h)),
-            Err(e) => tracing::warn!(step, reason = %e, "cannot start the checkpoint uploader: checkpoint abandoned"),
+            Err(e) => {
+                tracing::warn!(step, reason = %e, "cannot start the checkpoint uploader: checkpoint abandoned");
+                if let Some(m) = &self.metrics {
+                    m.abandoned();
+                }
+            }
         }
         waited
     }

@@ -27,7 +27,7 @@ use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// Seconds spent in each kind of exchange.
+/// Seconds spent in each kind of exchange, and the bytes this rank put in.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct CommTimes {
     /// All-gather of the targets and the reduce-scatter of their gradients.
@@ -36,6 +36,9 @@ pub struct CommTimes {
     pub bn_s: f64,
     /// Gradient, metric and statistics averaging.
     pub all_reduce_s: f64,
+    pub gather_bytes: u64,
+    pub bn_bytes: u64,
+    pub all_reduce_bytes: u64,
 }
 
 impl CommTimes {
@@ -47,6 +50,9 @@ impl CommTimes {
         self.gather_s += other.gather_s;
         self.bn_s += other.bn_s;
         self.all_reduce_s += other.all_reduce_s;
+        self.gather_bytes += other.gather_bytes;
+        self.bn_bytes += other.bn_bytes;
+        self.all_reduce_bytes += other.all_reduce_bytes;
     }
 }
 
@@ -87,8 +93,9 @@ impl Comm {
         self.collective.world()
     }
 
-    /// Runs `f` on the collective, timed as `kind`; Err once anything failed.
-    pub fn run<T>(&self, kind: Exchange, f: impl FnOnce(&dyn Collective) -> CollResult<T>) -> CollResult<T> {
+    /// Runs `f` on the collective, timed as `kind`, counting `values` f32s
+    /// this rank puts in; Err once anything failed.
+    pub fn run<T>(&self, kind: Exchange, values: usize, f: impl FnOnce(&dyn Collective) -> CollResult<T>) -> CollResult<T> {
         if let Some(e) = self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             return Err(e);
         }
@@ -97,11 +104,12 @@ impl Comm {
         let secs = started.elapsed().as_secs_f64();
         {
             let mut t = self.times.lock().unwrap_or_else(|e| e.into_inner());
+            let bytes = 4 * values as u64;
             match kind {
-                Exchange::Gather => t.gather_s += secs,
-                Exchange::BatchNorm => t.bn_s += secs,
-                Exchange::AllReduce => t.all_reduce_s += secs,
-            }
+                Exchange::Gather => (t.gather_s += secs, t.gather_bytes += bytes),
+                Exchange::BatchNorm => (t.bn_s += secs, t.bn_bytes += bytes),
+                Exchange::AllReduce => (t.all_reduce_s += secs, t.all_reduce_bytes += bytes),
+            };
         }
         if let Err(e) = &out {
             self.failure
@@ -145,14 +153,14 @@ fn gather_inner<B: Backend>(t: FloatTensor<B>, comm: &Comm) -> FloatTensor<B> {
     let (local, device) = host::<B>(t);
     let n = local.len();
     let all = comm
-        .run(Exchange::Gather, |c| c.all_gather(&local))
+        .run(Exchange::Gather, n, |c| c.all_gather(&local))
         .unwrap_or_else(|_| vec![0.0; n * comm.world()]);
     device_tensor::<B>(all, &device)
 }
 
 fn sum_inner<B: Backend>(t: FloatTensor<B>, comm: &Comm, kind: Exchange) -> FloatTensor<B> {
     let (mut values, device) = host::<B>(t);
-    if comm.run(kind, |c| c.all_reduce_sum(&mut values)).is_err() {
+    if comm.run(kind, values.len(), |c| c.all_reduce_sum(&mut values)).is_err() {
         values.iter_mut().for_each(|v| *v = 0.0);
     }
     device_tensor::<B>(values, &device)
@@ -178,7 +186,7 @@ impl<B: Backend> Backward<B, 1> for GatherBackward {
         let (full, device) = host::<B>(grad);
         let n = full.len() / comm.world();
         let own = if exact {
-            comm.run(Exchange::Gather, |c| c.reduce_scatter_sum(&full))
+            comm.run(Exchange::Gather, full.len(), |c| c.reduce_scatter_sum(&full))
                 .unwrap_or_else(|_| vec![0.0; n])
         } else {
             let r = comm.rank();
@@ -261,7 +269,7 @@ pub fn average_gradients<B: Backend>(grads: &mut [Option<Tensor<B, 1>>], comm: &
             }
             end += 1;
         }
-        comm.run(Exchange::AllReduce, |c| c.all_reduce_sum(&mut bucket))?;
+        comm.run(Exchange::AllReduce, bucket.len(), |c| c.all_reduce_sum(&mut bucket))?;
         let mut offset = 0;
         for g in grads[start..end].iter_mut().flatten() {
             let n = g.dims()[0];
@@ -276,10 +284,18 @@ pub fn average_gradients<B: Backend>(grads: &mut [Option<Tensor<B, 1>>], comm: &
 
 /// The mean over ranks of `values` (metrics, statistics), on the host.
 pub fn mean_over_ranks(values: &mut [f32], comm: &Comm) -> CollResult<()> {
-    comm.run(Exchange::AllReduce, |c| c.all_reduce_sum(values))?;
+    comm.run(Exchange::AllReduce, values.len(), |c| c.all_reduce_sum(values))?;
     let w = comm.world() as f32;
     values.iter_mut().for_each(|v| *v /= w);
     Ok(())
+}
+
+/// How far `value` (e.g. this rank's compute seconds) is above the smallest
+/// over ranks: 0 on the fastest rank, the straggler's delay on the slowest.
+pub fn excess_over_min(value: f64, comm: &Comm) -> CollResult<f64> {
+    let all = comm.run(Exchange::AllReduce, 1, |c| c.all_gather(&[value as f32]))?;
+    let min = all.iter().copied().fold(f32::INFINITY, f32::min);
+    Ok((value - f64::from(min)).max(0.0))
 }
 
 #[cfg(test)]

@@ -63,7 +63,7 @@ pub fn evaluate<B: Kernels>(t: &Trainer<B>, test: &Pipeline) -> Result<Option<Ev
     }
     if let Some(comm) = &t.comm {
         let mut hits = [hit_lin as f32, hit_mlp as f32];
-        comm.run(Exchange::AllReduce, |c| c.all_reduce_sum(&mut hits))?;
+        comm.run(Exchange::AllReduce, hits.len(), |c| c.all_reduce_sum(&mut hits))?;
         (hit_lin, hit_mlp) = (hits[0] as usize, hits[1] as usize);
     }
     Ok(Some(EvalResult {

@@ -11,12 +11,14 @@ use crate::checkpoint::writer::{AsyncCheckpointer, Snapshot};
 use crate::data::Split;
 use crate::data::pipeline::{Pipeline, Source};
 use crate::data::prefetch::{StepRange, spawn_batches};
-use crate::dist::ops::{Comm, CommTimes};
+use crate::dist::ops::{Comm, CommTimes, excess_over_min};
+use crate::metrics::{RunMetrics, StepTiming};
 use crate::model::kernels::Kernels;
 use crate::train::eval::evaluate;
-use crate::train::step::Trainer;
+use crate::train::step::{StepMetrics, Trainer};
 use amdim_shared::checkpoint::{MANIFEST_FORMAT, MODEL_FILE, Manifest, OPTIMIZER_FILE};
 use amdim_shared::order::{step_position, steps_per_epoch};
+use amdim_shared::proto::v1::TrainingStats;
 use amdim_shared::spec::JobSpec;
 use anyhow::{Context, Result, bail};
 use std::sync::Arc;
@@ -46,6 +48,8 @@ pub struct RunOptions {
     pub progress: Option<Arc<Progress>>,
     /// Told about every complete checkpoint (for the coordinator's registry).
     pub on_checkpoint: Option<crate::checkpoint::writer::OnWritten>,
+    /// Prometheus series of this run (`metrics::WorkerMetrics::for_run`).
+    pub metrics: Option<RunMetrics>,
 }
 
 /// The step a run has reached, readable from another thread.
@@ -53,6 +57,33 @@ pub struct RunOptions {
 pub struct Progress {
     pub step: std::sync::atomic::AtomicU64,
     pub total: std::sync::atomic::AtomicU64,
+    /// Throughput (smoothed), losses and the last test accuracy.
+    pub stats: std::sync::Mutex<Option<TrainingStats>>,
+}
+
+impl Progress {
+    /// Folds in one step: rates are smoothed (weight 0.1 per step), losses
+    /// and accuracy are the latest.
+    pub fn record(&self, m: &StepMetrics, t: &StepTiming, world: usize, eval: Option<&crate::train::eval::EvalResult>) {
+        const WEIGHT: f64 = 0.1;
+        let rate = (t.samples * world) as f64 / t.total_s.max(1e-9);
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let s = stats.get_or_insert_with(|| TrainingStats {
+            samples_per_second: rate,
+            step_seconds: t.total_s,
+            ..TrainingStats::default()
+        });
+        s.samples_per_second += WEIGHT * (rate - s.samples_per_second);
+        s.step_seconds += WEIGHT * (t.total_s - s.step_seconds);
+        (s.loss, s.loss_1t5, s.loss_1t7, s.loss_5t5) = (
+            f64::from(m.loss),
+            f64::from(m.loss_1t5),
+            f64::from(m.loss_1t7),
+            f64::from(m.loss_5t5),
+        );
+        s.linear_accuracy = eval.map(|e| e.linear);
+        s.mlp_accuracy = eval.map(|e| e.mlp);
+    }
 }
 
 /// A cheap fingerprint of the parameters, logged so that ranks can be
@@ -202,7 +233,13 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
         newest: spec.checkpoint.keep,
         every_steps: spec.checkpoint.keep_every_steps,
     };
-    let mut writer = AsyncCheckpointer::new(store.clone(), t.plan.clone(), retention).on_written(options.on_checkpoint.clone());
+    let mut writer = AsyncCheckpointer::new(store.clone(), t.plan.clone(), retention)
+        .on_written(options.on_checkpoint.clone())
+        .with_metrics(options.metrics.as_ref().map(|m| m.checkpoint.clone()));
+    if let Some(metrics) = &options.metrics {
+        metrics.start(t.step, total);
+    }
+    let mut decode_errors_seen = 0u64;
     let mut checkpoint_blocked = 0.0f64;
     let start_step = t.step;
     let mut total_wait = 0.0f64;
@@ -237,6 +274,19 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
             let m = t
                 .train_step(&batch, epoch)
                 .with_context(|| format!("rank {rank} of {world}, step {}", t.step))?;
+            let lag_s = match &options.comm {
+                // Every rank takes part (a collective), metrics or not.
+                Some(comm) if comm.world() > 1 => excess_over_min(m.compute_s, comm)
+                    .with_context(|| format!("rank {rank} of {world}, step {}: straggler check", t.step))?,
+                _ => 0.0,
+            };
+            let mut timing = StepTiming {
+                samples: batch.n,
+                data_wait_s: waited,
+                lag_s,
+                ..StepTiming::default()
+            };
+            let trained_s = waiting.elapsed().as_secs_f64();
             window_images += batch.n * world;
             if let Some(p) = &options.progress {
                 p.step.store(t.step, Ordering::Relaxed);
@@ -293,12 +343,26 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
                         samples = r.samples,
                         "test accuracy"
                     );
+                    if let Some(metrics) = &options.metrics {
+                        metrics.record_eval(r.linear, r.mlp);
+                    }
                     last_eval = Some(r);
                 }
             }
             let every = spec.checkpoint.every_steps;
             if rank == 0 && ((every > 0 && t.step.is_multiple_of(every)) || t.step == total) {
-                checkpoint_blocked += checkpoint(&t, &mut writer, step_position(t.step, spe).epoch);
+                timing.checkpoint_s = checkpoint(&t, &mut writer, step_position(t.step, spe).epoch);
+                checkpoint_blocked += timing.checkpoint_s;
+            }
+            timing.total_s = trained_s + timing.checkpoint_s;
+            if let Some(p) = &options.progress {
+                p.record(&m, &timing, world, last_eval.as_ref());
+            }
+            if let Some(metrics) = &options.metrics {
+                metrics.record_step(&m, &timing);
+                let skipped = train.health.skipped();
+                metrics.decode_errors(skipped.saturating_sub(decode_errors_seen));
+                decode_errors_seen = skipped;
             }
         }
         drop(rx);
