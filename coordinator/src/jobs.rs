@@ -17,9 +17,10 @@ use tonic::transport::Channel;
 pub type Client = JobServiceClient<InterceptedService<Channel, BearerToken>>;
 
 /// A connected client presenting `token`, or an error naming the server.
-pub async fn connect(server: &str, token: Option<&str>) -> Result<Client> {
-    let channel = Channel::from_shared(server.to_string())
-        .with_context(|| format!("--server {server} is not a valid URL"))?
+/// A client of the coordinator at `server` (https:// verified against
+/// `tls_ca_file`, or the system's roots), presenting `token`.
+pub async fn connect(server: &str, token: Option<&str>, tls_ca_file: Option<&Path>) -> Result<Client> {
+    let channel = amdim_shared::tls::endpoint("--server", server, tls_ca_file)?
         .connect()
         .await
         .with_context(|| format!("cannot reach the coordinator at {server} (--server or AMDIM_SERVER)"))?;

@@ -4,6 +4,7 @@
 //! validated with `amdim-shared` alone.
 
 pub mod checkpoints;
+pub mod client_config;
 pub mod dataset;
 pub mod jobs;
 pub mod local;

@@ -33,6 +33,7 @@ pub async fn run(spec_file: &Path, workers: u32, worker_bin: Option<PathBuf>, me
         // Loopback only, for this process and its children.
         client_token: None,
         join_token: None,
+        tls: None,
     })?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let server = format!("http://{}", listener.local_addr()?);
@@ -76,7 +77,7 @@ pub async fn run(spec_file: &Path, workers: u32, worker_bin: Option<PathBuf>, me
         agents.push(child);
     }
     eprintln!("amdimctl local: coordinator at {server}, {workers} worker process(es)");
-    let client = jobs::connect(&server, None).await?;
+    let client = jobs::connect(&server, None, None).await?;
     let code = tokio::select! {
         code = jobs::submit(client.clone(), spec_file, Some(1), Some(workers), true, false) => code?,
         signal = amdim_shared::shutdown::signalled() => {

@@ -27,6 +27,8 @@ pub struct Settings {
     pub client_token: Option<String>,
     /// Required from worker agents (None: no check).
     pub join_token: Option<String>,
+    /// Serve gRPC over TLS with this certificate and key (None: plain).
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 fn now_unix() -> i64 {
@@ -130,7 +132,16 @@ impl Coordinator {
         }
         let clients = RequireToken::new(self.settings.client_token.clone(), "client token");
         let workers = RequireToken::new(self.settings.join_token.clone(), "join token");
-        let served = tonic::transport::Server::builder()
+        // grpc.health.v1 for load balancers and probes: no token needed.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<JobServiceServer<Coordinator>>().await;
+        health.set_serving::<WorkerServiceServer<Coordinator>>().await;
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.settings.tls.clone() {
+            builder = builder.tls_config(tls)?;
+        }
+        let served = builder
+            .add_service(health_service)
             .add_service(JobServiceServer::with_interceptor(self.clone(), clients))
             .add_service(WorkerServiceServer::with_interceptor(self, workers))
             .serve_with_incoming_shutdown(incoming, shutdown)

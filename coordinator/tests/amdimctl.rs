@@ -44,3 +44,49 @@ fn validate_accepts_the_example_and_names_bad_fields() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_config_file_names_the_server_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    // A port nobody listens on: the error names the address the file gave.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(&config, format!("server = \"http://127.0.0.1:{port}\"\n")).unwrap();
+    let ctl = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_amdimctl"))
+            .args(extra)
+            .arg("list")
+            .env("AMDIM_CONFIG", &config)
+            .env_remove("AMDIM_SERVER")
+            .output()
+            .unwrap()
+    };
+    let out = ctl(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    let out = ctl(&["--server", "http://127.0.0.1:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("127.0.0.1:1") && !err.contains(&format!(":{port}")), "{err}");
+    // A token in the file is refused (files are for paths, not secrets).
+    std::fs::write(&config, "token = \"s3cret\"\n").unwrap();
+    let err = String::from_utf8_lossy(&ctl(&[]).stderr).into_owned();
+    assert!(
+        err.contains("config.toml") && err.contains("unknown field") && !err.contains("s3cret"),
+        "{err}"
+    );
+}
+
+#[test]
+fn completions_are_printed_for_bash_and_zsh() {
+    for shell in ["bash", "zsh"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_amdimctl"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && script.contains("amdimctl") && script.contains("submit"),
+            "{shell}"
+        );
+    }
+}

@@ -5,12 +5,17 @@ What it does:
   1. `helm lint --strict` of helm/amdim (default values and
      deploy/values-gpu.yaml), through Helm 4's Go SDK (helm-python-sdk).
   2. Renders the chart for a set of cases (defaults, the GPU values, the
-     existingSecret path, persistence and ServiceMonitor switches, …) and the
-     cases that must fail (PDB over one worker, unknown values keys).
+     existingSecret path, persistence and ServiceMonitor switches, gRPC TLS
+     from an existing Secret and from cert-manager, …) and the cases that
+     must fail (PDB over one worker, TLS without a certificate source,
+     unknown values keys).
   3. Validates every rendered object with kubernetes-validate's strict
-     schemas for two Kubernetes versions. ServiceMonitor is a CRD those
-     schemas do not cover: it is skipped there, said so, and its ports and
-     selectors are checked against the rendered Services instead.
+     schemas for two Kubernetes versions. ServiceMonitor and cert-manager's
+     Certificate are CRDs those schemas do not cover: they are skipped
+     there, said so, and checked instead, the ServiceMonitor's ports and
+     selectors against the rendered Services, the Certificate against a
+     strict JSON schema of the cert-manager.io/v1 fields and against the
+     coordinator Service's DNS names.
   4. Asserts the chart's conventions: non-root pods, read-only root
      filesystems, no capabilities, RuntimeDefault seccomp, probes, resources,
      GPU limits in the GPU render, the process command lines, labels.
@@ -51,6 +56,82 @@ KUBE_VERSIONS = ["1.29.0", "latest"]
 RELEASE = "amdim"
 NAMESPACE = "amdim"
 PDB_FAILURE = "pdb.enabled=true needs worker.replicas >= 2"
+TLS_FAILURE = "tls.enabled=true needs a certificate for the coordinator"
+TLS_DIR = "/etc/amdim/tls"
+TLS_COORDINATOR_ARGS = ["--tls-cert-file", f"{TLS_DIR}/tls.crt", "--tls-key-file", f"{TLS_DIR}/tls.key"]
+TLS_WORKER_ARGS = ["--tls-ca-file", f"{TLS_DIR}/ca.crt"]
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+# cert-manager.io/v1 Certificate, strictly: the fields of cert-manager's CRD
+# (v1.x) a chart can set, with unknown fields refused as the API server's
+# structural-schema pruning would drop them. kubernetes-validate has no CRDs.
+CERT_USAGES = [
+    "signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+    "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any",
+    "server auth", "client auth", "code signing", "email protection", "s/mime", "ipsec end system",
+    "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc",
+]
+_STRINGS = {"type": "array", "items": {"type": "string", "minLength": 1}}
+CERTIFICATE_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "cert-manager.io/v1"},
+        "kind": {"const": "Certificate"},
+        "metadata": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name", "namespace"],
+            "properties": {
+                "name": {"type": "string", "pattern": DNS_SUBDOMAIN, "maxLength": 253},
+                "namespace": {"type": "string", "minLength": 1},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["issuerRef", "secretName"],
+            "anyOf": [{"required": ["dnsNames"]}, {"required": ["ipAddresses"]}, {"required": ["commonName"]},
+                      {"required": ["uris"]}, {"required": ["emailAddresses"]}],
+            "properties": {
+                "secretName": {"type": "string", "pattern": DNS_SUBDOMAIN, "maxLength": 253},
+                "secretTemplate": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                                   "annotations": {"type": "object", "additionalProperties": {"type": "string"}}},
+                },
+                "commonName": {"type": "string", "maxLength": 64},
+                "dnsNames": {**_STRINGS, "uniqueItems": True},
+                "ipAddresses": {**_STRINGS, "uniqueItems": True},
+                "uris": _STRINGS,
+                "emailAddresses": _STRINGS,
+                "duration": {"type": "string"},
+                "renewBefore": {"type": "string"},
+                "renewBeforePercentage": {"type": "integer"},
+                "revisionHistoryLimit": {"type": "integer", "minimum": 1},
+                "isCA": {"type": "boolean"},
+                "usages": {"type": "array", "items": {"enum": CERT_USAGES}, "uniqueItems": True},
+                "privateKey": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {
+                        "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                        "encoding": {"enum": ["PKCS1", "PKCS8"]},
+                        "rotationPolicy": {"enum": ["Never", "Always"]},
+                        "size": {"type": "integer"},
+                    },
+                },
+                "issuerRef": {
+                    "type": "object", "additionalProperties": False, "required": ["name"],
+                    "properties": {"name": {"type": "string", "minLength": 1}, "kind": {"type": "string", "minLength": 1},
+                                   "group": {"type": "string", "minLength": 1}},
+                },
+            },
+        },
+    },
+}
 
 # The metric catalogue the processes export (design §9).
 WORKER_METRICS = {
@@ -91,6 +172,7 @@ AWS_ENV = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AW
 
 try:
     import helm_python as helm
+    import jsonschema
     import kubernetes_validate
     import kubernetes_validate.utils as kv
     import yaml
@@ -179,6 +261,13 @@ def validate_objects(c: Checks, case: str, objects: list[dict]) -> None:
         if obj["apiVersion"].startswith("monitoring.coreos.com/"):
             c.note(f"{obj['kind']} ({obj['apiVersion']}) is a CRD without a schema in kubernetes-validate: "
                    "skipped there; its selectors and ports are checked against the Services instead")
+            continue
+        if obj["apiVersion"].startswith("cert-manager.io/"):
+            c.note(f"{obj['kind']} ({obj['apiVersion']}) is a CRD without a schema in kubernetes-validate: "
+                   "skipped there; checked against the cert-manager.io/v1 fields and the coordinator Service instead")
+            errors = sorted(jsonschema.Draft7Validator(CERTIFICATE_SCHEMA).iter_errors(clean), key=lambda e: list(e.path))
+            c.ok(not errors, f"[{case}] {name} is a valid cert-manager.io/v1 Certificate (strict)"
+                 + "".join(f"; {'.'.join(str(p) for p in e.path)}: {e.message}" for e in errors))
             continue
         for version in versions:
             try:
@@ -296,18 +385,40 @@ def check_commands(c: Checks, case: str, objects: list[dict]) -> None:
     headless = [s for s in by_kind(objects, "Service") if s["metadata"]["name"] == ws["serviceName"]]
     c.ok(len(headless) == 1 and headless[0]["spec"].get("clusterIP") == "None", f"[{case}] worker serviceName is a headless Service")
     wc = ws["template"]["spec"]["containers"][0]
-    svc = f"http://{coord['metadata']['name']}:7070"
+    # gRPC TLS: on exactly when the coordinator gets a certificate; then the
+    # workers dial https:// (and off, no TLS flag or mount anywhere).
+    tls = "--tls-cert-file" in cc["args"]
+    tail = cc["args"][len(COORDINATOR_ARGS):]
+    c.ok(tail[:4] == TLS_COORDINATOR_ARGS if tls else "--tls-key-file" not in tail,
+         f"[{case}] coordinator TLS arguments {'follow the base arguments' if tls else 'absent'}")
+    cvols = {v["name"]: v for v in coord["spec"]["template"]["spec"]["volumes"]}
+    cmount = next((m for m in cc["volumeMounts"] if m["mountPath"] == TLS_DIR), None)
+    if tls:
+        secret = cvols.get(cmount["name"], {}).get("secret", {}) if cmount else {}
+        c.ok(bool(cmount) and cmount.get("readOnly") is True and bool(secret.get("secretName"))
+             and sorted(i["key"] for i in secret.get("items", [])) == ["tls.crt", "tls.key"],
+             f"[{case}] coordinator mounts tls.crt and tls.key read-only from a Secret at {TLS_DIR}")
+    else:
+        c.ok(cmount is None, f"[{case}] coordinator: no {TLS_DIR} mount without TLS")
+    svc = f"{'https' if tls else 'http'}://{coord['metadata']['name']}:7070"
     expected = ["agent", "--coordinator", svc, "--advertise-host", "$(POD_IP)",
                 "--metrics-listen", "0.0.0.0:9091", "--join-token-file", "/etc/amdim/tokens/join-token"]
     c.ok("command" not in wc and wc["args"][: len(expected)] == expected,
-         f"[{case}] worker arguments (the image's tini entrypoint kept)")
+         f"[{case}] worker arguments (the image's tini entrypoint kept), --coordinator {svc}")
+    wvols = {v["name"]: v for v in ws["template"]["spec"]["volumes"]}
+    wkeys = [i["key"] for v in wvols.values() for i in v.get("secret", {}).get("items", [])]
+    c.ok("tls.key" not in wkeys and all("items" in v["secret"] for v in wvols.values() if "secret" in v),
+         f"[{case}] workers never mount the coordinator's TLS key")
+    if not tls:
+        c.ok("--tls-ca-file" not in wc["args"] and not any(m["mountPath"] == TLS_DIR for m in wc["volumeMounts"]),
+             f"[{case}] workers: no --tls-ca-file and no {TLS_DIR} mount without TLS")
     pod_ip = env_map(wc).get("POD_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
     c.ok(pod_ip == "status.podIP", f"[{case}] worker POD_IP from status.podIP")
     c.ok({p["name"]: p["containerPort"] for p in wc["ports"]} == {"metrics": 9091}, f"[{case}] worker port metrics 9091")
     vols = {v["name"]: v for v in ws["template"]["spec"]["volumes"]}
     shm = next((m for m in wc["volumeMounts"] if m["mountPath"] == "/dev/shm"), None)
     c.ok(bool(shm) and vols.get(shm["name"], {}).get("emptyDir", {}).get("medium") == "Memory", f"[{case}] worker /dev/shm is a Memory emptyDir")
-    tokens = next((v for v in vols.values() if "secret" in v), {})
+    tokens = vols.get("tokens", {})
     keys = [i["key"] for i in tokens.get("secret", {}).get("items", [])]
     c.ok(keys == ["join-token"], f"[{case}] workers see the join token only")
 
@@ -429,11 +540,129 @@ def run_cases(c: Checks, chart: "helm.Chart", gpu_values: dict) -> int:
         c.ok(by_kind(objects, "PodDisruptionBudget")[0]["spec"] == {"minAvailable": "50%", "selector": one(objects, "StatefulSet", "worker")["spec"]["selector"]},
              "[pdb-percent] minAvailable 50%")
 
+    check_tls_cases(c, chart, rendered, must_fail)
+
     # values.schema.json rejects what the chart does not know.
     must_fail("schema-unknown-key", {"replicaCount": 3}, "additional properties 'replicaCount' not allowed")
     must_fail("schema-bad-enum", {"coordinator": {"image": {"repository": "x", "pullPolicy": "Sometimes"}}}, "pullPolicy")
     must_fail("schema-negative", {"worker": {"replicas": -1}}, "replicas")
+    must_fail("schema-tls-unknown-key", {"tls": {"enabled": True, "existingSecret": "amdim-tls", "ca": "x"}},
+              "additional properties 'ca' not allowed")
     return renders
+
+
+ISSUER = {"name": "amdim-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+TLS_CERT_MANAGER = {"tls": {"enabled": True, "certManager": {"enabled": True, "issuerRef": ISSUER}}}
+
+
+def tls_volume(workload: dict) -> tuple[dict | None, dict | None]:
+    """The (volumeMount at TLS_DIR, its secret volume source) of a workload's first container."""
+    pod = workload["spec"]["template"]["spec"]
+    mount = next((m for m in pod["containers"][0].get("volumeMounts", []) if m["mountPath"] == TLS_DIR), None)
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    return mount, (vols.get(mount["name"], {}).get("secret") if mount else None)
+
+
+def check_tls_cases(c: Checks, chart: "helm.Chart", rendered, must_fail) -> None:
+    """gRPC TLS: from an existing Secret, from cert-manager, and refused without either."""
+
+    def service_names(objects: list[dict]) -> list[str]:
+        svc = one(objects, "Service", "coordinator")["metadata"]["name"]
+        return [svc, f"{svc}.{NAMESPACE}", f"{svc}.{NAMESPACE}.svc", f"{svc}.{NAMESPACE}.svc.cluster.local"]
+
+    def check_pods(case: str, objects: list[dict], secret: str, ca_key: str | None = "ca.crt") -> None:
+        coord, worker = one(objects, "Deployment", "coordinator"), one(objects, "StatefulSet", "worker")
+        cc, wc = coord["spec"]["template"]["spec"]["containers"][0], worker["spec"]["template"]["spec"]["containers"][0]
+        url = f"https://{one(objects, 'Service', 'coordinator')['metadata']['name']}:7070"
+        c.ok(cc["args"][len(COORDINATOR_ARGS):] == TLS_COORDINATOR_ARGS,
+             f"[{case}] coordinator gets --tls-cert-file {TLS_DIR}/tls.crt --tls-key-file {TLS_DIR}/tls.key")
+        mount, source = tls_volume(coord)
+        c.ok(bool(mount) and mount.get("readOnly") is True and source is not None and source.get("secretName") == secret
+             and source.get("items") == [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}],
+             f"[{case}] coordinator mounts tls.crt / tls.key of Secret {secret} read-only at {TLS_DIR}")
+        c.ok(wc["args"][wc["args"].index("--coordinator") + 1] == url, f"[{case}] workers dial {url}")
+        mount, source = tls_volume(worker)
+        if ca_key:
+            after = wc["args"].index("/etc/amdim/tokens/join-token") + 1
+            c.ok(wc["args"][after:after + 2] == TLS_WORKER_ARGS, f"[{case}] workers get --tls-ca-file {TLS_DIR}/ca.crt")
+            c.ok(bool(mount) and mount.get("readOnly") is True and source is not None and source.get("secretName") == secret
+                 and source.get("items") == [{"key": ca_key, "path": "ca.crt"}],
+                 f"[{case}] workers mount only {ca_key} of Secret {secret}, read-only, as {TLS_DIR}/ca.crt")
+        else:
+            c.ok("--tls-ca-file" not in wc["args"] and mount is None,
+                 f"[{case}] tls.caKey empty: workers use the system's roots (no --tls-ca-file, no CA mount)")
+
+    # (e) TLS from an existing kubernetes.io/tls Secret.
+    case = "tls-existingSecret"
+    values = {"tls": {"enabled": True, "existingSecret": "amdim-tls"}}
+    objects = rendered(case, values)
+    if objects:
+        check_pods(case, objects, "amdim-tls")
+        c.ok(not by_kind(objects, "Certificate"), f"[{case}] no Certificate rendered")
+        c.ok(one(objects, "Service", "coordinator")["spec"]["ports"][0]["port"] == 7070, f"[{case}] Service keeps grpc on 7070")
+        text = notes(chart, values)
+        c.ok("--server https://localhost:7070 --tls-ca-file amdim-ca.crt" in text
+             and "get secret amdim-tls -o jsonpath='{.data.ca\\.crt}' | base64 -d > amdim-ca.crt" in text
+             and 'export AMDIM_TLS_CA_FILE="$PWD/amdim-ca.crt"' in text and "https://amdim-coordinator:7070" in text
+             and "must name (tls.certManager.includeLocalhost" in text,
+             f"[{case}] NOTES.txt shows the https address, the CA from the Secret and --tls-ca-file")
+    objects = rendered("tls-custom-ca-key", {"tls": {"enabled": True, "existingSecret": "amdim-tls", "caKey": "root.pem"},
+                                             "worker": {"extraArgs": ["--foo"]}})
+    if objects:
+        check_pods("tls-custom-ca-key", objects, "amdim-tls", ca_key="root.pem")
+        wc = one(objects, "StatefulSet", "worker")["spec"]["template"]["spec"]["containers"][0]
+        c.ok(wc["args"][-3:] == [*TLS_WORKER_ARGS, "--foo"], "[tls-custom-ca-key] worker extraArgs follow --tls-ca-file")
+        _, source = tls_volume(one(objects, "StatefulSet", "worker"))
+        c.ok(bool(source) and source.get("items") == [{"key": "root.pem", "path": "ca.crt"}],
+             "[tls-custom-ca-key] tls.caKey root.pem mounted as ca.crt")
+    values = {"tls": {"enabled": True, "existingSecret": "public-tls", "caKey": ""}}
+    objects = rendered("tls-system-roots", values)
+    if objects:
+        check_pods("tls-system-roots", objects, "public-tls", ca_key="")
+        text = notes(chart, values)
+        c.ok("--tls-ca-file" not in text and "AMDIM_TLS_CA_FILE" not in text and "system's roots" in text,
+             "[tls-system-roots] NOTES.txt: no CA file, the system's roots")
+
+    # (f) TLS from cert-manager: a Certificate for the Service's DNS names.
+    case = "tls-certManager"
+    objects = rendered(case, TLS_CERT_MANAGER)
+    if objects:
+        certs = by_kind(objects, "Certificate")
+        if c.ok(len(certs) == 1, f"[{case}] one Certificate"):
+            spec = certs[0]["spec"]
+            names = service_names(objects)
+            c.ok(spec["dnsNames"] == [*names, "localhost"], f"[{case}] Certificate dnsNames: the coordinator Service's names and localhost ({spec['dnsNames']})")
+            c.ok(spec.get("ipAddresses") == ["127.0.0.1"], f"[{case}] Certificate ipAddresses 127.0.0.1 (port-forward)")
+            c.ok(spec["secretName"] == "amdim-coordinator-tls", f"[{case}] Certificate secretName amdim-coordinator-tls")
+            c.ok(spec["issuerRef"] == ISSUER, f"[{case}] Certificate issuerRef from tls.certManager.issuerRef")
+            c.ok("server auth" in spec.get("usages", []), f"[{case}] Certificate usages include server auth")
+            c.ok(spec.get("privateKey", {}).get("encoding") == "PKCS8", f"[{case}] private key PKCS#8 (PEM \"PRIVATE KEY\")")
+            check_pods(case, objects, spec["secretName"])
+        text = notes(chart, TLS_CERT_MANAGER)
+        c.ok("get secret amdim-coordinator-tls -o jsonpath='{.data.ca\\.crt}'" in text and "ClusterIssuer amdim-ca" in text
+             and "must name" not in text, f"[{case}] NOTES.txt: the CA from the cert-manager Secret")
+    case = "tls-certManager-custom"
+    objects = rendered(case, {"fullnameOverride": "ml", "tls": {"enabled": True, "certManager": {
+        "enabled": True, "issuerRef": {"name": "corp-ca", "kind": "Issuer", "group": "cert-manager.io"},
+        "secretName": "ml-grpc-cert", "clusterDomain": "corp.internal", "includeLocalhost": False,
+        "extraDnsNames": ["amdim.example.com"]}}})
+    if objects:
+        cert = by_kind(objects, "Certificate")[0]["spec"] if by_kind(objects, "Certificate") else {}
+        c.ok(cert.get("dnsNames") == ["ml-coordinator", "ml-coordinator.amdim", "ml-coordinator.amdim.svc",
+                                      "ml-coordinator.amdim.svc.corp.internal", "amdim.example.com"]
+             and "ipAddresses" not in cert, f"[{case}] dnsNames follow fullnameOverride, clusterDomain, extraDnsNames; no localhost")
+        c.ok(cert.get("secretName") == "ml-grpc-cert", f"[{case}] tls.certManager.secretName")
+        check_pods(case, objects, "ml-grpc-cert")
+    objects = rendered("tls-off-certManager-on", {"tls": {"enabled": False, "certManager": {"enabled": True, "issuerRef": ISSUER}}})
+    if objects:
+        c.ok(not by_kind(objects, "Certificate"), "[tls-off-certManager-on] no Certificate while tls.enabled=false")
+
+    # (g) TLS without a certificate source, or with two, must not render.
+    must_fail("tls-alone", {"tls": {"enabled": True}}, TLS_FAILURE)
+    must_fail("tls-both-sources", {"tls": {"enabled": True, "existingSecret": "amdim-tls", "certManager": {"enabled": True, "issuerRef": ISSUER}}},
+              "tls.existingSecret (\"amdim-tls\") and tls.certManager.enabled=true are exclusive")
+    must_fail("tls-certManager-no-issuer", {"tls": {"enabled": True, "certManager": {"enabled": True}}},
+              "tls.certManager.enabled=true needs tls.certManager.issuerRef.name")
 
 
 def check_schema_covers_values(c: Checks, chart: "helm.Chart") -> None:
@@ -571,7 +800,7 @@ def main() -> int:
 
     print("== helm lint --strict")
     gpu_values = helm.values_from_yaml(GPU_VALUES.read_text())
-    for label, values in (("defaults", None), ("values-gpu", gpu_values)):
+    for label, values in (("defaults", None), ("values-gpu", gpu_values), ("tls-certManager", TLS_CERT_MANAGER)):
         for kube in ("v1.29.0", f"v{kv.latest_version()}"):
             report = helm.lint(CHART, values, strict=True, kube_version=kube)
             bad = [m for m in report["messages"] if m["severity"] >= 2] + [{"error": e} for e in report["errors"]]

@@ -20,3 +20,4 @@ pub mod shards;
 pub mod shutdown;
 pub mod spec;
 pub mod storage;
+pub mod tls;

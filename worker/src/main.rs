@@ -56,6 +56,10 @@ enum Command {
         /// registered with the coordinator) at this address.
         #[arg(long, env = "AMDIM_METRICS_LISTEN")]
         metrics_listen: Option<String>,
+        /// CA certificate (PEM) of the coordinator's TLS certificate, for an
+        /// https:// --coordinator (default: the system's roots).
+        #[arg(long, env = "AMDIM_TLS_CA_FILE")]
+        tls_ca_file: Option<PathBuf>,
     },
     /// Write the loss and rank-averaged gradients of one training step
     /// (safetensors, state_dict names): checks W ranks against one.
@@ -239,6 +243,7 @@ fn main() -> Result<()> {
             advertise_host,
             join_token_file,
             metrics_listen,
+            tls_ca_file,
         } => {
             let ready = Arc::new(AtomicBool::new(false));
             let shutdown = Arc::new(AtomicBool::new(false));
@@ -267,6 +272,7 @@ fn main() -> Result<()> {
                 advertise_host,
                 devices: 1,
                 join_token,
+                tls_ca_file,
                 ready,
                 shutdown,
             };

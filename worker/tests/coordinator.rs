@@ -19,24 +19,30 @@ struct Cluster {
     http: String,
     /// (client token, join token) the coordinator requires, if any.
     tokens: Option<(String, String)>,
+    /// The CA of the coordinator's TLS certificate (gRPC over TLS), if any.
+    ca: Option<PathBuf>,
     coordinator: Option<Child>,
     agents: Vec<Child>,
 }
 
 impl Cluster {
     fn start(dir: &Path, agents: usize) -> Self {
-        Self::start_with(dir, agents, None)
+        Self::start_with(dir, agents, None, false)
     }
 
-    fn start_with(dir: &Path, agents: usize, tokens: Option<(&str, &str)>) -> Self {
+    /// With `tls`, a CA and a certificate for 127.0.0.1 signed by it are
+    /// made with openssl, and every process talks gRPC over TLS.
+    fn start_with(dir: &Path, agents: usize, tokens: Option<(&str, &str)>, tls: bool) -> Self {
         let listen = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .to_string();
+        let ca = tls.then(|| make_certificates(dir));
         let mut c = Self {
             dir: dir.to_path_buf(),
-            server: format!("http://{listen}"),
+            server: format!("{}://{listen}", if tls { "https" } else { "http" }),
+            ca,
             listen,
             http: std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -52,6 +58,7 @@ impl Cluster {
             let agent = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
                 .args(["agent", "--coordinator", &c.server, "--name", &format!("w{i}")])
                 .envs(c.tokens.iter().map(|(_, join)| ("AMDIM_JOIN_TOKEN", join.clone())))
+                .envs(c.ca.iter().map(|ca| ("AMDIM_TLS_CA_FILE", ca.clone())))
                 .env("NO_COLOR", "1")
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(dir.join(format!("agent{i}.log"))).unwrap())
@@ -75,6 +82,14 @@ impl Cluster {
         let child = Command::new(coordinator_bin("amdim-coordinator"))
             .args(["--listen", &self.listen, "--http-listen", &self.http])
             .args(["--heartbeat-ms", "200", "--heartbeat-timeout-s", "2"])
+            .args(self.ca.iter().flat_map(|_| {
+                [
+                    "--tls-cert-file".into(),
+                    self.dir.join("cert.pem"),
+                    "--tls-key-file".into(),
+                    self.dir.join("key.pem"),
+                ]
+            }))
             .envs(tokens)
             .arg("--state-file")
             .arg(self.dir.join("state.json"))
@@ -95,6 +110,7 @@ impl Cluster {
         Command::new(coordinator_bin("amdimctl"))
             .args(["--server", &self.server])
             .envs(self.tokens.iter().map(|(client, _)| ("AMDIM_TOKEN", client.clone())))
+            .envs(self.ca.iter().map(|ca| ("AMDIM_TLS_CA_FILE", ca.clone())))
             .args(args)
             .output()
             .unwrap()
@@ -134,6 +150,55 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, in `dir`
+/// (ca.pem, cert.pem, key.pem); returns the CA's path.
+fn make_certificates(dir: &Path) -> PathBuf {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    openssl(
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=amdim test CA"],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"],
+            &ec[..],
+            &["-keyout", "key.pem", "-out", "cert.csr", "-subj", "/CN=127.0.0.1"],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "cert.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    dir.join("ca.pem")
 }
 
 impl Drop for Cluster {
@@ -289,7 +354,7 @@ fn amdimctl_local_runs_a_job_on_local_worker_processes() {
 #[test]
 fn tokens_keep_out_clients_and_workers_without_them() {
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start_with(tmp.path(), 1, Some(("client-s3cret", "join-s3cret")));
+    let cluster = Cluster::start_with(tmp.path(), 1, Some(("client-s3cret", "join-s3cret")), false);
     let plain = |token: Option<&str>, args: &[&str]| {
         let mut c = Command::new(coordinator_bin("amdimctl"));
         c.args(["--server", &cluster.server]).env_remove("AMDIM_TOKEN");
@@ -322,4 +387,42 @@ fn tokens_keep_out_clients_and_workers_without_them() {
     let spec = job_spec(tmp.path(), 6, 1, 1);
     let out = cluster.ctl_output(&["submit", "-f", spec.to_str().unwrap(), "--watch"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn grpc_over_tls_trains_a_job_and_refuses_clients_without_the_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start_with(tmp.path(), 1, None, true);
+    assert!(cluster.server.starts_with("https://"));
+    // Agents and amdimctl verify the coordinator against the CA.
+    let spec = job_spec(tmp.path(), 4, 1, 1);
+    let out = cluster.ctl_output(&["submit", "-f", spec.to_str().unwrap(), "--watch"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Without the CA the certificate is not trusted; plain HTTP/2 gets nowhere.
+    let untrusted = Command::new(coordinator_bin("amdimctl"))
+        .args(["--server", &cluster.server, "list"])
+        .env_remove("AMDIM_TLS_CA_FILE")
+        .output()
+        .unwrap();
+    assert!(!untrusted.status.success());
+    let plain = Command::new(coordinator_bin("amdimctl"))
+        .args(["--server", &cluster.server.replace("https://", "http://"), "list"])
+        .env_remove("AMDIM_TLS_CA_FILE")
+        .output()
+        .unwrap();
+    assert!(!plain.status.success());
+    // A bad key file is named at start.
+    let bad = Command::new(coordinator_bin("amdim-coordinator"))
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .arg("--tls-cert-file")
+        .arg(tmp.path().join("cert.pem"))
+        .arg("--tls-key-file")
+        .arg(tmp.path().join("cert.csr"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("--tls-key-file") && err.contains("cert.csr"),
+        "{err}"
+    );
 }

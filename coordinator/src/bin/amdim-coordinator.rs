@@ -36,6 +36,12 @@ struct Cli {
     /// Token worker agents must present (or AMDIM_JOIN_TOKEN).
     #[arg(long)]
     join_token_file: Option<PathBuf>,
+    /// Serve gRPC over TLS with this certificate chain (PEM; with --tls-key-file).
+    #[arg(long, env = "AMDIM_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The private key of --tls-cert-file (PEM).
+    #[arg(long, env = "AMDIM_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -50,6 +56,11 @@ fn main() -> Result<()> {
     };
     let client_token = token("AMDIM_CLIENT_TOKEN", &cli.client_token_file, "--client-token-file")?;
     let join_token = token("AMDIM_JOIN_TOKEN", &cli.join_token_file, "--join-token-file")?;
+    let tls = match (&cli.tls_cert_file, &cli.tls_key_file) {
+        (Some(cert), Some(key)) => Some(amdim_shared::tls::server_config(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     runtime.block_on(async {
         let coordinator = Coordinator::open(Settings {
             state_file: Some(cli.state_file.clone()),
@@ -57,6 +68,7 @@ fn main() -> Result<()> {
             heartbeat_timeout: Duration::from_secs_f64(cli.heartbeat_timeout_s.max(1.0)),
             client_token,
             join_token,
+            tls,
         })?;
         let listener = tokio::net::TcpListener::bind(&cli.listen)
             .await
@@ -64,7 +76,7 @@ fn main() -> Result<()> {
         let http = tokio::net::TcpListener::bind(&cli.http_listen)
             .await
             .with_context(|| format!("--http-listen {}", cli.http_listen))?;
-        tracing::info!(addr = %listener.local_addr()?, http = %http.local_addr()?, state = %cli.state_file.display(), "coordinator listening");
+        tracing::info!(addr = %format!("{scheme}://{}", listener.local_addr()?), http = %http.local_addr()?, state = %cli.state_file.display(), "coordinator listening");
         let ready = Arc::new(AtomicBool::new(true));
         let probes = coordinator.spawn_http(http, ready.clone());
         let served = coordinator

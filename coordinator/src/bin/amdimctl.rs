@@ -6,26 +6,33 @@
 //! `amdimctl export URI --out DIR`).
 
 use amdim_coordinator::checkpoints::{self, human_age};
+use amdim_coordinator::client_config;
 use amdim_coordinator::dataset::{self, human_bytes};
 use amdim_coordinator::jobs;
 use amdim_shared::auth::read_token;
 use amdim_shared::spec::JobSpec;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(name = "amdimctl", version, about = "Submit and watch AMDIM training jobs")]
 struct Cli {
-    /// The coordinator's gRPC address.
-    #[arg(long, global = true, env = "AMDIM_SERVER", default_value = "http://127.0.0.1:7070")]
-    server: String,
+    /// The coordinator's gRPC address (default: the config file's `server`,
+    /// else http://127.0.0.1:7070). The config file is $AMDIM_CONFIG, else
+    /// ~/.config/amdim/config.toml, with `server`, `token_file`, `tls_ca_file`.
+    #[arg(long, global = true, env = "AMDIM_SERVER")]
+    server: Option<String>,
     /// The client token, when the coordinator requires one.
     #[arg(long, global = true, env = "AMDIM_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// A file holding the client token.
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the coordinator's TLS certificate,
+    /// for an https:// --server (default: the system's roots).
+    #[arg(long, global = true, env = "AMDIM_TLS_CA_FILE")]
+    tls_ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,6 +73,7 @@ enum Command {
         output: Output,
     },
     /// One job: state, generations (with why each ended), progress.
+    #[command(alias = "describe")]
     Get {
         id: String,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
@@ -75,6 +83,9 @@ enum Command {
     Watch { id: String },
     /// Cancel a job.
     Cancel { id: String },
+    /// Print a shell completion script (e.g. `amdimctl completions bash >
+    /// /etc/bash_completion.d/amdimctl`).
+    Completions { shell: clap_complete::Shell },
     /// Run a job on this machine: an in-process coordinator and N local
     /// worker processes (`amdim-worker agent`); exit 0 when it succeeds.
     Local {
@@ -153,6 +164,7 @@ fn main() -> ExitCode {
         server: cli.server,
         token: cli.token,
         token_file: cli.token_file,
+        tls_ca_file: cli.tls_ca_file,
     };
     match cli.command {
         Command::Validate { file, output } => validate(file, output),
@@ -200,14 +212,36 @@ fn main() -> ExitCode {
         Command::Dataset { command } => report(run_dataset(command)),
         Command::Checkpoints { uri, output } => report(list_checkpoints(&uri, output)),
         Command::Export { uri, step, out } => report(export(&uri, step, &out)),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "amdimctl", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
     }
 }
 
-/// How to reach the coordinator.
+/// How to reach the coordinator, as given by flags and environment.
 struct Conn {
-    server: String,
+    server: Option<String>,
     token: Option<String>,
     token_file: Option<PathBuf>,
+    tls_ca_file: Option<PathBuf>,
+}
+
+impl Conn {
+    /// The flags merged with the config file (client_config's rules).
+    fn resolve(&self) -> anyhow::Result<client_config::Connection> {
+        let file = match client_config::default_path(|k| std::env::var(k).ok()) {
+            Some(path) => client_config::load(&path).map_err(|e| anyhow::anyhow!("config file {e}"))?,
+            None => client_config::FileConfig::default(),
+        };
+        Ok(client_config::merge(
+            self.server.clone(),
+            self.token.clone(),
+            self.token_file.clone(),
+            self.tls_ca_file.clone(),
+            file,
+        ))
+    }
 }
 
 /// Runs a coordinator command; its result is the exit code.
@@ -215,14 +249,13 @@ fn jobs_command<F>(cli: &Conn, f: impl FnOnce(jobs::Client) -> F) -> ExitCode
 where
     F: std::future::Future<Output = anyhow::Result<ExitCode>>,
 {
-    let result = read_token(cli.token.clone(), cli.token_file.as_deref(), "--token-file")
-        .map_err(anyhow::Error::msg)
-        .and_then(|token| {
-            runtime()?.block_on(async {
-                let client = jobs::connect(&cli.server, token.as_deref()).await?;
-                f(client).await
-            })
-        });
+    let result = cli.resolve().and_then(|conn| {
+        let token = read_token(conn.token.clone(), conn.token_file.as_deref(), "--token-file").map_err(anyhow::Error::msg)?;
+        runtime()?.block_on(async {
+            let client = jobs::connect(&conn.server, token.as_deref(), conn.tls_ca_file.as_deref()).await?;
+            f(client).await
+        })
+    });
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -108,9 +108,45 @@ new line, or nothing; (dict "ctx" $ "extra" map "indent" 2).
 {{- default (printf "%s-secret" (include "amdim.fullname" .)) .Values.existingSecret }}
 {{- end }}
 
-{{/* The coordinator's gRPC address as the workers dial it. */}}
+{{/* The coordinator's gRPC address as the workers dial it (https:// with tls.enabled). */}}
 {{- define "amdim.coordinator.url" -}}
-{{- printf "http://%s:%d" (include "amdim.coordinator.fullname" .) (int .Values.coordinator.service.grpcPort) }}
+{{- printf "%s://%s:%d" (ternary "https" "http" .Values.tls.enabled) (include "amdim.coordinator.fullname" .) (int .Values.coordinator.service.grpcPort) }}
+{{- end }}
+
+{{/*
+The Secret with the coordinator's TLS certificate (tls.crt, tls.key and the
+CA under tls.caKey): tls.existingSecret, or the one cert-manager fills for
+the Certificate of tls-certificate.yaml. Used only with tls.enabled, and
+fails there when neither source, or both, are set.
+*/}}
+{{- define "amdim.tls.secretName" -}}
+{{- $t := .Values.tls }}
+{{- $cm := $t.certManager }}
+{{- if and $cm.enabled $t.existingSecret }}
+{{- fail (printf "tls.existingSecret (%q) and tls.certManager.enabled=true are exclusive: use your own kubernetes.io/tls Secret or let cert-manager issue one, not both." $t.existingSecret) }}
+{{- else if $cm.enabled }}
+{{- if not $cm.issuerRef.name }}
+{{- fail "tls.certManager.enabled=true needs tls.certManager.issuerRef.name: the cert-manager Issuer or ClusterIssuer (issuerRef.kind) that signs the coordinator's certificate." }}
+{{- end }}
+{{- default (printf "%s-tls" (include "amdim.coordinator.fullname" .)) $cm.secretName }}
+{{- else if $t.existingSecret }}
+{{- $t.existingSecret }}
+{{- else }}
+{{- fail "tls.enabled=true needs a certificate for the coordinator: set tls.existingSecret to a kubernetes.io/tls Secret (tls.crt, tls.key and ca.crt), or tls.certManager.enabled=true with tls.certManager.issuerRef to have cert-manager issue one." }}
+{{- end }}
+{{- end }}
+
+{{/*
+The DNS names the coordinator's certificate must hold: the Service as the
+workers dial it (<svc>) and its namespaced forms.
+*/}}
+{{- define "amdim.tls.dnsNames" -}}
+{{- $svc := include "amdim.coordinator.fullname" . }}
+{{- $ns := .Release.Namespace }}
+- {{ $svc }}
+- {{ printf "%s.%s" $svc $ns }}
+- {{ printf "%s.%s.svc" $svc $ns }}
+- {{ printf "%s.%s.svc.%s" $svc $ns (default "cluster.local" .Values.tls.certManager.clusterDomain) }}
 {{- end }}
 
 {{/*

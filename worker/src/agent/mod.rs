@@ -34,6 +34,8 @@ pub struct AgentSettings {
     pub devices: u32,
     /// The join token the coordinator may require.
     pub join_token: Option<String>,
+    /// CA of the coordinator's TLS certificate (https:// addresses).
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Set while registered with the coordinator (`/readyz`).
     pub ready: Arc<AtomicBool>,
     /// Set on SIGINT/SIGTERM: stop the current part (it writes a checkpoint
@@ -130,9 +132,8 @@ async fn commit_checkpoints(
 
 /// Connects to the coordinator, retrying with backoff until it answers or
 /// `shutdown` is set.
-async fn connect(coordinator: &str, token: &BearerToken, shutdown: &AtomicBool) -> Result<Client> {
-    let endpoint =
-        Channel::from_shared(coordinator.to_string()).with_context(|| format!("--coordinator {coordinator} is not a valid URL"))?;
+async fn connect(coordinator: &str, tls_ca_file: Option<&std::path::Path>, token: &BearerToken, shutdown: &AtomicBool) -> Result<Client> {
+    let endpoint = amdim_shared::tls::endpoint("--coordinator", coordinator, tls_ca_file)?;
     let mut wait = Duration::from_millis(200);
     loop {
         if shutdown.load(Ordering::Relaxed) {
@@ -188,7 +189,7 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
     let rendezvous_addr = format!("{}:{port}", settings.advertise_host);
     let token = BearerToken::new(settings.join_token.as_deref()).map_err(|e| anyhow::anyhow!("join token: {e}"))?;
     runtime.block_on(async {
-        let mut client = connect(&settings.coordinator, &token, &settings.shutdown).await?;
+        let mut client = connect(&settings.coordinator, settings.tls_ca_file.as_deref(), &token, &settings.shutdown).await?;
         let mut current: Option<Training> = None;
         loop {
             if settings.shutdown.load(Ordering::Relaxed) {
@@ -212,7 +213,7 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
                 Err(e) => {
                     tracing::warn!(reason = %e.message(), "register failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    client = connect(&settings.coordinator, &token, &settings.shutdown).await?;
+                    client = connect(&settings.coordinator, settings.tls_ca_file.as_deref(), &token, &settings.shutdown).await?;
                     continue;
                 }
             };
@@ -290,7 +291,7 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
                     }
                     Err(s) => {
                         tracing::warn!(reason = %s.message(), "heartbeat failed");
-                        client = match connect(&settings.coordinator, &token, &settings.shutdown).await {
+                        client = match connect(&settings.coordinator, settings.tls_ca_file.as_deref(), &token, &settings.shutdown).await {
                             Ok(c) => c,
                             Err(e) => {
                                 // Stopped while cut off: the part still ends with its checkpoint.

@@ -1,0 +1,51 @@
+//! The coordinator's standard gRPC health service (`grpc.health.v1`): it
+//! answers SERVING for the server and both amdim services without a token,
+//! while the amdim services themselves still demand theirs.
+
+use amdim_coordinator::server::{Coordinator, Settings};
+use std::time::Duration;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+#[tokio::test]
+async fn health_answers_without_a_token_for_every_service() {
+    let coordinator = Coordinator::open(Settings {
+        state_file: None,
+        heartbeat_interval: Duration::from_millis(500),
+        heartbeat_timeout: Duration::from_secs(5),
+        client_token: Some("client".into()),
+        join_token: Some("join".into()),
+        tls: None,
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(coordinator.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let mut health = loop {
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(addr.clone()).unwrap().connect().await {
+            break HealthClient::new(channel);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for service in ["", "amdim.v1.JobService", "amdim.v1.WorkerService"] {
+        let status = health
+            .check(HealthCheckRequest { service: service.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "service {service:?}");
+    }
+    let unknown = health.check(HealthCheckRequest { service: "nope".into() }).await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    // The job service still wants the client token.
+    let mut jobs = amdim_coordinator::jobs::connect(&addr, None, None).await.unwrap();
+    let refused = jobs.list(amdim_shared::proto::v1::ListJobsRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
