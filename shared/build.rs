@@ -7,6 +7,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
     let proto = "../proto/amdim/v1/amdim.proto";
     println!("cargo:rerun-if-changed={proto}");
-    tonic_prost_build::configure().compile_protos(&[proto], &["../proto"])?;
+    tonic_prost_build::configure()
+        // The coordinator keeps rank 0's latest numbers in its state file as they came.
+        .type_attribute(
+            ".amdim.v1.TrainingStats",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        )
+        .compile_protos(&[proto], &["../proto"])?;
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! half-written file). On start it reloads that file and recovers (design §8).
 //! The rules themselves are `state`'s.
 
-use crate::state::{Command, Generation, Job, JobState, Report, State, StateError, TrainingStats, Worker};
+use crate::state::{Command, Generation, Job, JobState, Report, State, StateError, Worker};
 use amdim_shared::auth::RequireToken;
 use amdim_shared::proto::v1 as pb;
 use pb::job_service_server::{JobService, JobServiceServer};
@@ -199,16 +199,7 @@ pub fn job_message(j: &Job) -> pb::Job {
                 created_unix: c.created_unix,
             })
             .collect(),
-        stats: j.stats.map(|t| pb::TrainingStats {
-            samples_per_second: t.samples_per_second,
-            step_seconds: t.step_seconds,
-            loss: t.loss,
-            loss_1t5: t.loss_1t5,
-            loss_1t7: t.loss_1t7,
-            loss_5t5: t.loss_5t5,
-            linear_accuracy: t.linear_accuracy,
-            mlp_accuracy: t.mlp_accuracy,
-        }),
+        stats: j.stats,
     }
 }
 
@@ -281,19 +272,10 @@ impl WorkerService for Coordinator {
 
     async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = request.into_inner();
-        let report = (!r.job_id.is_empty()).then(|| Report {
+        let report = (!r.job_id.is_empty()).then_some(Report {
             step: r.step,
             total: r.total_steps,
-            stats: r.stats.map(|t| TrainingStats {
-                samples_per_second: t.samples_per_second,
-                step_seconds: t.step_seconds,
-                loss: t.loss,
-                loss_1t5: t.loss_1t5,
-                loss_1t7: t.loss_1t7,
-                loss_5t5: t.loss_5t5,
-                linear_accuracy: t.linear_accuracy,
-                mlp_accuracy: t.mlp_accuracy,
-            }),
+            stats: r.stats,
         });
         let command = self.change(|s| s.heartbeat(&r.worker_id, report, now_unix())).map_err(status)?;
         use pb::heartbeat_response::Command as C;

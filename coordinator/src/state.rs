@@ -9,6 +9,7 @@
 //! `max_restarts`, and records why. Time is passed in, so every rule is
 //! testable without clocks; `server` owns the RPCs and persistence.
 
+use amdim_shared::proto::v1::TrainingStats;
 use amdim_shared::spec::JobSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -68,19 +69,6 @@ pub struct Job {
     /// Rank 0's latest numbers.
     #[serde(default)]
     pub stats: Option<TrainingStats>,
-}
-
-/// What rank 0 reports about its training (see `TrainingStats` in the proto).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct TrainingStats {
-    pub samples_per_second: f64,
-    pub step_seconds: f64,
-    pub loss: f64,
-    pub loss_1t5: f64,
-    pub loss_1t7: f64,
-    pub loss_5t5: f64,
-    pub linear_accuracy: Option<f64>,
-    pub mlp_accuracy: Option<f64>,
 }
 
 /// A heartbeat's progress: the step reached, the steps in all, and the

@@ -188,6 +188,18 @@ fn init_logging(json: bool) {
     }
 }
 
+/// A flag set (and `what` logged) at the first SIGINT or SIGTERM.
+fn stop_on_signal(runtime: &tokio::runtime::Runtime, what: &'static str) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    runtime.spawn(async move {
+        let signal = amdim_shared::shutdown::signalled().await;
+        tracing::warn!(signal, "{what}");
+        flag.store(true, Ordering::Relaxed);
+    });
+    stop
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_json);
@@ -207,13 +219,7 @@ fn main() -> Result<()> {
             if let Some(addr) = &metrics_listen {
                 amdim_worker::metrics::serve(runtime.handle(), addr, Arc::new(AtomicBool::new(true)))?;
             }
-            let stop = Arc::new(AtomicBool::new(false));
-            let flag = stop.clone();
-            runtime.spawn(async move {
-                let signal = amdim_shared::shutdown::signalled().await;
-                tracing::warn!(signal, "finishing the current step, writing a checkpoint, then stopping");
-                flag.store(true, Ordering::Relaxed);
-            });
+            let stop = stop_on_signal(&runtime, "finishing the current step, writing a checkpoint, then stopping");
             let handle = runtime.handle().clone();
             let summaries = dist.run_local(|rank| {
                 let spec = dist.spec_for(&spec, rank);
@@ -246,13 +252,7 @@ fn main() -> Result<()> {
             tls_ca_file,
         } => {
             let ready = Arc::new(AtomicBool::new(false));
-            let shutdown = Arc::new(AtomicBool::new(false));
-            let flag = shutdown.clone();
-            runtime.spawn(async move {
-                let signal = amdim_shared::shutdown::signalled().await;
-                tracing::warn!(signal, "stopping: the current part ends with a checkpoint, then this agent exits");
-                flag.store(true, Ordering::Relaxed);
-            });
+            let shutdown = stop_on_signal(&runtime, "stopping: the current part ends with a checkpoint, then this agent exits");
             if let Some(addr) = &metrics_listen {
                 amdim_worker::metrics::serve(runtime.handle(), addr, ready.clone())?;
             }
