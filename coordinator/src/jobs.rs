@@ -16,9 +16,9 @@ use tonic::transport::Channel;
 
 pub type Client = JobServiceClient<InterceptedService<Channel, BearerToken>>;
 
-/// A connected client presenting `token`, or an error naming the server.
 /// A client of the coordinator at `server` (https:// verified against
-/// `tls_ca_file`, or the system's roots), presenting `token`.
+/// `tls_ca_file`, or the system's roots) presenting `token`, or an error
+/// naming the server.
 pub async fn connect(server: &str, token: Option<&str>, tls_ca_file: Option<&Path>) -> Result<Client> {
     let channel = amdim_shared::tls::endpoint("--server", server, tls_ca_file)?
         .connect()
@@ -72,11 +72,7 @@ pub fn job_json(j: &pb::Job) -> serde_json::Value {
         "message": j.message,
         "created_unix": j.created_unix,
         "updated_unix": j.updated_unix,
-        "stats": j.stats.as_ref().map(|t| serde_json::json!({
-            "samples_per_second": t.samples_per_second, "step_seconds": t.step_seconds,
-            "loss": t.loss, "loss_1t5": t.loss_1t5, "loss_1t7": t.loss_1t7, "loss_5t5": t.loss_5t5,
-            "linear_accuracy": t.linear_accuracy, "mlp_accuracy": t.mlp_accuracy,
-        })),
+        "stats": j.stats,
         "checkpoints": j.checkpoints.iter().map(|c| serde_json::json!({
             "step": c.step, "bytes": c.bytes, "generation": c.generation, "created_unix": c.created_unix,
         })).collect::<Vec<_>>(),
@@ -102,11 +98,19 @@ fn line(j: &pb::Job) -> String {
     )
 }
 
-pub async fn submit(mut c: Client, file: &Path, min: Option<u32>, max: Option<u32>, watch_it: bool, json: bool) -> Result<ExitCode> {
-    // The effective spec (file plus AMDIM_SECTION__FIELD overrides), validated.
-    let spec_toml = JobSpec::load(file)
-        .and_then(|spec| spec.to_toml())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+/// Submits `spec`, the effective spec read from `file` (its
+/// AMDIM_SECTION__FIELD overrides applied, validated), so what runs is what
+/// was checked here.
+pub async fn submit(
+    mut c: Client,
+    file: &Path,
+    spec: &JobSpec,
+    min: Option<u32>,
+    max: Option<u32>,
+    watch_it: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let spec_toml = spec.to_toml().map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let job = c
         .submit(pb::SubmitRequest {
             spec_toml,
@@ -159,7 +163,6 @@ pub async fn get(mut c: Client, id: &str, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Polls the job every half second, printing each change, until it ends.
 /// `h:mm:ss` for a number of seconds.
 fn clock(seconds: f64) -> String {
     let s = seconds.max(0.0).round() as u64;
@@ -205,6 +208,8 @@ pub fn progress_line(j: &pb::Job) -> String {
     out
 }
 
+/// Polls the job every half second, showing its progress line, until it
+/// ends; exit 0 only when it succeeded.
 pub async fn watch(mut c: Client, id: &str) -> Result<ExitCode> {
     use std::io::IsTerminal;
     // On a terminal the line is redrawn in place; in a log, a line is

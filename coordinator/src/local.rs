@@ -6,6 +6,7 @@
 use crate::jobs;
 use crate::server::{Coordinator, Settings};
 use amdim_shared::proto::v1 as pb;
+use amdim_shared::spec::JobSpec;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,10 +23,16 @@ fn worker_binary(explicit: Option<PathBuf>) -> PathBuf {
     })
 }
 
-/// Runs the job in `spec_file` on `workers` local agents. With
+/// Runs `spec` (read from `spec_file`) on `workers` local agents. With
 /// `metrics_port`, the coordinator serves `/metrics` on 127.0.0.1 at that
 /// port and worker i at the port + 1 + i.
-pub async fn run(spec_file: &Path, workers: u32, worker_bin: Option<PathBuf>, metrics_port: Option<u16>) -> Result<ExitCode> {
+pub async fn run(
+    spec_file: &Path,
+    spec: &JobSpec,
+    workers: u32,
+    worker_bin: Option<PathBuf>,
+    metrics_port: Option<u16>,
+) -> Result<ExitCode> {
     let coordinator = Coordinator::open(Settings {
         state_file: None,
         heartbeat_interval: Duration::from_millis(250),
@@ -79,7 +86,7 @@ pub async fn run(spec_file: &Path, workers: u32, worker_bin: Option<PathBuf>, me
     eprintln!("amdimctl local: coordinator at {server}, {workers} worker process(es)");
     let client = jobs::connect(&server, None, None).await?;
     let code = tokio::select! {
-        code = jobs::submit(client.clone(), spec_file, Some(1), Some(workers), true, false) => code?,
+        code = jobs::submit(client.clone(), spec_file, spec, Some(1), Some(workers), true, false) => code?,
         signal = amdim_shared::shutdown::signalled() => {
             eprintln!("amdimctl local: {signal}: stopping the workers");
             ExitCode::from(130)

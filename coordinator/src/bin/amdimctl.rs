@@ -174,13 +174,10 @@ fn main() -> ExitCode {
             max_workers,
             watch,
             output,
-        } => match JobSpec::load(&file) {
-            Err(e) => {
-                eprintln!("error: {}: {e}", file.display());
-                ExitCode::from(EXIT_INVALID)
-            }
-            Ok(_) => jobs_command(&conn, |c| {
-                jobs::submit(c, &file, min_workers, max_workers, watch, output == Output::Json)
+        } => match load_spec(&file) {
+            Err(code) => code,
+            Ok(spec) => jobs_command(&conn, |c| {
+                jobs::submit(c, &file, &spec, min_workers, max_workers, watch, output == Output::Json)
             }),
         },
         Command::List { output } => jobs_command(&conn, |c| jobs::list(c, output == Output::Json)),
@@ -192,14 +189,11 @@ fn main() -> ExitCode {
             workers,
             worker_bin,
             metrics_port,
-        } => match JobSpec::load(&file) {
-            Err(e) => {
-                eprintln!("error: {}: {e}", file.display());
-                ExitCode::from(EXIT_INVALID)
-            }
+        } => match load_spec(&file) {
+            Err(code) => code,
             Ok(spec) => {
                 let n = workers.unwrap_or(spec.scheduling.max_workers).max(1);
-                match runtime().and_then(|rt| rt.block_on(amdim_coordinator::local::run(&file, n, worker_bin, metrics_port))) {
+                match runtime().and_then(|rt| rt.block_on(amdim_coordinator::local::run(&file, &spec, n, worker_bin, metrics_port))) {
                     Ok(code) => code,
                     Err(e) => {
                         eprintln!("error: {e:#}");
@@ -306,8 +300,17 @@ fn export(uri: &str, step: Option<u64>, out: &std::path::Path) -> anyhow::Result
     Ok(())
 }
 
+/// The spec in `file` with its environment overrides, or exit code 2
+/// after printing the field-named error.
+fn load_spec(file: &std::path::Path) -> Result<JobSpec, ExitCode> {
+    JobSpec::load(file).map_err(|e| {
+        eprintln!("error: {}: {e}", file.display());
+        ExitCode::from(EXIT_INVALID)
+    })
+}
+
 fn validate(file: PathBuf, output: Output) -> ExitCode {
-    match JobSpec::load(&file) {
+    match load_spec(&file) {
         Ok(spec) => {
             match output {
                 Output::Json => match serde_json::to_string_pretty(&spec) {
@@ -331,10 +334,7 @@ fn validate(file: PathBuf, output: Output) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: {}: {e}", file.display());
-            ExitCode::from(EXIT_INVALID)
-        }
+        Err(code) => code,
     }
 }
 
