@@ -37,7 +37,7 @@ LABEL org.opencontainers.image.title="amdim-coordinator" \
 
 USER 10001:10001
 WORKDIR /var/lib/amdim
-ENV AMDIM_STATE_FILE=/var/lib/amdim/coordinator.json
+ENV AMDIM_STORE=/var/lib/amdim/coordinator.db
 
 # gRPC (amdimctl, workers) and HTTP (/healthz, /readyz, /metrics).
 EXPOSE 7070 9090

@@ -1,8 +1,11 @@
-//! The job commands of `amdimctl` (submit, list, get, watch, cancel,
-//! workers) as gRPC calls to the coordinator, with table or JSON output.
-//! Each returns the process exit code: 0 ok, 1 when a watched job did not
-//! succeed. Errors name the server.
+//! The job commands of `amdimctl` (submit, list, get, watch, events,
+//! cancel, workers) as gRPC calls to the coordinator, with table, JSON or
+//! YAML output. Each returns the process exit code: 0 ok, 1 when a watched
+//! job did not succeed. Errors name the server. `watch` and `events
+//! --follow` ride the coordinator's Watch stream and pick it up again,
+//! missing nothing, when the coordinator restarts.
 
+use crate::output::{Output, utc_time};
 use amdim_shared::auth::BearerToken;
 use amdim_shared::proto::v1 as pb;
 use amdim_shared::spec::JobSpec;
@@ -108,7 +111,7 @@ pub async fn submit(
     min: Option<u32>,
     max: Option<u32>,
     watch_it: bool,
-    json: bool,
+    output: Output,
 ) -> Result<ExitCode> {
     let spec_toml = spec.to_toml().map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let job = c
@@ -120,10 +123,9 @@ pub async fn submit(
         .await
         .map_err(|s| refused(s).context(file.display().to_string()))?
         .into_inner();
-    if json {
-        println!("{}", job_json(&job));
-    } else {
-        println!("{}", job.id);
+    match output.document(&job_json(&job)) {
+        Some(doc) => println!("{doc}"),
+        None => println!("{}", job.id),
     }
     if watch_it {
         return watch(c, &job.id).await;
@@ -131,10 +133,10 @@ pub async fn submit(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn list(mut c: Client, json: bool) -> Result<ExitCode> {
+pub async fn list(mut c: Client, output: Output) -> Result<ExitCode> {
     let jobs = c.list(pb::ListJobsRequest {}).await.map_err(refused)?.into_inner().jobs;
-    if json {
-        println!("{}", serde_json::Value::Array(jobs.iter().map(job_json).collect()));
+    if let Some(doc) = output.document(&serde_json::Value::Array(jobs.iter().map(job_json).collect())) {
+        println!("{doc}");
     } else {
         println!("{:<12} {:<20} {:<11} {:>17} message", "id", "name", "state", "step/total");
         jobs.iter().for_each(|j| println!("{}", line(j)));
@@ -142,10 +144,10 @@ pub async fn list(mut c: Client, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn get(mut c: Client, id: &str, json: bool) -> Result<ExitCode> {
+pub async fn get(mut c: Client, id: &str, output: Output) -> Result<ExitCode> {
     let j = c.get(pb::GetJobRequest { id: id.into() }).await.map_err(refused)?.into_inner();
-    if json {
-        println!("{}", job_json(&j));
+    if let Some(doc) = output.document(&job_json(&j)) {
+        println!("{doc}");
         return Ok(ExitCode::SUCCESS);
     }
     println!("{}", line(&j));
@@ -208,36 +210,193 @@ pub fn progress_line(j: &pb::Job) -> String {
     out
 }
 
-/// Polls the job every half second, showing its progress line, until it
-/// ends; exit 0 only when it succeeded.
-pub async fn watch(mut c: Client, id: &str) -> Result<ExitCode> {
+fn event_kind_name(kind: i32) -> &'static str {
+    match pb::EventKind::try_from(kind).unwrap_or(pb::EventKind::Unspecified) {
+        pb::EventKind::Unspecified => "unknown",
+        pb::EventKind::Submitted => "submitted",
+        pb::EventKind::GenerationStarted => "generation_started",
+        pb::EventKind::CheckpointCommitted => "checkpoint_committed",
+        pb::EventKind::WorkerLost => "worker_lost",
+        pb::EventKind::GenerationEnded => "generation_ended",
+        pb::EventKind::Restarting => "restarting",
+        pb::EventKind::Succeeded => "succeeded",
+        pb::EventKind::Failed => "failed",
+        pb::EventKind::Cancelled => "cancelled",
+    }
+}
+
+/// An event as JSON (the kind by name).
+pub fn event_json(e: &pb::Event) -> serde_json::Value {
+    serde_json::json!({
+        "seq": e.seq,
+        "job_id": e.job_id,
+        "unix": e.unix,
+        "time": utc_time(e.unix),
+        "kind": event_kind_name(e.kind),
+        "generation": e.generation,
+        "message": e.message,
+    })
+}
+
+/// One event as a log line: time, job, generation, kind, what happened.
+pub fn event_line(e: &pb::Event) -> String {
+    let generation = if e.generation > 0 {
+        format!("g{}", e.generation)
+    } else {
+        "-".into()
+    };
+    format!(
+        "{} {} {:<3} {:<20} {}",
+        utc_time(e.unix),
+        e.job_id,
+        generation,
+        event_kind_name(e.kind),
+        e.message
+    )
+}
+
+pub async fn events(mut c: Client, id: &str, follow: bool, output: Output) -> Result<ExitCode> {
+    if follow {
+        return follow_job(c, id, Shown::Events(output)).await;
+    }
+    let events = c
+        .events(pb::EventsRequest { id: id.into() })
+        .await
+        .map_err(refused)?
+        .into_inner()
+        .events;
+    match output.document(&serde_json::Value::Array(events.iter().map(event_json).collect())) {
+        Some(doc) => println!("{doc}"),
+        None => events.iter().for_each(|e| println!("{}", event_line(e))),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Shows the job's progress line and its events until it ends; exit 0
+/// only when it succeeded.
+pub async fn watch(c: Client, id: &str) -> Result<ExitCode> {
+    follow_job(c, id, Shown::Progress).await
+}
+
+/// What `follow_job` prints.
+#[derive(Clone, Copy)]
+enum Shown {
+    /// Events as log lines and the progress line (redrawn on a terminal),
+    /// both on stderr.
+    Progress,
+    /// Only events, on stdout, as lines or one JSON/YAML document each.
+    Events(Output),
+}
+
+/// A broken connection or a coordinator going away (worth asking again),
+/// as opposed to a refusal.
+fn is_transient(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled
+    )
+}
+
+/// How long `watch` keeps trying to reach a coordinator that went away.
+const RECONNECT_FOR: Duration = Duration::from_secs(120);
+
+/// Follows the job on the coordinator's Watch stream until it ends. A lost
+/// stream (the coordinator restarting) is asked for again from the last
+/// event seen, for up to `RECONNECT_FOR`.
+async fn follow_job(mut c: Client, id: &str, shown: Shown) -> Result<ExitCode> {
     use std::io::IsTerminal;
     // On a terminal the line is redrawn in place; in a log, a line is
     // written when the state or message changes, and every 10 s.
     let terminal = std::io::stderr().is_terminal();
-    let mut last = (String::new(), i32::MIN);
+    let mut last_line = (String::new(), i32::MIN);
     let mut written = std::time::Instant::now();
+    let mut after_seq = 0u64;
+    let mut lost_since: Option<std::time::Instant> = None;
     loop {
-        let j = c.get(pb::GetJobRequest { id: id.into() }).await.map_err(refused)?.into_inner();
-        let now = progress_line(&j);
-        if terminal {
-            eprint!("\r\x1b[2K{now}");
-            if is_final(j.state) {
-                eprintln!();
+        let request = pb::WatchRequest {
+            id: id.into(),
+            after_seq,
+            min_interval_ms: 250,
+        };
+        let stream = match c.watch(request).await {
+            Ok(s) => Some(s.into_inner()),
+            Err(s) if is_transient(&s) => None,
+            Err(s) => return Err(refused(s)),
+        };
+        let mut final_state = None;
+        if let Some(mut stream) = stream {
+            lost_since = None;
+            loop {
+                let update = match stream.message().await {
+                    Ok(Some(u)) => u.update,
+                    Ok(None) => break,
+                    Err(s) if is_transient(&s) => break,
+                    Err(s) => return Err(refused(s)),
+                };
+                match update {
+                    Some(pb::watch_update::Update::Event(e)) => {
+                        after_seq = e.seq;
+                        match shown {
+                            Shown::Progress if terminal => eprint!("\r\x1b[2K{}\n", event_line(&e)),
+                            Shown::Progress => eprintln!("{}", event_line(&e)),
+                            Shown::Events(output) => match output.document(&event_json(&e)) {
+                                Some(doc) if output == Output::Yaml => println!("---\n{doc}"),
+                                Some(doc) => println!("{doc}"),
+                                None => println!("{}", event_line(&e)),
+                            },
+                        }
+                    }
+                    Some(pb::watch_update::Update::Job(j)) => {
+                        if matches!(shown, Shown::Progress) {
+                            let now = progress_line(&j);
+                            if terminal {
+                                eprint!("\r\x1b[2K{now}");
+                                if is_final(j.state) {
+                                    eprintln!();
+                                }
+                            } else if (j.message.clone(), j.state) != last_line
+                                || written.elapsed() >= Duration::from_secs(10)
+                                || is_final(j.state)
+                            {
+                                eprintln!("{now}");
+                                last_line = (j.message.clone(), j.state);
+                                written = std::time::Instant::now();
+                            }
+                        }
+                        if is_final(j.state) {
+                            final_state = Some(j.state);
+                        }
+                    }
+                    None => {}
+                }
             }
-        } else if (j.message.clone(), j.state) != last || written.elapsed() >= Duration::from_secs(10) || is_final(j.state) {
-            eprintln!("{now}");
-            last = (j.message.clone(), j.state);
-            written = std::time::Instant::now();
         }
-        if is_final(j.state) {
-            return Ok(if state_name(j.state) == "SUCCEEDED" {
+        if let Some(state) = final_state {
+            return Ok(if state_name(state) == "SUCCEEDED" {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             });
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        match lost_since {
+            None => {
+                lost_since = Some(std::time::Instant::now());
+                if matches!(shown, Shown::Progress) {
+                    eprintln!(
+                        "\nwatch: lost the coordinator; trying again for up to {} s",
+                        RECONNECT_FOR.as_secs()
+                    );
+                }
+            }
+            Some(since) if since.elapsed() > RECONNECT_FOR => {
+                anyhow::bail!(
+                    "lost the coordinator while watching {id} and could not reach it again for {} s",
+                    RECONNECT_FOR.as_secs()
+                );
+            }
+            Some(_) => {}
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -251,17 +410,17 @@ pub async fn cancel(mut c: Client, id: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn workers(mut c: Client, json: bool) -> Result<ExitCode> {
+pub async fn workers(mut c: Client, output: Output) -> Result<ExitCode> {
     let ws = c.workers(pb::ListWorkersRequest {}).await.map_err(refused)?.into_inner().workers;
-    if json {
-        let v: Vec<_> = ws
-            .iter()
-            .map(|w| {
-                serde_json::json!({"id": w.id, "name": w.name, "devices": w.devices, "rendezvous_addr": w.rendezvous_addr,
-                    "job_id": w.job_id, "last_seen_unix": w.last_seen_unix, "lost": w.lost})
-            })
-            .collect();
-        println!("{}", serde_json::Value::Array(v));
+    let v: Vec<_> = ws
+        .iter()
+        .map(|w| {
+            serde_json::json!({"id": w.id, "name": w.name, "devices": w.devices, "rendezvous_addr": w.rendezvous_addr,
+                "job_id": w.job_id, "last_seen_unix": w.last_seen_unix, "lost": w.lost})
+        })
+        .collect();
+    if let Some(doc) = output.document(&serde_json::Value::Array(v)) {
+        println!("{doc}");
     } else {
         println!(
             "{:<14} {:<16} {:>7} {:<22} {:<12} state",

@@ -3,11 +3,14 @@
 //! dataset and checkpoint tools. It links no ML code: job specs are
 //! validated with `amdim-shared` alone.
 
+pub mod bench;
 pub mod checkpoints;
 pub mod client_config;
 pub mod dataset;
 pub mod jobs;
 pub mod local;
 pub mod metrics;
+pub mod output;
 pub mod server;
 pub mod state;
+pub mod store;

@@ -34,7 +34,7 @@ pub async fn run(
     metrics_port: Option<u16>,
 ) -> Result<ExitCode> {
     let coordinator = Coordinator::open(Settings {
-        state_file: None,
+        store: None,
         heartbeat_interval: Duration::from_millis(250),
         heartbeat_timeout: Duration::from_secs(5),
         // Loopback only, for this process and its children.
@@ -86,7 +86,7 @@ pub async fn run(
     eprintln!("amdimctl local: coordinator at {server}, {workers} worker process(es)");
     let client = jobs::connect(&server, None, None).await?;
     let code = tokio::select! {
-        code = jobs::submit(client.clone(), spec_file, spec, Some(1), Some(workers), true, false) => code?,
+        code = jobs::submit(client.clone(), spec_file, spec, Some(1), Some(workers), true, crate::output::Output::Table) => code?,
         signal = amdim_shared::shutdown::signalled() => {
             eprintln!("amdimctl local: {signal}: stopping the workers");
             ExitCode::from(130)

@@ -91,6 +91,7 @@ mod tests {
             seq: 0,
             checkpoints: Vec::new(),
             stats: None,
+            events: Vec::new(),
         }
     }
 

@@ -6,13 +6,17 @@
 //! rendezvous, and what ends a generation: every rank finished, a rank
 //! failed, a worker missed its heartbeat deadline, or a cancel. An early end
 //! restarts the job from its latest checkpoint in a new generation, up to
-//! `max_restarts`, and records why. Time is passed in, so every rule is
-//! testable without clocks; `server` owns the RPCs and persistence.
+//! `max_restarts`, and records why. Every such moment is also an [`Event`]
+//! of the job (what `amdimctl events` and `watch` show). Each rule notes
+//! which jobs and workers it changed in [`Changes`], so the store writes
+//! only those rows; a heartbeat that only proves liveness changes nothing
+//! durable. Time is passed in, so every rule is testable without clocks;
+//! `server` owns the RPCs, `store` the persistence.
 
 use amdim_shared::proto::v1::TrainingStats;
 use amdim_shared::spec::JobSpec;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobState {
@@ -69,6 +73,83 @@ pub struct Job {
     /// Rank 0's latest numbers.
     #[serde(default)]
     pub stats: Option<TrainingStats>,
+    /// What happened to the job, oldest first (stored as rows of their own).
+    #[serde(skip)]
+    pub events: Vec<Event>,
+}
+
+/// The kinds of moments in a job's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Submitted,
+    GenerationStarted,
+    CheckpointCommitted,
+    WorkerLost,
+    GenerationEnded,
+    Restarting,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 9] = [
+        Self::Submitted,
+        Self::GenerationStarted,
+        Self::CheckpointCommitted,
+        Self::WorkerLost,
+        Self::GenerationEnded,
+        Self::Restarting,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    /// The name stored and shown (`generation_started`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Submitted => "submitted",
+            Self::GenerationStarted => "generation_started",
+            Self::CheckpointCommitted => "checkpoint_committed",
+            Self::WorkerLost => "worker_lost",
+            Self::GenerationEnded => "generation_ended",
+            Self::Restarting => "restarting",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// One moment of a job: numbered in the order they happened, across jobs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub seq: u64,
+    pub job_id: String,
+    pub unix: i64,
+    pub kind: EventKind,
+    /// The generation it concerns (0: none).
+    pub generation: u32,
+    pub message: String,
+}
+
+/// What changed since the store last wrote: jobs and workers to write (or
+/// delete, when they are gone from the state) and new events.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Changes {
+    pub jobs: BTreeSet<String>,
+    pub workers: BTreeSet<String>,
+    pub events: Vec<Event>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty() && self.workers.is_empty() && self.events.is_empty()
+    }
 }
 
 /// A heartbeat's progress: the step reached, the steps in all, and the
@@ -148,13 +229,21 @@ pub enum StateError {
     Final { job: String, state: JobState },
 }
 
-/// Everything the coordinator knows; serialisable as a whole.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// Everything the coordinator knows.
+#[derive(Clone, Debug, Default)]
 pub struct State {
     pub jobs: BTreeMap<String, Job>,
     pub workers: BTreeMap<String, Worker>,
+    /// The last number given to a job or worker id.
     pub next_seq: u64,
+    /// The last event number.
+    pub last_event: u64,
+    /// Not yet written to the store.
+    pub changes: Changes,
 }
+
+/// A lost worker is forgotten this long after it was last seen.
+pub const FORGET_LOST_WORKERS_S: i64 = 3600;
 
 /// The largest worker count in [min, max] that is at most `free` and divides
 /// the global batch.
@@ -165,6 +254,33 @@ pub fn gang_size(min: u32, max: u32, free: usize, global_batch: usize) -> Option
 }
 
 impl State {
+    /// Records an event of `job_id` (which is then written too).
+    fn emit(&mut self, job_id: &str, kind: EventKind, generation: u32, message: String, now: i64) {
+        self.last_event += 1;
+        let event = Event {
+            seq: self.last_event,
+            job_id: job_id.to_string(),
+            unix: now,
+            kind,
+            generation,
+            message,
+        };
+        if let Some(job) = self.jobs.get_mut(job_id) {
+            job.events.push(event.clone());
+        }
+        self.changes.jobs.insert(job_id.to_string());
+        self.changes.events.push(event);
+    }
+
+    fn touch_worker(&mut self, id: &str) {
+        self.changes.workers.insert(id.to_string());
+    }
+
+    /// The changes since the last call (for the store).
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
     /// Queues a job after validating its spec.
     pub fn submit(&mut self, spec_toml: &str, min: u32, max: u32, now: i64) -> Result<Job, StateError> {
         let spec = JobSpec::from_toml_with_env(spec_toml, &[]).map_err(|e| StateError::InvalidSpec(e.to_string()))?;
@@ -201,9 +317,15 @@ impl State {
             seq: self.next_seq,
             checkpoints: Vec::new(),
             stats: None,
+            events: Vec::new(),
         };
-        self.jobs.insert(id, job.clone());
-        Ok(job)
+        self.jobs.insert(id.clone(), job);
+        let what = format!(
+            "queued \"{}\": {min}..{max} worker(s), priority {}, global batch {}",
+            spec.job.name, spec.scheduling.priority, spec.train.batch_size
+        );
+        self.emit(&id, EventKind::Submitted, 0, what, now);
+        Ok(self.jobs[&id].clone())
     }
 
     pub fn register(&mut self, name: &str, devices: u32, rendezvous_addr: &str, now: i64) -> Worker {
@@ -219,10 +341,13 @@ impl State {
             lost: false,
         };
         self.workers.insert(w.id.clone(), w.clone());
+        self.touch_worker(&w.id);
         w
     }
 
     /// A worker's heartbeat with its progress; returns its next command.
+    /// Liveness alone is not durable (a restarted coordinator waits for
+    /// every worker to register again), so only rank 0's progress is a change.
     pub fn heartbeat(&mut self, worker: &str, report: Option<Report>, now: i64) -> Result<Command, StateError> {
         let w = self.workers.get_mut(worker).ok_or_else(|| StateError::NoWorker(worker.into()))?;
         if w.lost {
@@ -248,6 +373,7 @@ impl State {
                     job.total_steps = r.total;
                     job.stats = r.stats.or(job.stats);
                     job.updated_unix = now;
+                    self.changes.jobs.insert(job_id);
                 }
                 Ok(Command::Continue)
             }
@@ -263,6 +389,7 @@ impl State {
             w.job = None;
         }
         w.last_seen_unix = now;
+        self.touch_worker(worker);
         let job = self.jobs.get_mut(job_id).ok_or_else(|| StateError::NoJob(job_id.into()))?;
         let Some(g) = job.current_mut().filter(|g| g.number == generation) else {
             return Ok(()); // a message from an older generation: ignored
@@ -270,6 +397,7 @@ impl State {
         if !g.finished.iter().any(|f| f == worker) {
             g.finished.push(worker.to_string());
         }
+        self.changes.jobs.insert(job_id.to_string());
         if g.end_reason.is_some() {
             return Ok(());
         }
@@ -282,6 +410,8 @@ impl State {
             job.step = job.total_steps.max(job.step);
             job.message = "finished".into();
             job.updated_unix = now;
+            let what = format!("trained {} steps", job.step);
+            self.emit(job_id, EventKind::Succeeded, generation, what, now);
         }
         Ok(())
     }
@@ -311,6 +441,13 @@ impl State {
             created_unix: now,
         });
         job.updated_unix = now;
+        self.emit(
+            job_id,
+            EventKind::CheckpointCommitted,
+            generation,
+            format!("step {step}, {bytes} bytes"),
+            now,
+        );
         Ok(true)
     }
 
@@ -328,9 +465,16 @@ impl State {
         if let Some(g) = job.current_mut().filter(|g| g.end_reason.is_none()) {
             g.end_reason = Some("cancelled".into());
         }
-        let job = job.clone();
+        let generation = job.current().map_or(0, |g| g.number);
+        self.emit(
+            job_id,
+            EventKind::Cancelled,
+            generation,
+            format!("cancelled at step {}", self.jobs[job_id].step),
+            now,
+        );
         self.drop_pending(job_id);
-        Ok(job)
+        Ok(self.jobs[job_id].clone())
     }
 
     fn drop_pending(&mut self, job_id: &str) {
@@ -338,6 +482,7 @@ impl State {
             if w.pending.as_ref().is_some_and(|a| a.job_id == job_id) {
                 w.pending = None;
                 w.job = None;
+                self.changes.workers.insert(w.id.clone());
             }
         }
     }
@@ -349,20 +494,33 @@ impl State {
             return;
         };
         g.end_reason = Some(reason.to_string());
+        let generation = g.number;
         job.updated_unix = now;
-        if job.restarts < job.max_restarts {
+        let next = if job.restarts < job.max_restarts {
             job.restarts += 1;
             job.state = JobState::Restarting;
             job.message = format!("restart {}/{}: {reason}", job.restarts, job.max_restarts);
+            let from = job
+                .checkpoints
+                .last()
+                .map_or("step 0".to_string(), |c| format!("the checkpoint of step {}", c.step));
+            (
+                EventKind::Restarting,
+                format!("restart {}/{} from {from}", job.restarts, job.max_restarts),
+            )
         } else {
             job.state = JobState::Failed;
             job.message = format!("failed after {} restart(s): {reason}", job.restarts);
-        }
+            (EventKind::Failed, job.message.clone())
+        };
+        self.emit(job_id, EventKind::GenerationEnded, generation, reason.to_string(), now);
+        self.emit(job_id, next.0, generation, next.1, now);
         self.drop_pending(job_id);
     }
 
     /// Marks workers silent for longer than `deadline_s` as lost (ending
-    /// their generations), then starts every job that can start.
+    /// their generations), forgets workers lost for an hour, then starts
+    /// every job that can start.
     pub fn tick(&mut self, now: i64, deadline_s: i64) {
         let lost: Vec<(String, Option<(String, u32)>)> = self
             .workers
@@ -375,11 +533,24 @@ impl State {
             })
             .collect();
         for (worker, job) in lost {
+            self.touch_worker(&worker);
             if let Some((job_id, generation)) = job
                 && self.jobs.get(&job_id).and_then(Job::running_generation).map(|g| g.number) == Some(generation)
             {
-                self.end_generation(&job_id, &format!("{worker} lost (no heartbeat for {deadline_s} s)"), now);
+                let reason = format!("{worker} lost (no heartbeat for {deadline_s} s)");
+                self.emit(&job_id, EventKind::WorkerLost, generation, reason.clone(), now);
+                self.end_generation(&job_id, &reason, now);
             }
+        }
+        let forgotten: Vec<String> = self
+            .workers
+            .values()
+            .filter(|w| w.lost && now - w.last_seen_unix > FORGET_LOST_WORKERS_S)
+            .map(|w| w.id.clone())
+            .collect();
+        for id in forgotten {
+            self.workers.remove(&id);
+            self.touch_worker(&id);
         }
         self.schedule(now);
     }
@@ -423,6 +594,11 @@ impl State {
             job.state = JobState::Running;
             job.message = format!("generation {number} on {n} worker(s)");
             job.updated_unix = now;
+            let from = match (resume, job.checkpoints.last()) {
+                (false, _) => "from step 0".to_string(),
+                (true, Some(c)) => format!("resuming from the checkpoint of step {}", c.step),
+                (true, None) => "resuming from the newest checkpoint in storage, if any".to_string(),
+            };
             let spec_toml = job.spec_toml.clone();
             for (rank, id) in chosen.iter().enumerate() {
                 if let Some(w) = self.workers.get_mut(id) {
@@ -437,7 +613,10 @@ impl State {
                         resume,
                     });
                 }
+                self.touch_worker(id);
             }
+            let what = format!("{n} worker(s) [{}], rendezvous {rendezvous}, {from}", chosen.join(", "));
+            self.emit(&job_id, EventKind::GenerationStarted, number, what, now);
         }
     }
 
@@ -452,14 +631,15 @@ impl State {
                 w.pending = None;
                 w.job = None;
             }
+            self.touch_worker(&id);
         }
-        let running: Vec<String> = self
+        let running: Vec<(String, u32)> = self
             .jobs
             .values()
-            .filter(|j| j.running_generation().is_some() && !j.state.is_final())
-            .map(|j| j.id.clone())
+            .filter(|j| !j.state.is_final())
+            .filter_map(|j| j.running_generation().map(|g| (j.id.clone(), g.number)))
             .collect();
-        for job_id in running {
+        for (job_id, generation) in running {
             if let Some(job) = self.jobs.get_mut(&job_id)
                 && let Some(g) = job.current_mut()
             {
@@ -468,6 +648,7 @@ impl State {
                 job.message = "coordinator restarted: resuming from the latest checkpoint".into();
                 job.updated_unix = now;
             }
+            self.emit(&job_id, EventKind::GenerationEnded, generation, "coordinator restarted".into(), now);
         }
     }
 }
@@ -566,6 +747,22 @@ mod tests {
         assert_eq!(s.jobs[&job.id].state, JobState::Running);
         s.finish(&a, &job.id, 2, true, "", 12).unwrap();
         assert_eq!(s.jobs[&job.id].state, JobState::Succeeded);
+        let events: Vec<(&str, u32)> = s.jobs[&job.id].events.iter().map(|e| (e.kind.name(), e.generation)).collect();
+        assert_eq!(
+            events,
+            [
+                ("submitted", 0),
+                ("generation_started", 1),
+                ("generation_ended", 1),
+                ("restarting", 1),
+                ("generation_started", 2),
+                ("succeeded", 2)
+            ]
+        );
+        let seqs: Vec<u64> = s.jobs[&job.id].events.iter().map(|e| e.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        assert!(s.jobs[&job.id].events[2].message.contains("lost rank 1"));
+        assert!(s.jobs[&job.id].events[4].message.contains("1 worker(s)"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tonic_health::pb::health_client::HealthClient;
 #[tokio::test]
 async fn health_answers_without_a_token_for_every_service() {
     let coordinator = Coordinator::open(Settings {
-        state_file: None,
+        store: None,
         heartbeat_interval: Duration::from_millis(500),
         heartbeat_timeout: Duration::from_secs(5),
         client_token: Some("client".into()),

@@ -153,7 +153,7 @@ timeout 60 docker run -d --name "$coord" "${SECURE[@]}" \
     -v "$work/tokens:/etc/amdim/tokens:ro" \
     "$COORD_IMAGE" \
     --listen "127.0.0.1:$grpc_port" --http-listen "127.0.0.1:$http_port" \
-    --state-file /var/lib/amdim/coordinator.json \
+    --store /var/lib/amdim/coordinator.db \
     --client-token-file /etc/amdim/tokens/client-token \
     --join-token-file /etc/amdim/tokens/join-token >/dev/null
 deadline=$((SECONDS + 60))
@@ -229,7 +229,7 @@ check "amdimctl checkpoints lists 2-rank checkpoints" \
     output_has '"world_size":2' ctl 60 checkpoints -o json /checkpoints
 check "amdimctl export verifies the newest checkpoint" ctl 120 export --out /tmp/export /checkpoints
 check "amdimctl get $job_id: SUCCEEDED" output_has SUCCEEDED ctl 60 get "$job_id"
-check "coordinator state file written" test -s "$work/state/coordinator.json"
+check "coordinator store written" test -s "$work/state/coordinator.db"
 check "coordinator /healthz" curl -fsS --max-time 5 -o /dev/null "http://127.0.0.1:$http_port/healthz"
 check "coordinator /readyz" curl -fsS --max-time 5 -o /dev/null "http://127.0.0.1:$http_port/readyz"
 check "coordinator /metrics has amdim_jobs" \

@@ -160,7 +160,7 @@ LABEL_VALUES = {
 
 COORDINATOR_ARGS = [
     "--listen", "0.0.0.0:7070", "--http-listen", "0.0.0.0:9090",
-    "--state-file", "/var/lib/amdim/coordinator.json",
+    "--store", "/var/lib/amdim/coordinator.db",
     "--client-token-file", "/etc/amdim/tokens/client-token",
     "--join-token-file", "/etc/amdim/tokens/join-token",
 ]

@@ -60,6 +60,10 @@ enum Command {
         /// https:// --coordinator (default: the system's roots).
         #[arg(long, env = "AMDIM_TLS_CA_FILE")]
         tls_ca_file: Option<PathBuf>,
+        /// Test mode: append the sample indices of every step this agent
+        /// trains to DIR/<job>-g<generation>-r<rank>.log (`step epoch i i …`).
+        #[arg(long, env = "AMDIM_SAMPLE_LOG_DIR", hide = true)]
+        sample_log_dir: Option<PathBuf>,
     },
     /// Write the loss and rank-averaged gradients of one training step
     /// (safetensors, state_dict names): checks W ranks against one.
@@ -231,6 +235,7 @@ fn main() -> Result<()> {
                     progress: None,
                     on_checkpoint: None,
                     metrics: Some(WorkerMetrics::global().for_run(&spec.job.name, rank)),
+                    sample_log: None,
                 };
                 Ok(with_backend!(spec, |B, device| run::<B>(
                     spec.clone(),
@@ -250,6 +255,7 @@ fn main() -> Result<()> {
             join_token_file,
             metrics_listen,
             tls_ca_file,
+            sample_log_dir,
         } => {
             let ready = Arc::new(AtomicBool::new(false));
             let shutdown = stop_on_signal(&runtime, "stopping: the current part ends with a checkpoint, then this agent exits");
@@ -275,6 +281,7 @@ fn main() -> Result<()> {
                 tls_ca_file,
                 ready,
                 shutdown,
+                sample_log_dir,
             };
             amdim_worker::agent::run_agent(settings, &runtime)?;
         }

@@ -1,7 +1,7 @@
 //! A coordinator, worker agents and amdimctl as real processes on loopback:
 //! a job on two workers succeeds; a worker killed with SIGKILL mid-job makes
 //! the job restart from its checkpoint on the survivor and finish; a
-//! coordinator killed with SIGKILL and started again on its state file
+//! coordinator killed with SIGKILL and started again on its store
 //! carries the job to the end; bad specs and cancels behave; without the
 //! right tokens neither clients nor workers get in.
 
@@ -57,6 +57,7 @@ impl Cluster {
         for i in 0..agents {
             let agent = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
                 .args(["agent", "--coordinator", &c.server, "--name", &format!("w{i}")])
+                .env("AMDIM_SAMPLE_LOG_DIR", dir)
                 .envs(c.tokens.iter().map(|(_, join)| ("AMDIM_JOIN_TOKEN", join.clone())))
                 .envs(c.ca.iter().map(|ca| ("AMDIM_TLS_CA_FILE", ca.clone())))
                 .env("NO_COLOR", "1")
@@ -91,8 +92,8 @@ impl Cluster {
                 ]
             }))
             .envs(tokens)
-            .arg("--state-file")
-            .arg(self.dir.join("state.json"))
+            .arg("--store")
+            .arg(self.dir.join("coordinator.db"))
             .stdout(Stdio::null())
             .stderr(
                 std::fs::OpenOptions::new()
@@ -226,6 +227,80 @@ fn job_spec(dir: &Path, steps: u64, min: u32, max: u32) -> PathBuf {
     path
 }
 
+/// `text` (YAML) read by PyYAML, as JSON.
+fn yaml_as_json(text: &str) -> serde_json::Value {
+    use std::io::Write;
+    let mut py = Command::new("python3")
+        .args(["-c", "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with PyYAML");
+    py.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert!(out.status.success(), "PyYAML could not read:\n{text}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Checks the sample logs of a job that ran two generations (2 ranks, then
+/// 1 after a kill): steps before the checkpoint generation 2 restored come
+/// from generation 1's ranks, the rest from generation 2; every step was
+/// trained with a full global batch, every full epoch holds every sample
+/// exactly once, and the last partial one none twice. Returns the restored step.
+fn trained_exactly_once(dir: &Path, job: &str, total: u64, samples: usize, batch: usize) -> u64 {
+    let read = |name: String| -> Vec<(u64, u64, Vec<u32>)> {
+        std::fs::read_to_string(dir.join(&name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .lines()
+            .map(|l| {
+                let mut f = l.split(' ').map(|x| x.parse::<u64>().unwrap());
+                let (step, epoch) = (f.next().unwrap(), f.next().unwrap());
+                (step, epoch, f.map(|i| i as u32).collect())
+            })
+            .collect()
+    };
+    let second = read(format!("{job}-g2-r0.log"));
+    let restored = second[0].0;
+    assert!(
+        restored > 0 && restored % 10 == 0,
+        "generation 2 starts at step {restored}, not at a checkpoint"
+    );
+    let mut steps: std::collections::BTreeMap<u64, (u64, Vec<u32>)> = Default::default();
+    let first: Vec<_> = (0..2).flat_map(|r| read(format!("{job}-g1-r{r}.log"))).collect();
+    for (step, epoch, indices) in first.into_iter().filter(|s| s.0 < restored).chain(second) {
+        let entry = steps.entry(step).or_insert((epoch, Vec::new()));
+        assert_eq!(entry.0, epoch, "step {step}: epochs differ between ranks");
+        entry.1.extend(indices);
+    }
+    assert_eq!(
+        steps.keys().copied().collect::<Vec<_>>(),
+        (0..total).collect::<Vec<_>>(),
+        "every step once"
+    );
+    let mut epochs: std::collections::BTreeMap<u64, Vec<u32>> = Default::default();
+    for (step, (epoch, indices)) in &steps {
+        assert_eq!(indices.len(), batch, "step {step}: a full global batch");
+        epochs.entry(*epoch).or_default().extend(indices);
+    }
+    let per_epoch = (samples / batch) as u64;
+    for (epoch, mut seen) in epochs {
+        seen.sort_unstable();
+        let full = (epoch + 1) * per_epoch <= total;
+        if full {
+            assert_eq!(
+                seen,
+                (0..samples as u32).collect::<Vec<_>>(),
+                "epoch {epoch}: every sample exactly once"
+            );
+        } else {
+            let n = seen.len();
+            seen.dedup();
+            assert_eq!(seen.len(), n, "epoch {epoch} (partial): a sample twice");
+        }
+    }
+    restored
+}
+
 fn state(j: &serde_json::Value) -> &str {
     j["state"].as_str().unwrap_or("")
 }
@@ -262,26 +337,52 @@ fn a_job_on_two_workers_succeeds_and_survives_a_killed_worker() {
         serde_json::from_slice(&std::fs::read(tmp.path().join("ckpt-12/step-0000000012/manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["world_size"], 2);
 
-    // A worker killed mid-job: the job restarts on the survivor from its checkpoint.
+    // A worker killed at a random step: the job restarts on the survivor
+    // from its checkpoint, and every sample is trained exactly once per
+    // epoch counting from the restored checkpoint.
     let spec = job_spec(tmp.path(), 300, 1, 2);
     let id = cluster.ctl(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
-    cluster.wait_for(&id, "reach step 20 on 2 workers", Duration::from_secs(120), |j| {
-        state(j) == "RUNNING" && j["step"].as_u64().unwrap_or(0) >= 20
+    let kill_at = 15
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64
+            % 30;
+    cluster.wait_for(&id, "reach the kill step on 2 workers", Duration::from_secs(120), |j| {
+        state(j) == "RUNNING" && j["step"].as_u64().unwrap_or(0) >= kill_at
     });
     cluster.agents[1].kill().unwrap();
     let j = cluster.wait_for(&id, "restart and finish", Duration::from_secs(300), |j| {
         matches!(state(j), "SUCCEEDED" | "FAILED")
     });
-    assert_eq!(state(&j), "SUCCEEDED", "{j}");
+    assert_eq!(state(&j), "SUCCEEDED", "killed at step {kill_at}: {j}");
     assert_eq!(j["restarts"], 1);
     let generations = j["generations"].as_array().unwrap();
     assert_eq!(generations.len(), 2, "{j}");
     assert_eq!(generations[1]["workers"].as_array().unwrap().len(), 1);
     let reason = generations[0]["end_reason"].as_str().unwrap();
     assert!(reason.contains("lost rank") || reason.contains("no heartbeat"), "{reason}");
+    let restored = trained_exactly_once(tmp.path(), &id, 300, 64, 8);
     let log = std::fs::read_to_string(tmp.path().join("agent0.log")).unwrap();
-    assert!(log.contains("resumed from checkpoint step="), "{log}");
+    assert!(log.contains(&format!("resumed from checkpoint step={restored}")), "{log}");
     assert!(tmp.path().join("ckpt-300/step-0000000300/manifest.json").exists());
+
+    // Its events tell the story, in order; YAML says what JSON says.
+    let events: serde_json::Value = serde_json::from_str(&cluster.ctl(&["events", &id, "-o", "json"])).unwrap();
+    let kinds: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let at = |k: &str| kinds.iter().position(|x| *x == k).unwrap_or_else(|| panic!("no {k} in {kinds:?}"));
+    assert_eq!(kinds[0], "submitted");
+    assert!(at("generation_started") < at("generation_ended"), "{kinds:?}");
+    assert!(at("generation_ended") < at("restarting"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"succeeded"), "{kinds:?}");
+    assert!(kinds.contains(&"checkpoint_committed"), "{kinds:?}");
+    let yaml = cluster.ctl(&["events", &id, "-o", "yaml"]);
+    assert_eq!(yaml_as_json(&yaml), events, "{yaml}");
+    let table = cluster.ctl(&["events", &id]);
+    assert!(
+        table.lines().any(|l| l.contains(" g2 ") && l.contains("generation_started")),
+        "{table}"
+    );
 
     // A bad spec is refused before it reaches the coordinator; cancel works.
     let bad = tmp.path().join("bad.toml");
@@ -312,6 +413,14 @@ fn a_restarted_coordinator_carries_the_job_to_the_end() {
     cluster.wait_for(&id, "reach step 20", Duration::from_secs(120), |j| {
         j["step"].as_u64().unwrap_or(0) >= 20
     });
+    // A watcher follows the job's stream through the coordinator's restart.
+    let watcher = Command::new(coordinator_bin("amdimctl"))
+        .args(["--server", &cluster.server, "watch", &id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     let mut coordinator = cluster.coordinator.take().unwrap();
     coordinator.kill().unwrap();
     let _ = coordinator.wait();
@@ -324,6 +433,20 @@ fn a_restarted_coordinator_carries_the_job_to_the_end() {
     let generations = j["generations"].as_array().unwrap();
     assert!(generations.len() >= 2, "{j}");
     assert_eq!(generations[0]["end_reason"], "coordinator restarted");
+    let watched = watcher.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&watched.stderr);
+    assert!(watched.status.success(), "{text}");
+    assert!(text.contains("lost the coordinator"), "{text}");
+    for expected in [
+        " g1  generation_started",
+        " g1  generation_ended",
+        " g2  generation_started",
+        "succeeded",
+        "SUCCEEDED",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in\n{text}");
+    }
+    assert_eq!(text.matches("submitted").count(), 1, "no event twice after the reconnect:\n{text}");
 }
 
 #[test]

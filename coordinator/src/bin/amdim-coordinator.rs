@@ -1,29 +1,38 @@
 //! `amdim-coordinator`: the job queue, gang scheduler and rendezvous of an
 //! amdim installation (gRPC, default 0.0.0.0:7070), with its state in a
-//! local file so that a restart carries on. A thin shell over
-//! `amdim_coordinator::server`.
+//! local SQLite file so that a restart carries on. A thin shell over
+//! `amdim_coordinator::server`. `amdim-coordinator bench` is the scale
+//! benchmark (`amdim_coordinator::bench`).
 
 use amdim_coordinator::server::{Coordinator, Settings};
 use amdim_shared::auth::read_token;
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "amdim-coordinator", version, about = "amdim coordinator")]
+#[command(
+    name = "amdim-coordinator",
+    version,
+    about = "amdim coordinator",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Tool>,
     /// gRPC address.
     #[arg(long, env = "AMDIM_LISTEN", default_value = "0.0.0.0:7070")]
     listen: String,
     /// HTTP address of /healthz, /readyz and /metrics (Prometheus).
     #[arg(long, env = "AMDIM_HTTP_LISTEN", default_value = "0.0.0.0:9090")]
     http_listen: String,
-    /// Where jobs, generations and workers are kept.
-    #[arg(long, env = "AMDIM_STATE_FILE", default_value = "amdim-coordinator.json")]
-    state_file: PathBuf,
+    /// The store (an SQLite file, created if missing) that keeps jobs,
+    /// generations, events, workers and checkpoints across restarts.
+    #[arg(long, env = "AMDIM_STORE", default_value = "amdim-coordinator.db")]
+    store: PathBuf,
     /// How often workers report.
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
@@ -44,8 +53,50 @@ struct Cli {
     tls_key_file: Option<PathBuf>,
 }
 
+#[derive(Subcommand)]
+enum Tool {
+    /// Scale benchmark: this coordinator (as a child process, with its
+    /// store and tokens) and N simulated workers heartbeating; prints RPC
+    /// latency percentiles and the coordinator's CPU and memory, then a
+    /// JSON line.
+    Bench {
+        #[arg(long, default_value_t = 1000)]
+        workers: usize,
+        /// Jobs submitted first (their workers split evenly among them).
+        #[arg(long, default_value_t = 10)]
+        jobs: usize,
+        /// The measured window after registration.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        #[arg(long, default_value_t = 1000)]
+        heartbeat_ms: u64,
+    },
+}
+
+fn bench(workers: usize, jobs: usize, seconds: u64, heartbeat_ms: u64) -> Result<()> {
+    let dir = tempfile::tempdir().context("a temporary folder for the store")?;
+    let options = amdim_coordinator::bench::BenchOptions {
+        workers,
+        jobs,
+        seconds,
+        heartbeat_ms: heartbeat_ms.max(50),
+        coordinator_bin: std::env::current_exe().context("finding this binary")?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(amdim_coordinator::bench::run(options, dir.path()))
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(Tool::Bench {
+        workers,
+        jobs,
+        seconds,
+        heartbeat_ms,
+    }) = cli.command
+    {
+        return bench(workers, jobs, seconds, heartbeat_ms);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AMDIM_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -63,7 +114,7 @@ fn main() -> Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     runtime.block_on(async {
         let coordinator = Coordinator::open(Settings {
-            state_file: Some(cli.state_file.clone()),
+            store: Some(cli.store.clone()),
             heartbeat_interval: Duration::from_millis(cli.heartbeat_ms.max(50)),
             heartbeat_timeout: Duration::from_secs_f64(cli.heartbeat_timeout_s.max(1.0)),
             client_token,
@@ -76,7 +127,7 @@ fn main() -> Result<()> {
         let http = tokio::net::TcpListener::bind(&cli.http_listen)
             .await
             .with_context(|| format!("--http-listen {}", cli.http_listen))?;
-        tracing::info!(addr = %format!("{scheme}://{}", listener.local_addr()?), http = %http.local_addr()?, state = %cli.state_file.display(), "coordinator listening");
+        tracing::info!(addr = %format!("{scheme}://{}", listener.local_addr()?), http = %http.local_addr()?, store = %cli.store.display(), "coordinator listening");
         let ready = Arc::new(AtomicBool::new(true));
         let probes = coordinator.spawn_http(http, ready.clone());
         let served = coordinator

@@ -1,17 +1,20 @@
-//! `amdimctl`: the user's command-line client. Today it validates job specs
-//! locally (`amdimctl validate -f job.toml`), with the same field-named errors
-//! the worker and coordinator give, and packs and inspects datasets
-//! (`amdimctl dataset pack SRC DST`, `amdimctl dataset inspect URI`), and
-//! lists and exports checkpoints (`amdimctl checkpoints URI`,
-//! `amdimctl export URI --out DIR`).
+//! `amdimctl`: the user's command-line client. It submits, lists, describes,
+//! watches and cancels jobs and shows their events and the workers (gRPC to
+//! the coordinator, `jobs`); runs a whole job on this machine (`local`);
+//! validates job specs locally with the same field-named errors the worker
+//! and coordinator give; packs and inspects datasets; lists and exports
+//! checkpoints. Output as a table, JSON or YAML (`-o`). Exit codes: 0 ok,
+//! 1 failure (or a watched job that did not succeed), 2 invalid input,
+//! 130 interrupted.
 
 use amdim_coordinator::checkpoints::{self, human_age};
 use amdim_coordinator::client_config;
 use amdim_coordinator::dataset::{self, human_bytes};
 use amdim_coordinator::jobs;
+use amdim_coordinator::output::Output;
 use amdim_shared::auth::read_token;
 use amdim_shared::spec::JobSpec;
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,12 +38,6 @@ struct Cli {
     tls_ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
-    Table,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -79,8 +76,19 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Wait until a job ends, printing its progress; exit 1 unless it succeeded.
+    /// Wait until a job ends, printing its progress and events; exit 1
+    /// unless it succeeded. Survives a coordinator restart.
     Watch { id: String },
+    /// What happened to a job: submitted, generations started and ended
+    /// (with why), workers lost, restarts, checkpoints, the end.
+    Events {
+        id: String,
+        /// Keep printing new events until the job ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Cancel a job.
     Cancel { id: String },
     /// Print a shell completion script (e.g. `amdimctl completions bash >
@@ -176,13 +184,12 @@ fn main() -> ExitCode {
             output,
         } => match load_spec(&file) {
             Err(code) => code,
-            Ok(spec) => jobs_command(&conn, |c| {
-                jobs::submit(c, &file, &spec, min_workers, max_workers, watch, output == Output::Json)
-            }),
+            Ok(spec) => jobs_command(&conn, |c| jobs::submit(c, &file, &spec, min_workers, max_workers, watch, output)),
         },
-        Command::List { output } => jobs_command(&conn, |c| jobs::list(c, output == Output::Json)),
-        Command::Get { id, output } => jobs_command(&conn, |c| jobs::get(c, &id, output == Output::Json)),
+        Command::List { output } => jobs_command(&conn, |c| jobs::list(c, output)),
+        Command::Get { id, output } => jobs_command(&conn, |c| jobs::get(c, &id, output)),
         Command::Watch { id } => jobs_command(&conn, |c| jobs::watch(c, &id)),
+        Command::Events { id, follow, output } => jobs_command(&conn, |c| jobs::events(c, &id, follow, output)),
         Command::Cancel { id } => jobs_command(&conn, |c| jobs::cancel(c, &id)),
         Command::Local {
             file,
@@ -202,7 +209,7 @@ fn main() -> ExitCode {
                 }
             }
         },
-        Command::Workers { output } => jobs_command(&conn, |c| jobs::workers(c, output == Output::Json)),
+        Command::Workers { output } => jobs_command(&conn, |c| jobs::workers(c, output)),
         Command::Dataset { command } => report(run_dataset(command)),
         Command::Checkpoints { uri, output } => report(list_checkpoints(&uri, output)),
         Command::Export { uri, step, out } => report(export(&uri, step, &out)),
@@ -275,9 +282,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn list_checkpoints(uri: &str, output: Output) -> anyhow::Result<()> {
     let list = runtime()?.block_on(checkpoints::list(uri))?;
-    match output {
-        Output::Json => println!("{}", serde_json::to_string(&list)?),
-        Output::Table => {
+    match output.document(&serde_json::to_value(&list)?) {
+        Some(doc) => println!("{doc}"),
+        None => {
             println!("{:>10} {:>6} {:>6} {:>11} {:>9}", "step", "epoch", "ranks", "size", "age");
             for c in list {
                 println!(
@@ -312,15 +319,16 @@ fn load_spec(file: &std::path::Path) -> Result<JobSpec, ExitCode> {
 fn validate(file: PathBuf, output: Output) -> ExitCode {
     match load_spec(&file) {
         Ok(spec) => {
-            match output {
-                Output::Json => match serde_json::to_string_pretty(&spec) {
-                    Ok(text) => println!("{text}"),
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                },
-                Output::Table => println!(
+            let value = match serde_json::to_value(&spec) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match output.document(&value) {
+                Some(doc) => println!("{doc}"),
+                None => println!(
                     "{}: valid — {} px encoder (ndf {}, D {}, depth {}), global batch {}, {} epochs, checkpoints at {}",
                     file.display(),
                     spec.model.image_size,
@@ -348,9 +356,9 @@ fn run_dataset(command: DatasetCommand) -> anyhow::Result<()> {
             output,
         } => {
             let packed = runtime.block_on(dataset::pack(&src, &dst, shard_size))?;
-            match output {
-                Output::Json => println!("{}", serde_json::to_string(&packed)?),
-                Output::Table => {
+            match output.document(&serde_json::to_value(&packed)?) {
+                Some(doc) => println!("{doc}"),
+                None => {
                     for p in packed {
                         println!(
                             "{dst}/{}: {} samples, {} classes, {} shards, {}",
@@ -366,9 +374,9 @@ fn run_dataset(command: DatasetCommand) -> anyhow::Result<()> {
         }
         DatasetCommand::Inspect { uri, output } => {
             let reports = runtime.block_on(dataset::inspect(&uri))?;
-            match output {
-                Output::Json => println!("{}", serde_json::to_string(&reports)?),
-                Output::Table => {
+            match output.document(&serde_json::to_value(&reports)?) {
+                Some(doc) => println!("{doc}"),
+                None => {
                     println!(
                         "{:<6} {:>10} {:>8} {:>7} {:>11}  samples/class  classes",
                         "split", "samples", "classes", "shards", "size"

@@ -41,6 +41,8 @@ pub struct AgentSettings {
     /// Set on SIGINT/SIGTERM: stop the current part (it writes a checkpoint
     /// when it is rank 0), report it, and return.
     pub shutdown: Arc<AtomicBool>,
+    /// Test mode: where each part logs the sample indices it trains.
+    pub sample_log_dir: Option<std::path::PathBuf>,
 }
 
 type Client = WorkerServiceClient<InterceptedService<Channel, BearerToken>>;
@@ -74,6 +76,10 @@ fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::r
     let progress = Arc::new(Progress::default());
     let (stop2, progress2, resume) = (stop.clone(), progress.clone(), a.resume);
     let metrics = WorkerMetrics::global().for_run(&a.job_id, a.rank as usize);
+    let sample_log = settings
+        .sample_log_dir
+        .as_ref()
+        .map(|d| d.join(format!("{}-g{}-r{}.log", a.job_id, a.generation, a.rank)));
     let (tx, written) = std::sync::mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let on_checkpoint: crate::checkpoint::writer::OnWritten = Arc::new(move |step, bytes| {
@@ -93,6 +99,7 @@ fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::r
                 progress: Some(progress2),
                 on_checkpoint: Some(on_checkpoint),
                 metrics: Some(metrics),
+                sample_log,
             };
             let summary = with_backend!(spec, |B, device| run::<B>(spec.clone(), device, options, runtime)?);
             Ok(!summary.stopped_early)

@@ -50,6 +50,43 @@ pub struct RunOptions {
     pub on_checkpoint: Option<crate::checkpoint::writer::OnWritten>,
     /// Prometheus series of this run (`metrics::WorkerMetrics::for_run`).
     pub metrics: Option<RunMetrics>,
+    /// Test mode: append `step epoch index…` for every step this rank
+    /// starts to this file (written before the step, so every step that
+    /// reached a checkpoint is in it even if the process is killed later).
+    pub sample_log: Option<std::path::PathBuf>,
+}
+
+/// Appends the samples of each step to a file (see `RunOptions::sample_log`).
+struct SampleLog {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+impl SampleLog {
+    fn open(path: &std::path::Path) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("sample log {}", path.display()))?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn record(&mut self, step: u64, epoch: u64, indices: &[u32]) -> Result<()> {
+        use std::fmt::Write as _;
+        use std::io::Write as _;
+        let mut line = format!("{step} {epoch}");
+        for i in indices {
+            let _ = write!(line, " {i}");
+        }
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .with_context(|| format!("sample log {}", self.path.display()))
+    }
 }
 
 /// The step a run has reached, readable from another thread.
@@ -239,6 +276,7 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
     if let Some(metrics) = &options.metrics {
         metrics.start(t.step, total);
     }
+    let mut sample_log = options.sample_log.as_deref().map(SampleLog::open).transpose()?;
     let mut decode_errors_seen = 0u64;
     let mut checkpoint_blocked = 0.0f64;
     let start_step = t.step;
@@ -271,6 +309,9 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
             let waited = waiting.elapsed().as_secs_f64();
             window_wait += waited;
             total_wait += waited;
+            if let Some(log) = &mut sample_log {
+                log.record(t.step, epoch, &batch.indices)?;
+            }
             let m = t
                 .train_step(&batch, epoch)
                 .with_context(|| format!("rank {rank} of {world}, step {}", t.step))?;

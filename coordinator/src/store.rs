@@ -1,0 +1,317 @@
+//! The coordinator's durable store (design §3): one SQLite file holding
+//! jobs, workers, every job's events and the id counters, so a restarted
+//! coordinator carries on. Jobs and workers are rows keyed by id (the
+//! record itself as JSON, the job's state in a column of its own for
+//! `sqlite3` users); events are rows numbered in the order they happened.
+//! Each save writes only the rows the state's [`Changes`] name, in one
+//! transaction, so a crash leaves the previous or the next state, never a
+//! mix, and a heartbeat costs no write. The file runs in WAL mode with
+//! `synchronous = NORMAL`: a killed process loses nothing committed; a
+//! power cut may lose the last moments but never corrupts the file.
+//! No rules here: what the state means is `state`'s.
+
+use crate::state::{Changes, Event, EventKind, Job, State, Worker};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+
+/// The layout this code writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, state TEXT NOT NULL, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    unix INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("coordinator store {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("coordinator store {path}: {what}")]
+    Corrupt { path: PathBuf, what: String },
+}
+
+/// An open store file.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let sqlite = |source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(sqlite)?;
+        let store = Self {
+            conn,
+            path: path.to_path_buf(),
+        };
+        let version: i64 = store
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| store.sqlite(e))?;
+        if version > SCHEMA_VERSION {
+            return Err(store.corrupt(format!(
+                "written by a newer coordinator (layout {version}; this one knows up to {SCHEMA_VERSION})"
+            )));
+        }
+        store
+            .conn
+            .execute_batch(&format!(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};"
+            ))
+            .map_err(|e| store.sqlite(e))?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn sqlite(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn corrupt(&self, what: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            what,
+        }
+    }
+
+    /// Everything stored, as a state with no pending changes.
+    pub fn load(&self) -> Result<State, StoreError> {
+        let mut state = State::default();
+        let meta = |key: &str| -> Result<u64, StoreError> {
+            let v: Option<i64> = self
+                .conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+                .map_err(|e| self.sqlite(e))?;
+            Ok(v.unwrap_or(0).max(0) as u64)
+        };
+        state.next_seq = meta("next_seq")?;
+        let mut rows = self.conn.prepare("SELECT id, record FROM jobs").map_err(|e| self.sqlite(e))?;
+        let jobs = rows
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.sqlite(e))?;
+        for row in jobs {
+            let (id, record) = row.map_err(|e| self.sqlite(e))?;
+            let job: Job = serde_json::from_str(&record).map_err(|e| self.corrupt(format!("job {id}: {e}")))?;
+            state.jobs.insert(id, job);
+        }
+        let mut rows = self.conn.prepare("SELECT id, record FROM workers").map_err(|e| self.sqlite(e))?;
+        let workers = rows
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.sqlite(e))?;
+        for row in workers {
+            let (id, record) = row.map_err(|e| self.sqlite(e))?;
+            let worker: Worker = serde_json::from_str(&record).map_err(|e| self.corrupt(format!("worker {id}: {e}")))?;
+            state.workers.insert(id, worker);
+        }
+        let mut rows = self
+            .conn
+            .prepare("SELECT seq, job_id, unix, kind, generation, message FROM events ORDER BY seq")
+            .map_err(|e| self.sqlite(e))?;
+        let events = rows
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })
+            .map_err(|e| self.sqlite(e))?;
+        for row in events {
+            let (seq, job_id, unix, kind, generation, message) = row.map_err(|e| self.sqlite(e))?;
+            let kind = EventKind::from_name(&kind).ok_or_else(|| self.corrupt(format!("event {seq}: unknown kind {kind:?}")))?;
+            let event = Event {
+                seq: seq as u64,
+                job_id,
+                unix,
+                kind,
+                generation: generation as u32,
+                message,
+            };
+            state.last_event = state.last_event.max(event.seq);
+            if let Some(job) = state.jobs.get_mut(&event.job_id) {
+                job.events.push(event);
+            }
+        }
+        Ok(state)
+    }
+
+    /// Writes the rows `changes` names, as they are in `state`, in one
+    /// transaction (nothing is written when it fails).
+    pub fn save(&mut self, state: &State, changes: &Changes) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let sqlite = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let corrupt = |what: String| StoreError::Corrupt { path: path.clone(), what };
+        let tx = self.conn.transaction().map_err(sqlite)?;
+        {
+            let mut put_job = tx
+                .prepare_cached("INSERT OR REPLACE INTO jobs (id, state, record) VALUES (?1, ?2, ?3)")
+                .map_err(sqlite)?;
+            let mut del_job = tx.prepare_cached("DELETE FROM jobs WHERE id = ?1").map_err(sqlite)?;
+            for id in &changes.jobs {
+                match state.jobs.get(id) {
+                    Some(job) => {
+                        let record = serde_json::to_string(job).map_err(|e| corrupt(format!("job {id}: {e}")))?;
+                        put_job.execute(params![id, format!("{:?}", job.state), record]).map_err(sqlite)?;
+                    }
+                    None => {
+                        del_job.execute([id]).map_err(sqlite)?;
+                    }
+                }
+            }
+            let mut put_worker = tx
+                .prepare_cached("INSERT OR REPLACE INTO workers (id, record) VALUES (?1, ?2)")
+                .map_err(sqlite)?;
+            let mut del_worker = tx.prepare_cached("DELETE FROM workers WHERE id = ?1").map_err(sqlite)?;
+            for id in &changes.workers {
+                match state.workers.get(id) {
+                    Some(w) => {
+                        let record = serde_json::to_string(w).map_err(|e| corrupt(format!("worker {id}: {e}")))?;
+                        put_worker.execute(params![id, record]).map_err(sqlite)?;
+                    }
+                    None => {
+                        del_worker.execute([id]).map_err(sqlite)?;
+                    }
+                }
+            }
+            let mut put_event = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO events (seq, job_id, unix, kind, generation, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(sqlite)?;
+            for e in &changes.events {
+                put_event
+                    .execute(params![e.seq as i64, e.job_id, e.unix, e.kind.name(), e.generation, e.message])
+                    .map_err(sqlite)?;
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?1)",
+                [state.next_seq as i64],
+            )
+            .map_err(sqlite)?;
+        }
+        tx.commit().map_err(sqlite)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{JobState, Report};
+
+    const SPEC: &str =
+        "[job]\nname = \"t\"\n[data]\nformat = \"synthetic\"\n[train]\nbatch_size = 8\n[scheduling]\nmin_workers = 1\nmax_workers = 2\n";
+
+    fn save(store: &mut Store, state: &mut State) {
+        let changes = state.take_changes();
+        store.save(state, &changes).unwrap();
+    }
+
+    #[test]
+    fn a_reopened_store_gives_back_jobs_workers_events_and_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coordinator.db");
+        let mut store = Store::open(&path).unwrap();
+        let mut s = State::default();
+        let job = s.submit(SPEC, 1, 1, 10).unwrap();
+        let a = s.register("a", 1, "h:1", 10).id;
+        s.tick(11, 5);
+        save(&mut store, &mut s);
+        s.heartbeat(&a, None, 12).unwrap();
+        s.heartbeat(
+            &a,
+            Some(Report {
+                step: 7,
+                total: 40,
+                stats: None,
+            }),
+            13,
+        )
+        .unwrap();
+        s.commit_checkpoint(&a, &job.id, 1, 5, 1234, 13).unwrap();
+        save(&mut store, &mut s);
+        drop(store);
+
+        let back = Store::open(&path).unwrap().load().unwrap();
+        assert_eq!(back.jobs, s.jobs, "jobs with their events");
+        assert_eq!(back.next_seq, s.next_seq);
+        assert_eq!(back.last_event, s.last_event);
+        assert_eq!(back.workers[&a].job, s.workers[&a].job);
+        let kinds: Vec<&str> = back.jobs[&job.id].events.iter().map(|e| e.kind.name()).collect();
+        assert_eq!(kinds, ["submitted", "generation_started", "checkpoint_committed"]);
+        assert_eq!(back.jobs[&job.id].step, 7);
+        assert!(back.changes.is_empty());
+    }
+
+    #[test]
+    fn liveness_heartbeats_write_nothing_and_forgotten_workers_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let mut store = Store::open(&path).unwrap();
+        let mut s = State::default();
+        let a = s.register("a", 1, "h:1", 0).id;
+        let b = s.register("b", 1, "h:2", 0).id;
+        save(&mut store, &mut s);
+        s.heartbeat(&a, None, 1).unwrap();
+        assert!(s.changes.is_empty(), "an idle worker's heartbeat is not durable");
+        s.tick(20, 5);
+        assert!(s.workers[&a].lost && s.changes.workers.contains(&a));
+        save(&mut store, &mut s);
+        s.tick(20 + crate::state::FORGET_LOST_WORKERS_S + 1, 5);
+        save(&mut store, &mut s);
+        let back = Store::open(&path).unwrap().load().unwrap();
+        assert!(back.workers.is_empty(), "{:?}", back.workers.keys().collect::<Vec<_>>());
+        assert!(!s.workers.contains_key(&b));
+    }
+
+    #[test]
+    fn a_store_from_a_newer_coordinator_or_with_a_bad_row_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let mut store = Store::open(&path).unwrap();
+        let mut s = State::default();
+        let job = s.submit(SPEC, 1, 1, 0).unwrap();
+        save(&mut store, &mut s);
+        store
+            .conn
+            .execute("UPDATE jobs SET record = '{\"id\": 3}' WHERE id = ?1", [&job.id])
+            .unwrap();
+        let e = store.load().unwrap_err().to_string();
+        assert!(e.contains("c.db") && e.contains(&format!("job {}", job.id)), "{e}");
+        store.conn.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop(store);
+        let e = Store::open(&path).err().unwrap().to_string();
+        assert!(e.contains("newer coordinator"), "{e}");
+        assert_eq!(s.jobs[&job.id].state, JobState::Pending);
+    }
+}
