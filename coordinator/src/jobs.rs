@@ -68,6 +68,7 @@ pub fn job_json(j: &pb::Job) -> serde_json::Value {
         "min_workers": j.min_workers,
         "max_workers": j.max_workers,
         "priority": j.priority,
+        "devices_per_worker": j.devices_per_worker,
         "restarts": j.restarts,
         "max_restarts": j.max_restarts,
         "step": j.step,
@@ -152,8 +153,13 @@ pub async fn get(mut c: Client, id: &str, output: Output) -> Result<ExitCode> {
     }
     println!("{}", line(&j));
     println!(
-        "workers {}..{}, priority {}, restarts {}/{}",
-        j.min_workers, j.max_workers, j.priority, j.restarts, j.max_restarts
+        "workers {}..{} × {} device(s), priority {}, restarts {}/{}",
+        j.min_workers,
+        j.max_workers,
+        j.devices_per_worker.max(1),
+        j.priority,
+        j.restarts,
+        j.max_restarts
     );
     for g in &j.generations {
         let end = if g.end_reason.is_empty() { "running" } else { &g.end_reason };
@@ -400,6 +406,19 @@ async fn follow_job(mut c: Client, id: &str, shown: Shown) -> Result<ExitCode> {
     }
 }
 
+/// Whether `s` is a job id as the coordinator makes them (`job-000042`).
+pub fn is_job_id(s: &str) -> bool {
+    s.strip_prefix("job-")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The checkpoint URI of job `id`, from the spec the coordinator holds.
+pub async fn checkpoint_uri(mut c: Client, id: &str) -> Result<String> {
+    let j = c.get(pb::GetJobRequest { id: id.into() }).await.map_err(refused)?.into_inner();
+    let spec = JobSpec::from_toml_with_env(&j.spec_toml, &[]).map_err(|e| anyhow::anyhow!("job {id}: its spec: {e}"))?;
+    Ok(spec.checkpoint.uri)
+}
+
 pub async fn cancel(mut c: Client, id: &str) -> Result<ExitCode> {
     let j = c
         .cancel(pb::CancelJobRequest { id: id.into() })
@@ -472,5 +491,13 @@ mod tests {
             "job-000001 RUNNING     [#####...............] 30/120  25%  412 samples/s  loss 19.500 (1t5 5.500 1t7 7.250 5t5 6.750)  acc lin 0.500 mlp 0.625  ETA 0:00:45"
         );
         assert_eq!(clock(3725.0), "1:02:05");
+    }
+
+    #[test]
+    fn job_ids_are_told_apart_from_checkpoint_uris() {
+        assert!(is_job_id("job-000042"));
+        for not_an_id in ["job-", "job-12a", "s3://b/job-000001", "runs/job-000001", "job"] {
+            assert!(!is_job_id(not_an_id), "{not_an_id}");
+        }
     }
 }

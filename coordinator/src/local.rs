@@ -63,6 +63,7 @@ pub async fn run(
     for i in 0..workers {
         let mut command = tokio::process::Command::new(&bin);
         command.args(["agent", "--coordinator", &server, "--name", &format!("local-{i}")]);
+        command.args(["--devices", &spec.scheduling.devices_per_worker.max(1).to_string()]);
         if let Some(port) = metrics_port {
             let worker_port = u32::from(port) + 1 + i;
             command.args(["--metrics-listen", &format!("127.0.0.1:{worker_port}")]);

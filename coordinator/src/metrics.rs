@@ -82,6 +82,7 @@ mod tests {
             max_restarts: 3,
             restarts: 2,
             global_batch: 8,
+            devices_per_worker: 1,
             generations: Vec::new(),
             step: 7,
             total_steps: 10,

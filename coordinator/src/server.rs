@@ -230,6 +230,7 @@ pub fn job_message(j: &Job) -> pb::Job {
             })
             .collect(),
         stats: j.stats,
+        devices_per_worker: j.devices_per_worker,
     }
 }
 
@@ -401,6 +402,7 @@ impl WorkerService for Coordinator {
                     world_size: a.world_size,
                     rendezvous: a.rendezvous,
                     resume: a.resume,
+                    local_ranks: a.local_ranks,
                 })
             }
         };

@@ -59,6 +59,9 @@ pub struct Job {
     pub max_restarts: u32,
     pub restarts: u32,
     pub global_batch: usize,
+    /// Ranks (devices) each worker drives.
+    #[serde(default = "one")]
+    pub devices_per_worker: u32,
     pub generations: Vec<Generation>,
     pub step: u64,
     pub total_steps: u64,
@@ -197,8 +200,11 @@ pub struct Assignment {
     pub job_id: String,
     pub generation: u32,
     pub spec_toml: String,
+    /// The first rank of this worker.
     pub rank: u32,
     pub world_size: u32,
+    /// Ranks this worker drives (one per device).
+    pub local_ranks: u32,
     pub rendezvous: String,
     pub resume: bool,
 }
@@ -245,12 +251,16 @@ pub struct State {
 /// A lost worker is forgotten this long after it was last seen.
 pub const FORGET_LOST_WORKERS_S: i64 = 3600;
 
-/// The largest worker count in [min, max] that is at most `free` and divides
-/// the global batch.
-pub fn gang_size(min: u32, max: u32, free: usize, global_batch: usize) -> Option<u32> {
+fn one() -> u32 {
+    1
+}
+
+/// The largest worker count in [min, max] that is at most `free` and whose
+/// ranks (workers × `devices` each) divide the global batch.
+pub fn gang_size(min: u32, max: u32, free: usize, global_batch: usize, devices: u32) -> Option<u32> {
     (min..=max)
         .rev()
-        .find(|&n| n as usize <= free && global_batch.is_multiple_of(n as usize))
+        .find(|&n| n as usize <= free && global_batch.is_multiple_of(n as usize * devices.max(1) as usize))
 }
 
 impl State {
@@ -289,9 +299,10 @@ impl State {
         if max < min {
             return Err(StateError::InvalidSpec(format!("max_workers {max} < min_workers {min}")));
         }
-        if gang_size(min, max, usize::MAX, spec.train.batch_size).is_none() {
+        let devices = spec.scheduling.devices_per_worker.max(1);
+        if gang_size(min, max, usize::MAX, spec.train.batch_size, devices).is_none() {
             return Err(StateError::InvalidSpec(format!(
-                "train.batch_size = {} is not divisible by any worker count in {min}..={max}",
+                "train.batch_size = {} is not divisible by any rank count (workers in {min}..={max} × {devices} device(s) each)",
                 spec.train.batch_size
             )));
         }
@@ -308,6 +319,7 @@ impl State {
             max_restarts: spec.scheduling.max_restarts,
             restarts: 0,
             global_batch: spec.train.batch_size,
+            devices_per_worker: devices,
             generations: Vec::new(),
             step: 0,
             total_steps: 0,
@@ -572,10 +584,15 @@ impl State {
             if busy_with_it {
                 continue;
             }
-            let mut free: Vec<&Worker> = self.workers.values().filter(|w| !w.lost && w.job.is_none()).collect();
-            free.sort_by(|a, b| a.id.cmp(&b.id));
             let job = &self.jobs[&job_id];
-            let Some(n) = gang_size(job.min_workers, job.max_workers, free.len(), job.global_batch) else {
+            let devices = job.devices_per_worker.max(1);
+            let mut free: Vec<&Worker> = self
+                .workers
+                .values()
+                .filter(|w| !w.lost && w.job.is_none() && w.devices >= devices)
+                .collect();
+            free.sort_by(|a, b| a.id.cmp(&b.id));
+            let Some(n) = gang_size(job.min_workers, job.max_workers, free.len(), job.global_batch, devices) else {
                 continue;
             };
             let chosen: Vec<String> = free.iter().take(n as usize).map(|w| w.id.clone()).collect();
@@ -607,15 +624,19 @@ impl State {
                         job_id: job_id.clone(),
                         generation: number,
                         spec_toml: spec_toml.clone(),
-                        rank: rank as u32,
-                        world_size: n,
+                        rank: rank as u32 * devices,
+                        world_size: n * devices,
+                        local_ranks: devices,
                         rendezvous: rendezvous.clone(),
                         resume,
                     });
                 }
                 self.touch_worker(id);
             }
-            let what = format!("{n} worker(s) [{}], rendezvous {rendezvous}, {from}", chosen.join(", "));
+            let what = format!(
+                "{n} worker(s) × {devices} device(s) [{}], rendezvous {rendezvous}, {from}",
+                chosen.join(", ")
+            );
             self.emit(&job_id, EventKind::GenerationStarted, number, what, now);
         }
     }
@@ -669,10 +690,40 @@ mod tests {
 
     #[test]
     fn gang_sizes_divide_the_batch_and_fit_the_free_workers() {
-        assert_eq!(gang_size(1, 4, 3, 8), Some(2));
-        assert_eq!(gang_size(2, 4, 4, 12), Some(4));
-        assert_eq!(gang_size(3, 3, 2, 12), None);
-        assert_eq!(gang_size(3, 3, 3, 8), None);
+        assert_eq!(gang_size(1, 4, 3, 8, 1), Some(2));
+        assert_eq!(gang_size(2, 4, 4, 12, 1), Some(4));
+        assert_eq!(gang_size(3, 3, 2, 12, 1), None);
+        assert_eq!(gang_size(3, 3, 3, 8, 1), None);
+        // With 4 devices per worker, 3 workers would be 12 ranks: not a divisor of 16.
+        assert_eq!(gang_size(1, 4, 3, 16, 4), Some(2));
+        assert_eq!(gang_size(1, 4, 4, 16, 4), Some(4));
+    }
+
+    #[test]
+    fn workers_with_several_devices_take_consecutive_ranks_and_small_ones_wait() {
+        let mut s = State::default();
+        let spec = format!("{SPEC}devices_per_worker = 2\n");
+        let job = s.submit(&spec, 2, 2, 0).unwrap();
+        assert_eq!(job.devices_per_worker, 2);
+        let small = s.register("one-gpu", 1, "h:1", 0).id;
+        let a = s.register("a", 2, "h:2", 0).id;
+        s.tick(0, 5);
+        assert_eq!(s.jobs[&job.id].state, JobState::Pending, "a 1-device worker does not count");
+        let b = s.register("b", 4, "h:3", 0).id;
+        s.tick(1, 5);
+        let (ra, rb) = (
+            assignment(s.heartbeat(&a, None, 1).unwrap()),
+            assignment(s.heartbeat(&b, None, 1).unwrap()),
+        );
+        assert_eq!((ra.rank, ra.local_ranks, ra.world_size), (0, 2, 4));
+        assert_eq!((rb.rank, rb.local_ranks, rb.world_size), (2, 2, 4));
+        assert_eq!(ra.rendezvous, "h:2");
+        assert_eq!(s.heartbeat(&small, None, 1).unwrap(), Command::Idle);
+        let e = s
+            .submit(&format!("{SPEC}devices_per_worker = 3\n"), 1, 1, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("train.batch_size = 8") && e.contains("3 device(s)"), "{e}");
     }
 
     #[test]

@@ -405,6 +405,8 @@ def check_commands(c: Checks, case: str, objects: list[dict]) -> None:
                 "--metrics-listen", "0.0.0.0:9091", "--join-token-file", "/etc/amdim/tokens/join-token"]
     c.ok("command" not in wc and wc["args"][: len(expected)] == expected,
          f"[{case}] worker arguments (the image's tini entrypoint kept), --coordinator {svc}")
+    devices = wc["args"][wc["args"].index("--devices") + 1] if "--devices" in wc["args"] else None
+    c.ok(devices == "1", f"[{case}] a CPU worker offers one device (--devices {devices})")
     wvols = {v["name"]: v for v in ws["template"]["spec"]["volumes"]}
     wkeys = [i["key"] for v in wvols.values() for i in v.get("secret", {}).get("items", [])]
     c.ok("tls.key" not in wkeys and all("items" in v["secret"] for v in wvols.values() if "secret" in v),
@@ -479,6 +481,8 @@ def run_cases(c: Checks, chart: "helm.Chart", gpu_values: dict) -> int:
         wc = worker["spec"]["template"]["spec"]["containers"][0]
         gpus = wc["resources"].get("limits", {}).get("nvidia.com/gpu")
         c.ok(gpus is not None and int(gpus) >= 1, f"[values-gpu] worker GPU limit nvidia.com/gpu = {gpus}")
+        devices = wc["args"][wc["args"].index("--devices") + 1] if "--devices" in wc["args"] else None
+        c.ok(gpus is not None and devices == str(gpus), f"[values-gpu] the agent offers its {gpus} GPU(s): --devices {devices}")
         c.ok(wc["image"].startswith("amdim/worker-cuda:"), f"[values-gpu] CUDA worker image {wc['image']}")
         pod = worker["spec"]["template"]["spec"]
         c.ok(pod.get("nodeSelector", {}).get("nvidia.com/gpu.present") == "true", "[values-gpu] GPU node selector")
@@ -611,7 +615,8 @@ def check_tls_cases(c: Checks, chart: "helm.Chart", rendered, must_fail) -> None
     if objects:
         check_pods("tls-custom-ca-key", objects, "amdim-tls", ca_key="root.pem")
         wc = one(objects, "StatefulSet", "worker")["spec"]["template"]["spec"]["containers"][0]
-        c.ok(wc["args"][-3:] == [*TLS_WORKER_ARGS, "--foo"], "[tls-custom-ca-key] worker extraArgs follow --tls-ca-file")
+        c.ok(wc["args"][-5:] == [*TLS_WORKER_ARGS, "--devices", "1", "--foo"],
+             "[tls-custom-ca-key] worker extraArgs follow --tls-ca-file and --devices")
         _, source = tls_volume(one(objects, "StatefulSet", "worker"))
         c.ok(bool(source) and source.get("items") == [{"key": "root.pem", "path": "ca.crt"}],
              "[tls-custom-ca-key] tls.caKey root.pem mounted as ca.crt")

@@ -315,6 +315,22 @@ pub struct CheckpointSpec {
     /// Also keep, beyond `keep`, every checkpoint whose step is a multiple
     /// of this (e.g. one per epoch; 0 = none).
     pub keep_every_steps: u64,
+    /// What a due checkpoint does while the previous one is still uploading
+    /// (slow or unreachable storage).
+    pub when_busy: WhenBusy,
+}
+
+/// See [`CheckpointSpec::when_busy`].
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenBusy {
+    /// Keep training and take the checkpoint at the first step after the
+    /// upload finished (so it may land a few steps late). Checkpoints that
+    /// `keep_every_steps` keeps, and the last one, still wait.
+    Defer,
+    /// Block training until the previous upload has finished, so that
+    /// checkpoints land exactly every `every_steps`.
+    Wait,
 }
 
 impl Default for CheckpointSpec {
@@ -324,6 +340,7 @@ impl Default for CheckpointSpec {
             every_steps: 500,
             keep: 3,
             keep_every_steps: 0,
+            when_busy: WhenBusy::Defer,
         }
     }
 }
@@ -354,13 +371,17 @@ impl Default for RuntimeSpec {
 }
 
 /// How the coordinator runs the job: a generation starts when at least
-/// `min_workers` are free and takes up to `max_workers` (a count that divides
-/// the global batch); higher priority first, then first come.
+/// `min_workers` are free and takes up to `max_workers`, so that the ranks
+/// (workers × `devices_per_worker`) divide the global batch; higher
+/// priority first, then first come.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulingSpec {
     pub min_workers: u32,
     pub max_workers: u32,
+    /// Ranks each worker drives, one per device (runtime.device, +1, …); only
+    /// workers that registered at least this many devices are chosen.
+    pub devices_per_worker: u32,
     pub priority: i32,
     /// Generations that may end early (lost worker, failed collective)
     /// before the job fails.
@@ -372,6 +393,7 @@ impl Default for SchedulingSpec {
         Self {
             min_workers: 1,
             max_workers: 1,
+            devices_per_worker: 1,
             priority: 0,
             max_restarts: 3,
         }
@@ -460,6 +482,9 @@ impl JobSpec {
         let sch = &self.scheduling;
         if sch.min_workers == 0 {
             return Err(field_err("scheduling.min_workers", "must be at least 1"));
+        }
+        if sch.devices_per_worker == 0 {
+            return Err(field_err("scheduling.devices_per_worker", "must be at least 1"));
         }
         if sch.max_workers < sch.min_workers {
             return Err(field_err(

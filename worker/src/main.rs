@@ -49,6 +49,11 @@ enum Command {
         /// Host or IP the other workers reach this one at.
         #[arg(long, env = "AMDIM_ADVERTISE_HOST", default_value = "127.0.0.1")]
         advertise_host: String,
+        /// Devices this agent offers: a job with scheduling.devices_per_worker
+        /// = D runs D ranks here, one thread each, on devices
+        /// runtime.device … runtime.device + D − 1.
+        #[arg(long, env = "AMDIM_DEVICES", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        devices: u32,
         /// A file holding the join token (or AMDIM_JOIN_TOKEN).
         #[arg(long, env = "AMDIM_JOIN_TOKEN_FILE")]
         join_token_file: Option<PathBuf>,
@@ -256,6 +261,7 @@ fn main() -> Result<()> {
             metrics_listen,
             tls_ca_file,
             sample_log_dir,
+            devices,
         } => {
             let ready = Arc::new(AtomicBool::new(false));
             let shutdown = stop_on_signal(&runtime, "stopping: the current part ends with a checkpoint, then this agent exits");
@@ -276,7 +282,7 @@ fn main() -> Result<()> {
                 coordinator,
                 name,
                 advertise_host,
-                devices: 1,
+                devices,
                 join_token,
                 tls_ca_file,
                 ready,

@@ -40,6 +40,7 @@ pub struct WorkerMetrics {
     checkpoint_duration: Arc<Family<Histogram>>,
     checkpoint_bytes: Arc<Family<Counter>>,
     checkpoint_failures: Arc<Family<Counter>>,
+    checkpoint_deferred: Arc<Family<Counter>>,
     checkpoint_last_step: Arc<Family<Gauge>>,
 }
 
@@ -118,6 +119,11 @@ impl WorkerMetrics {
                 "Checkpoints abandoned after every retry.",
                 &RUN,
             ),
+            checkpoint_deferred: r.counter(
+                "amdim_checkpoint_deferred_total",
+                "Checkpoints taken late because the previous upload was still running.",
+                &RUN,
+            ),
             checkpoint_last_step: r.gauge("amdim_checkpoint_last_step", "Step of the newest complete checkpoint.", &RUN),
             registry: r,
         }
@@ -161,6 +167,7 @@ impl WorkerMetrics {
                 duration: self.checkpoint_duration.with(&l),
                 bytes: self.checkpoint_bytes.with(&l),
                 failures: self.checkpoint_failures.with(&l),
+                deferred: self.checkpoint_deferred.with(&l),
                 last_step: self.checkpoint_last_step.with(&l),
             }),
         }
@@ -266,6 +273,7 @@ pub struct CheckpointMetrics {
     duration: Arc<Histogram>,
     bytes: Arc<Counter>,
     failures: Arc<Counter>,
+    deferred: Arc<Counter>,
     last_step: Arc<Gauge>,
 }
 
@@ -278,6 +286,10 @@ impl CheckpointMetrics {
 
     pub fn abandoned(&self) {
         self.failures.inc();
+    }
+
+    pub fn deferred(&self) {
+        self.deferred.inc();
     }
 }
 

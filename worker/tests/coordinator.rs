@@ -27,12 +27,13 @@ struct Cluster {
 
 impl Cluster {
     fn start(dir: &Path, agents: usize) -> Self {
-        Self::start_with(dir, agents, None, false)
+        Self::start_with(dir, agents, None, false, 1)
     }
 
     /// With `tls`, a CA and a certificate for 127.0.0.1 signed by it are
     /// made with openssl, and every process talks gRPC over TLS.
-    fn start_with(dir: &Path, agents: usize, tokens: Option<(&str, &str)>, tls: bool) -> Self {
+    /// Each agent offers `devices` devices (ranks).
+    fn start_with(dir: &Path, agents: usize, tokens: Option<(&str, &str)>, tls: bool, devices: u32) -> Self {
         let listen = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -57,6 +58,7 @@ impl Cluster {
         for i in 0..agents {
             let agent = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
                 .args(["agent", "--coordinator", &c.server, "--name", &format!("w{i}")])
+                .args(["--devices", &devices.to_string()])
                 .env("AMDIM_SAMPLE_LOG_DIR", dir)
                 .envs(c.tokens.iter().map(|(_, join)| ("AMDIM_JOIN_TOKEN", join.clone())))
                 .envs(c.ca.iter().map(|ca| ("AMDIM_TLS_CA_FILE", ca.clone())))
@@ -261,9 +263,10 @@ fn trained_exactly_once(dir: &Path, job: &str, total: u64, samples: usize, batch
     };
     let second = read(format!("{job}-g2-r0.log"));
     let restored = second[0].0;
+    let manifest = dir.join(format!("ckpt-{total}/step-{restored:010}/manifest.json"));
     assert!(
-        restored > 0 && restored % 10 == 0,
-        "generation 2 starts at step {restored}, not at a checkpoint"
+        manifest.exists(),
+        "generation 2 starts at step {restored}, not at a complete checkpoint"
     );
     let mut steps: std::collections::BTreeMap<u64, (u64, Vec<u32>)> = Default::default();
     let first: Vec<_> = (0..2).flat_map(|r| read(format!("{job}-g1-r{r}.log"))).collect();
@@ -336,6 +339,14 @@ fn a_job_on_two_workers_succeeds_and_survives_a_killed_worker() {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tmp.path().join("ckpt-12/step-0000000012/manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["world_size"], 2);
+    // Its checkpoints by job id: the coordinator knows where they are.
+    let listed: serde_json::Value = serde_json::from_str(&cluster.ctl(&["checkpoints", &id, "-o", "json"])).unwrap();
+    let listed: Vec<u64> = listed.as_array().unwrap().iter().map(|c| c["step"].as_u64().unwrap()).collect();
+    assert_eq!(listed, vec![10, 12]);
+    let export = tmp.path().join("export");
+    let out = cluster.ctl_output(&["export", &id, "--out", export.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(export.join("model.safetensors").metadata().unwrap().len() > 1000);
 
     // A worker killed at a random step: the job restarts on the survivor
     // from its checkpoint, and every sample is trained exactly once per
@@ -450,6 +461,39 @@ fn a_restarted_coordinator_carries_the_job_to_the_end() {
 }
 
 #[test]
+fn agents_with_two_devices_each_run_a_job_on_four_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start_with(tmp.path(), 2, None, false, 2);
+    let spec = job_spec(tmp.path(), 12, 2, 2);
+    let text = std::fs::read_to_string(&spec).unwrap() + "devices_per_worker = 2\n";
+    std::fs::write(&spec, text).unwrap();
+    let out = cluster.ctl_output(&["submit", "-f", spec.to_str().unwrap(), "--watch"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let j = cluster.job(&id);
+    assert_eq!(state(&j), "SUCCEEDED", "{j}");
+    assert_eq!(j["devices_per_worker"], 2);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("ckpt-12/step-0000000012/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["world_size"], 4, "2 workers × 2 ranks");
+    // Every rank trained its own quarter of each global batch.
+    let mut step0: Vec<u32> = Vec::new();
+    for rank in 0..4 {
+        let log = std::fs::read_to_string(tmp.path().join(format!("{id}-g1-r{rank}.log"))).unwrap();
+        let first = log.lines().next().unwrap();
+        let indices: Vec<u32> = first.split(' ').skip(2).map(|i| i.parse().unwrap()).collect();
+        assert_eq!(indices.len(), 2, "rank {rank}: {first}");
+        assert_eq!(log.lines().count(), 12, "rank {rank}");
+        step0.extend(indices);
+    }
+    step0.sort_unstable();
+    step0.dedup();
+    assert_eq!(step0.len(), 8, "step 0's global batch split over 4 ranks");
+    let workers = cluster.ctl(&["workers", "-o", "json"]);
+    assert_eq!(workers.matches("\"devices\":2").count(), 2, "{workers}");
+}
+
+#[test]
 fn amdimctl_local_runs_a_job_on_local_worker_processes() {
     let tmp = tempfile::tempdir().unwrap();
     let spec = job_spec(tmp.path(), 12, 1, 2);
@@ -477,7 +521,7 @@ fn amdimctl_local_runs_a_job_on_local_worker_processes() {
 #[test]
 fn tokens_keep_out_clients_and_workers_without_them() {
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start_with(tmp.path(), 1, Some(("client-s3cret", "join-s3cret")), false);
+    let cluster = Cluster::start_with(tmp.path(), 1, Some(("client-s3cret", "join-s3cret")), false, 1);
     let plain = |token: Option<&str>, args: &[&str]| {
         let mut c = Command::new(coordinator_bin("amdimctl"));
         c.args(["--server", &cluster.server]).env_remove("AMDIM_TOKEN");
@@ -515,7 +559,7 @@ fn tokens_keep_out_clients_and_workers_without_them() {
 #[test]
 fn grpc_over_tls_trains_a_job_and_refuses_clients_without_the_ca() {
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start_with(tmp.path(), 1, None, true);
+    let cluster = Cluster::start_with(tmp.path(), 1, None, true, 1);
     assert!(cluster.server.starts_with("https://"));
     // Agents and amdimctl verify the coordinator against the CA.
     let spec = job_spec(tmp.path(), 4, 1, 1);

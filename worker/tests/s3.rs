@@ -2,6 +2,9 @@
 //! ImageFolder tree read from a bucket, checkpoints written to and resumed
 //! from a bucket. Every run is compared bitwise with the same run on local
 //! files: where the bytes come from must not change a single parameter.
+//! Faults: the server killed once mid-upload, and killed and restarted at
+//! random moments all through a run; every checkpoint listed afterwards
+//! must verify and the newest must resume.
 
 #[path = "../../shared/testsupport/seaweed.rs"]
 mod seaweed;
@@ -350,4 +353,108 @@ fn a_two_rank_job_resumes_from_its_s3_checkpoint() {
     }
     assert_eq!(checksum(&logs[0]), checksum(&logs[1]), "ranks differ after the resume");
     assert_eq!(complete_steps(&uri, &env), vec![2, 4, 6]);
+}
+
+/// A small xorshift generator for the fault schedule (seeded from the clock
+/// and printed, so a failing schedule can be replayed by hand).
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn checkpoints_stay_whole_while_the_s3_server_is_killed_at_random_moments() {
+    let mut s3 = seaweed::SeaweedS3::start("chaos");
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let uri = s3.uri("runs/chaos");
+    // ~240 MB checkpoints (multipart uploads of both files) every 5 steps.
+    let spec = tmp.path().join("job.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[job]\nname = \"chaos\"\n[data]\nformat = \"synthetic\"\nsynthetic_samples = 64\n\
+             [model]\nndf = 8\nn_rkhs = 2048\ndepth = 1\n[train]\nbatch_size = 4\nmax_steps = 60\nlog_every = 1\n\
+             [eval]\nenabled = false\n[checkpoint]\nuri = \"{uri}\"\nevery_steps = 5\nkeep = 3\n"
+        ),
+    )
+    .unwrap();
+    let (log, summary) = (tmp.path().join("train.log"), tmp.path().join("summary.json"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
+        .args(["train", "--config"])
+        .arg(&spec)
+        .envs(env.iter().cloned())
+        .env("NO_COLOR", "1")
+        .stdout(std::fs::File::create(&summary).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let steps_logged = || read_log().matches(" step ").count();
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let schedule = seed;
+    let mut between = |lo: u64, hi: u64| std::time::Duration::from_millis(lo + xorshift(&mut seed) % (hi - lo));
+    let (mut kills, mut steps_while_down) = (0, 0);
+    let started = std::time::Instant::now();
+    // Kill the server at random moments until training is near its end,
+    // then leave it up so that the last checkpoint can be written.
+    'chaos: while steps_logged() < 50 {
+        let calm = std::time::Instant::now() + between(300, 2500);
+        while std::time::Instant::now() < calm {
+            if child.try_wait().unwrap().is_some() || steps_logged() >= 50 {
+                break 'chaos;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            started.elapsed().as_secs() < 600,
+            "schedule {schedule}: training too slow:\n{}",
+            read_log()
+        );
+        s3.kill();
+        kills += 1;
+        let before = steps_logged();
+        std::thread::sleep(between(200, 1500));
+        steps_while_down += steps_logged() - before;
+        s3.restart();
+    }
+    let status = child.wait().unwrap();
+    let text = read_log();
+    assert!(status.success(), "schedule {schedule}, {kills} kills: training failed:\n{text}");
+    assert!(kills >= 2, "schedule {schedule}: only {kills} kill(s); training ended too soon");
+    // Every checkpoint listed is complete and verifies (sizes and SHA-256 on
+    // export); the last one is there; retention kept at most 3.
+    let steps = complete_steps(&uri, &env);
+    assert_eq!(steps.last(), Some(&60), "schedule {schedule}, {kills} kills: {steps:?}\n{text}");
+    assert!(steps.len() <= 3, "retention keeps 3: {steps:?}");
+    for step in &steps {
+        let out = tmp.path().join(format!("export-{step}"));
+        run_amdimctl(&["export", &uri, "--step", &step.to_string(), "--out", out.to_str().unwrap()], &env);
+        assert!(out.join("model.safetensors").metadata().unwrap().len() > 50 << 20);
+    }
+    let report: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&summary).unwrap().trim()).unwrap();
+    let abandoned = text.matches("checkpoint abandoned").count();
+    eprintln!(
+        "schedule {schedule}: {kills} kills, {steps_while_down} steps trained while S3 was down, {abandoned} checkpoint(s) abandoned, \
+         training blocked by checkpoints {:.2} s of {:.1} s",
+        report["checkpoint_blocked_s"].as_f64().unwrap(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(report["steps"], 60, "{report}");
+    // The newest checkpoint resumes.
+    let out = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
+        .args(["train", "--resume", "--config"])
+        .arg(&spec)
+        .envs(env.iter().cloned())
+        .env("AMDIM_TRAIN__MAX_STEPS", "61")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("resumed from checkpoint step=60"), "{err}");
 }

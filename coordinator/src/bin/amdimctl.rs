@@ -120,9 +120,12 @@ enum Command {
         #[command(subcommand)]
         command: DatasetCommand,
     },
-    /// List the complete checkpoints under a checkpoint URI (the job's
-    /// checkpoint.uri: a folder, file:// or s3://bucket/prefix).
+    /// List the complete checkpoints of a job (its id: the coordinator
+    /// gives its checkpoint.uri) or under a checkpoint URI (a folder,
+    /// file:// or s3://bucket/prefix), with step, epoch, ranks, size, age.
     Checkpoints {
+        /// A job id or a checkpoint URI.
+        #[arg(value_name = "JOB|URI")]
         uri: String,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
@@ -130,6 +133,8 @@ enum Command {
     /// Download a checkpoint's model weights (safetensors, the authors'
     /// PyTorch names) and manifest into a folder, verified.
     Export {
+        /// A job id or a checkpoint URI.
+        #[arg(value_name = "JOB|URI")]
         uri: String,
         /// The checkpoint's step (default: the newest complete one).
         #[arg(long)]
@@ -211,8 +216,12 @@ fn main() -> ExitCode {
         },
         Command::Workers { output } => jobs_command(&conn, |c| jobs::workers(c, output)),
         Command::Dataset { command } => report(run_dataset(command)),
-        Command::Checkpoints { uri, output } => report(list_checkpoints(&uri, output)),
-        Command::Export { uri, step, out } => report(export(&uri, step, &out)),
+        Command::Checkpoints { uri, output } => with_checkpoint_uri(&conn, uri, |uri| async move { list_checkpoints(&uri, output).await }),
+        Command::Export { uri, step, out } => with_checkpoint_uri(&conn, uri, |uri| async move {
+            let path = checkpoints::export(&uri, step, &out).await?;
+            println!("{}", path.display());
+            Ok(())
+        }),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "amdimctl", &mut std::io::stdout());
             ExitCode::SUCCESS
@@ -280,8 +289,24 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
-fn list_checkpoints(uri: &str, output: Output) -> anyhow::Result<()> {
-    let list = runtime()?.block_on(checkpoints::list(uri))?;
+/// Runs `f` on a checkpoint URI: `target` itself, or, when it is a job id,
+/// the job's `checkpoint.uri` as the coordinator has it.
+fn with_checkpoint_uri<F>(conn: &Conn, target: String, f: impl FnOnce(String) -> F) -> ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    if jobs::is_job_id(&target) && !std::path::Path::new(&target).exists() {
+        jobs_command(conn, |c| async move {
+            let uri = jobs::checkpoint_uri(c, &target).await?;
+            f(uri).await.map(|()| ExitCode::SUCCESS)
+        })
+    } else {
+        report(runtime().and_then(|rt| rt.block_on(f(target))))
+    }
+}
+
+async fn list_checkpoints(uri: &str, output: Output) -> anyhow::Result<()> {
+    let list = checkpoints::list(uri).await?;
     match output.document(&serde_json::to_value(&list)?) {
         Some(doc) => println!("{doc}"),
         None => {
@@ -298,12 +323,6 @@ fn list_checkpoints(uri: &str, output: Output) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
-}
-
-fn export(uri: &str, step: Option<u64>, out: &std::path::Path) -> anyhow::Result<()> {
-    let path = runtime()?.block_on(checkpoints::export(uri, step, out))?;
-    println!("{}", path.display());
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use crate::with_backend;
 use amdim_shared::auth::BearerToken;
 use amdim_shared::proto::v1 as pb;
 use amdim_shared::spec::JobSpec;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use pb::heartbeat_response::Command;
 use pb::worker_service_client::WorkerServiceClient;
 use std::sync::Arc;
@@ -65,21 +65,27 @@ fn free_port(host: &str) -> Result<u16> {
 
 fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::runtime::Handle) -> Result<Training> {
     let spec = JobSpec::from_toml_with_env(&a.spec_toml, &[]).with_context(|| format!("job {}: spec", a.job_id))?;
+    let local_ranks = a.local_ranks.max(1);
+    if local_ranks > settings.devices {
+        bail!(
+            "job {}: assigned {local_ranks} ranks but this agent has {} device(s) (--devices)",
+            a.job_id,
+            settings.devices
+        );
+    }
     let dist = DistArgs {
         rank: a.rank as usize,
         world_size: a.world_size as usize,
         rendezvous: Some(a.rendezvous.clone()),
         advertise_host: settings.advertise_host.clone(),
-        local_ranks: 1,
+        local_ranks: local_ranks as usize,
     };
+    dist.local().with_context(|| format!("job {}: assignment", a.job_id))?;
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Progress::default());
     let (stop2, progress2, resume) = (stop.clone(), progress.clone(), a.resume);
-    let metrics = WorkerMetrics::global().for_run(&a.job_id, a.rank as usize);
-    let sample_log = settings
-        .sample_log_dir
-        .as_ref()
-        .map(|d| d.join(format!("{}-g{}-r{}.log", a.job_id, a.generation, a.rank)));
+    let (job_id, generation, first_rank) = (a.job_id.clone(), a.generation, a.rank as usize);
+    let sample_log_dir = settings.sample_log_dir.clone();
     let (tx, written) = std::sync::mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let on_checkpoint: crate::checkpoint::writer::OnWritten = Arc::new(move |step, bytes| {
@@ -90,21 +96,28 @@ fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::r
     let handle = std::thread::Builder::new()
         .name(format!("train-{}-g{}", a.job_id, a.generation))
         .spawn(move || -> Result<bool> {
-            let rank = dist.rank;
-            let comm = dist.connect(&spec, rank)?;
-            let options = RunOptions {
-                resume,
-                stop: stop2,
-                comm,
-                progress: Some(progress2),
-                on_checkpoint: Some(on_checkpoint),
-                metrics: Some(metrics),
-                sample_log,
-            };
-            let summary = with_backend!(spec, |B, device| run::<B>(spec.clone(), device, options, runtime)?);
-            Ok(!summary.stopped_early)
+            // One thread per local rank, each on its own device; the first
+            // reports progress (every rank is at the same step).
+            let done = dist.run_local(|rank| {
+                let spec = dist.spec_for(&spec, rank);
+                let comm = dist.connect(&spec, rank)?;
+                let options = RunOptions {
+                    resume,
+                    stop: stop2.clone(),
+                    comm,
+                    progress: (rank == first_rank).then(|| progress2.clone()),
+                    on_checkpoint: Some(on_checkpoint.clone()),
+                    metrics: Some(WorkerMetrics::global().for_run(&job_id, rank)),
+                    sample_log: sample_log_dir
+                        .as_ref()
+                        .map(|d| d.join(format!("{job_id}-g{generation}-r{rank}.log"))),
+                };
+                let summary = with_backend!(spec, |B, device| run::<B>(spec.clone(), device, options, runtime.clone())?);
+                Ok(!summary.stopped_early)
+            })?;
+            Ok(done.into_iter().all(|trained_to_the_end| trained_to_the_end))
         })?;
-    tracing::info!(job = %a.job_id, generation = a.generation, rank = a.rank, world = a.world_size, resume = a.resume, "training started");
+    tracing::info!(job = %a.job_id, generation = a.generation, rank = a.rank, local_ranks, world = a.world_size, resume = a.resume, "training started");
     Ok(Training {
         job_id: a.job_id,
         generation: a.generation,

@@ -5,9 +5,12 @@
 //! training goes on.
 //!
 //! Memory stays bounded: at most one snapshot is being uploaded. When the
-//! next checkpoint is due before the previous upload has finished, the step
-//! waits for it (the wait is measured and logged) rather than dropping
-//! either. A failed upload is retried as a whole (after object_store's own
+//! next checkpoint is due before the previous upload has finished, the
+//! training loop either defers it to the first step after the upload ends
+//! (`checkpoint.when_busy = "defer"`, the default: storage that is slow or
+//! down never stalls training) or waits for it (`"wait"`; the wait is
+//! measured and logged); [`AsyncCheckpointer::busy`] tells which case it is.
+//! A failed upload is retried as a whole (after object_store's own
 //! per-request retries with exponential backoff and jitter); if it still
 //! fails, that checkpoint is abandoned — its manifest was never written, so
 //! nobody can load it half-written — and training continues.
@@ -190,6 +193,11 @@ impl<B: Backend> AsyncCheckpointer<B> {
             }
         }
         waited
+    }
+
+    /// Whether an upload is still in flight.
+    pub fn busy(&self) -> bool {
+        self.pending.as_ref().is_some_and(|(_, h)| !h.is_finished())
     }
 
     /// Waits for the upload in flight, if any, and reports how it ended:

@@ -19,7 +19,7 @@ use crate::train::step::{StepMetrics, Trainer};
 use amdim_shared::checkpoint::{MANIFEST_FORMAT, MODEL_FILE, Manifest, OPTIMIZER_FILE};
 use amdim_shared::order::{step_position, steps_per_epoch};
 use amdim_shared::proto::v1::TrainingStats;
-use amdim_shared::spec::JobSpec;
+use amdim_shared::spec::{JobSpec, WhenBusy};
 use anyhow::{Context, Result, bail};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -279,6 +279,8 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
     let mut sample_log = options.sample_log.as_deref().map(SampleLog::open).transpose()?;
     let mut decode_errors_seen = 0u64;
     let mut checkpoint_blocked = 0.0f64;
+    // A checkpoint fell due while the previous one was still uploading.
+    let mut checkpoint_due = false;
     let start_step = t.step;
     let mut total_wait = 0.0f64;
     std::thread::scope(|scope| -> Result<()> {
@@ -391,9 +393,25 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
                 }
             }
             let every = spec.checkpoint.every_steps;
-            if rank == 0 && ((every > 0 && t.step.is_multiple_of(every)) || t.step == total) {
-                timing.checkpoint_s = checkpoint(&t, &mut writer, step_position(t.step, spe).epoch);
-                checkpoint_blocked += timing.checkpoint_s;
+            if rank == 0 && every > 0 && t.step.is_multiple_of(every) {
+                checkpoint_due = true;
+            }
+            if rank == 0 && (checkpoint_due || t.step == total) {
+                let kept_for_ever = retention.every_steps > 0 && t.step.is_multiple_of(retention.every_steps);
+                let must_wait = t.step == total || kept_for_ever || spec.checkpoint.when_busy == WhenBusy::Wait;
+                if must_wait || !writer.busy() {
+                    timing.checkpoint_s = checkpoint(&t, &mut writer, step_position(t.step, spe).epoch);
+                    checkpoint_blocked += timing.checkpoint_s;
+                    checkpoint_due = false;
+                } else if every > 0 && t.step.is_multiple_of(every) {
+                    tracing::info!(
+                        step = t.step,
+                        "previous checkpoint still uploading: this one is taken once it has finished"
+                    );
+                    if let Some(metrics) = &options.metrics {
+                        metrics.checkpoint.deferred();
+                    }
+                }
             }
             timing.total_s = trained_s + timing.checkpoint_s;
             if let Some(p) = &options.progress {
