@@ -240,8 +240,10 @@ pub enum StateError {
 pub struct State {
     pub jobs: BTreeMap<String, Job>,
     pub workers: BTreeMap<String, Worker>,
-    /// The last number given to a job or worker id.
-    pub next_seq: u64,
+    /// The last number given to a job id (also its place in the queue).
+    pub last_job: u64,
+    /// The last number given to a worker id.
+    pub last_worker: u64,
     /// The last event number.
     pub last_event: u64,
     /// Not yet written to the store.
@@ -306,8 +308,8 @@ impl State {
                 spec.train.batch_size
             )));
         }
-        self.next_seq += 1;
-        let id = format!("job-{:06}", self.next_seq);
+        self.last_job += 1;
+        let id = format!("job-{:06}", self.last_job);
         let job = Job {
             id: id.clone(),
             name: spec.job.name.clone(),
@@ -326,7 +328,7 @@ impl State {
             message: format!("waiting for {min} free worker(s)"),
             created_unix: now,
             updated_unix: now,
-            seq: self.next_seq,
+            seq: self.last_job,
             checkpoints: Vec::new(),
             stats: None,
             events: Vec::new(),
@@ -341,9 +343,9 @@ impl State {
     }
 
     pub fn register(&mut self, name: &str, devices: u32, rendezvous_addr: &str, now: i64) -> Worker {
-        self.next_seq += 1;
+        self.last_worker += 1;
         let w = Worker {
-            id: format!("worker-{:06}", self.next_seq),
+            id: format!("worker-{:06}", self.last_worker),
             name: name.to_string(),
             devices,
             rendezvous_addr: rendezvous_addr.to_string(),

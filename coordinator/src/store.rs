@@ -109,7 +109,8 @@ impl Store {
                 .map_err(|e| self.sqlite(e))?;
             Ok(v.unwrap_or(0).max(0) as u64)
         };
-        state.next_seq = meta("next_seq")?;
+        state.last_job = meta("last_job")?;
+        state.last_worker = meta("last_worker")?;
         let mut rows = self.conn.prepare("SELECT id, record FROM jobs").map_err(|e| self.sqlite(e))?;
         let jobs = rows
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
@@ -214,11 +215,11 @@ impl Store {
                     .execute(params![e.seq as i64, e.job_id, e.unix, e.kind.name(), e.generation, e.message])
                     .map_err(sqlite)?;
             }
-            tx.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?1)",
-                [state.next_seq as i64],
-            )
-            .map_err(sqlite)?;
+            let mut put_meta = tx
+                .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")
+                .map_err(sqlite)?;
+            put_meta.execute(params!["last_job", state.last_job as i64]).map_err(sqlite)?;
+            put_meta.execute(params!["last_worker", state.last_worker as i64]).map_err(sqlite)?;
         }
         tx.commit().map_err(sqlite)
     }
@@ -264,7 +265,7 @@ mod tests {
 
         let back = Store::open(&path).unwrap().load().unwrap();
         assert_eq!(back.jobs, s.jobs, "jobs with their events");
-        assert_eq!(back.next_seq, s.next_seq);
+        assert_eq!((back.last_job, back.last_worker), (1, 1), "job and worker ids count apart");
         assert_eq!(back.last_event, s.last_event);
         assert_eq!(back.workers[&a].job, s.workers[&a].job);
         let kinds: Vec<&str> = back.jobs[&job.id].events.iter().map(|e| e.kind.name()).collect();
