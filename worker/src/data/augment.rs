@@ -62,13 +62,32 @@ pub fn adjust_contrast(img: &mut [f32], factor: f32) {
 }
 
 pub fn adjust_saturation(img: &mut [f32], factor: f32) {
+    let (r, g, b) = planes(img);
+    for ((r, g), b) in r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut()) {
+        let gray = (1.0 - factor) * luma(*r, *g, *b);
+        *r = (factor * *r + gray).clamp(0.0, 1.0);
+        *g = (factor * *g + gray).clamp(0.0, 1.0);
+        *b = (factor * *b + gray).clamp(0.0, 1.0);
+    }
+}
+
+/// The R, G and B planes of a [3, H, W] image.
+fn planes(img: &mut [f32]) -> (&mut [f32], &mut [f32], &mut [f32]) {
     let plane = img.len() / 3;
-    for i in 0..plane {
-        let gray = luma(img[i], img[plane + i], img[2 * plane + i]);
-        for c in 0..3 {
-            let v = &mut img[c * plane + i];
-            *v = (factor * *v + (1.0 - factor) * gray).clamp(0.0, 1.0);
-        }
+    let (r, rest) = img.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    (r, g, b)
+}
+
+/// x in [−1, 2) wrapped into [0, 1) (what `rem_euclid(1.0)` gives there,
+/// without a libm call).
+fn wrap_unit(x: f32) -> f32 {
+    if x < 0.0 {
+        x + 1.0
+    } else if x >= 1.0 {
+        x - 1.0
+    } else {
+        x
     }
 }
 
@@ -81,9 +100,10 @@ pub fn rgb_to_hsv(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
     if cr == 0.0 {
         return (0.0, s, maxc);
     }
-    let rc = (maxc - r) / cr;
-    let gc = (maxc - g) / cr;
-    let bc = (maxc - b) / cr;
+    let inv = 1.0 / cr;
+    let rc = (maxc - r) * inv;
+    let gc = (maxc - g) * inv;
+    let bc = (maxc - b) * inv;
     let h = if maxc == r {
         bc - gc
     } else if maxc == g {
@@ -91,19 +111,21 @@ pub fn rgb_to_hsv(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
     } else {
         4.0 + gc - rc
     };
-    ((h / 6.0).rem_euclid(1.0), s, maxc)
+    // h is in [−1, 5]: one sixth of it is in [−1/6, 5/6].
+    (wrap_unit(h * (1.0 / 6.0)), s, maxc)
 }
 
-/// HSV → RGB (torchvision's `_hsv2rgb`).
+/// HSV → RGB (torchvision's `_hsv2rgb`), for h in [0, 1).
 pub fn hsv_to_rgb(h: f32, s: f32, v: f32) -> (f32, f32, f32) {
-    let i = (h * 6.0).floor();
-    let f = h * 6.0 - i;
-    let i = (i as i64).rem_euclid(6);
+    let h6 = h * 6.0;
+    // h ≥ 0, so truncation is floor; h6 may round up to 6.0.
+    let sector = h6 as u32;
+    let f = h6 - sector as f32;
     let p = (v * (1.0 - s)).clamp(0.0, 1.0);
     let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
     let t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0);
-    match i {
-        0 => (v, t, p),
+    match sector {
+        0 | 6 => (v, t, p),
         1 => (q, v, p),
         2 => (p, v, t),
         3 => (p, q, v),
@@ -113,13 +135,10 @@ pub fn hsv_to_rgb(h: f32, s: f32, v: f32) -> (f32, f32, f32) {
 }
 
 pub fn adjust_hue(img: &mut [f32], shift: f32) {
-    let plane = img.len() / 3;
-    for i in 0..plane {
-        let (h, s, v) = rgb_to_hsv(img[i], img[plane + i], img[2 * plane + i]);
-        let (r, g, b) = hsv_to_rgb((h + shift).rem_euclid(1.0), s, v);
-        img[i] = r;
-        img[plane + i] = g;
-        img[2 * plane + i] = b;
+    let (r, g, b) = planes(img);
+    for ((r, g), b) in r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut()) {
+        let (h, s, v) = rgb_to_hsv(*r, *g, *b);
+        (*r, *g, *b) = hsv_to_rgb(wrap_unit(h + shift), s, v);
     }
 }
 
@@ -262,6 +281,20 @@ mod tests {
         let mut img = solid(1.0, 0.0, 0.0);
         adjust_hue(&mut img, 1.0 / 3.0);
         assert!(img[0].abs() < 1e-5 && (img[PLANE] - 1.0).abs() < 1e-5 && img[2 * PLANE].abs() < 1e-5);
+        // Hue shifts that wrap around in both directions.
+        for (shift, expected) in [
+            (-0.5f32, (0.0f32, 1.0f32, 1.0f32)),
+            (0.5, (0.0, 1.0, 1.0)),
+            (-1.0 / 3.0, (0.0, 0.0, 1.0)),
+        ] {
+            let mut img = solid(1.0, 0.0, 0.0);
+            adjust_hue(&mut img, shift);
+            let got = (img[0], img[PLANE], img[2 * PLANE]);
+            assert!(
+                (got.0 - expected.0).abs() < 1e-5 && (got.1 - expected.1).abs() < 1e-5 && (got.2 - expected.2).abs() < 1e-5,
+                "shift {shift}: {got:?}"
+            );
+        }
         // HSV round trip
         for (r, g, b) in [(0.1, 0.7, 0.3), (0.9, 0.2, 0.6), (0.5, 0.5, 0.5)] {
             let (h, s, v) = rgb_to_hsv(r, g, b);

@@ -184,13 +184,15 @@ pub fn resample(img: &Rgb, bx: CropBox, size: u32) -> Vec<u8> {
 fn to_chw(hwc: &[u8], size: usize, flip: bool) -> Vec<f32> {
     let plane = size * size;
     let mut out = vec![0.0; 3 * plane];
-    for y in 0..size {
-        for x in 0..size {
-            let sx = if flip { size - 1 - x } else { x };
-            let px = &hwc[(y * size + sx) * 3..(y * size + sx) * 3 + 3];
-            for c in 0..3 {
-                out[c * plane + y * size + x] = px[c] as f32 / 255.0;
-            }
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for (y, row) in hwc.chunks_exact(3 * size).take(size).enumerate() {
+        let (r, g, b) = (&mut r[y * size..][..size], &mut g[y * size..][..size], &mut b[y * size..][..size]);
+        for (x, px) in row.chunks_exact(3).enumerate() {
+            let dx = if flip { size - 1 - x } else { x };
+            r[dx] = f32::from(px[0]) / 255.0;
+            g[dx] = f32::from(px[1]) / 255.0;
+            b[dx] = f32::from(px[2]) / 255.0;
         }
     }
     out
