@@ -15,7 +15,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
 /// Time a step spends in each part, in the order of `amdim_step_phase_seconds_total`'s `phase`.
-pub const PHASES: [&str; 6] = ["data_wait", "compute", "allgather", "bn_sync", "allreduce", "checkpoint"];
+pub const PHASES: [&str; 7] = [
+    "data_wait",
+    "compute",
+    "allgather",
+    "bn_sync",
+    "allreduce",
+    "rank_sync",
+    "checkpoint",
+];
 /// The loss terms of `amdim_loss`'s `term`.
 pub const TERMS: [&str; 7] = ["total", "nce_1t5", "nce_1t7", "nce_5t5", "reg", "class_lin", "class_mlp"];
 
@@ -210,7 +218,7 @@ pub struct RunMetrics {
     step: Arc<Gauge>,
     total_steps: Arc<Gauge>,
     step_duration: Arc<Histogram>,
-    phase: [Arc<Counter>; 6],
+    phase: [Arc<Counter>; PHASES.len()],
     loss: [Arc<Gauge>; 7],
     /// Made at the first evaluation (no accuracy of 0 before one ran):
     /// the family, job and rank.
@@ -243,6 +251,7 @@ impl RunMetrics {
             m.comm.gather_s,
             m.comm.bn_s,
             m.comm.all_reduce_s,
+            m.comm.rank_sync_s,
             t.checkpoint_s,
         ];
         self.phase.iter().zip(phases).for_each(|(c, v)| c.add(v));
@@ -309,6 +318,7 @@ mod tests {
             comm: CommTimes {
                 gather_s: 0.125,
                 all_reduce_s: 0.5,
+                rank_sync_s: 0.0625,
                 all_reduce_bytes: 1000,
                 gather_bytes: 64,
                 ..CommTimes::default()
@@ -333,6 +343,7 @@ mod tests {
             "amdim_train_step{job=\"job-a\",rank=\"1\"} 3",
             "amdim_step_phase_seconds_total{job=\"job-a\",rank=\"1\",phase=\"compute\"} 0.5",
             "amdim_step_phase_seconds_total{job=\"job-a\",rank=\"1\",phase=\"allreduce\"} 1",
+            "amdim_step_phase_seconds_total{job=\"job-a\",rank=\"1\",phase=\"rank_sync\"} 0.125",
             "amdim_loss{job=\"job-a\",rank=\"1\",term=\"total\"} 2.5",
             "amdim_allreduce_bytes_total{job=\"job-a\",rank=\"1\"} 2000",
             "amdim_allgather_bytes_total{job=\"job-a\",rank=\"1\"} 128",

@@ -36,6 +36,9 @@ pub struct CommTimes {
     pub bn_s: f64,
     /// Gradient, metric and statistics averaging.
     pub all_reduce_s: f64,
+    /// The per-step exchange that finds stragglers: the fast ranks wait
+    /// there for the slowest one.
+    pub rank_sync_s: f64,
     pub gather_bytes: u64,
     pub bn_bytes: u64,
     pub all_reduce_bytes: u64,
@@ -43,13 +46,14 @@ pub struct CommTimes {
 
 impl CommTimes {
     pub fn total(&self) -> f64 {
-        self.gather_s + self.bn_s + self.all_reduce_s
+        self.gather_s + self.bn_s + self.all_reduce_s + self.rank_sync_s
     }
 
     pub fn add(&mut self, other: &CommTimes) {
         self.gather_s += other.gather_s;
         self.bn_s += other.bn_s;
         self.all_reduce_s += other.all_reduce_s;
+        self.rank_sync_s += other.rank_sync_s;
         self.gather_bytes += other.gather_bytes;
         self.bn_bytes += other.bn_bytes;
         self.all_reduce_bytes += other.all_reduce_bytes;
@@ -61,6 +65,8 @@ pub enum Exchange {
     Gather,
     BatchNorm,
     AllReduce,
+    /// [`excess_over_min`]'s one float per rank.
+    RankSync,
 }
 
 /// A collective plus the failure and timing bookkeeping of a training rank.
@@ -109,6 +115,7 @@ impl Comm {
                 Exchange::Gather => (t.gather_s += secs, t.gather_bytes += bytes),
                 Exchange::BatchNorm => (t.bn_s += secs, t.bn_bytes += bytes),
                 Exchange::AllReduce => (t.all_reduce_s += secs, t.all_reduce_bytes += bytes),
+                Exchange::RankSync => (t.rank_sync_s += secs, t.gather_bytes += bytes),
             };
         }
         if let Err(e) = &out {
@@ -293,7 +300,7 @@ pub fn mean_over_ranks(values: &mut [f32], comm: &Comm) -> CollResult<()> {
 /// How far `value` (e.g. this rank's compute seconds) is above the smallest
 /// over ranks: 0 on the fastest rank, the straggler's delay on the slowest.
 pub fn excess_over_min(value: f64, comm: &Comm) -> CollResult<f64> {
-    let all = comm.run(Exchange::AllReduce, 1, |c| c.all_gather(&[value as f32]))?;
+    let all = comm.run(Exchange::RankSync, 1, |c| c.all_gather(&[value as f32]))?;
     let min = all.iter().copied().fold(f32::INFINITY, f32::min);
     Ok((value - f64::from(min)).max(0.0))
 }

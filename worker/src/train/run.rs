@@ -360,6 +360,7 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
                     gather_s = window_comm.gather_s,
                     bn_sync_s = window_comm.bn_s,
                     all_reduce_s = window_comm.all_reduce_s,
+                    rank_sync_s = window_comm.rank_sync_s,
                     exposed_comm_share = comm_s / (window_compute + comm_s + window_wait).max(1e-9),
                     skipped_samples = train.health.skipped(),
                     param_checksum = %checksum,
