@@ -12,6 +12,7 @@
 
 use crate::state::{Changes, Event, EventKind, Job, State, Worker};
 use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The layout this code writes (`PRAGMA user_version`).
@@ -111,24 +112,8 @@ impl Store {
         };
         state.last_job = meta("last_job")?;
         state.last_worker = meta("last_worker")?;
-        let mut rows = self.conn.prepare("SELECT id, record FROM jobs").map_err(|e| self.sqlite(e))?;
-        let jobs = rows
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(|e| self.sqlite(e))?;
-        for row in jobs {
-            let (id, record) = row.map_err(|e| self.sqlite(e))?;
-            let job: Job = serde_json::from_str(&record).map_err(|e| self.corrupt(format!("job {id}: {e}")))?;
-            state.jobs.insert(id, job);
-        }
-        let mut rows = self.conn.prepare("SELECT id, record FROM workers").map_err(|e| self.sqlite(e))?;
-        let workers = rows
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(|e| self.sqlite(e))?;
-        for row in workers {
-            let (id, record) = row.map_err(|e| self.sqlite(e))?;
-            let worker: Worker = serde_json::from_str(&record).map_err(|e| self.corrupt(format!("worker {id}: {e}")))?;
-            state.workers.insert(id, worker);
-        }
+        state.jobs = self.records::<Job>("jobs", "job")?;
+        state.workers = self.records::<Worker>("workers", "worker")?;
         let mut rows = self
             .conn
             .prepare("SELECT seq, job_id, unix, kind, generation, message FROM events ORDER BY seq")
@@ -162,6 +147,25 @@ impl Store {
             }
         }
         Ok(state)
+    }
+
+    /// The (id, record) rows of `table`, each record read from its JSON;
+    /// `what` names a row in errors.
+    fn records<T: serde::de::DeserializeOwned>(&self, table: &str, what: &str) -> Result<BTreeMap<String, T>, StoreError> {
+        let mut rows = self
+            .conn
+            .prepare(&format!("SELECT id, record FROM {table}"))
+            .map_err(|e| self.sqlite(e))?;
+        let rows = rows
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.sqlite(e))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (id, record) = row.map_err(|e| self.sqlite(e))?;
+            let value = serde_json::from_str(&record).map_err(|e| self.corrupt(format!("{what} {id}: {e}")))?;
+            out.insert(id, value);
+        }
+        Ok(out)
     }
 
     /// Writes the rows `changes` names, as they are in `state`, in one

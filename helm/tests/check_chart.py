@@ -140,7 +140,8 @@ WORKER_METRICS = {
     "amdim_loss", "amdim_eval_accuracy", "amdim_allreduce_duration_seconds",
     "amdim_allreduce_bytes_total", "amdim_allgather_duration_seconds", "amdim_allgather_bytes_total",
     "amdim_dataloader_wait_seconds", "amdim_decode_errors_total", "amdim_checkpoint_duration_seconds",
-    "amdim_checkpoint_bytes_total", "amdim_checkpoint_failures_total", "amdim_checkpoint_last_step",
+    "amdim_checkpoint_bytes_total", "amdim_checkpoint_failures_total", "amdim_checkpoint_deferred_total",
+    "amdim_checkpoint_last_step",
     "amdim_rank_step_lag_seconds",
 }
 COORDINATOR_METRICS = {
@@ -152,7 +153,7 @@ HISTOGRAMS = {
     "amdim_dataloader_wait_seconds", "amdim_checkpoint_duration_seconds",
 }
 LABEL_VALUES = {
-    "phase": {"data_wait", "compute", "allgather", "bn_sync", "allreduce", "checkpoint"},
+    "phase": {"data_wait", "compute", "allgather", "bn_sync", "allreduce", "rank_sync", "checkpoint"},
     "term": {"nce_1t5", "nce_1t7", "nce_5t5", "reg", "total", "class_lin", "class_mlp"},
     "head": {"linear", "mlp"},
     "state": {"pending", "running", "restarting", "succeeded", "failed", "cancelled", "idle", "busy", "lost"},

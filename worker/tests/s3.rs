@@ -171,23 +171,29 @@ fn complete_steps(uri: &str, env: &[(&'static str, String)]) -> Vec<u64> {
     listed.as_array().unwrap().iter().map(|c| c["step"].as_u64().unwrap()).collect()
 }
 
+/// A job whose wide RKHS head makes ~240 MB checkpoints (multipart uploads
+/// of both files) from cheap steps, written to `uri`.
+fn big_checkpoints_job(dir: &Path, uri: &str, max_steps: u64, every_steps: u64, keep: usize) -> std::path::PathBuf {
+    let spec = dir.join("job.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[job]\nname = \"faults\"\n[data]\nformat = \"synthetic\"\nsynthetic_samples = 64\n\
+             [model]\nndf = 8\nn_rkhs = 2048\ndepth = 1\n[train]\nbatch_size = 4\nmax_steps = {max_steps}\nlog_every = 1\n\
+             [eval]\nenabled = false\n[checkpoint]\nuri = \"{uri}\"\nevery_steps = {every_steps}\nkeep = {keep}\n"
+        ),
+    )
+    .unwrap();
+    spec
+}
+
 #[test]
 fn checkpoints_survive_the_s3_server_being_killed_mid_upload() {
     let mut s3 = seaweed::SeaweedS3::start("faults");
     let env = s3.env();
     let tmp = tempfile::tempdir().unwrap();
     let uri = s3.uri("runs/faulty");
-    // A wide RKHS head makes ~240 MB checkpoints (multipart uploads) from cheap steps.
-    let spec = tmp.path().join("job.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "[job]\nname = \"faults\"\n[data]\nformat = \"synthetic\"\nsynthetic_samples = 64\n\
-             [model]\nndf = 8\nn_rkhs = 2048\ndepth = 1\n[train]\nbatch_size = 4\nmax_steps = 16\nlog_every = 1\n\
-             [eval]\nenabled = false\n[checkpoint]\nuri = \"{uri}\"\nevery_steps = 4\nkeep = 2\n"
-        ),
-    )
-    .unwrap();
+    let spec = big_checkpoints_job(tmp.path(), &uri, 16, 4, 2);
     let log = tmp.path().join("train.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
         .args(["train", "--config"])
@@ -370,17 +376,7 @@ fn checkpoints_stay_whole_while_the_s3_server_is_killed_at_random_moments() {
     let env = s3.env();
     let tmp = tempfile::tempdir().unwrap();
     let uri = s3.uri("runs/chaos");
-    // ~240 MB checkpoints (multipart uploads of both files) every 5 steps.
-    let spec = tmp.path().join("job.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "[job]\nname = \"chaos\"\n[data]\nformat = \"synthetic\"\nsynthetic_samples = 64\n\
-             [model]\nndf = 8\nn_rkhs = 2048\ndepth = 1\n[train]\nbatch_size = 4\nmax_steps = 60\nlog_every = 1\n\
-             [eval]\nenabled = false\n[checkpoint]\nuri = \"{uri}\"\nevery_steps = 5\nkeep = 3\n"
-        ),
-    )
-    .unwrap();
+    let spec = big_checkpoints_job(tmp.path(), &uri, 60, 5, 3);
     let (log, summary) = (tmp.path().join("train.log"), tmp.path().join("summary.json"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
         .args(["train", "--config"])

@@ -150,13 +150,14 @@ async fn commit_checkpoints(
     }
 }
 
-/// Connects to the coordinator, retrying with backoff until it answers or
-/// `shutdown` is set.
-async fn connect(coordinator: &str, tls_ca_file: Option<&std::path::Path>, token: &BearerToken, shutdown: &AtomicBool) -> Result<Client> {
-    let endpoint = amdim_shared::tls::endpoint("--coordinator", coordinator, tls_ca_file)?;
+/// Connects to the coordinator of `settings`, retrying with backoff until
+/// it answers or the agent is told to shut down.
+async fn connect(settings: &AgentSettings, token: &BearerToken) -> Result<Client> {
+    let coordinator = settings.coordinator.as_str();
+    let endpoint = amdim_shared::tls::endpoint("--coordinator", coordinator, settings.tls_ca_file.as_deref())?;
     let mut wait = Duration::from_millis(200);
     loop {
-        if shutdown.load(Ordering::Relaxed) {
+        if settings.shutdown.load(Ordering::Relaxed) {
             anyhow::bail!("stopped by a signal while the coordinator {coordinator} was unreachable");
         }
         match endpoint.connect().await {
@@ -209,7 +210,7 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
     let rendezvous_addr = format!("{}:{port}", settings.advertise_host);
     let token = BearerToken::new(settings.join_token.as_deref()).map_err(|e| anyhow::anyhow!("join token: {e}"))?;
     runtime.block_on(async {
-        let mut client = connect(&settings.coordinator, settings.tls_ca_file.as_deref(), &token, &settings.shutdown).await?;
+        let mut client = connect(&settings, &token).await?;
         let mut current: Option<Training> = None;
         loop {
             if settings.shutdown.load(Ordering::Relaxed) {
@@ -233,7 +234,7 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
                 Err(e) => {
                     tracing::warn!(reason = %e.message(), "register failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    client = connect(&settings.coordinator, settings.tls_ca_file.as_deref(), &token, &settings.shutdown).await?;
+                    client = connect(&settings, &token).await?;
                     continue;
                 }
             };
@@ -311,7 +312,7 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
                     }
                     Err(s) => {
                         tracing::warn!(reason = %s.message(), "heartbeat failed");
-                        client = match connect(&settings.coordinator, settings.tls_ca_file.as_deref(), &token, &settings.shutdown).await {
+                        client = match connect(&settings, &token).await {
                             Ok(c) => c,
                             Err(e) => {
                                 // Stopped while cut off: the part still ends with its checkpoint.
