@@ -1,7 +1,7 @@
 //! The coordinator scale benchmark (`amdim-coordinator bench`): a real
 //! coordinator process (this binary, with its SQLite store and tokens)
 //! and N simulated workers, each on its own TCP connection, that register
-//! and heartbeat every second. Jobs are submitted so that workers are
+//! and heartbeat every second on their heartbeat streams, as agents do. Jobs are submitted so that workers are
 //! assigned, and rank 0 of each reports progress and commits checkpoints;
 //! one client watches a job and one polls `Get` and `List`, as users do.
 //! It prints p50/p99/max RPC latency and the coordinator's CPU and memory
@@ -12,13 +12,12 @@
 use crate::jobs;
 use amdim_shared::auth::BearerToken;
 use amdim_shared::proto::v1 as pb;
+use amdim_shared::session::{HeartbeatSession, WorkerClient};
 use anyhow::{Context, Result, bail};
 use pb::worker_service_client::WorkerServiceClient;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -87,8 +86,6 @@ fn bench_spec(i: usize, workers_per_job: usize) -> String {
     )
 }
 
-type WorkerClient = WorkerServiceClient<InterceptedService<Channel, BearerToken>>;
-
 /// One simulated worker: registers, then heartbeats every interval until
 /// `until`; as rank 0 it reports a step per heartbeat and commits a
 /// checkpoint every 30 steps.
@@ -127,6 +124,7 @@ async fn simulated_worker(
     tokio::time::sleep(interval.mul_f64((index % 1000) as f64 / 1000.0)).await;
     let mut ticker = tokio::time::interval(interval);
     let mut job: Option<(String, u32, bool)> = None;
+    let mut session: Option<HeartbeatSession> = None;
     let mut step = 0u64;
     while Instant::now() < until {
         ticker.tick().await;
@@ -144,14 +142,14 @@ async fn simulated_worker(
             }
         }
         let started = Instant::now();
-        let reply = c.heartbeat(request).await;
+        let reply = HeartbeatSession::beat_on(&mut c, &mut session, request).await;
         heartbeat
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned"))?
             .record(started, reply.is_ok());
         let Ok(reply) = reply else { continue };
         use pb::heartbeat_response::Command as C;
-        match reply.into_inner().command {
+        match reply.command {
             Some(C::Assign(a)) => job = Some((a.job_id, a.generation, a.rank == 0)),
             Some(C::Stop(_)) => job = None,
             _ => {}
@@ -254,6 +252,7 @@ pub async fn run(o: BenchOptions, dir: &Path) -> Result<()> {
     // Registration and ramp-up: one heartbeat interval plus a little.
     let ramp = interval + Duration::from_secs(2);
     let until = Instant::now() + ramp + Duration::from_secs(o.seconds);
+    let workers_until = until + Duration::from_secs(2);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..o.workers {
         tasks.spawn(simulated_worker(
@@ -261,7 +260,7 @@ pub async fn run(o: BenchOptions, dir: &Path) -> Result<()> {
             join_token.clone(),
             i,
             interval,
-            until,
+            workers_until,
             register.clone(),
             heartbeat.clone(),
         ));
@@ -302,12 +301,10 @@ pub async fn run(o: BenchOptions, dir: &Path) -> Result<()> {
     }
     let wall = window.elapsed().as_secs_f64();
     let (cpu1, rss_kib, peak_kib) = process_usage(pid)?;
-    let mut failed = 0;
-    while let Some(done) = tasks.join_next().await {
-        if !matches!(done, Ok(Ok(()))) {
-            failed += 1;
-        }
-    }
+    let take = |s: &Arc<Mutex<Samples>>| std::mem::take(&mut *s.lock().unwrap_or_else(|e| e.into_inner()));
+    let (reg, hb) = (take(&register), take(&heartbeat));
+    // Who is busy while every simulated worker still heartbeats (they stop
+    // a little after the window; their closing streams then lose them).
     let workers = client
         .workers(pb::ListWorkersRequest {})
         .await
@@ -324,6 +321,12 @@ pub async fn run(o: BenchOptions, dir: &Path) -> Result<()> {
         .iter()
         .filter(|j| j.state == pb::JobState::Running as i32)
         .count();
+    let mut failed = 0;
+    while let Some(done) = tasks.join_next().await {
+        if !matches!(done, Ok(Ok(()))) {
+            failed += 1;
+        }
+    }
     let _ = child.start_kill();
     let _ = child.wait().await;
     let store_bytes = ["", "-wal"]
@@ -332,8 +335,6 @@ pub async fn run(o: BenchOptions, dir: &Path) -> Result<()> {
         .map(|m| m.len())
         .sum::<u64>();
     let cpu_share = (cpu1 - cpu0) / wall;
-    let take = |s: &Arc<Mutex<Samples>>| std::mem::take(&mut *s.lock().unwrap_or_else(|e| e.into_inner()));
-    let (reg, hb) = (take(&register), take(&heartbeat));
     let rate = hb.micros.len() as f64 / wall;
     println!(
         "steady window {wall:.1} s: {rate:.0} heartbeats/s, {busy} workers busy, {running} jobs running, {} watch updates, {failed} worker tasks failed",

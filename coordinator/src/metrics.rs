@@ -106,6 +106,7 @@ mod tests {
             pending: None,
             last_seen_unix: 0,
             lost,
+            session: 0,
         }
     }
 

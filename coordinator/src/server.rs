@@ -50,6 +50,8 @@ pub struct Coordinator {
     inner: Arc<Mutex<Inner>>,
     /// Bumped after every change that reached the store.
     changed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Numbers the workers' heartbeat streams.
+    sessions: Arc<std::sync::atomic::AtomicU64>,
     settings: Settings,
 }
 
@@ -79,6 +81,7 @@ impl Coordinator {
         let c = Self {
             inner: Arc::new(Mutex::new(Inner { state, store })),
             changed: Arc::new(tokio::sync::watch::channel(0).0),
+            sessions: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             settings,
         };
         c.change(|_| ());
@@ -111,6 +114,36 @@ impl Coordinator {
         drop(guard);
         self.changed.send_modify(|v| *v += 1);
         out
+    }
+
+    /// A heartbeat's answer: the worker's next command.
+    fn answer(&self, r: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse, Status> {
+        let report = (!r.job_id.is_empty()).then_some(Report {
+            step: r.step,
+            total: r.total_steps,
+            stats: r.stats,
+        });
+        let command = self.change(|s| s.heartbeat(&r.worker_id, report, now_unix())).map_err(status)?;
+        use pb::heartbeat_response::Command as C;
+        let command = match command {
+            Command::Idle => C::Idle(pb::Idle {}),
+            Command::Continue => C::Continue(pb::Continue {}),
+            Command::Stop(reason) => C::Stop(pb::Stop { reason }),
+            Command::Assign(a) => {
+                tracing::info!(worker = %r.worker_id, job = %a.job_id, generation = a.generation, rank = a.rank, world = a.world_size, "assigned");
+                C::Assign(pb::Assignment {
+                    job_id: a.job_id,
+                    generation: a.generation,
+                    spec_toml: a.spec_toml,
+                    rank: a.rank,
+                    world_size: a.world_size,
+                    rendezvous: a.rendezvous,
+                    resume: a.resume,
+                    local_ranks: a.local_ranks,
+                })
+            }
+        };
+        Ok(pb::HeartbeatResponse { command: Some(command) })
     }
 
     /// The job `id` and its events after `after_seq`.
@@ -380,33 +413,43 @@ impl WorkerService for Coordinator {
     }
 
     async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let r = request.into_inner();
-        let report = (!r.job_id.is_empty()).then_some(Report {
-            step: r.step,
-            total: r.total_steps,
-            stats: r.stats,
-        });
-        let command = self.change(|s| s.heartbeat(&r.worker_id, report, now_unix())).map_err(status)?;
-        use pb::heartbeat_response::Command as C;
-        let command = match command {
-            Command::Idle => C::Idle(pb::Idle {}),
-            Command::Continue => C::Continue(pb::Continue {}),
-            Command::Stop(reason) => C::Stop(pb::Stop { reason }),
-            Command::Assign(a) => {
-                tracing::info!(worker = %r.worker_id, job = %a.job_id, generation = a.generation, rank = a.rank, world = a.world_size, "assigned");
-                C::Assign(pb::Assignment {
-                    job_id: a.job_id,
-                    generation: a.generation,
-                    spec_toml: a.spec_toml,
-                    rank: a.rank,
-                    world_size: a.world_size,
-                    rendezvous: a.rendezvous,
-                    resume: a.resume,
-                    local_ranks: a.local_ranks,
-                })
+        Ok(Response::new(self.answer(request.into_inner())?))
+    }
+
+    type SessionStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::HeartbeatResponse, Status>> + Send>>;
+
+    async fn session(&self, request: Request<tonic::Streaming<pb::HeartbeatRequest>>) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let me = self.clone();
+        let session = self.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        tokio::spawn(async move {
+            let mut worker: Option<String> = None;
+            loop {
+                let beat = match inbound.message().await {
+                    Ok(Some(beat)) => beat,
+                    Ok(None) | Err(_) => break, // closed, or the connection broke
+                };
+                if worker.as_deref() != Some(beat.worker_id.as_str()) {
+                    let id = beat.worker_id.clone();
+                    if let Err(e) = me.change(|s| s.connected(&id, session)) {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                    worker = Some(id);
+                }
+                let reply = me.answer(beat);
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    break;
+                }
             }
-        };
-        Ok(Response::new(pb::HeartbeatResponse { command: Some(command) }))
+            if let Some(id) = worker {
+                me.change(|s| s.disconnected(&id, session, now_unix()));
+                tracing::info!(worker = %id, "heartbeat stream closed");
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn finish(&self, request: Request<pb::FinishRequest>) -> Result<Response<pb::FinishResponse>, Status> {

@@ -221,6 +221,10 @@ pub struct Worker {
     pub pending: Option<Assignment>,
     pub last_seen_unix: i64,
     pub lost: bool,
+    /// The heartbeat stream it is connected by (0: none); a stream that
+    /// closes makes the worker lost only while it is still the current one.
+    #[serde(skip)]
+    pub session: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -353,6 +357,7 @@ impl State {
             pending: None,
             last_seen_unix: now,
             lost: false,
+            session: 0,
         };
         self.workers.insert(w.id.clone(), w.clone());
         self.touch_worker(&w.id);
@@ -532,29 +537,53 @@ impl State {
         self.drop_pending(job_id);
     }
 
+    /// Marks `worker` lost; a generation it belonged to ends with `reason`.
+    fn lose_worker(&mut self, worker: &str, reason: &str, now: i64) {
+        let Some(w) = self.workers.get_mut(worker).filter(|w| !w.lost) else {
+            return;
+        };
+        w.lost = true;
+        w.pending = None;
+        w.session = 0;
+        let job = w.job.take();
+        self.touch_worker(worker);
+        if let Some((job_id, generation)) = job
+            && self.jobs.get(&job_id).and_then(Job::running_generation).map(|g| g.number) == Some(generation)
+        {
+            self.emit(&job_id, EventKind::WorkerLost, generation, reason.to_string(), now);
+            self.end_generation(&job_id, reason, now);
+        }
+    }
+
+    /// The heartbeat stream `session` of `worker` opened (see [`Worker::session`]).
+    pub fn connected(&mut self, worker: &str, session: u64) -> Result<(), StateError> {
+        let w = self.workers.get_mut(worker).filter(|w| !w.lost);
+        let w = w.ok_or_else(|| StateError::NoWorker(worker.into()))?;
+        w.session = session;
+        Ok(())
+    }
+
+    /// The heartbeat stream `session` of `worker` closed (the process died,
+    /// or its connection broke): the worker is lost at once, unless it has
+    /// opened a newer stream since.
+    pub fn disconnected(&mut self, worker: &str, session: u64, now: i64) {
+        if self.workers.get(worker).is_some_and(|w| w.session == session && session != 0) {
+            self.lose_worker(worker, &format!("{worker} lost (its heartbeat stream closed)"), now);
+        }
+    }
+
     /// Marks workers silent for longer than `deadline_s` as lost (ending
     /// their generations), forgets workers lost for an hour, then starts
     /// every job that can start.
     pub fn tick(&mut self, now: i64, deadline_s: i64) {
-        let lost: Vec<(String, Option<(String, u32)>)> = self
+        let silent: Vec<String> = self
             .workers
-            .values_mut()
+            .values()
             .filter(|w| !w.lost && now - w.last_seen_unix > deadline_s)
-            .map(|w| {
-                w.lost = true;
-                w.pending = None;
-                (w.id.clone(), w.job.take())
-            })
+            .map(|w| w.id.clone())
             .collect();
-        for (worker, job) in lost {
-            self.touch_worker(&worker);
-            if let Some((job_id, generation)) = job
-                && self.jobs.get(&job_id).and_then(Job::running_generation).map(|g| g.number) == Some(generation)
-            {
-                let reason = format!("{worker} lost (no heartbeat for {deadline_s} s)");
-                self.emit(&job_id, EventKind::WorkerLost, generation, reason.clone(), now);
-                self.end_generation(&job_id, &reason, now);
-            }
+        for worker in silent {
+            self.lose_worker(&worker, &format!("{worker} lost (no heartbeat for {deadline_s} s)"), now);
         }
         let forgotten: Vec<String> = self
             .workers
@@ -816,6 +845,34 @@ mod tests {
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
         assert!(s.jobs[&job.id].events[2].message.contains("lost rank 1"));
         assert!(s.jobs[&job.id].events[4].message.contains("1 worker(s)"));
+    }
+
+    #[test]
+    fn a_closed_heartbeat_stream_loses_its_worker_at_once_but_an_old_one_does_not() {
+        let mut s = State::default();
+        let job = s.submit(SPEC, 2, 2, 0).unwrap();
+        let a = s.register("a", 1, "h:1", 0).id;
+        let b = s.register("b", 1, "h:2", 0).id;
+        s.connected(&a, 1).unwrap();
+        s.connected(&b, 2).unwrap();
+        s.tick(0, 60);
+        assignment(s.heartbeat(&a, None, 1).unwrap());
+        assignment(s.heartbeat(&b, None, 1).unwrap());
+        // b reconnected on a new stream: its old one closing changes nothing.
+        s.connected(&b, 3).unwrap();
+        s.disconnected(&b, 2, 2);
+        assert!(!s.workers[&b].lost && s.jobs[&job.id].state == JobState::Running);
+        // a's process dies: its stream closes long before any deadline.
+        s.disconnected(&a, 1, 2);
+        assert!(s.workers[&a].lost);
+        let j = &s.jobs[&job.id];
+        assert_eq!(j.state, JobState::Restarting);
+        assert!(j.generations[0].end_reason.as_deref().unwrap().contains("heartbeat stream closed"));
+        assert_eq!(j.events.iter().filter(|e| e.kind == EventKind::WorkerLost).count(), 1);
+        assert!(
+            matches!(s.connected(&a, 4), Err(StateError::NoWorker(_))),
+            "a lost worker registers again"
+        );
     }
 
     #[test]

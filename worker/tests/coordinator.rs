@@ -372,7 +372,7 @@ fn a_job_on_two_workers_succeeds_and_survives_a_killed_worker() {
     assert_eq!(generations.len(), 2, "{j}");
     assert_eq!(generations[1]["workers"].as_array().unwrap().len(), 1);
     let reason = generations[0]["end_reason"].as_str().unwrap();
-    assert!(reason.contains("lost rank") || reason.contains("no heartbeat"), "{reason}");
+    assert!(reason.contains("lost"), "{reason}");
     let restored = trained_exactly_once(tmp.path(), &id, 300, 64, 8);
     let log = std::fs::read_to_string(tmp.path().join("agent0.log")).unwrap();
     assert!(log.contains(&format!("resumed from checkpoint step={restored}")), "{log}");

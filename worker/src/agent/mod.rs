@@ -13,6 +13,7 @@ use crate::train::run::{Progress, RunOptions, run};
 use crate::with_backend;
 use amdim_shared::auth::BearerToken;
 use amdim_shared::proto::v1 as pb;
+use amdim_shared::session::{HeartbeatSession, WorkerClient};
 use amdim_shared::spec::JobSpec;
 use anyhow::{Context, Result, bail};
 use pb::heartbeat_response::Command;
@@ -21,8 +22,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
 /// Who this agent is and where its coordinator is.
 #[derive(Clone, Debug)]
@@ -45,7 +44,7 @@ pub struct AgentSettings {
     pub sample_log_dir: Option<std::path::PathBuf>,
 }
 
-type Client = WorkerServiceClient<InterceptedService<Channel, BearerToken>>;
+type Client = WorkerClient;
 
 struct Training {
     job_id: String,
@@ -242,6 +241,7 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
             let interval = Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(50)));
             tracing::info!(worker = %worker_id, coordinator = %settings.coordinator, rendezvous = %rendezvous_addr, "registered");
             settings.ready.store(true, Ordering::Relaxed);
+            let mut session: Option<HeartbeatSession> = None;
             loop {
                 if settings.shutdown.load(Ordering::Relaxed) {
                     settings.ready.store(false, Ordering::Relaxed);
@@ -270,8 +270,8 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
                         .as_ref()
                         .and_then(|t| *t.progress.stats.lock().unwrap_or_else(|e| e.into_inner())),
                 };
-                match client.heartbeat(beat).await {
-                    Ok(reply) => match reply.into_inner().command {
+                match HeartbeatSession::beat_on(&mut client, &mut session, beat).await {
+                    Ok(reply) => match reply.command {
                         Some(Command::Assign(a)) => {
                             if let Some(t) = current.take() {
                                 t.stop.store(true, Ordering::Relaxed);
