@@ -250,6 +250,14 @@ fn a_local_job_is_scraped_by_a_real_prometheus() {
         "{scraped}"
     );
     dashboard_matches(&scraped, &repo().join("deploy/grafana/amdim-dashboard.json"));
+    // Two ranks wait for each other at the straggler exchange: that time is
+    // counted, as its own phase.
+    let rank_sync: f64 = scraped
+        .lines()
+        .filter(|l| l.starts_with("amdim_step_phase_seconds_total{") && l.contains("phase=\"rank_sync\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(rank_sync > 0.0, "no rank_sync time in\n{scraped}");
 
     // A real Prometheus scrapes all three, every second.
     let prom_port = free_ports(1);

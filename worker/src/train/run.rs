@@ -314,13 +314,18 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
             if let Some(log) = &mut sample_log {
                 log.record(t.step, epoch, &batch.indices)?;
             }
-            let m = t
+            let mut m = t
                 .train_step(&batch, epoch)
                 .with_context(|| format!("rank {rank} of {world}, step {}", t.step))?;
             let lag_s = match &options.comm {
                 // Every rank takes part (a collective), metrics or not.
-                Some(comm) if comm.world() > 1 => excess_over_min(m.compute_s, comm)
-                    .with_context(|| format!("rank {rank} of {world}, step {}: straggler check", t.step))?,
+                Some(comm) if comm.world() > 1 => {
+                    let lag = excess_over_min(m.compute_s, comm)
+                        .with_context(|| format!("rank {rank} of {world}, step {}: straggler check", t.step))?;
+                    // Its time (waiting for the slowest rank) belongs to this step.
+                    m.comm.add(&comm.take_times());
+                    lag
+                }
                 _ => 0.0,
             };
             let mut timing = StepTiming {
