@@ -8,7 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "../proto/amdim/v1/amdim.proto";
     println!("cargo:rerun-if-changed={proto}");
     tonic_prost_build::configure()
-        // The coordinator keeps rank 0's latest numbers in its state file as they came.
+        // The coordinator keeps rank 0's latest numbers in its store (a job row's JSON) as they came.
         .type_attribute(
             ".amdim.v1.TrainingStats",
             "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
