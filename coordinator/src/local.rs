@@ -37,6 +37,7 @@ pub async fn run(
         store: None,
         heartbeat_interval: Duration::from_millis(250),
         heartbeat_timeout: Duration::from_secs(5),
+        keep_finished_jobs: Duration::from_secs(86_400),
         // Loopback only, for this process and its children.
         client_token: None,
         join_token: None,

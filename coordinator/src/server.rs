@@ -24,6 +24,8 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// A worker silent for longer is lost.
     pub heartbeat_timeout: Duration,
+    /// Jobs that ended longer ago are forgotten, with their events.
+    pub keep_finished_jobs: Duration,
     /// Required from amdimctl (None: no check).
     pub client_token: Option<String>,
     /// Required from worker agents (None: no check).
@@ -177,7 +179,11 @@ impl Coordinator {
             loop {
                 every.tick().await;
                 let deadline = me.settings.heartbeat_timeout.as_secs().max(1) as i64;
-                me.change(|s| s.tick(now_unix(), deadline));
+                let keep = me.settings.keep_finished_jobs.as_secs() as i64;
+                me.change(|s| {
+                    s.tick(now_unix(), deadline);
+                    s.forget_finished_jobs(now_unix(), keep);
+                });
             }
         })
     }

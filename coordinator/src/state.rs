@@ -555,6 +555,21 @@ impl State {
         }
     }
 
+    /// Forgets jobs that ended more than `keep_s` seconds ago, with their
+    /// events (the store deletes their rows).
+    pub fn forget_finished_jobs(&mut self, now: i64, keep_s: i64) {
+        let old: Vec<String> = self
+            .jobs
+            .values()
+            .filter(|j| j.state.is_final() && now - j.updated_unix > keep_s)
+            .map(|j| j.id.clone())
+            .collect();
+        for id in old {
+            self.jobs.remove(&id);
+            self.changes.jobs.insert(id);
+        }
+    }
+
     /// The heartbeat stream `session` of `worker` opened (see [`Worker::session`]).
     pub fn connected(&mut self, worker: &str, session: u64) -> Result<(), StateError> {
         let w = self.workers.get_mut(worker).filter(|w| !w.lost);

@@ -183,6 +183,7 @@ impl Store {
                 .prepare_cached("INSERT OR REPLACE INTO jobs (id, state, record) VALUES (?1, ?2, ?3)")
                 .map_err(sqlite)?;
             let mut del_job = tx.prepare_cached("DELETE FROM jobs WHERE id = ?1").map_err(sqlite)?;
+            let mut del_events = tx.prepare_cached("DELETE FROM events WHERE job_id = ?1").map_err(sqlite)?;
             for id in &changes.jobs {
                 match state.jobs.get(id) {
                     Some(job) => {
@@ -191,6 +192,7 @@ impl Store {
                     }
                     None => {
                         del_job.execute([id]).map_err(sqlite)?;
+                        del_events.execute([id]).map_err(sqlite)?;
                     }
                 }
             }
@@ -297,6 +299,31 @@ mod tests {
         let back = Store::open(&path).unwrap().load().unwrap();
         assert!(back.workers.is_empty(), "{:?}", back.workers.keys().collect::<Vec<_>>());
         assert!(!s.workers.contains_key(&b));
+    }
+
+    #[test]
+    fn jobs_that_ended_long_ago_leave_the_store_with_their_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let mut store = Store::open(&path).unwrap();
+        let mut s = State::default();
+        let old = s.submit(SPEC, 1, 1, 0).unwrap();
+        let young = s.submit(SPEC, 1, 1, 0).unwrap();
+        s.cancel(&old.id, 10).unwrap();
+        s.cancel(&young.id, 500).unwrap();
+        let running = s.submit(SPEC, 1, 1, 0).unwrap();
+        save(&mut store, &mut s);
+        s.forget_finished_jobs(1000, 600);
+        save(&mut store, &mut s);
+        let back = Store::open(&path).unwrap().load().unwrap();
+        let ids: Vec<&String> = back.jobs.keys().collect();
+        assert_eq!(ids, [&young.id, &running.id]);
+        let events: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM events WHERE job_id = ?1", [&old.id], |r| r.get(0))
+            .unwrap();
+        assert_eq!(events, 0);
+        assert_eq!(back.last_job, 3, "ids are never reused");
     }
 
     #[test]

@@ -14,6 +14,7 @@ async fn health_answers_without_a_token_for_every_service() {
         store: None,
         heartbeat_interval: Duration::from_millis(500),
         heartbeat_timeout: Duration::from_secs(5),
+        keep_finished_jobs: Duration::from_secs(86_400),
         client_token: Some("client".into()),
         join_token: Some("join".into()),
         tls: None,

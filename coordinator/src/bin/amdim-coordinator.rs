@@ -39,6 +39,10 @@ struct Cli {
     /// A worker silent for this long is lost.
     #[arg(long, default_value_t = 10.0)]
     heartbeat_timeout_s: f64,
+    /// Jobs that ended this many days ago are forgotten, with their events
+    /// (their checkpoints stay where they are).
+    #[arg(long, env = "AMDIM_KEEP_FINISHED_JOBS_DAYS", default_value_t = 30.0)]
+    keep_finished_jobs_days: f64,
     /// Token amdimctl must present (or AMDIM_CLIENT_TOKEN).
     #[arg(long)]
     client_token_file: Option<PathBuf>,
@@ -117,6 +121,7 @@ fn main() -> Result<()> {
             store: Some(cli.store.clone()),
             heartbeat_interval: Duration::from_millis(cli.heartbeat_ms.max(50)),
             heartbeat_timeout: Duration::from_secs_f64(cli.heartbeat_timeout_s.max(1.0)),
+            keep_finished_jobs: Duration::from_secs_f64(cli.keep_finished_jobs_days.max(0.0) * 86_400.0),
             client_token,
             join_token,
             tls,
