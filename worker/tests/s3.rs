@@ -10,6 +10,7 @@
 mod seaweed;
 mod support;
 
+use amdim_shared::rng::{KeyedRng, Stream};
 use object_store::ObjectStore;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -187,6 +188,30 @@ fn big_checkpoints_job(dir: &Path, uri: &str, max_steps: u64, every_steps: u64, 
     spec
 }
 
+/// `amdim-worker train` on `spec` in the background, its log in `log` and
+/// its summary line in `stdout`.
+fn start_training(spec: &Path, env: &[(&'static str, String)], log: &Path, stdout: std::process::Stdio) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
+        .args(["train", "--config"])
+        .arg(spec)
+        .envs(env.iter().cloned())
+        .env("NO_COLOR", "1")
+        .stdout(stdout)
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Exports every checkpoint in `steps` from `uri` to `dir/export-<step>`
+/// (amdimctl verifies sizes and SHA-256); each holds the wide model.
+fn export_each(uri: &str, steps: &[u64], env: &[(&'static str, String)], dir: &Path) {
+    for step in steps {
+        let out = dir.join(format!("export-{step}"));
+        run_amdimctl(&["export", uri, "--step", &step.to_string(), "--out", out.to_str().unwrap()], env);
+        assert!(out.join("model.safetensors").metadata().unwrap().len() > 50 << 20);
+    }
+}
+
 #[test]
 fn checkpoints_survive_the_s3_server_being_killed_mid_upload() {
     let mut s3 = seaweed::SeaweedS3::start("faults");
@@ -195,15 +220,7 @@ fn checkpoints_survive_the_s3_server_being_killed_mid_upload() {
     let uri = s3.uri("runs/faulty");
     let spec = big_checkpoints_job(tmp.path(), &uri, 16, 4, 2);
     let log = tmp.path().join("train.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
-        .args(["train", "--config"])
-        .arg(&spec)
-        .envs(env.iter().cloned())
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = start_training(&spec, &env, &log, std::process::Stdio::null());
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let started = std::time::Instant::now();
     while !read_log().contains("checkpoint snapshot taken") {
@@ -226,11 +243,7 @@ fn checkpoints_survive_the_s3_server_being_killed_mid_upload() {
     let steps = complete_steps(&uri, &env);
     assert_eq!(steps.last(), Some(&16), "{steps:?}\n{text}");
     assert!(steps.len() <= 2, "retention keeps 2: {steps:?}");
-    for step in steps {
-        let out = tmp.path().join(format!("export-{step}"));
-        run_amdimctl(&["export", &uri, "--step", &step.to_string(), "--out", out.to_str().unwrap()], &env);
-        assert!(out.join("model.safetensors").metadata().unwrap().len() > 50 << 20);
-    }
+    export_each(&uri, &steps, &env, tmp.path());
     // The exported weights load into the authors' PyTorch encoder with
     // safetensors.torch.load_file and a strict load_state_dict.
     let weights = tmp.path().join("export-16/model.safetensors");
@@ -361,15 +374,6 @@ fn a_two_rank_job_resumes_from_its_s3_checkpoint() {
     assert_eq!(complete_steps(&uri, &env), vec![2, 4, 6]);
 }
 
-/// A small xorshift generator for the fault schedule (seeded from the clock
-/// and printed, so a failing schedule can be replayed by hand).
-fn xorshift(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
 #[test]
 fn checkpoints_stay_whole_while_the_s3_server_is_killed_at_random_moments() {
     let mut s3 = seaweed::SeaweedS3::start("chaos");
@@ -378,30 +382,23 @@ fn checkpoints_stay_whole_while_the_s3_server_is_killed_at_random_moments() {
     let uri = s3.uri("runs/chaos");
     let spec = big_checkpoints_job(tmp.path(), &uri, 60, 5, 3);
     let (log, summary) = (tmp.path().join("train.log"), tmp.path().join("summary.json"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
-        .args(["train", "--config"])
-        .arg(&spec)
-        .envs(env.iter().cloned())
-        .env("NO_COLOR", "1")
-        .stdout(std::fs::File::create(&summary).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = start_training(&spec, &env, &log, std::fs::File::create(&summary).unwrap().into());
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let steps_logged = || read_log().matches(" step ").count();
-    let mut seed = std::time::SystemTime::now()
+    // The fault schedule: seeded from the clock and printed, so that a
+    // failing one can be replayed by hand.
+    let schedule = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_nanos() as u64
-        | 1;
-    let schedule = seed;
-    let mut between = |lo: u64, hi: u64| std::time::Duration::from_millis(lo + xorshift(&mut seed) % (hi - lo));
+        .as_nanos() as u64;
+    let mut rng = KeyedRng::new(Stream::Synthetic, &[schedule]);
+    let mut between = |lo: f64, hi: f64| std::time::Duration::from_secs_f64(rng.uniform(lo, hi));
     let (mut kills, mut steps_while_down) = (0, 0);
     let started = std::time::Instant::now();
     // Kill the server at random moments until training is near its end,
     // then leave it up so that the last checkpoint can be written.
     'chaos: while steps_logged() < 50 {
-        let calm = std::time::Instant::now() + between(300, 2500);
+        let calm = std::time::Instant::now() + between(0.3, 2.5);
         while std::time::Instant::now() < calm {
             if child.try_wait().unwrap().is_some() || steps_logged() >= 50 {
                 break 'chaos;
@@ -416,7 +413,7 @@ fn checkpoints_stay_whole_while_the_s3_server_is_killed_at_random_moments() {
         s3.kill();
         kills += 1;
         let before = steps_logged();
-        std::thread::sleep(between(200, 1500));
+        std::thread::sleep(between(0.2, 1.5));
         steps_while_down += steps_logged() - before;
         s3.restart();
     }
@@ -429,11 +426,7 @@ fn checkpoints_stay_whole_while_the_s3_server_is_killed_at_random_moments() {
     let steps = complete_steps(&uri, &env);
     assert_eq!(steps.last(), Some(&60), "schedule {schedule}, {kills} kills: {steps:?}\n{text}");
     assert!(steps.len() <= 3, "retention keeps 3: {steps:?}");
-    for step in &steps {
-        let out = tmp.path().join(format!("export-{step}"));
-        run_amdimctl(&["export", &uri, "--step", &step.to_string(), "--out", out.to_str().unwrap()], &env);
-        assert!(out.join("model.safetensors").metadata().unwrap().len() > 50 << 20);
-    }
+    export_each(&uri, &steps, &env, tmp.path());
     let report: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&summary).unwrap().trim()).unwrap();
     let abandoned = text.matches("checkpoint abandoned").count();
     eprintln!(
