@@ -66,16 +66,11 @@ fn process_usage(pid: u32) -> Result<(f64, u64, u64)> {
     // utime and stime are fields 14 and 15 of stat; 12 and 13 after ")" and state.
     let clock = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let cpu = (ticks(11) + ticks(12)) as f64 / clock;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
+    let kib = |key: &str| -> Result<u64> {
+        let value = amdim_shared::procfs::status_kib(&pid.to_string(), key).with_context(|| format!("/proc/{pid}/status"))?;
+        Ok(value.unwrap_or(0))
     };
-    Ok((cpu, kib("VmRSS:"), kib("VmHWM:")))
+    Ok((cpu, kib("VmRSS")?, kib("VmHWM")?))
 }
 
 fn bench_spec(i: usize, workers_per_job: usize) -> String {

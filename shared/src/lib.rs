@@ -15,6 +15,7 @@ pub mod http;
 pub mod imagefolder;
 pub mod metrics;
 pub mod order;
+pub mod procfs;
 pub mod proto;
 pub mod rng;
 pub mod session;

@@ -31,15 +31,10 @@ pub struct BenchResult {
 
 /// Peak resident set size of this process (Linux VmHWM), MiB.
 pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    amdim_shared::procfs::status_kib("self", "VmHWM")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+        .flatten()
+        .map_or(0.0, |kb| kb as f64 / 1024.0)
 }
 
 /// Standard-normal views of any size with keyed 5×5 locations: the compute
