@@ -216,18 +216,12 @@ pub fn progress_line(j: &pb::Job) -> String {
     out
 }
 
-fn event_kind_name(kind: i32) -> &'static str {
-    match pb::EventKind::try_from(kind).unwrap_or(pb::EventKind::Unspecified) {
-        pb::EventKind::Unspecified => "unknown",
-        pb::EventKind::Submitted => "submitted",
-        pb::EventKind::GenerationStarted => "generation_started",
-        pb::EventKind::CheckpointCommitted => "checkpoint_committed",
-        pb::EventKind::WorkerLost => "worker_lost",
-        pb::EventKind::GenerationEnded => "generation_ended",
-        pb::EventKind::Restarting => "restarting",
-        pb::EventKind::Succeeded => "succeeded",
-        pb::EventKind::Failed => "failed",
-        pb::EventKind::Cancelled => "cancelled",
+/// The kind's proto name without its prefix, in lower case
+/// (`EVENT_KIND_GENERATION_STARTED` → `generation_started`).
+fn event_kind_name(kind: i32) -> String {
+    match pb::EventKind::try_from(kind) {
+        Ok(k) if k != pb::EventKind::Unspecified => k.as_str_name().trim_start_matches("EVENT_KIND_").to_ascii_lowercase(),
+        _ => "unknown".into(),
     }
 }
 
@@ -491,6 +485,15 @@ mod tests {
             "job-000001 RUNNING     [#####...............] 30/120  25%  412 samples/s  loss 19.500 (1t5 5.500 1t7 7.250 5t5 6.750)  acc lin 0.500 mlp 0.625  ETA 0:00:45"
         );
         assert_eq!(clock(3725.0), "1:02:05");
+    }
+
+    #[test]
+    fn event_kinds_read_as_the_coordinator_names_them() {
+        for kind in crate::state::EventKind::ALL {
+            assert_eq!(event_kind_name(crate::server::event_kind(kind) as i32), kind.name());
+        }
+        assert_eq!(event_kind_name(0), "unknown");
+        assert_eq!(event_kind_name(99), "unknown");
     }
 
     #[test]

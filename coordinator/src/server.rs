@@ -273,7 +273,7 @@ pub fn job_message(j: &Job) -> pb::Job {
     }
 }
 
-fn event_kind(k: EventKind) -> pb::EventKind {
+pub(crate) fn event_kind(k: EventKind) -> pb::EventKind {
     match k {
         EventKind::Submitted => pb::EventKind::Submitted,
         EventKind::GenerationStarted => pb::EventKind::GenerationStarted,
