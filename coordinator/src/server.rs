@@ -149,13 +149,17 @@ impl Coordinator {
     }
 
     /// The job `id` and its events after `after_seq`.
+    /// The job comes without its event list (not cloned: watchers call this
+    /// on every change).
     fn job_since(&self, id: &str, after_seq: u64) -> Result<(Job, Vec<Event>), Status> {
-        let g = self.lock();
-        let job = g.state.jobs.get(id).ok_or_else(|| status(StateError::NoJob(id.into())))?;
-        let events = job.events.iter().filter(|e| e.seq > after_seq).cloned().collect();
-        let mut job = job.clone();
-        job.events.clear();
-        Ok((job, events))
+        let mut g = self.lock();
+        let job = g.state.jobs.get_mut(id).ok_or_else(|| status(StateError::NoJob(id.into())))?;
+        let all = std::mem::take(&mut job.events);
+        let copy = job.clone();
+        // Events are in seq order: the new ones are a tail.
+        let events = all[all.partition_point(|e| e.seq <= after_seq)..].to_vec();
+        job.events = all;
+        Ok((copy, events))
     }
 
     /// The coordinator's metrics now, in the Prometheus text format.
