@@ -399,9 +399,8 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
                 }
             }
             let every = spec.checkpoint.every_steps;
-            if rank == 0 && every > 0 && t.step.is_multiple_of(every) {
-                checkpoint_due = true;
-            }
+            let due_now = every > 0 && t.step.is_multiple_of(every);
+            checkpoint_due |= rank == 0 && due_now;
             if rank == 0 && (checkpoint_due || t.step == total) {
                 let kept_for_ever = retention.every_steps > 0 && t.step.is_multiple_of(retention.every_steps);
                 let must_wait = t.step == total || kept_for_ever || spec.checkpoint.when_busy == WhenBusy::Wait;
@@ -409,7 +408,7 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
                     timing.checkpoint_s = checkpoint(&t, &mut writer, step_position(t.step, spe).epoch);
                     checkpoint_blocked += timing.checkpoint_s;
                     checkpoint_due = false;
-                } else if every > 0 && t.step.is_multiple_of(every) {
+                } else if due_now {
                     tracing::info!(
                         step = t.step,
                         "previous checkpoint still uploading: this one is taken once it has finished"
