@@ -44,8 +44,6 @@ pub struct AgentSettings {
     pub sample_log_dir: Option<std::path::PathBuf>,
 }
 
-type Client = WorkerClient;
-
 struct Training {
     job_id: String,
     generation: u32,
@@ -129,7 +127,7 @@ fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::r
 
 /// Registers the checkpoints of (job, generation) completed since the last call.
 async fn commit_checkpoints(
-    client: &mut Client,
+    client: &mut WorkerClient,
     worker_id: &str,
     job_id: &str,
     generation: u32,
@@ -151,7 +149,7 @@ async fn commit_checkpoints(
 
 /// Connects to the coordinator of `settings`, retrying with backoff until
 /// it answers or the agent is told to shut down.
-async fn connect(settings: &AgentSettings, token: &BearerToken) -> Result<Client> {
+async fn connect(settings: &AgentSettings, token: &BearerToken) -> Result<WorkerClient> {
     let coordinator = settings.coordinator.as_str();
     let endpoint = amdim_shared::tls::endpoint("--coordinator", coordinator, settings.tls_ca_file.as_deref())?;
     let mut wait = Duration::from_millis(200);
@@ -171,7 +169,7 @@ async fn connect(settings: &AgentSettings, token: &BearerToken) -> Result<Client
 }
 
 /// Reports the end of `t`'s part to the coordinator (best effort).
-async fn report(client: &mut Client, worker_id: &str, t: Training) {
+async fn report(client: &mut WorkerClient, worker_id: &str, t: Training) {
     let Training {
         job_id,
         generation,
