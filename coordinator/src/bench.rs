@@ -166,8 +166,9 @@ async fn simulated_worker(
     Ok(())
 }
 
-fn summary(name: &str, s: &Samples) -> serde_json::Value {
-    let mut v = s.micros.clone();
+/// Prints the percentile line of one kind of call and returns it as JSON.
+fn summary(name: &str, s: Samples) -> serde_json::Value {
+    let mut v = s.micros;
     v.sort_by(f64::total_cmp);
     let (p50, p99, max) = (
         quantile(&v, 0.5) / 1e3,
@@ -342,10 +343,10 @@ pub async fn run(o: BenchOptions, dir: &Path) -> Result<()> {
         "heartbeat_ms": o.heartbeat_ms,
         "window_s": wall,
         "heartbeats_per_s": rate,
-        "register": summary("register", &reg),
-        "heartbeat": summary("heartbeat", &hb),
-        "get": summary("get", &gets),
-        "list": summary("list", &lists),
+        "register": summary("register", reg),
+        "heartbeat": summary("heartbeat", hb),
+        "get": summary("get", gets),
+        "list": summary("list", lists),
         "coordinator_cpu_cores": cpu_share,
         "coordinator_rss_mib": rss_kib as f64 / 1024.0,
         "coordinator_peak_rss_mib": peak_kib as f64 / 1024.0,
