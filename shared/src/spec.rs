@@ -413,6 +413,9 @@ pub struct DistSpec {
     pub bucket_mib: f64,
     /// Seconds a collective waits for its peers before failing the step.
     pub timeout_s: f64,
+    /// Ranks on one host (same IPC namespace and user) move ring data
+    /// through shared memory (`/dev/shm`) instead of loopback TCP.
+    pub shared_memory: bool,
 }
 
 impl Default for DistSpec {
@@ -421,6 +424,7 @@ impl Default for DistSpec {
             sync_bn: false,
             bucket_mib: 25.0,
             timeout_s: 300.0,
+            shared_memory: true,
         }
     }
 }

@@ -104,6 +104,9 @@ enum Command {
         iters: usize,
         #[arg(long, default_value_t = 120.0)]
         timeout_s: f64,
+        /// Keep ring data on loopback TCP instead of shared memory.
+        #[arg(long)]
+        tcp_only: bool,
         /// Internal: run as this participant instead of launching them.
         #[arg(long, hide = true)]
         rank: Option<usize>,
@@ -324,6 +327,7 @@ fn main() -> Result<()> {
             sizes_mib,
             iters,
             timeout_s,
+            tcp_only,
             rank,
             rendezvous,
             json,
@@ -338,6 +342,7 @@ fn main() -> Result<()> {
                         rendezvous,
                         advertise_host: "127.0.0.1".into(),
                         timeout,
+                        shared_memory: !tcp_only,
                     };
                     let r = bench::participate(&spec, &sizes_mib, iters.max(1))?;
                     if rank == 0 {
@@ -345,21 +350,22 @@ fn main() -> Result<()> {
                     }
                     return Ok(());
                 }
-                _ => bench::launch(world, &sizes_mib, iters.max(1), timeout)?,
+                _ => bench::launch(world, &sizes_mib, iters.max(1), timeout, tcp_only)?,
             };
             let parsed: Vec<bench::CollectiveResult> = serde_json::from_str(results.trim()).context("participant output")?;
             if json {
                 println!("{}", results.trim());
             } else {
                 println!(
-                    "{:<11} {:>5} {:>10} {:>10} {:>11} {:>11} {:>12}",
-                    "op", "world", "MiB", "ms", "algbw GB/s", "busbw GB/s", "bus/memcpy"
+                    "{:<11} {:>5} {:>9} {:>10} {:>10} {:>11} {:>11} {:>12}",
+                    "op", "world", "transport", "MiB", "ms", "algbw GB/s", "busbw GB/s", "bus/memcpy"
                 );
                 for r in parsed {
                     println!(
-                        "{:<11} {:>5} {:>10.1} {:>10.2} {:>11.2} {:>11.2} {:>12.3}",
+                        "{:<11} {:>5} {:>9} {:>10.1} {:>10.2} {:>11.2} {:>11.2} {:>12.3}",
                         r.op,
                         r.world,
+                        r.transport,
                         r.bytes as f64 / (1 << 20) as f64,
                         r.seconds * 1e3,
                         r.algbw_gb_s,

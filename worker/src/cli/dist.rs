@@ -73,6 +73,7 @@ impl DistArgs {
             rendezvous: self.rendezvous.clone().unwrap_or_default(),
             advertise_host: self.advertise_host.clone(),
             timeout: Duration::from_secs_f64(spec.dist.timeout_s),
+            shared_memory: spec.dist.shared_memory,
         };
         let collective: Box<dyn crate::dist::Collective> = match spec.runtime.backend {
             BackendKind::Cpu => Box::new(TcpCollective::connect(&rendezvous).with_context(|| format!("rank {rank}"))?),

@@ -81,6 +81,7 @@ fn planes(img: &mut [f32]) -> (&mut [f32], &mut [f32], &mut [f32]) {
 
 /// x in [−1, 2) wrapped into [0, 1) (what `rem_euclid(1.0)` gives there,
 /// without a libm call).
+#[inline(always)]
 fn wrap_unit(x: f32) -> f32 {
     if x < 0.0 {
         x + 1.0
@@ -91,16 +92,17 @@ fn wrap_unit(x: f32) -> f32 {
     }
 }
 
-/// RGB → HSV with h, s, v in [0, 1] (torchvision's `_rgb2hsv`).
+/// RGB → HSV with h, s, v in [0, 1] (torchvision's `_rgb2hsv`). Written
+/// without branches (every `if` is a select) so that `adjust_hue`'s loop
+/// runs on SIMD lanes.
+#[inline(always)]
 pub fn rgb_to_hsv(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
     let maxc = r.max(g).max(b);
     let minc = r.min(g).min(b);
     let cr = maxc - minc;
     let s = if maxc > 0.0 { cr / maxc } else { 0.0 };
-    if cr == 0.0 {
-        return (0.0, s, maxc);
-    }
-    let inv = 1.0 / cr;
+    // A gray pixel (cr = 0) gets rc = gc = bc = 0, hence hue 0.
+    let inv = if cr > 0.0 { 1.0 / cr } else { 0.0 };
     let rc = (maxc - r) * inv;
     let gc = (maxc - g) * inv;
     let bc = (maxc - b) * inv;
@@ -115,23 +117,59 @@ pub fn rgb_to_hsv(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
     (wrap_unit(h * (1.0 / 6.0)), s, maxc)
 }
 
-/// HSV → RGB (torchvision's `_hsv2rgb`), for h in [0, 1).
+/// HSV → RGB (torchvision's `_hsv2rgb`), for h in [0, 1], branch-free like
+/// `rgb_to_hsv`. The sector is counted by comparisons, not by a float →
+/// int conversion; h = 1 falls in sector 5 with f = 1, which gives the same
+/// colour as torchvision's sector 6 ≡ 0 with f = 0.
+#[inline(always)]
 pub fn hsv_to_rgb(h: f32, s: f32, v: f32) -> (f32, f32, f32) {
     let h6 = h * 6.0;
-    // h ≥ 0, so truncation is floor; h6 may round up to 6.0.
-    let sector = h6 as u32;
-    let f = h6 - sector as f32;
+    let sector = if h6 >= 5.0 {
+        5.0
+    } else if h6 >= 4.0 {
+        4.0
+    } else if h6 >= 3.0 {
+        3.0
+    } else if h6 >= 2.0 {
+        2.0
+    } else if h6 >= 1.0 {
+        1.0
+    } else {
+        0.0
+    };
+    let f = h6 - sector;
     let p = (v * (1.0 - s)).clamp(0.0, 1.0);
     let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
     let t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0);
-    match sector {
-        0 | 6 => (v, t, p),
-        1 => (q, v, p),
-        2 => (p, v, t),
-        3 => (p, q, v),
-        4 => (t, p, v),
-        _ => (v, p, q),
-    }
+    // Sectors 0..5 give (v,t,p) (q,v,p) (p,v,t) (p,q,v) (t,p,v) (v,p,q).
+    let r = if sector == 0.0 || sector == 5.0 {
+        v
+    } else if sector == 1.0 {
+        q
+    } else if sector == 4.0 {
+        t
+    } else {
+        p
+    };
+    let g = if sector == 1.0 || sector == 2.0 {
+        v
+    } else if sector == 0.0 {
+        t
+    } else if sector == 3.0 {
+        q
+    } else {
+        p
+    };
+    let b = if sector == 3.0 || sector == 4.0 {
+        v
+    } else if sector == 2.0 {
+        t
+    } else if sector == 5.0 {
+        q
+    } else {
+        p
+    };
+    (r, g, b)
 }
 
 pub fn adjust_hue(img: &mut [f32], shift: f32) {

@@ -1,5 +1,6 @@
 //! `amdim-worker bench-collective`: all-reduce and all-gather of float32
-//! buffers between W processes over loopback TCP, reported as time,
+//! buffers between W processes on one host (ring data through shared
+//! memory, or loopback TCP with `--tcp-only`), reported as time,
 //! algorithm bandwidth and bus bandwidth (nccl-tests definitions: all-reduce
 //! bus = alg × 2(W−1)/W, all-gather bus = alg × (W−1)/W, the size being the
 //! whole buffer), next to a single-thread memory copy of the same bytes.
@@ -17,6 +18,8 @@ use std::time::{Duration, Instant};
 pub struct CollectiveResult {
     pub op: String,
     pub world: usize,
+    /// "shm" (ring data through shared memory) or "tcp".
+    pub transport: String,
     pub bytes: usize,
     pub seconds: f64,
     pub algbw_gb_s: f64,
@@ -43,6 +46,7 @@ fn memcpy_gb_s(bytes: usize) -> f64 {
 pub fn participate(spec: &RendezvousSpec, sizes_mib: &[usize], iters: usize) -> Result<Vec<CollectiveResult>> {
     let c = TcpCollective::connect(spec).context("bench-collective rendezvous")?;
     let w = c.world();
+    let transport = if c.shares_memory() == (true, true) { "shm" } else { "tcp" };
     let mut out = Vec::new();
     for &mib in sizes_mib {
         let bytes = mib << 20;
@@ -75,6 +79,7 @@ pub fn participate(spec: &RendezvousSpec, sizes_mib: &[usize], iters: usize) -> 
             out.push(CollectiveResult {
                 op: op.to_string(),
                 world: w,
+                transport: transport.into(),
                 bytes: size,
                 seconds,
                 algbw_gb_s: alg,
@@ -88,7 +93,7 @@ pub fn participate(spec: &RendezvousSpec, sizes_mib: &[usize], iters: usize) -> 
 }
 
 /// Starts `world` participants of this binary and returns rank 0's output.
-pub fn launch(world: usize, sizes_mib: &[usize], iters: usize, timeout: Duration) -> Result<String> {
+pub fn launch(world: usize, sizes_mib: &[usize], iters: usize, timeout: Duration, tcp_only: bool) -> Result<String> {
     if world < 2 {
         bail!("--world must be at least 2");
     }
@@ -108,6 +113,7 @@ pub fn launch(world: usize, sizes_mib: &[usize], iters: usize, timeout: Duration
             ])
             .args(["--rendezvous", &addr, "--sizes-mib", &sizes, "--iters", &iters.to_string()])
             .args(["--timeout-s", &timeout.as_secs_f64().to_string()])
+            .args(tcp_only.then_some("--tcp-only"))
             .stdout(std::process::Stdio::piped())
             .spawn()
             .with_context(|| format!("starting participant {rank}"))?;

@@ -14,6 +14,7 @@ pub mod bench;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 pub mod ops;
+pub mod shm;
 pub mod tcp;
 
 use std::time::Duration;

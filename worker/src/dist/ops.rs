@@ -315,7 +315,7 @@ mod tests {
     type A = Autodiff<Flex>;
 
     fn world_of(world: usize) -> Vec<Arc<Comm>> {
-        connect_loopback(world, Duration::from_secs(20))
+        connect_loopback(world, Duration::from_secs(20), true)
             .into_iter()
             .map(|c| Comm::new(Box::new(c)))
             .collect()

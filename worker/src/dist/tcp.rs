@@ -13,16 +13,26 @@
 //! and reduces it frame by frame, so large buffers are bandwidth-bound.
 //! Barrier and broadcast go through rank 0 / the root directly.
 //!
+//! Ring neighbours that can map the same memory (same host, same IPC
+//! namespace, same user: found out by trying at connect time) move ring
+//! data through a [`ShmPipe`] instead of their socket; the socket stays
+//! the control channel (abort frames, a closed peer), watched while a pipe
+//! transfer waits. `RendezvousSpec::shared_memory = false` keeps all data
+//! on TCP.
+//!
 //! Every read and write is bounded by the timeout. On any failure the
 //! communicator is poisoned and sends an abort frame, naming the ranks it
 //! blames, to every peer, so that the others stop at once with that reason
 //! instead of waiting for their own timeouts. This module knows bytes and
 //! ranks only; what the buffers mean is `ops`'.
 
+use super::shm::{self, ShmPipe, WaitError};
 use super::{CollResult, Collective, CollectiveError, segments};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::ops::Range;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -42,6 +52,8 @@ enum Kind {
     Hello = 5,
     Table = 6,
     Refused = 7,
+    ShmOffer = 8,
+    ShmAnswer = 9,
 }
 
 impl Kind {
@@ -54,6 +66,8 @@ impl Kind {
             5 => Self::Hello,
             6 => Self::Table,
             7 => Self::Refused,
+            8 => Self::ShmOffer,
+            9 => Self::ShmAnswer,
             _ => return None,
         })
     }
@@ -70,6 +84,8 @@ pub struct RendezvousSpec {
     pub advertise_host: String,
     /// Bound on every wait, rendezvous included.
     pub timeout: Duration,
+    /// Ring neighbours on one host exchange data through shared memory.
+    pub shared_memory: bool,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -86,9 +102,19 @@ struct AbortNote {
     message: String,
 }
 
+/// A shared-memory pipe a rank offers its previous ring neighbour (an
+/// empty path: none could be made).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ShmOffer {
+    path: String,
+    nonce: u64,
+}
+
 struct Peer {
     reader: Mutex<TcpStream>,
     writer: Mutex<TcpStream>,
+    /// The socket's descriptor, polled (never read) while a pipe waits.
+    fd: RawFd,
 }
 
 /// One rank's connections to all the others.
@@ -101,6 +127,9 @@ pub struct TcpCollective {
     poisoned: Mutex<Option<CollectiveError>>,
     /// Serialises collectives: one at a time per communicator.
     busy: Mutex<()>,
+    /// Ring data to the next rank / from the previous one, when shared.
+    pipe_to_next: Option<ShmPipe>,
+    pipe_from_prev: Option<ShmPipe>,
 }
 
 fn io_error(op: &'static str, peer: usize, timeout: Duration, e: std::io::Error) -> CollectiveError {
@@ -253,6 +282,7 @@ impl TcpCollective {
                 Some(s) => {
                     let writer = s.try_clone().map_err(|e| rv_err(e.to_string()))?;
                     Some(Peer {
+                        fd: s.as_raw_fd(),
                         reader: Mutex::new(s),
                         writer: Mutex::new(writer),
                     })
@@ -260,14 +290,89 @@ impl TcpCollective {
                 None => None,
             });
         }
-        Ok(Self {
+        let mut c = Self {
             rank,
             world,
             timeout: spec.timeout,
             peers,
             poisoned: Mutex::new(None),
             busy: Mutex::new(()),
-        })
+            pipe_to_next: None,
+            pipe_from_prev: None,
+        };
+        if spec.shared_memory && world > 1 {
+            c.share_memory_with_neighbours()?;
+        }
+        Ok(c)
+    }
+
+    /// Each rank offers its previous neighbour a pipe (for the data that
+    /// neighbour sends it) and tries to open the one its next neighbour
+    /// offers; a pipe is used only when both ends have it mapped. The
+    /// files are unlinked once answered, so a crash leaves none behind.
+    fn share_memory_with_neighbours(&mut self) -> CollResult<()> {
+        let (next, prev) = (self.next(), self.prev());
+        let nonce = {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one((std::process::id(), self.rank, Instant::now()))
+        };
+        let created = ShmPipe::create(Path::new(shm::SHM_DIR), shm::PIPE_BYTES, nonce);
+        let offer = match &created {
+            Ok((_, path)) => ShmOffer {
+                path: path.to_string_lossy().into_owned(),
+                nonce,
+            },
+            Err(e) => {
+                tracing::debug!(rank = self.rank, "no shared-memory pipe in {}: {e}", shm::SHM_DIR);
+                ShmOffer {
+                    path: String::new(),
+                    nonce: 0,
+                }
+            }
+        };
+        let ask = |peer: usize, kind: Kind, payload: &[u8]| {
+            let mut w = self.peer(peer).writer.lock().unwrap_or_else(|e| e.into_inner());
+            write_frame(&mut w, kind, payload).map_err(|e| rv_err(format!("rank {peer}: {e}")))
+        };
+        let hear = |peer: usize, kind: Kind| {
+            let mut r = self.peer(peer).reader.lock().unwrap_or_else(|e| e.into_inner());
+            match read_small(&mut r) {
+                Ok((Some(k), payload)) if k == kind => Ok(payload),
+                Ok(_) => Err(rv_err(format!("rank {peer} answered out of step while sharing memory"))),
+                Err(e) => Err(rv_err(format!("rank {peer}: {e}"))),
+            }
+        };
+        let payload = serde_json::to_vec(&offer).map_err(|e| rv_err(e.to_string()))?;
+        ask(prev, Kind::ShmOffer, &payload)?;
+        let theirs: ShmOffer =
+            serde_json::from_slice(&hear(next, Kind::ShmOffer)?).map_err(|e| rv_err(format!("rank {next}: a malformed offer: {e}")))?;
+        let to_next = match theirs.path.as_str() {
+            "" => None,
+            path => ShmPipe::open(Path::new(path), theirs.nonce)
+                .map_err(|e| tracing::debug!(rank = self.rank, peer = next, "cannot map {path}: {e}"))
+                .ok(),
+        };
+        ask(next, Kind::ShmAnswer, &[u8::from(to_next.is_some())])?;
+        let accepted = hear(prev, Kind::ShmAnswer)? == [1];
+        let from_prev = created.ok().and_then(|(pipe, path)| {
+            let _ = std::fs::remove_file(&path);
+            accepted.then_some(pipe)
+        });
+        tracing::debug!(
+            rank = self.rank,
+            to_next = to_next.is_some(),
+            from_prev = from_prev.is_some(),
+            "ring data through shared memory"
+        );
+        self.pipe_to_next = to_next;
+        self.pipe_from_prev = from_prev;
+        Ok(())
+    }
+
+    /// Whether ring data to the next rank and from the previous one goes
+    /// through shared memory.
+    pub fn shares_memory(&self) -> (bool, bool) {
+        (self.pipe_to_next.is_some(), self.pipe_from_prev.is_some())
     }
 
     /// Rank 0: collects every rank's hello, checks the world, sends the table.
@@ -431,6 +536,9 @@ impl TcpCollective {
         let stop = AtomicBool::new(false);
         std::thread::scope(|scope| {
             let sender = scope.spawn(|| -> CollResult<()> {
+                if let Some(pipe) = &self.pipe_to_next {
+                    return self.pipe_send(op, pipe, send, &stop);
+                }
                 let mut w = self.peer(next).writer.lock().unwrap_or_else(|e| e.into_inner());
                 for chunk in send.chunks(CHUNK_FLOATS) {
                     if stop.load(Ordering::Relaxed) {
@@ -441,6 +549,9 @@ impl TcpCollective {
                 Ok(())
             });
             let received = (|| -> CollResult<()> {
+                if let Some(pipe) = &self.pipe_from_prev {
+                    return self.pipe_receive(op, pipe, recv, reduce);
+                }
                 let mut r = self.peer(prev).reader.lock().unwrap_or_else(|e| e.into_inner());
                 let mut scratch = vec![0f32; if reduce { CHUNK_FLOATS.min(recv.len()) } else { 0 }];
                 for chunk in recv.chunks_mut(CHUNK_FLOATS) {
@@ -478,6 +589,99 @@ impl TcpCollective {
             });
             received.and(sent)
         })
+    }
+
+    /// The sending half of a ring step through shared memory: a length,
+    /// then the floats. Gives up when the receiving half failed (`stop`) or
+    /// the next rank's socket closes or carries an abort.
+    fn pipe_send(&self, op: &'static str, pipe: &ShmPipe, send: &[f32], stop: &AtomicBool) -> CollResult<()> {
+        let next = self.next();
+        let fd = self.peer(next).fd;
+        let check = || {
+            if stop.load(Ordering::Relaxed) || shm::socket_signalled(fd) {
+                Err(CollectiveError::PeerLost {
+                    op,
+                    peer: next,
+                    message: "closed its connection or aborted while this rank was sending".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        let bytes: &[u8] = bytemuck::cast_slice(send);
+        pipe.write_all(&(bytes.len() as u64).to_le_bytes(), self.timeout, check)
+            .and_then(|()| pipe.write_all(bytes, self.timeout, check))
+            .map_err(|e| self.pipe_error(op, next, e))
+    }
+
+    /// The receiving half through shared memory: checks the length, then
+    /// adds (or copies) the floats straight out of the pipe. An abort
+    /// frame or a closed socket from the previous rank ends the wait with
+    /// that reason.
+    fn pipe_receive(&self, op: &'static str, pipe: &ShmPipe, recv: &mut [f32], reduce: bool) -> CollResult<()> {
+        let prev = self.prev();
+        let fd = self.peer(prev).fd;
+        let mut r = self.peer(prev).reader.lock().unwrap_or_else(|e| e.into_inner());
+        let mut check = || {
+            if !shm::socket_signalled(fd) {
+                return Ok(());
+            }
+            // Only an abort (or the end of the stream) can arrive now.
+            self.expect(op, prev, &mut r, Kind::Data).and_then(|_| {
+                Err(CollectiveError::PeerLost {
+                    op,
+                    peer: prev,
+                    message: "sent data on its socket during a shared-memory transfer (the ranks are out of step)".into(),
+                })
+            })
+        };
+        let mut header = [0u8; 8];
+        pipe.read_with(8, self.timeout, &mut check, |at, b| header[at..at + b.len()].copy_from_slice(b))
+            .map_err(|e| self.pipe_error(op, prev, e))?;
+        let len = u64::from_le_bytes(header);
+        if len != (recv.len() * 4) as u64 {
+            return Err(CollectiveError::PeerLost {
+                op,
+                peer: prev,
+                message: format!(
+                    "sent {len} bytes where {} were expected (buffer sizes differ across ranks)",
+                    recv.len() * 4
+                ),
+            });
+        }
+        let mut misaligned = false;
+        pipe.read_with(recv.len() * 4, self.timeout, &mut check, |at, bytes| {
+            let (Ok(src), true) = (bytemuck::try_cast_slice::<u8, f32>(bytes), at % 4 == 0) else {
+                misaligned = true;
+                return;
+            };
+            let dst = &mut recv[at / 4..at / 4 + src.len()];
+            if reduce {
+                dst.iter_mut().zip(src).for_each(|(a, b)| *a += *b);
+            } else {
+                dst.copy_from_slice(src);
+            }
+        })
+        .map_err(|e| self.pipe_error(op, prev, e))?;
+        if misaligned {
+            return Err(CollectiveError::PeerLost {
+                op,
+                peer: prev,
+                message: "published a partial float in shared memory".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn pipe_error(&self, op: &'static str, peer: usize, e: WaitError<CollectiveError>) -> CollectiveError {
+        match e {
+            WaitError::Timeout => CollectiveError::Timeout {
+                op,
+                peer,
+                timeout: self.timeout,
+            },
+            WaitError::Stopped(e) => e,
+        }
     }
 
     /// Ring reduce-scatter over `segs` of `buf`, in place: afterwards segment
@@ -664,7 +868,7 @@ impl Collective for TcpCollective {
 /// `world` ranks connected over loopback (one thread each during the
 /// rendezvous), in rank order. For tests.
 #[cfg(test)]
-pub(crate) fn connect_loopback(world: usize, timeout: Duration) -> Vec<TcpCollective> {
+pub(crate) fn connect_loopback(world: usize, timeout: Duration, shared_memory: bool) -> Vec<TcpCollective> {
     let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..world)
@@ -677,6 +881,7 @@ pub(crate) fn connect_loopback(world: usize, timeout: Duration) -> Vec<TcpCollec
                         rendezvous: addr,
                         advertise_host: "127.0.0.1".into(),
                         timeout,
+                        shared_memory,
                     };
                     TcpCollective::connect(&spec).unwrap()
                 })
@@ -697,8 +902,8 @@ mod tests {
 
     /// Runs `f(rank, collective)` on `world` threads connected over
     /// loopback; each thread owns its collective (closed when it returns).
-    fn with_world<T: Send>(world: usize, timeout: Duration, f: impl Fn(usize, &TcpCollective) -> T + Sync) -> Vec<T> {
-        let ranks = connect_loopback(world, timeout);
+    fn with_world<T: Send>(world: usize, timeout: Duration, shared_memory: bool, f: impl Fn(usize, &TcpCollective) -> T + Sync) -> Vec<T> {
+        let ranks = connect_loopback(world, timeout, shared_memory);
         std::thread::scope(|scope| {
             let f = &f;
             let handles: Vec<_> = ranks
@@ -716,10 +921,12 @@ mod tests {
 
     #[test]
     fn ring_collectives_match_their_definitions() {
-        for world in [2, 3, 4] {
-            // Sizes that do and do not divide, below and above one frame.
-            for n in [1, 5, 1000, CHUNK_FLOATS * 2 + 3] {
-                let out = with_world(world, Duration::from_secs(20), |rank, c| {
+        for (world, shared_memory) in [(2, true), (3, true), (4, true), (2, false), (3, false)] {
+            // Sizes that do and do not divide, below and above one frame
+            // and one shared-memory ring.
+            for n in [1, 5, 1000, CHUNK_FLOATS * 2 + 3, shm::PIPE_BYTES / 2 + 7] {
+                let out = with_world(world, Duration::from_secs(20), shared_memory, |rank, c| {
+                    assert_eq!(c.shares_memory(), (shared_memory, shared_memory), "rank {rank}");
                     let mut sum = data(rank, n);
                     c.all_reduce_sum(&mut sum).unwrap();
                     let gathered = c.all_gather(&data(rank, n)).unwrap();
@@ -748,32 +955,53 @@ mod tests {
 
     #[test]
     fn a_rank_that_leaves_fails_the_others_promptly_naming_it() {
-        let started = Instant::now();
-        let out = with_world(3, Duration::from_secs(30), |rank, c| {
-            if rank == 1 {
-                return None; // leaves without calling: its connections close on drop
+        for shared_memory in [false, true] {
+            let started = Instant::now();
+            let out = with_world(3, Duration::from_secs(30), shared_memory, |rank, c| {
+                if rank == 1 {
+                    return None; // leaves without calling: its connections close on drop
+                }
+                let mut buf = vec![1.0f32; 1000];
+                let first = c.all_reduce_sum(&mut buf).err();
+                // Poisoned: the next call fails at once with the same error.
+                let again = c.barrier().err();
+                Some((first.map(|e| e.to_string()), again.map(|e| e.to_string())))
+            });
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "failed by closed connections, not timeouts (shared memory: {shared_memory})"
+            );
+            for (rank, o) in out.into_iter().enumerate() {
+                let Some((first, again)) = o else { continue };
+                let first = first.unwrap_or_else(|| panic!("rank {rank} did not fail"));
+                assert!(first.contains("rank 1") || first.contains("[1]"), "rank {rank}: {first}");
+                assert_eq!(again.as_deref(), Some(first.as_str()));
             }
-            let mut buf = vec![1.0f32; 1000];
-            let first = c.all_reduce_sum(&mut buf).err();
-            // Poisoned: the next call fails at once with the same error.
-            let again = c.barrier().err();
-            Some((first.map(|e| e.to_string()), again.map(|e| e.to_string())))
-        });
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "failed by closed connections, not timeouts"
-        );
-        for (rank, o) in out.into_iter().enumerate() {
-            let Some((first, again)) = o else { continue };
-            let first = first.unwrap_or_else(|| panic!("rank {rank} did not fail"));
-            assert!(first.contains("rank 1") || first.contains("[1]"), "rank {rank}: {first}");
-            assert_eq!(again.as_deref(), Some(first.as_str()));
         }
     }
 
     #[test]
+    fn a_rank_silent_in_a_shared_memory_ring_times_out_by_name() {
+        let started = Instant::now();
+        let out = with_world(3, Duration::from_millis(600), true, |rank, c| {
+            if rank == 2 {
+                std::thread::sleep(Duration::from_millis(2500));
+                return String::new();
+            }
+            let mut buf = vec![1.0f32; 1000];
+            c.all_reduce_sum(&mut buf).unwrap_err().to_string()
+        });
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // Rank 0 waits for rank 2's data and names it. Rank 1 waits for
+        // rank 0: usually rank 0's abort tells it whom rank 0 blames, but
+        // its own timeout (as long) may fire first on a loaded machine.
+        assert!(out[0].contains("rank 2"), "{}", out[0]);
+        assert!(["[2]", "rank 2", "rank 0"].iter().any(|r| out[1].contains(r)), "{}", out[1]);
+    }
+
+    #[test]
     fn a_silent_rank_times_out_and_the_barrier_names_it() {
-        let out = with_world(3, Duration::from_millis(600), |rank, c| {
+        let out = with_world(3, Duration::from_millis(600), true, |rank, c| {
             if rank == 2 {
                 std::thread::sleep(Duration::from_millis(1500));
                 return String::new();
@@ -793,6 +1021,7 @@ mod tests {
             rendezvous: addr.clone(),
             advertise_host: "127.0.0.1".into(),
             timeout: Duration::from_millis(800),
+            shared_memory: true,
         };
         let err = TcpCollective::connect(&spec(0, 3)).err().unwrap().to_string();
         assert!(err.contains("[1, 2]"), "{err}");
