@@ -8,6 +8,7 @@
 //! from more images than sources (gathered across ranks); `own_offset` says
 //! where this rank's images start among them.
 
+use crate::model::kernels::Kernels;
 use crate::model::layers::tanh_clip;
 use amdim_shared::spec::LossSpec;
 use burn::tensor::{
@@ -17,7 +18,7 @@ use burn::tensor::{
 };
 
 /// Log-softmax NCE scores [n_src, L] and the λ-weighted regulariser.
-pub fn nce_scores<B: Backend>(
+pub fn nce_scores<B: Kernels>(
     src: Tensor<B, 2>,
     trg: Tensor<B, 3>,
     own_offset: usize,
@@ -28,7 +29,7 @@ pub fn nce_scores<B: Backend>(
     let [n_src, _] = src.dims();
     let device = src.device();
     let src_dtype = src.dtype();
-    let raw = src.matmul(trg.reshape([n_trg * l, d]).transpose()).div_scalar((d as f64).sqrt());
+    let raw = B::matmul_t(src, trg.reshape([n_trg * l, d])).div_scalar((d as f64).sqrt());
     let reg = raw.clone().square().mean().mul_scalar(reg_lambda);
     let s = tanh_clip(raw, tclip).reshape([n_src, n_trg, l]);
     let mut mask = vec![0f32; n_src * n_trg];
@@ -92,7 +93,7 @@ pub fn select_locations<B: Backend>(r5: Tensor<B, 3>, locations: &[usize]) -> Te
     r5.reshape([n * l, d]).select(0, idx)
 }
 
-fn direction<B: Backend>(src: &[Tensor<B, 2>], trg: &Tensor<B, 3>, own_offset: usize, cfg: &LossSpec) -> (Tensor<B, 1>, Tensor<B, 1>) {
+fn direction<B: Kernels>(src: &[Tensor<B, 2>], trg: &Tensor<B, 3>, own_offset: usize, cfg: &LossSpec) -> (Tensor<B, 1>, Tensor<B, 1>) {
     if src.len() == 1 {
         let (s, reg) = nce_scores(src[0].clone(), trg.clone(), own_offset, cfg.tclip, cfg.reg_lambda);
         return (s.mean().neg(), reg);
@@ -112,7 +113,7 @@ fn direction<B: Backend>(src: &[Tensor<B, 2>], trg: &Tensor<B, 3>, own_offset: u
 
 /// The full objective L_1t5 + L_1t7 + L_5t5 + 0.5·Σ reg over both directions
 /// (view 1 → view 2 and view 2 → view 1). Tasks switched off count as zero.
-pub fn multiscale_nce<B: Backend>(sources: [&Sources<B>; 2], targets: [&Targets<B>; 2], own_offset: usize, cfg: &LossSpec) -> NceLoss<B> {
+pub fn multiscale_nce<B: Kernels>(sources: [&Sources<B>; 2], targets: [&Targets<B>; 2], own_offset: usize, cfg: &LossSpec) -> NceLoss<B> {
     let options = TensorCreationOptions::new(sources[0].r5.device()).with_dtype(sources[0].r5.dtype());
     let zero = || Tensor::<B, 1>::zeros([1], options.clone());
     let mut reg = zero();
@@ -273,7 +274,7 @@ mod tests {
         map.reshape([n, d, h * w]).swap_dims(1, 2)
     }
 
-    fn full_loss<Bk: Backend>(r1: [Tensor<Bk, 2>; 2], r5: [Tensor<Bk, 4>; 2], r7: [Tensor<Bk, 4>; 2], locs: [&[usize]; 2]) -> NceLoss<Bk> {
+    fn full_loss<Bk: Kernels>(r1: [Tensor<Bk, 2>; 2], r5: [Tensor<Bk, 4>; 2], r7: [Tensor<Bk, 4>; 2], locs: [&[usize]; 2]) -> NceLoss<Bk> {
         let sources: Vec<Sources<Bk>> = (0..2)
             .map(|v| Sources {
                 r1: vec![r1[v].clone()],

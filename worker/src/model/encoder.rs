@@ -11,7 +11,7 @@
 //! with location index row·S + column, which is what the loss consumes.
 
 use crate::model::kernels::Kernels;
-use crate::model::layers::{BatchStats, RankSum, batch_norm, conv, conv_weight_matrix, linear, sync_batch_norm};
+use crate::model::layers::{BatchStats, RankSum, batch_norm, conv, linear, sync_batch_norm};
 use crate::model::plan::{Bn, ClassifierPlan, Conv, EncoderPlan, Head, Layer, MixturePlan, ResUnit};
 use burn::tensor::{Tensor, activation::relu, backend::Backend};
 use std::cell::RefCell;
@@ -59,6 +59,9 @@ pub struct Forward<'a, B: Backend> {
     pub stats: BnStats<B>,
     /// Set for synchronised BatchNorm: sums a per-channel vector over ranks.
     rank_sum: Option<&'a RankSum<'a, B>>,
+    /// Views stacked in the batch being encoded: BatchNorm takes its
+    /// statistics over each view's rows apart.
+    views: usize,
     weight_matrices: RefCell<HashMap<usize, Tensor<B, 2>>>,
 }
 
@@ -69,6 +72,7 @@ impl<'a, B: Kernels> Forward<'a, B> {
             mode,
             stats: BnStats::default(),
             rank_sum: None,
+            views: 1,
             weight_matrices: RefCell::new(HashMap::new()),
         }
     }
@@ -84,7 +88,7 @@ impl<'a, B: Kernels> Forward<'a, B> {
             .weight_matrices
             .borrow_mut()
             .entry(c.weight)
-            .or_insert_with(|| conv_weight_matrix(&self.params[c.weight], c.cin, c.cout, c.kernel))
+            .or_insert_with(|| B::conv_weight_matrix(self.params[c.weight].clone(), c.cin, c.cout, c.kernel))
             .clone();
         conv(x, weight, c.bias.map(|b| &self.params[b]), c.kernel, c.stride)
     }
@@ -95,7 +99,18 @@ impl<'a, B: Kernels> Forward<'a, B> {
         self.bn_rows(x.reshape([n * h * w, c]), bn).reshape([n, h, w, c])
     }
 
+    /// BatchNorm of rows [M, C]; with several views stacked, each view's
+    /// rows (a contiguous block) get their own statistics.
     fn bn_rows(&mut self, x: Tensor<B, 2>, bn: &Bn) -> Tensor<B, 2> {
+        if self.views == 1 {
+            return self.bn_rows_of_one_view(x, bn);
+        }
+        let parts = x.chunk(self.views, 0);
+        let normalised = parts.into_iter().map(|part| self.bn_rows_of_one_view(part, bn)).collect();
+        Tensor::cat(normalised, 0)
+    }
+
+    fn bn_rows_of_one_view(&mut self, x: Tensor<B, 2>, bn: &Bn) -> Tensor<B, 2> {
         let p = self.params;
         match (self.mode, self.rank_sum) {
             (BnMode::Eval, _) => batch_norm(x, &p[bn.weight], &p[bn.bias], Some((&p[bn.running_mean], &p[bn.running_var]))).0,
@@ -176,6 +191,23 @@ impl<'a, B: Kernels> Forward<'a, B> {
             x
         };
         x.permute([0, 2, 3, 1])
+    }
+
+    /// Encodes the two views of a batch [B, 3, S, S] each as one pass over
+    /// the 2B images stacked, so that every weight is used (and its gradient
+    /// formed) once and every matrix product is twice as tall. BatchNorm
+    /// statistics stay per view (spec §3), so the result is that of two
+    /// separate passes.
+    pub fn encode_views(&mut self, plan: &EncoderPlan, views: [Tensor<B, 4>; 2]) -> [Embeddings<B>; 2] {
+        let n = views[0].dims()[0];
+        self.views = 2;
+        let both = self.encode(plan, Tensor::cat(views.into(), 0));
+        self.views = 1;
+        [0, 1].map(|v| Embeddings {
+            r1: both.r1.clone().narrow(0, v * n, n),
+            r5: both.r5.clone().narrow(0, v * n, n),
+            r7: both.r7.clone().narrow(0, v * n, n),
+        })
     }
 
     /// Encodes a batch of NCHW images [B, 3, S, S].

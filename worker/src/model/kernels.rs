@@ -1,6 +1,8 @@
 //! Channels-last data movement of the encoder, with gradients: im2col (the
 //! k×k windows at stride s of an [N, H, W, C] map as matrix rows), average
-//! pooling, and zero channel padding of the residual shortcut.
+//! pooling, zero channel padding of the residual shortcut, and the
+//! rearrangement of a PyTorch conv weight into im2col's column order. Also
+//! the product x·Wᵀ with a backward that forms dW in W's own layout.
 //!
 //! [`Kernels`] has a portable default written with tensor ops (used by CUDA).
 //! On flex those ops copy strided views one element at a time (its generic
@@ -21,7 +23,8 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 use std::ops::{AddAssign, Mul};
 
-/// The encoder's data-movement primitives on channels-last [N, H, W, C] maps.
+/// The encoder's data-movement primitives on channels-last [N, H, W, C] maps,
+/// and the layer product x·Wᵀ.
 ///
 /// A backend with hand-written loops sets `NATIVE` and implements
 /// [`Kernels::native`]; every autodiff wrapper of a `Kernels` backend is one
@@ -71,6 +74,30 @@ pub trait Kernels: Backend {
         }
         portable::pad_channels(x, cout)
     }
+
+    /// A conv weight stored flat as PyTorch's [cout, cin, k, k], as the
+    /// matrix [cout, k·k·cin] whose columns follow im2col's (dy, dx, c) order.
+    fn conv_weight_matrix(weight: Tensor<Self, 1>, cin: usize, cout: usize, kernel: usize) -> Tensor<Self, 2> {
+        if kernel == 1 {
+            return weight.reshape([cout, cin]);
+        }
+        if Self::NATIVE {
+            return wrap(Self::native(&Move::ConvWeight { cout, cin, kernel }, float(weight), false));
+        }
+        weight
+            .reshape([cout, cin, kernel, kernel])
+            .permute([0, 2, 3, 1])
+            .reshape([cout, kernel * kernel * cin])
+    }
+
+    /// x [M, K] · Wᵀ for W [N, K]: the product of a layer (or of sources
+    /// against targets). Autodiff backends override it so that dW comes out
+    /// as gradᵀ·x, already in W's [N, K] layout; burn's matmul backward forms
+    /// dWᵀ and transposes it, which flex then copies element by element when
+    /// the gradient is reshaped.
+    fn matmul_t(x: Tensor<Self, 2>, w: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        x.matmul(w.transpose())
+    }
 }
 
 /// Output side of a window operation.
@@ -81,9 +108,27 @@ fn out_size(size: usize, kernel: usize, stride: usize) -> usize {
 /// One data movement with its geometry; forward and backward are linear maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Move {
-    Im2col { dims: [usize; 4], kernel: usize, stride: usize },
-    AvgPool { dims: [usize; 4], kernel: usize, stride: usize },
-    PadChannels { rows: usize, cin: usize, cout: usize },
+    Im2col {
+        dims: [usize; 4],
+        kernel: usize,
+        stride: usize,
+    },
+    AvgPool {
+        dims: [usize; 4],
+        kernel: usize,
+        stride: usize,
+    },
+    PadChannels {
+        rows: usize,
+        cin: usize,
+        cout: usize,
+    },
+    /// Flat [cout, cin, k, k] → [cout, k·k·cin].
+    ConvWeight {
+        cout: usize,
+        cin: usize,
+        kernel: usize,
+    },
 }
 
 /// Element types the loops run on (f32 for training, f64 for gradient checks).
@@ -96,6 +141,7 @@ impl Move {
         match *self {
             Move::Im2col { dims, .. } | Move::AvgPool { dims, .. } => dims.to_vec(),
             Move::PadChannels { rows, cin, .. } => vec![rows, cin],
+            Move::ConvWeight { cout, cin, kernel } => vec![cout * cin * kernel * kernel],
         }
     }
 
@@ -114,6 +160,7 @@ impl Move {
                 stride,
             } => vec![n, out_size(h, kernel, stride), out_size(w, kernel, stride), c],
             Move::PadChannels { rows, cout, .. } => vec![rows, cout],
+            Move::ConvWeight { cout, cin, kernel } => vec![cout, kernel * kernel * cin],
         }
     }
 
@@ -152,6 +199,14 @@ impl Move {
                 }
             }
             Move::PadChannels { cin, .. } => f(0, 0, cin),
+            // One output channel's filter: element (c, dy, dx) → (dy, dx, c).
+            Move::ConvWeight { cin, kernel, .. } => {
+                for c in 0..cin {
+                    for tap in 0..kernel * kernel {
+                        f(c * kernel * kernel + tap, tap * cin + c, 1);
+                    }
+                }
+            }
         }
     }
 
@@ -162,6 +217,7 @@ impl Move {
         let images = match *self {
             Move::Im2col { dims, .. } | Move::AvgPool { dims, .. } => dims[0],
             Move::PadChannels { rows, .. } => rows,
+            Move::ConvWeight { cout, .. } => cout,
         };
         (images, input / images.max(1), output / images.max(1))
     }
@@ -263,8 +319,45 @@ impl<B: Kernels> Backward<B, 1> for MoveBackward {
     }
 }
 
+/// Autodiff node of [`Kernels::matmul_t`]; the state keeps x (when W needs
+/// a gradient) and W (when x does).
+#[derive(Debug)]
+struct MatmulTBackward;
+
+impl<B: Backend> Backward<B, 2> for MatmulTBackward {
+    type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [x_parent, w_parent] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, w) = ops.state;
+        if let (Some(node), Some(w)) = (x_parent, w) {
+            grads.register::<B>(node.id, B::float_matmul(grad.clone(), w));
+        }
+        if let (Some(node), Some(x)) = (w_parent, x) {
+            grads.register::<B>(node.id, B::float_matmul(B::float_transpose(grad), x));
+        }
+    }
+}
+
 impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
     const NATIVE: bool = B::NATIVE;
+
+    fn matmul_t(x: Tensor<Self, 2>, w: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        let (x, w) = (float(x), float(w));
+        let out = B::float_matmul(x.primitive.clone(), B::float_transpose(w.primitive.clone()));
+        let (x_tracked, w_tracked) = (x.is_tracked(), w.is_tracked());
+        wrap(
+            match MatmulTBackward
+                .prepare::<C>([x.node.clone(), w.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish((w_tracked.then_some(x.primitive), x_tracked.then_some(w.primitive)), out),
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            },
+        )
+    }
 
     fn native(op: &Move, x: FloatTensor<Self>, transpose: bool) -> FloatTensor<Self> {
         // The adjoint is only ever taken inside `MoveBackward`, on the inner backend.
@@ -382,6 +475,55 @@ mod tests {
                     .unwrap_or_else(|| panic!("{name}: no gradient"))
                     .into_data()
                     .assert_approx_eq::<f32>(&x.grad(&g_ref).unwrap().into_data(), Tolerance::rel_abs(1e-5, 1e-6));
+            }
+        }
+    }
+
+    #[test]
+    fn weight_rearrangement_and_matmul_t_match_burns_ops_with_gradients() {
+        let dev = Default::default();
+        fn close<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) {
+            a.into_data()
+                .assert_approx_eq::<f32>(&b.into_data(), Tolerance::rel_abs(1e-5, 1e-6));
+        }
+        for (cin, cout, k) in [(3, 5, 3), (4, 2, 4), (6, 7, 1)] {
+            let w = Tensor::<AD, 1>::random([cout * cin * k * k], Distribution::Normal(0.0, 1.0), &dev).require_grad();
+            let fast = <AD as Kernels>::conv_weight_matrix(w.clone(), cin, cout, k);
+            let reference = w
+                .clone()
+                .reshape([cout, cin, k, k])
+                .permute([0, 2, 3, 1])
+                .reshape([cout, k * k * cin]);
+            close(fast.clone(), reference.clone());
+            let probe = Tensor::<AD, 2>::random([cout, k * k * cin], Distribution::Normal(0.0, 1.0), &dev);
+            let (g_fast, g_ref) = ((fast * probe.clone()).sum().backward(), (reference * probe).sum().backward());
+            close(
+                w.grad(&g_fast).expect("weight gradient").reshape([cout, cin * k * k]),
+                w.grad(&g_ref).unwrap().reshape([cout, cin * k * k]),
+            );
+        }
+        // x·Wᵀ with gradients for both, or for one side only.
+        for (x_grad, w_grad) in [(true, true), (false, true), (true, false)] {
+            let mut x = Tensor::<AD, 2>::random([7, 5], Distribution::Normal(0.0, 1.0), &dev);
+            let mut w = Tensor::<AD, 2>::random([4, 5], Distribution::Normal(0.0, 1.0), &dev);
+            if x_grad {
+                x = x.require_grad();
+            }
+            if w_grad {
+                w = w.require_grad();
+            }
+            let fast = <AD as Kernels>::matmul_t(x.clone(), w.clone());
+            let reference = x.clone().matmul(w.clone().transpose());
+            close(fast.clone(), reference.clone());
+            let probe = Tensor::<AD, 2>::random([7, 4], Distribution::Normal(0.0, 1.0), &dev);
+            let (g_fast, g_ref) = ((fast * probe.clone()).sum().backward(), (reference * probe).sum().backward());
+            assert_eq!(x.grad(&g_fast).is_some(), x_grad);
+            assert_eq!(w.grad(&g_fast).is_some(), w_grad);
+            if x_grad {
+                close(x.grad(&g_fast).unwrap(), x.grad(&g_ref).unwrap());
+            }
+            if w_grad {
+                close(w.grad(&g_fast).unwrap(), w.grad(&g_ref).unwrap());
             }
         }
     }

@@ -14,22 +14,8 @@ use burn::tensor::{Tensor, activation::sigmoid, backend::Backend};
 pub const BN_EPS: f64 = 1e-5;
 pub const BN_MOMENTUM: f64 = 0.1;
 
-/// A conv weight stored flat as PyTorch's [cout, cin, k, k] viewed as the
-/// matrix [cout, k·k·cin] whose columns follow im2col's (dy, dx, c) order.
-/// A copy for k > 1; a free view for 1×1 kernels.
-pub fn conv_weight_matrix<B: Backend>(weight: &Tensor<B, 1>, cin: usize, cout: usize, kernel: usize) -> Tensor<B, 2> {
-    if kernel == 1 {
-        return weight.clone().reshape([cout, cin]);
-    }
-    weight
-        .clone()
-        .reshape([cout, cin, kernel, kernel])
-        .permute([0, 2, 3, 1])
-        .reshape([cout, kernel * kernel * cin])
-}
-
 /// Unpadded convolution of a channels-last map [N, H, W, cin] with the
-/// weight matrix of [`conv_weight_matrix`]: one matrix product over the whole
+/// weight matrix of [`Kernels::conv_weight_matrix`]: one matrix product over the whole
 /// batch (flex's own conv runs one small GEMM per image and converts layouts).
 pub fn conv<B: Kernels>(x: Tensor<B, 4>, weight: Tensor<B, 2>, bias: Option<&Tensor<B, 1>>, kernel: usize, stride: usize) -> Tensor<B, 4> {
     let [n, h, w, cin] = x.dims();
@@ -40,7 +26,7 @@ pub fn conv<B: Kernels>(x: Tensor<B, 4>, weight: Tensor<B, 2>, bias: Option<&Ten
     } else {
         B::im2col(x, kernel, stride)
     };
-    let y = cols.matmul(weight.transpose());
+    let y = B::matmul_t(cols, weight);
     let y = match bias {
         Some(bias) => y + bias.clone().reshape([1, cout]),
         None => y,
@@ -59,8 +45,8 @@ pub fn tanh_clip<B: Backend, const D: usize>(x: Tensor<B, D>, clip: f64) -> Tens
 }
 
 /// x·Wᵀ + b with W stored flat as PyTorch's [out, in].
-pub fn linear<B: Backend>(x: Tensor<B, 2>, weight: &Tensor<B, 1>, bias: Option<&Tensor<B, 1>>, n_in: usize, n_out: usize) -> Tensor<B, 2> {
-    let y = x.matmul(weight.clone().reshape([n_out, n_in]).transpose());
+pub fn linear<B: Kernels>(x: Tensor<B, 2>, weight: &Tensor<B, 1>, bias: Option<&Tensor<B, 1>>, n_in: usize, n_out: usize) -> Tensor<B, 2> {
+    let y = B::matmul_t(x, weight.clone().reshape([n_out, n_in]));
     match bias {
         Some(b) => y + b.clone().reshape([1, n_out]),
         None => y,
@@ -211,7 +197,7 @@ mod tests {
                 ConvOptions::new([s, s], [0, 0], [1, 1], 1),
             );
             let nhwc = x.clone().permute([0, 2, 3, 1]);
-            let got = conv(nhwc.clone(), conv_weight_matrix(&w, cin, cout, k), Some(&bias), k, s);
+            let got = conv(nhwc.clone(), B::conv_weight_matrix(w.clone(), cin, cout, k), Some(&bias), k, s);
             got.permute([0, 3, 1, 2])
                 .into_data()
                 .assert_approx_eq::<f32>(&expect.into_data(), Tolerance::rel_abs(1e-4, 1e-4));

@@ -247,8 +247,7 @@ impl<B: Kernels> Trainer<B> {
     ) -> NceForward<B> {
         let rank_sum = |t| self.bn_rank_sum(t);
         let mut fwd = Forward::new(leaves, BnMode::Train).with_sync_bn(self.sync_bn().map(|_| &rank_sum as &RankSum<'_, _>));
-        let e1 = fwd.encode(&self.plan.encoder, view1);
-        let e2 = fwd.encode(&self.plan.encoder, view2);
+        let [e1, e2] = fwd.encode_views(&self.plan.encoder, [view1, view2]);
         let (src, mut trg) = nce_inputs(&fwd, &self.plan, [&e1, &e2], locs);
         // Each rank's sources against the targets of every rank (design §6).
         let own_offset = match &self.comm {
