@@ -52,7 +52,8 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Rgb, DecodeError> {
         Some(image::ImageFormat::Jpeg) => {
             // Decoders fill a cut-off scan with gray instead of failing.
             let tail = &bytes[bytes.len().saturating_sub(64 * 1024)..];
-            if !tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
+            // From the end: the marker is almost always the last two bytes.
+            if !tail.windows(2).rev().any(|w| w[0] == 0xFF && w[1] == 0xD9) {
                 return Err(DecodeError::Corrupt("truncated JPEG: no end-of-image marker".into()));
             }
         }
@@ -180,6 +181,17 @@ pub fn resample(img: &Rgb, bx: CropBox, size: u32) -> Vec<u8> {
     dst.into_vec()
 }
 
+/// v / 255 for every byte v, as torchvision's ToTensor computes it.
+const UNIT: [f32; 256] = {
+    let mut table = [0.0; 256];
+    let mut v = 0;
+    while v < 256 {
+        table[v] = v as f32 / 255.0;
+        v += 1;
+    }
+    table
+};
+
 /// RGB HWC u8 → f32 CHW in [0, 1], mirrored left–right if asked.
 fn to_chw(hwc: &[u8], size: usize, flip: bool) -> Vec<f32> {
     let plane = size * size;
@@ -190,9 +202,9 @@ fn to_chw(hwc: &[u8], size: usize, flip: bool) -> Vec<f32> {
         let (r, g, b) = (&mut r[y * size..][..size], &mut g[y * size..][..size], &mut b[y * size..][..size]);
         for (x, px) in row.chunks_exact(3).enumerate() {
             let dx = if flip { size - 1 - x } else { x };
-            r[dx] = f32::from(px[0]) / 255.0;
-            g[dx] = f32::from(px[1]) / 255.0;
-            b[dx] = f32::from(px[2]) / 255.0;
+            r[dx] = UNIT[usize::from(px[0])];
+            g[dx] = UNIT[usize::from(px[1])];
+            b[dx] = UNIT[usize::from(px[2])];
         }
     }
     out
