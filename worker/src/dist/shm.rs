@@ -129,6 +129,11 @@ impl ShmPipe {
         Ok(Self { map, capacity })
     }
 
+    /// Bytes the ring holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     fn header(&self) -> &Header {
         // SAFETY: the mapping is page-aligned and at least DATA_OFFSET long;
         // the header's plain fields are written once before the peer opens

@@ -534,6 +534,17 @@ impl TcpCollective {
     fn ring_step(&self, op: &'static str, send: &[f32], recv: &mut [f32], reduce: bool) -> CollResult<()> {
         let (next, prev) = (self.next(), self.prev());
         let stop = AtomicBool::new(false);
+        if let (Some(to_next), Some(from_prev)) = (&self.pipe_to_next, &self.pipe_from_prev) {
+            // A rank is at most W−1 ring steps ahead of its next neighbour,
+            // so a pipe holds at most W messages in flight: when they all fit,
+            // writing never waits for the reader, and one thread can write
+            // and then read (no sender thread, no hand-off between threads).
+            let message = 8 + 4 * send.len().max(recv.len());
+            if self.world * message <= to_next.capacity() {
+                self.pipe_send(op, to_next, send, &stop)?;
+                return self.pipe_receive(op, from_prev, recv, reduce);
+            }
+        }
         std::thread::scope(|scope| {
             let sender = scope.spawn(|| -> CollResult<()> {
                 if let Some(pipe) = &self.pipe_to_next {
