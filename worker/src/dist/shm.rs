@@ -18,6 +18,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -99,7 +100,13 @@ impl ShmPipe {
         let path = dir.join(format!("amdim-{}-{nonce:016x}", std::process::id()));
         let file = File::options().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
         let made = (|| {
-            file.set_len((DATA_OFFSET + capacity) as u64)?;
+            // Reserve the pages now: a tmpfs that runs out of space later
+            // would kill the process with SIGBUS on its first write.
+            // SAFETY: a valid descriptor of a file we own.
+            let err = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, (DATA_OFFSET + capacity) as libc::off_t) };
+            if err != 0 {
+                return Err(io::Error::from_raw_os_error(err));
+            }
             // SAFETY: the file is ours and stays mapped for the pipe's life;
             // concurrent access follows the ring protocol (see `Sync`).
             let mut map = unsafe { memmap2::MmapMut::map_mut(&file)? };
