@@ -263,6 +263,13 @@ fn two_processes_train_like_one_and_stay_identical() {
 
 #[test]
 fn a_killed_rank_fails_the_others_promptly_and_they_name_it() {
+    // Ring data through shared memory (the default on one host) and over TCP.
+    for shared_memory in ["true", "false"] {
+        a_killed_rank_fails_the_others(shared_memory);
+    }
+}
+
+fn a_killed_rank_fails_the_others(shared_memory: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let spec = job(tmp.path(), "");
     let mut children = {
@@ -274,6 +281,7 @@ fn a_killed_rank_fails_the_others_promptly_and_they_name_it() {
                     .args(["--world-size", "3", "--rendezvous", &addr])
                     .env("AMDIM_TRAIN__MAX_STEPS", "100000")
                     .env("AMDIM_TRAIN__EPOCHS", "100000")
+                    .env("AMDIM_DIST__SHARED_MEMORY", shared_memory)
                     .env("NO_COLOR", "1")
                     .stdout(Stdio::null())
                     .stderr(std::fs::File::create(tmp.path().join(format!("rank{rank}.log"))).unwrap())
@@ -293,17 +301,17 @@ fn a_killed_rank_fails_the_others_promptly_and_they_name_it() {
     for rank in [0, 2] {
         let status = children[rank].wait().unwrap();
         let log = std::fs::read_to_string(tmp.path().join(format!("rank{rank}.log"))).unwrap();
-        assert!(!status.success(), "rank {rank} kept going:\n{log}");
+        assert!(!status.success(), "shared memory {shared_memory}: rank {rank} kept going:\n{log}");
         let error = log.split("Error:").nth(1).unwrap_or_default();
         let error = error.split("Stack backtrace").next().unwrap_or_default();
         assert!(
             error.contains("lost rank 1") || error.contains("[1] lost"),
-            "rank {rank} does not name rank 1:\n{log}"
+            "shared memory {shared_memory}: rank {rank} does not name rank 1:\n{log}"
         );
     }
     assert!(
         killed.elapsed() < Duration::from_secs(20),
-        "the survivors took {:?}: longer than the collective timeout",
+        "shared memory {shared_memory}: the survivors took {:?}: longer than the collective timeout",
         killed.elapsed()
     );
     let _ = children[1].wait();

@@ -358,11 +358,11 @@ impl TcpCollective {
             let _ = std::fs::remove_file(&path);
             accepted.then_some(pipe)
         });
-        tracing::debug!(
+        tracing::info!(
             rank = self.rank,
             to_next = to_next.is_some(),
             from_prev = from_prev.is_some(),
-            "ring data through shared memory"
+            "ring neighbours sharing memory"
         );
         self.pipe_to_next = to_next;
         self.pipe_from_prev = from_prev;
