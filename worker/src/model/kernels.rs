@@ -18,7 +18,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Element, ElementConversion, Shape, Slice, Tensor, TensorCreationOptions, TensorPrimitive};
+use burn::tensor::{DType, Element, ElementConversion, Shape, Slice, Tensor, TensorCreationOptions, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 use std::ops::{AddAssign, Mul};
@@ -265,15 +265,16 @@ impl Move {
 
     fn run_typed<E: Elem>(&self, x: &FlexTensor, transpose: bool) -> FlexTensor {
         let shape = if transpose { self.input_shape() } else { self.output_shape() };
-        let mut out = FlexTensor::zeros(Shape::from(shape), E::dtype());
+        // A typed Vec handed over as is: `FlexTensor::zeros` allocates bytes
+        // and then copies them into a second, aligned allocation.
+        let mut out = vec![E::from_elem(0.0); shape.iter().product()];
         let src: &[E] = x.storage();
-        let dst: &mut [E] = out.storage_mut();
         if transpose {
-            self.backward(src, dst);
+            self.backward(src, &mut out);
         } else {
-            self.forward(src, dst);
+            self.forward(src, &mut out);
         }
-        out
+        FlexTensor::from_data(TensorData::new(out, Shape::from(shape)))
     }
 
     /// Applies the movement (or its transpose) to a flex tensor.
