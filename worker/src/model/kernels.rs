@@ -2,7 +2,9 @@
 //! k×k windows at stride s of an [N, H, W, C] map as matrix rows), average
 //! pooling, zero channel padding of the residual shortcut, and the
 //! rearrangement of a PyTorch conv weight into im2col's column order. Also
-//! the product x·Wᵀ with a backward that forms dW in W's own layout.
+//! the product x·Wᵀ with a backward that forms dW in W's own layout; on
+//! flex its 2-D products call gemm directly (flex would copy each output
+//! once more).
 //!
 //! [`Kernels`] has a portable default written with tensor ops (used by CUDA).
 //! On flex those ops copy strided views one element at a time (its generic
@@ -97,6 +99,11 @@ pub trait Kernels: Backend {
     /// the gradient is reshaped.
     fn matmul_t(x: Tensor<Self, 2>, w: Tensor<Self, 2>) -> Tensor<Self, 2> {
         x.matmul(w.transpose())
+    }
+
+    /// The product of two 2-D primitives (either may be a strided view).
+    fn matmul_2d(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(lhs, rhs)
     }
 }
 
@@ -302,6 +309,64 @@ impl Kernels for Flex {
     fn native(op: &Move, x: FlexTensor, transpose: bool) -> FlexTensor {
         op.run(&x, transpose)
     }
+
+    fn matmul_t(x: Tensor<Self, 2>, w: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        wrap(Self::matmul_2d(float(x), float(w.transpose())))
+    }
+
+    fn matmul_2d(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
+        match lhs.dtype() {
+            DType::F64 => gemm_2d::<f64>(&lhs, &rhs),
+            DType::F32 => gemm_2d::<f32>(&lhs, &rhs),
+            other => unreachable!("encoder tensors are f32 or f64, got {other:?}"),
+        }
+    }
+}
+
+/// lhs [M, K] · rhs [K, N] of two strided 2-D flex tensors: flex's own 2-D
+/// gemm call, except that the output is a typed Vec handed over as is
+/// (flex's `FlexTensor::empty` allocates bytes and copies them into a
+/// second, aligned allocation: a full extra pass over every product).
+fn gemm_2d<E: Elem>(lhs: &FlexTensor, rhs: &FlexTensor) -> FlexTensor {
+    let (ls, rs) = (lhs.layout(), rhs.layout());
+    let ([m, k], [k2, n]) = (ls.shape().dims::<2>(), rs.shape().dims::<2>());
+    assert_eq!(k, k2, "matmul_2d: [{m}, {k}] · [{k2}, {n}]");
+    let (lst, rst) = (ls.strides(), rs.strides());
+    let (lhs_data, rhs_data): (&[E], &[E]) = (lhs.storage(), rhs.storage());
+    let mut out = vec![E::from_elem(0.0); m * n];
+    // flex's threshold for running the product on the rayon pool.
+    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= 192 * 192 * 192 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the pointers and strides describe the two tensors' views
+    // (start offset, row and column strides) inside their own storage, and
+    // `out` is a fresh contiguous [M, N] buffer.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs_data.as_ptr().add(ls.start_offset()),
+            lst[1],
+            lst[0],
+            rhs_data.as_ptr().add(rs.start_offset()),
+            rst[1],
+            rst[0],
+            E::from_elem(0.0),
+            E::from_elem(1.0),
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    FlexTensor::from_data(TensorData::new(out, [m, n]))
 }
 
 /// Autodiff node of a native [`Move`]: the gradient is the transposed movement.
@@ -325,7 +390,7 @@ impl<B: Kernels> Backward<B, 1> for MoveBackward {
 #[derive(Debug)]
 struct MatmulTBackward;
 
-impl<B: Backend> Backward<B, 2> for MatmulTBackward {
+impl<B: Kernels> Backward<B, 2> for MatmulTBackward {
     type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
@@ -333,10 +398,10 @@ impl<B: Backend> Backward<B, 2> for MatmulTBackward {
         let grad = grads.consume::<B>(&ops.node);
         let (x, w) = ops.state;
         if let (Some(node), Some(w)) = (x_parent, w) {
-            grads.register::<B>(node.id, B::float_matmul(grad.clone(), w));
+            grads.register::<B>(node.id, B::matmul_2d(grad.clone(), w));
         }
         if let (Some(node), Some(x)) = (w_parent, x) {
-            grads.register::<B>(node.id, B::float_matmul(B::float_transpose(grad), x));
+            grads.register::<B>(node.id, B::matmul_2d(B::float_transpose(grad), x));
         }
     }
 }
@@ -346,7 +411,7 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
 
     fn matmul_t(x: Tensor<Self, 2>, w: Tensor<Self, 2>) -> Tensor<Self, 2> {
         let (x, w) = (float(x), float(w));
-        let out = B::float_matmul(x.primitive.clone(), B::float_transpose(w.primitive.clone()));
+        let out = B::matmul_2d(x.primitive.clone(), B::float_transpose(w.primitive.clone()));
         let (x_tracked, w_tracked) = (x.is_tracked(), w.is_tracked());
         wrap(
             match MatmulTBackward
@@ -527,5 +592,18 @@ mod tests {
                 close(w.grad(&g_fast).unwrap(), w.grad(&g_ref).unwrap());
             }
         }
+    }
+
+    #[test]
+    fn flex_matmul_2d_reads_strided_views_at_their_offsets() {
+        let dev = Default::default();
+        let a = Tensor::<Flex, 2>::random([9, 6], Distribution::Normal(0.0, 1.0), &dev);
+        let b = Tensor::<Flex, 2>::random([8, 6], Distribution::Normal(0.0, 1.0), &dev);
+        // Rows 2..7 of a (an offset view) times the transposed rows 1..6 of b.
+        let lhs = a.narrow(0, 2, 5);
+        let rhs = b.narrow(0, 1, 5).transpose();
+        let got: Tensor<Flex, 2> = wrap(<Flex as Kernels>::matmul_2d(float(lhs.clone()), float(rhs.clone())));
+        got.into_data()
+            .assert_approx_eq::<f32>(&lhs.matmul(rhs).into_data(), Tolerance::rel_abs(1e-6, 1e-6));
     }
 }
