@@ -161,15 +161,7 @@ impl ShmPipe {
         let mut done = 0;
         while done < bytes.len() {
             let free = |read: u64| self.capacity - (written - read) as usize;
-            let read = match h.read.load(Ordering::Acquire) {
-                r if free(r) > 0 => r,
-                _ => {
-                    wait_for(&h.space_seq, &h.writer_sleeping, timeout, &mut check, || {
-                        free(h.read.load(Ordering::Acquire)) > 0
-                    })?;
-                    h.read.load(Ordering::Acquire)
-                }
-            };
+            let read = await_counter(&h.read, &h.space_seq, &h.writer_sleeping, timeout, &mut check, free)?;
             let at = written as usize % self.capacity;
             let n = free(read).min(self.capacity - at).min(bytes.len() - done).min(PUBLISH_BYTES);
             // SAFETY: [at, at + n) lies in the ring and holds no unread bytes.
@@ -197,15 +189,7 @@ impl ShmPipe {
         let mut done = 0;
         while done < len {
             let available = |written: u64| (written - read) as usize;
-            let written = match h.written.load(Ordering::Acquire) {
-                w if available(w) > 0 => w,
-                _ => {
-                    wait_for(&h.data_seq, &h.reader_sleeping, timeout, &mut check, || {
-                        available(h.written.load(Ordering::Acquire)) > 0
-                    })?;
-                    h.written.load(Ordering::Acquire)
-                }
-            };
+            let written = await_counter(&h.written, &h.data_seq, &h.reader_sleeping, timeout, &mut check, available)?;
             let at = read as usize % self.capacity;
             let n = available(written).min(self.capacity - at).min(len - done).min(PUBLISH_BYTES);
             // SAFETY: [at, at + n) was published by the writer and is not
@@ -218,6 +202,24 @@ impl ShmPipe {
         }
         Ok(())
     }
+}
+
+/// The other side's `counter` once `usable(counter)` bytes are more than
+/// none, sleeping on its `seq` word until then.
+fn await_counter<E>(
+    counter: &AtomicU64,
+    seq: &AtomicU32,
+    sleeping: &AtomicU32,
+    timeout: Duration,
+    check: &mut impl FnMut() -> Result<(), E>,
+    usable: impl Fn(u64) -> usize,
+) -> Result<u64, WaitError<E>> {
+    let now = counter.load(Ordering::Acquire);
+    if usable(now) > 0 {
+        return Ok(now);
+    }
+    wait_for(seq, sleeping, timeout, check, || usable(counter.load(Ordering::Acquire)) > 0)?;
+    Ok(counter.load(Ordering::Acquire))
 }
 
 /// After moving a counter: bump the sequence word and wake a sleeper.

@@ -567,16 +567,7 @@ impl TcpCollective {
                 let mut scratch = vec![0f32; if reduce { CHUNK_FLOATS.min(recv.len()) } else { 0 }];
                 for chunk in recv.chunks_mut(CHUNK_FLOATS) {
                     let len = self.expect(op, prev, &mut r, Kind::Data)?;
-                    if len != (chunk.len() * 4) as u64 {
-                        return Err(CollectiveError::PeerLost {
-                            op,
-                            peer: prev,
-                            message: format!(
-                                "sent {len} bytes where {} were expected (buffer sizes differ across ranks)",
-                                chunk.len() * 4
-                            ),
-                        });
-                    }
+                    same_size(op, prev, len, chunk.len())?;
                     if reduce {
                         let part = &mut scratch[..chunk.len()];
                         r.read_exact(bytemuck::cast_slice_mut(part))
@@ -649,17 +640,7 @@ impl TcpCollective {
         let mut header = [0u8; 8];
         pipe.read_with(8, self.timeout, &mut check, |at, b| header[at..at + b.len()].copy_from_slice(b))
             .map_err(|e| self.pipe_error(op, prev, e))?;
-        let len = u64::from_le_bytes(header);
-        if len != (recv.len() * 4) as u64 {
-            return Err(CollectiveError::PeerLost {
-                op,
-                peer: prev,
-                message: format!(
-                    "sent {len} bytes where {} were expected (buffer sizes differ across ranks)",
-                    recv.len() * 4
-                ),
-            });
-        }
+        same_size(op, prev, u64::from_le_bytes(header), recv.len())?;
         let mut misaligned = false;
         pipe.read_with(recv.len() * 4, self.timeout, &mut check, |at, bytes| {
             let (Ok(src), true) = (bytemuck::try_cast_slice::<u8, f32>(bytes), at % 4 == 0) else {
@@ -720,6 +701,22 @@ impl TcpCollective {
         }
         Ok(())
     }
+}
+
+/// A data message of `bytes` from `peer` where `floats` floats were expected
+/// is an error: the ranks' buffer sizes differ.
+fn same_size(op: &'static str, peer: usize, bytes: u64, floats: usize) -> CollResult<()> {
+    if bytes == (floats * 4) as u64 {
+        return Ok(());
+    }
+    Err(CollectiveError::PeerLost {
+        op,
+        peer,
+        message: format!(
+            "sent {bytes} bytes where {} were expected (buffer sizes differ across ranks)",
+            floats * 4
+        ),
+    })
 }
 
 /// Disjoint `send` (shared) and `recv` (mutable) ranges of one buffer.
