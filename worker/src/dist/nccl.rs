@@ -49,7 +49,12 @@ impl NcclCollective {
                 "libnccl.so cannot be loaded (install NCCL or put its lib folder on LD_LIBRARY_PATH)".into(),
             ));
         }
-        let control = TcpCollective::connect(spec)?;
+        // Control traffic only: no shared-memory pipes (NCCL has its own,
+        // and containers' /dev/shm is small).
+        let control = TcpCollective::connect(&RendezvousSpec {
+            shared_memory: false,
+            ..spec.clone()
+        })?;
         let mut id_words = [0f32; 32];
         if control.rank() == 0 {
             let id = Id::new().map_err(|e| nccl_err("nccl unique id", e))?;
