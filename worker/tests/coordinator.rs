@@ -231,16 +231,16 @@ fn job_spec(dir: &Path, steps: u64, min: u32, max: u32) -> PathBuf {
 
 /// `text` (YAML) read by PyYAML, as JSON.
 fn yaml_as_json(text: &str) -> serde_json::Value {
-    use std::io::Write;
-    let mut py = Command::new("python3")
-        .args(["-c", "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 with PyYAML");
-    py.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = py.wait_with_output().unwrap();
-    assert!(out.status.success(), "PyYAML could not read:\n{text}");
+    let out = support::pipe_through(
+        Command::new("python3").args(["-c", "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))"]),
+        "python3 with PyYAML",
+        text,
+    );
+    assert!(
+        out.status.success(),
+        "PyYAML could not read:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 

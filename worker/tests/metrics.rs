@@ -96,15 +96,11 @@ fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) ->
 
 /// `promtool check metrics` on `body`: must pass without a single lint remark.
 fn promtool_check_metrics(who: &str, body: &str) {
-    let mut p = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus; .ci/run installs it)");
-    p.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = p.wait_with_output().unwrap();
+    let out = support::pipe_through(
+        Command::new("promtool").args(["check", "metrics"]),
+        "promtool (Debian package prometheus; .ci/run installs it)",
+        body,
+    );
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(
         out.status.success() && said.trim().is_empty(),

@@ -1,11 +1,12 @@
-//! Helpers shared by the worker's integration tests: the photo fixtures and
+//! Helpers shared by the worker's integration tests: the photo fixtures,
 //! the coordinator crate's binaries (built on demand: `cargo test -p
-//! amdim-worker` alone does not build them).
+//! amdim-worker` alone does not build them), and feeding text to a tool.
 
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 
 /// The ImageFolder trees of the fixture script, built on first use.
 pub fn testdata() -> PathBuf {
@@ -66,4 +67,17 @@ pub fn run_amdimctl(args: &[&str], env: &[(&'static str, String)]) -> String {
     let out = Command::new(amdimctl()).args(args).envs(env.iter().cloned()).output().unwrap();
     assert!(out.status.success(), "amdimctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `cmd` (`what` names it in a failure to start) with `input` on its
+/// stdin; returns its exit status and captured stdout and stderr.
+pub fn pipe_through(cmd: &mut Command, what: &str, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
 }
