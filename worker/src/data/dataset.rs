@@ -112,7 +112,7 @@ fn find_file(dir: &Path, stem: &str) -> Result<PathBuf, DataError> {
     }
     Err(file_err(
         &dir.join(format!("{stem}[.gz]")),
-        "not found (install Debian's dataset-fashion-mnist or point data.path at the IDX files)",
+        "not found: on Debian/Ubuntu `apt-get install dataset-fashion-mnist` (or run scripts/get-fashion-mnist.sh); elsewhere `DEST=DIR scripts/get-fashion-mnist.sh` downloads the official files (http://fashion-mnist.s3-website.eu-central-1.amazonaws.com); then point data.path at that folder",
     ))
 }
 
