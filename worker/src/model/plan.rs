@@ -96,7 +96,8 @@ pub enum Layer {
 #[derive(Clone, Debug)]
 pub struct Head {
     pub conv1: Conv,
-    pub bn1: Bn,
+    /// The hidden BatchNorm, `bn_hid` in the authors' `FakeRKHSConvNet`.
+    pub bn_hid: Bn,
     pub conv2: Conv,
     pub bn_out: Bn,
     pub shortcut: Conv,
@@ -242,7 +243,7 @@ impl Builder {
             scale: self.init_scale,
         };
         let conv1 = self.conv(&format!("{prefix}.conv1"), [cin, d, 1, 1], false, k1);
-        let bn1 = self.bn(&format!("{prefix}.bn1.bn"), d);
+        let bn_hid = self.bn(&format!("{prefix}.bn_hid.bn"), d);
         let conv2 = self.conv(&format!("{prefix}.conv2"), [d, d, 1, 1], false, Init::Zeros);
         let bn_out = self.bn(&format!("{prefix}.bn_out.bn"), d);
         let shortcut = self.conv(
@@ -253,7 +254,7 @@ impl Builder {
         );
         Head {
             conv1,
-            bn1,
+            bn_hid,
             conv2,
             bn_out,
             shortcut,
