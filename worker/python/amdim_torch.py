@@ -23,7 +23,8 @@ Command line (float32 NCHW .npy in, already normalised; r1 [N, D] out):
     python3 amdim_torch.py embed --weights model.safetensors --npy x.npy --out r1.npy
 
 The architecture (image size, ndf, n_rkhs, depth) is read from the weights'
-shapes; `use_bn` from the file's metadata when it says so, else `--use-bn`.
+shapes, `use_bn` from the file's metadata or its BatchNorm counters (see
+`infer_config`); `--use-bn 0|1` overrides it.
 """
 import argparse
 import json
@@ -207,7 +208,8 @@ def nce_direction(src, trg, tclip, reg_lambda):
     """One direction of spec §3: sources [N, D] against targets [N, D, L].
     Returns (mean NCE loss, regulariser)."""
     n, d = src.shape
-    scores = torch.einsum("id,jdl->ijl", src, trg) / math.sqrt(d)
+    m, _, locs = trg.shape
+    scores = (src @ trg.transpose(0, 1).reshape(d, m * locs)).reshape(n, m, locs) / math.sqrt(d)
     reg = reg_lambda * scores.pow(2).mean()
     clipped = tclip * torch.tanh(scores / tclip)
     own = torch.eye(n, dtype=torch.bool, device=src.device)
@@ -377,8 +379,10 @@ def load_safetensors(model, path, require_classifiers=False):
 
 def infer_config(tensors, meta=None):
     """The model's (image_size, ndf, n_rkhs, n_depth, use_bn) from a state_dict's
-    names and shapes; use_bn from metadata (`use_bn`, or a `model` JSON) when
-    present, else None."""
+    names and shapes. use_bn comes from the metadata (`use_bn`, or a `model`
+    JSON) when present, else from whether the first block's BatchNorm ever
+    counted a batch (an untrained file reads as off; its BatchNorms are then
+    still at mean 0, variance 1, so the difference is that of eps)."""
     t = {_canonical(k): v for k, v in tensors.items()}
     stem = t["encoder.layer_list.0.conv.weight"].shape
     ndf = stem[0]
@@ -390,15 +394,15 @@ def infer_config(tensors, meta=None):
         size = 64
     d = t["encoder.rkhs_block_5.conv1.weight"].shape[0]
     depth = sum(1 for k in t if k.startswith("encoder.layer_list.2.layer_list.") and k.endswith(".conv1.weight"))
-    use_bn = None
     meta = meta or {}
     if "use_bn" in meta:
         use_bn = str(meta["use_bn"]).lower() in ("1", "true")
-    elif "model" in meta:
-        try:
-            use_bn = bool(json.loads(meta["model"]).get("use_bn"))
-        except (ValueError, AttributeError):
-            use_bn = None
+    elif "model" in meta and '"use_bn"' in meta["model"]:
+        use_bn = bool(json.loads(meta["model"])["use_bn"])
+    else:
+        # A BatchNorm that is switched off never counts a batch (theirs and ours).
+        counter = t.get("encoder.layer_list.2.layer_list.0.bn1.bn.num_batches_tracked")
+        use_bn = bool(counter is not None and int(np.asarray(counter).reshape(-1)[0]) > 0)
     return size, ndf, d, depth, use_bn
 
 
@@ -421,7 +425,7 @@ def main(argv=None):
     e.add_argument("--npy", required=True)
     e.add_argument("--out", required=True)
     e.add_argument("--use-bn", choices=["auto", "0", "1"], default="auto",
-                   help="the model's use_bn (auto: from the file's metadata, else off)")
+                   help="the model's use_bn (auto: from the file, see infer_config)")
     e.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
     model = load_model_file(args.weights, None if args.use_bn == "auto" else args.use_bn == "1")

@@ -465,12 +465,19 @@ mod tests {
             "encoder.layer_list.4.bn.weight",
             "encoder.layer_list.8.bn.num_batches_tracked",
             "encoder.rkhs_block_5.shortcut.bias",
+            "encoder.rkhs_block_5.bn_hid.bn.weight",
+            "encoder.rkhs_block_7.bn_hid.bn.num_batches_tracked",
+            "encoder.rkhs_block_7.conv1.weight",
             "encoder.rkhs_block_7.bn_out.bn.running_mean",
             "evaluator.block_glb_mlp.block_forward.3.running_var",
             "evaluator.block_glb_lin.block_forward.2.weight",
         ] {
             assert!(names.contains(&expected), "missing {expected}");
         }
+        assert!(
+            !names.iter().any(|n| n.starts_with("encoder.rkhs_block_") && n.contains(".bn1.")),
+            "the heads' hidden BatchNorm is `bn_hid`"
+        );
         let mut sorted = names.clone();
         sorted.sort_unstable();
         sorted.dedup();
