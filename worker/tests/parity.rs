@@ -41,7 +41,10 @@ fn forward_parity(case: Case) {
         .arg(p("weights.safetensors"))
         .arg("--config")
         .arg(&spec)
-        .args(["--view1".as_ref(), p("v1.npy").as_os_str(), "--view2".as_ref(), p("v2.npy").as_os_str()])
+        .arg("--view1")
+        .arg(p("v1.npy"))
+        .arg("--view2")
+        .arg(p("v2.npy"))
         .arg("--r5-locations")
         .arg(p("locs.npy"))
         .output()
@@ -95,56 +98,36 @@ fn forward_parity(case: Case) {
 
 #[test]
 fn losses_and_features_match_pytorch_at_32_px_with_batch_norm() {
-    forward_parity(Case {
-        size: 32,
-        ndf: 8,
-        n_rkhs: 64,
-        depth: 2,
-        use_bn: true,
-        reg_lambda: 0.05,
-    });
+    forward_parity(Case::small(32, true));
 }
 
 #[test]
 fn losses_and_features_match_pytorch_at_32_px_without_batch_norm() {
-    forward_parity(Case {
-        size: 32,
-        ndf: 8,
-        n_rkhs: 64,
-        depth: 2,
-        use_bn: false,
-        reg_lambda: 0.04,
-    });
+    forward_parity(Case::small(32, false));
 }
 
 #[test]
 fn losses_and_features_match_pytorch_at_128_px_with_batch_norm() {
-    forward_parity(Case {
-        size: 128,
-        ndf: 4,
-        n_rkhs: 32,
-        depth: 1,
-        use_bn: true,
-        reg_lambda: 0.05,
-    });
+    forward_parity(Case::small(128, true));
 }
 
 #[test]
 fn losses_and_features_match_pytorch_at_128_px_without_batch_norm() {
-    forward_parity(Case {
-        size: 128,
-        ndf: 4,
-        n_rkhs: 32,
-        depth: 1,
-        use_bn: false,
-        reg_lambda: 0.05,
-    });
+    forward_parity(Case::small(128, false));
 }
 
 /// The reference's state_dict as (name, shape), sorted.
 fn reference_names(size: usize, depth: usize, use_bn: bool) -> Vec<(String, Vec<usize>)> {
-    let args = ["names", &size.to_string(), "8", "64", &depth.to_string(), if use_bn { "1" } else { "0" }, "10"];
-    let text = fixture(&args.map(String::from));
+    let args = [
+        "names".to_string(),
+        size.to_string(),
+        "8".into(),
+        "64".into(),
+        depth.to_string(),
+        u8::from(use_bn).to_string(),
+        "10".into(),
+    ];
+    let text = fixture(&args);
     let mut list: Vec<(String, Vec<usize>)> = serde_json::from_str(&text).unwrap();
     list.sort();
     list
@@ -168,10 +151,16 @@ fn plan_names_and_shapes_are_the_reference_state_dict() {
             let mut theirs = reference_names(size, 2, use_bn);
             // The 5×5 one-hot masks of the authors' loss module are a constant
             // the worker does not keep (it reads the location index instead).
-            let masks = theirs.iter().position(|(n, _)| n == "g2l_loss.masks_r5").expect("masks_r5 in the reference");
+            let masks = theirs
+                .iter()
+                .position(|(n, _)| n == "g2l_loss.masks_r5")
+                .expect("masks_r5 in the reference");
             assert_eq!(theirs.remove(masks).1, vec![25, 1, 5, 5]);
             let first_difference = ours.iter().zip(&theirs).find(|(a, b)| a != b);
-            assert_eq!(first_difference, None, "{size} px, use_bn {use_bn}: first differing entry (ours, reference)");
+            assert_eq!(
+                first_difference, None,
+                "{size} px, use_bn {use_bn}: first differing entry (ours, reference)"
+            );
             assert_eq!(ours.len(), theirs.len(), "{size} px, use_bn {use_bn}: entry count");
             let expected = match size {
                 32 => Some(120),
@@ -232,10 +221,9 @@ fn a_trained_checkpoint_embeds_the_same_in_pytorch() {
         ckpt.display()
     );
     let spec = case.job(dir, &extra);
-    let text = std::fs::read_to_string(&spec).unwrap().replace(
-        "format = \"synthetic\"\n",
-        "format = \"synthetic\"\nsynthetic_samples = 64\n",
-    );
+    let text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("format = \"synthetic\"\n", "format = \"synthetic\"\nsynthetic_samples = 64\n");
     std::fs::write(&spec, text).unwrap();
     let out = Command::new(BIN)
         .args(["train", "-c"])

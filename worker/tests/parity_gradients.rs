@@ -6,10 +6,13 @@
 //! `train` run).
 //!
 //! Tolerances, per parameter tensor g (PyTorch) and ĝ (ours, float32):
-//! | ‖ĝ‖ − ‖g‖ | ≤ 1e-4·‖g‖ (the gradient norm) and ‖ĝ − g‖ ≤ 1e-3·‖g‖
-//! (whole tensor); element-wise max|ĝ − g| ≤ 1e-2·max|g|. Tensors whose exact
+//! | ‖ĝ‖ − ‖g‖ | ≤ 1e-4·‖g‖ (the gradient norm) and ‖ĝ − g‖ ≤ 1e-4·‖g‖
+//! (whole tensor); element-wise max|ĝ − g| ≤ 3e-4·max|g|. Tensors whose exact
 //! gradient is 0 (a bias right before a BatchNorm; ‖g‖ ≤ 1e-9 of the largest
 //! gradient norm of the step) must have ‖ĝ‖ ≤ 1e-5 of that largest norm.
+//! Measured (the four configurations): norm 4.8e-6, whole tensor 2.1e-5,
+//! element-wise 3.1e-5, exact zeros 3.0e-7; the step's NCE and classifier
+//! losses within 5e-7 relative (asserted at 1e-4).
 
 #[path = "parity/common.rs"]
 mod common;
@@ -114,18 +117,18 @@ fn gradient_parity(case: Case) {
     let label = format!("{} px, use_bn {}", case.size, case.use_bn);
     eprintln!("{label}: {}", report["worst"]);
     let trainable = t.plan.entries.iter().filter(|e| e.kind == EntryKind::Param).count();
-    assert_eq!(report["tensors"].as_u64(), Some(trainable as u64), "{label}: every parameter compared");
+    assert_eq!(
+        report["tensors"].as_u64(),
+        Some(trainable as u64),
+        "{label}: every parameter compared"
+    );
     let worst = |key: &str| (report["worst"][key][0].to_string(), report["worst"][key][1].as_f64().unwrap());
-    for (key, tol) in [("norm_rel", 1e-4), ("diff_rel", 1e-3), ("elem_rel", 1e-2), ("zero_abs", 1e-5)] {
+    for (key, tol) in [("norm_rel", 1e-4), ("diff_rel", 1e-4), ("elem_rel", 3e-4), ("zero_abs", 1e-5)] {
         let (name, value) = worst(key);
         assert!(value <= tol, "{label}: {key} = {value:.3e} > {tol:e} at {name}");
     }
     let losses = &report["losses"];
-    for (ours, theirs) in [
-        (out.loss, "total_nce"),
-        (out.class_lin, "class_lin"),
-        (out.class_mlp, "class_mlp"),
-    ] {
+    for (ours, theirs) in [(out.loss, "total_nce"), (out.class_lin, "class_lin"), (out.class_mlp, "class_mlp")] {
         let want = match theirs {
             "total_nce" => {
                 losses["total"].as_f64().unwrap() - losses["class_lin"].as_f64().unwrap() - losses["class_mlp"].as_f64().unwrap()
@@ -140,50 +143,22 @@ fn gradient_parity(case: Case) {
 
 #[test]
 fn step_gradients_match_pytorch_at_32_px_with_batch_norm() {
-    gradient_parity(Case {
-        size: 32,
-        ndf: 8,
-        n_rkhs: 64,
-        depth: 2,
-        use_bn: true,
-        reg_lambda: 0.05,
-    });
+    gradient_parity(Case::small(32, true));
 }
 
 #[test]
 fn step_gradients_match_pytorch_at_32_px_without_batch_norm() {
-    gradient_parity(Case {
-        size: 32,
-        ndf: 8,
-        n_rkhs: 64,
-        depth: 2,
-        use_bn: false,
-        reg_lambda: 0.04,
-    });
+    gradient_parity(Case::small(32, false));
 }
 
 #[test]
 fn step_gradients_match_pytorch_at_128_px_with_batch_norm() {
-    gradient_parity(Case {
-        size: 128,
-        ndf: 4,
-        n_rkhs: 32,
-        depth: 1,
-        use_bn: true,
-        reg_lambda: 0.05,
-    });
+    gradient_parity(Case::small(128, true));
 }
 
 #[test]
 fn step_gradients_match_pytorch_at_128_px_without_batch_norm() {
-    gradient_parity(Case {
-        size: 128,
-        ndf: 4,
-        n_rkhs: 32,
-        depth: 1,
-        use_bn: false,
-        reg_lambda: 0.05,
-    });
+    gradient_parity(Case::small(128, false));
 }
 
 #[test]
@@ -205,12 +180,22 @@ fn the_classifiers_leave_the_encoder_gradients_unchanged() {
     let (_, without) = trainer_and_batch(&case, tmp.path(), false);
     let a = t.gradients(&with_labels, 0).unwrap();
     let b = t.gradients(&without, 0).unwrap();
-    assert!(a.metrics.class_mlp > 0.0 && b.metrics.class_mlp == 0.0, "{:?} {:?}", a.metrics, b.metrics);
+    assert!(
+        a.metrics.class_mlp > 0.0 && b.metrics.class_mlp == 0.0,
+        "{:?} {:?}",
+        a.metrics,
+        b.metrics
+    );
     let mut compared = 0;
     for (i, e) in t.plan.entries.iter().enumerate() {
         match (&a.grads[i], &b.grads[i]) {
             (Some(ga), Some(gb)) if e.name.starts_with("encoder.") => {
-                assert_eq!(to_vec(ga.clone()), to_vec(gb.clone()), "{}: the classifiers' loss reached the encoder", e.name);
+                assert_eq!(
+                    to_vec(ga.clone()),
+                    to_vec(gb.clone()),
+                    "{}: the classifiers' loss reached the encoder",
+                    e.name
+                );
                 compared += 1;
             }
             (Some(_), None) => assert!(e.name.starts_with("evaluator."), "{} has a gradient only with labels", e.name),

@@ -127,12 +127,12 @@ fn lookup<'a>(st: &'a SafeTensors<'a>, name: &str) -> Option<TensorView<'a>> {
 fn first_unexpected(plan: &ModelPlan, st: &SafeTensors<'_>) -> Option<(String, Vec<usize>)> {
     let known: HashSet<&str> = plan.entries.iter().map(|e| e.name.as_str()).collect();
     let parts: HashSet<&str> = plan.entries.iter().filter_map(|e| e.name.split('.').next()).collect();
-    let mut names: Vec<&String> = st.names();
-    names.sort();
+    let mut names: Vec<&str> = st.names();
+    names.sort_unstable();
     names.into_iter().find_map(|raw| {
         let name = match raw.strip_prefix("encoder.module.") {
             Some(rest) => format!("encoder.{rest}"),
-            None => raw.clone(),
+            None => raw.to_string(),
         };
         let part = name.split('.').next().unwrap_or_default();
         let shape = st.tensor(raw).map(|v| v.shape().to_vec()).unwrap_or_default();
@@ -346,7 +346,9 @@ mod tests {
         let bytes = model_bytes(&plan, &state(&plan, 1)).unwrap();
         // This project's names before the fix: `bn1` for the heads' hidden BatchNorm.
         let old = rewritten(&bytes, |n| Some(n.replace("rkhs_block_5.bn_hid.", "rkhs_block_5.bn1.")), Vec::new());
-        let e = read_model(&plan, &old, "old.safetensors", &state(&plan, 1), false).unwrap_err().to_string();
+        let e = read_model(&plan, &old, "old.safetensors", &state(&plan, 1), false)
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             "old.safetensors: tensor `encoder.rkhs_block_5.bn_hid.bn.weight` (shape [16]) is missing; \
@@ -365,7 +367,10 @@ mod tests {
         );
         let bytes = model_bytes(&deeper, &state(&deeper, 1)).unwrap();
         let e = read_model(&plan, &bytes, "deep", &state(&plan, 1), true).unwrap_err().to_string();
-        assert!(e.starts_with("deep: unexpected tensor `encoder.layer_list.2.layer_list.1.bn1.bn.bias` (shape [8])"), "{e}");
+        assert!(
+            e.starts_with("deep: unexpected tensor `encoder.layer_list.2.layer_list.1.bn1.bn.bias` (shape [8])"),
+            "{e}"
+        );
         // The authors' loss constant and an encoder-only reader's classifiers are not unexpected.
         let plan_bytes = model_bytes(&plan, &state(&plan, 1)).unwrap();
         let masks = ("g2l_loss.masks_r5".to_string(), Dtype::U8, vec![25, 1, 5, 5], vec![0; 625]);

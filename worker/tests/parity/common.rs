@@ -59,6 +59,21 @@ pub struct Case {
 }
 
 impl Case {
+    /// The parity configurations: 32 px (ndf 8, D 64, depth 2) and 128 px
+    /// (ndf 4, D 32, depth 1); the authors' λ = 5e-2 with BN, the paper's
+    /// 4e-2 without.
+    pub fn small(size: usize, use_bn: bool) -> Self {
+        let (ndf, n_rkhs, depth) = if size == 32 { (8, 64, 2) } else { (4, 32, 1) };
+        Case {
+            size,
+            ndf,
+            n_rkhs,
+            depth,
+            use_bn,
+            reg_lambda: if use_bn { 0.05 } else { 0.04 },
+        }
+    }
+
     /// Perturbed weights, inputs and the reference values under `dir` (see parity_case.py).
     pub fn make(&self, dir: &Path) {
         let args = [
@@ -106,7 +121,11 @@ pub fn read_tensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<f64>)> {
         .into_iter()
         .filter_map(|(name, v)| {
             let values: Vec<f64> = match v.dtype() {
-                Dtype::F32 => v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
+                Dtype::F32 => v
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                    .collect(),
                 Dtype::I64 => v
                     .data()
                     .chunks_exact(8)
