@@ -2,19 +2,30 @@
 //!
 //! Model tensors carry the authors' PyTorch `state_dict` names; BN counters
 //! are int64 scalars as in PyTorch. Loading accepts the `encoder.module.`
-//! prefix that `nn.DataParallel` adds. Optimizer state is stored as
+//! prefix that `nn.DataParallel` adds, and names the first missing or
+//! unexpected tensor with its shape. Optimizer state is stored as
 //! `<param>.exp_avg`, `<param>.exp_avg_sq` and `<param>.step`.
 
 use crate::model::plan::{EntryKind, ModelPlan};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     #[error("{file}: not a readable safetensors file: {message}")]
     Parse { file: String, message: String },
-    #[error("{file}: tensor `{name}` is missing")]
-    Missing { file: String, name: String },
+    #[error("{file}: tensor `{name}` (shape {expected:?}) is missing{instead}")]
+    Missing {
+        file: String,
+        name: String,
+        expected: Vec<usize>,
+        /// Empty, or which unexpected tensor the file has (a renamed layer).
+        instead: String,
+    },
+    #[error(
+        "{file}: unexpected tensor `{name}` (shape {found:?}): the model has no tensor of that name (check model.image_size, depth and the checkpoint's origin)"
+    )]
+    Unexpected { file: String, name: String, found: Vec<usize> },
     #[error("{file}: tensor `{name}` has shape {found:?}, the model expects {expected:?}")]
     Shape {
         file: String,
@@ -109,11 +120,35 @@ fn lookup<'a>(st: &'a SafeTensors<'a>, name: &str) -> Option<TensorView<'a>> {
     })
 }
 
+/// The first tensor (by name, `encoder.module.` read as `encoder.`) of the
+/// file that `plan` does not have, among the parts the plan has at all
+/// (`encoder`, and `evaluator`/`mixture` when planned; `g2l_loss.masks_r5`
+/// and the classifiers of an encoder-only plan are ignored).
+fn first_unexpected(plan: &ModelPlan, st: &SafeTensors<'_>) -> Option<(String, Vec<usize>)> {
+    let known: HashSet<&str> = plan.entries.iter().map(|e| e.name.as_str()).collect();
+    let parts: HashSet<&str> = plan.entries.iter().filter_map(|e| e.name.split('.').next()).collect();
+    let mut names: Vec<&str> = st.names();
+    names.sort_unstable();
+    names.into_iter().find_map(|raw| {
+        let name = match raw.strip_prefix("encoder.module.") {
+            Some(rest) => format!("encoder.{rest}"),
+            None => raw.to_string(),
+        };
+        let part = name.split('.').next().unwrap_or_default();
+        let shape = st.tensor(raw).map(|v| v.shape().to_vec()).unwrap_or_default();
+        (parts.contains(part) && !known.contains(name.as_str())).then_some((name, shape))
+    })
+}
+
 /// Reads model weights for `plan`. With `require_all = false`, tensors the
 /// file lacks keep `fallback` values (e.g. online classifiers absent from an
-/// encoder-only export); shapes are always checked.
+/// encoder-only export); shapes are always checked, and a tensor of the
+/// encoder (or of planned classifiers) that the plan lacks is an error. The
+/// first missing tensor is named with its expected shape, and with the
+/// unexpected tensor the file has in its place, if any.
 pub fn read_model(plan: &ModelPlan, bytes: &[u8], file: &str, fallback: &HostState, require_all: bool) -> Result<HostState, FormatError> {
     let st = parse(bytes, file)?;
+    let unexpected = first_unexpected(plan, &st);
     let mut out = fallback.clone();
     for (i, e) in plan.entries.iter().enumerate() {
         let Some(view) = lookup(&st, &e.name) else {
@@ -121,6 +156,10 @@ pub fn read_model(plan: &ModelPlan, bytes: &[u8], file: &str, fallback: &HostSta
                 return Err(FormatError::Missing {
                     file: file.into(),
                     name: e.name.clone(),
+                    expected: e.shape.clone(),
+                    instead: unexpected
+                        .map(|(n, s)| format!("; the file has `{n}` (shape {s:?}), which the model does not"))
+                        .unwrap_or_default(),
                 });
             }
             continue;
@@ -139,7 +178,14 @@ pub fn read_model(plan: &ModelPlan, bytes: &[u8], file: &str, fallback: &HostSta
             _ => out.values[i] = read_f32(&view, file, &e.name)?,
         }
     }
-    Ok(out)
+    match unexpected {
+        Some((name, found)) => Err(FormatError::Unexpected {
+            file: file.into(),
+            name,
+            found,
+        }),
+        None => Ok(out),
+    }
 }
 
 /// One parameter's Adam state on the host.
@@ -186,6 +232,8 @@ pub fn read_optimizer(plan: &ModelPlan, bytes: &[u8], file: &str) -> Result<Vec<
                 let view = st.tensor(&name).map_err(|_| FormatError::Missing {
                     file: file.into(),
                     name: name.clone(),
+                    expected: e.shape.clone(),
+                    instead: String::new(),
                 })?;
                 if view.shape() != e.shape.as_slice() {
                     return Err(FormatError::Shape {
@@ -258,20 +306,7 @@ mod tests {
             }
         }
         // Rename to the DataParallel spelling, as the authors' state_dict has it.
-        let st = SafeTensors::deserialize(&bytes).unwrap();
-        let renamed: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
-            .tensors()
-            .into_iter()
-            .map(|(n, v)| {
-                (
-                    n.replacen("encoder.", "encoder.module.", 1),
-                    v.dtype(),
-                    v.shape().to_vec(),
-                    v.data().to_vec(),
-                )
-            })
-            .collect();
-        let bytes2 = serialize(renamed, None, "t").unwrap();
+        let bytes2 = rewritten(&bytes, |n| Some(n.replacen("encoder.", "encoder.module.", 1)), Vec::new());
         assert_eq!(read_model(&plan, &bytes2, "m", &state(&plan, 4), true).unwrap().values, s.values);
     }
 
@@ -289,6 +324,60 @@ mod tests {
         assert!(read_model(&plan, &bytes, "w", &state(&plan, 1), false).is_ok());
         let e = read_model(&plan, &bytes, "w", &state(&plan, 1), true).unwrap_err().to_string();
         assert!(e.contains("evaluator."), "{e}");
+    }
+
+    type Raw = (String, Dtype, Vec<usize>, Vec<u8>);
+
+    /// `bytes` with every tensor name passed through `rename` (None drops it), plus `extra`.
+    fn rewritten(bytes: &[u8], rename: impl Fn(&str) -> Option<String>, extra: Vec<Raw>) -> Vec<u8> {
+        let st = SafeTensors::deserialize(bytes).unwrap();
+        let mut tensors: Vec<Raw> = st
+            .tensors()
+            .into_iter()
+            .filter_map(|(n, v)| rename(&n).map(|n| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+            .collect();
+        tensors.extend(extra);
+        serialize(tensors, None, "t").unwrap()
+    }
+
+    #[test]
+    fn a_renamed_tensor_is_named_with_its_shape_and_its_stand_in() {
+        let plan = tiny();
+        let bytes = model_bytes(&plan, &state(&plan, 1)).unwrap();
+        // This project's names before the fix: `bn1` for the heads' hidden BatchNorm.
+        let old = rewritten(&bytes, |n| Some(n.replace("rkhs_block_5.bn_hid.", "rkhs_block_5.bn1.")), Vec::new());
+        let e = read_model(&plan, &old, "old.safetensors", &state(&plan, 1), false)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "old.safetensors: tensor `encoder.rkhs_block_5.bn_hid.bn.weight` (shape [16]) is missing; \
+             the file has `encoder.rkhs_block_5.bn1.bn.bias` (shape [16]), which the model does not"
+        );
+        // An extra unit (a deeper model) is unexpected even though nothing is missing.
+        let deeper = crate::model::plan(
+            &ModelSpec {
+                ndf: 4,
+                n_rkhs: 16,
+                depth: 2,
+                ..ModelSpec::default()
+            },
+            &LossSpec::default(),
+            Some(10),
+        );
+        let bytes = model_bytes(&deeper, &state(&deeper, 1)).unwrap();
+        let e = read_model(&plan, &bytes, "deep", &state(&plan, 1), true).unwrap_err().to_string();
+        assert!(
+            e.starts_with("deep: unexpected tensor `encoder.layer_list.2.layer_list.1.bn1.bn.bias` (shape [8])"),
+            "{e}"
+        );
+        // The authors' loss constant and an encoder-only reader's classifiers are not unexpected.
+        let plan_bytes = model_bytes(&plan, &state(&plan, 1)).unwrap();
+        let masks = ("g2l_loss.masks_r5".to_string(), Dtype::U8, vec![25, 1, 5, 5], vec![0; 625]);
+        let with_masks = rewritten(&plan_bytes, |n| Some(n.to_string()), vec![masks]);
+        assert!(read_model(&plan, &with_masks, "m", &state(&plan, 1), true).is_ok());
+        let enc_only = tiny_with(16, None);
+        assert!(read_model(&enc_only, &with_masks, "m", &state(&enc_only, 1), true).is_ok());
     }
 
     #[test]

@@ -171,7 +171,7 @@ impl<'a, B: Kernels> Forward<'a, B> {
     fn head(&mut self, x: Tensor<B, 4>, head: &Head) -> Tensor<B, 3> {
         let mut h = self.conv(x.clone(), &head.conv1);
         if head.use_bn {
-            h = self.bn(h, &head.bn1);
+            h = self.bn(h, &head.bn_hid);
         }
         let h = self.conv(relu(h), &head.conv2) + self.conv(x, &head.shortcut);
         let [n, s, _, d] = h.dims();

@@ -96,7 +96,8 @@ pub enum Layer {
 #[derive(Clone, Debug)]
 pub struct Head {
     pub conv1: Conv,
-    pub bn1: Bn,
+    /// The hidden BatchNorm, `bn_hid` in the authors' `FakeRKHSConvNet`.
+    pub bn_hid: Bn,
     pub conv2: Conv,
     pub bn_out: Bn,
     pub shortcut: Conv,
@@ -242,7 +243,7 @@ impl Builder {
             scale: self.init_scale,
         };
         let conv1 = self.conv(&format!("{prefix}.conv1"), [cin, d, 1, 1], false, k1);
-        let bn1 = self.bn(&format!("{prefix}.bn1.bn"), d);
+        let bn_hid = self.bn(&format!("{prefix}.bn_hid.bn"), d);
         let conv2 = self.conv(&format!("{prefix}.conv2"), [d, d, 1, 1], false, Init::Zeros);
         let bn_out = self.bn(&format!("{prefix}.bn_out.bn"), d);
         let shortcut = self.conv(
@@ -253,7 +254,7 @@ impl Builder {
         );
         Head {
             conv1,
-            bn1,
+            bn_hid,
             conv2,
             bn_out,
             shortcut,
@@ -464,12 +465,19 @@ mod tests {
             "encoder.layer_list.4.bn.weight",
             "encoder.layer_list.8.bn.num_batches_tracked",
             "encoder.rkhs_block_5.shortcut.bias",
+            "encoder.rkhs_block_5.bn_hid.bn.weight",
+            "encoder.rkhs_block_7.bn_hid.bn.num_batches_tracked",
+            "encoder.rkhs_block_7.conv1.weight",
             "encoder.rkhs_block_7.bn_out.bn.running_mean",
             "evaluator.block_glb_mlp.block_forward.3.running_var",
             "evaluator.block_glb_lin.block_forward.2.weight",
         ] {
             assert!(names.contains(&expected), "missing {expected}");
         }
+        assert!(
+            !names.iter().any(|n| n.starts_with("encoder.rkhs_block_") && n.contains(".bn1.")),
+            "the heads' hidden BatchNorm is `bn_hid`"
+        );
         let mut sorted = names.clone();
         sorted.sort_unstable();
         sorted.dedup();
