@@ -44,7 +44,7 @@ async fn health_answers_without_a_token_for_every_service() {
     let unknown = health.check(HealthCheckRequest { service: "nope".into() }).await.unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
     // The job service still wants the client token.
-    let mut jobs = amdim_coordinator::jobs::connect(&addr, None, None).await.unwrap();
+    let mut jobs = amdim_coordinator::ctl::jobs::connect(&addr, None, None).await.unwrap();
     let refused = jobs.list(amdim_shared::proto::v1::ListJobsRequest {}).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     let _ = stop.send(());

@@ -10,20 +10,55 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
+/// A token that cannot be used; the message names the flag, never the token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The token file could not be read.
+    #[error("{flag} {path}: {source}")]
+    Read {
+        /// The flag that named the file.
+        flag: String,
+        /// The file.
+        path: String,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Nothing but white space.
+    #[error("{flag}: the token is empty")]
+    Empty {
+        /// The flag that gave it.
+        flag: String,
+    },
+    /// Spaces, control or non-ASCII characters.
+    #[error("{flag}: the token must be printable ASCII without spaces")]
+    NotPrintable {
+        /// The flag that gave it.
+        flag: String,
+    },
+    /// Not valid in a gRPC header.
+    #[error("the token is not valid ASCII")]
+    NotAscii,
+}
+
 /// A token from `value` (a flag or environment variable), else from
 /// `file`; None when neither is given. Errors name the flag, not the token.
-pub fn read_token(value: Option<String>, file: Option<&Path>, flag: &str) -> Result<Option<String>, String> {
+pub fn read_token(value: Option<String>, file: Option<&Path>, flag: &str) -> Result<Option<String>, TokenError> {
     let token = match (value, file) {
         (Some(v), _) => v,
-        (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| format!("{flag} {}: {e}", f.display()))?,
+        (None, Some(f)) => std::fs::read_to_string(f).map_err(|source| TokenError::Read {
+            flag: flag.to_string(),
+            path: f.display().to_string(),
+            source,
+        })?,
         (None, None) => return Ok(None),
     };
     let token = token.trim().to_string();
     if token.is_empty() {
-        return Err(format!("{flag}: the token is empty"));
+        return Err(TokenError::Empty { flag: flag.to_string() });
     }
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!("{flag}: the token must be printable ASCII without spaces"));
+        return Err(TokenError::NotPrintable { flag: flag.to_string() });
     }
     Ok(Some(token))
 }
@@ -33,12 +68,13 @@ pub fn read_token(value: Option<String>, file: Option<&Path>, flag: &str) -> Res
 pub struct BearerToken(Option<MetadataValue<Ascii>>);
 
 impl BearerToken {
-    pub fn new(token: Option<&str>) -> Result<Self, String> {
+    /// Presents `token` (None: no header).
+    pub fn new(token: Option<&str>) -> Result<Self, TokenError> {
         token
             .map(|t| {
                 format!("Bearer {t}")
                     .parse::<MetadataValue<Ascii>>()
-                    .map_err(|_| "the token is not valid ASCII".to_string())
+                    .map_err(|_| TokenError::NotAscii)
             })
             .transpose()
             .map(Self)
@@ -63,6 +99,8 @@ pub struct RequireToken {
 }
 
 impl RequireToken {
+    /// Requires `expected` (None: accepts every request); `what` names the
+    /// token in refusals.
     pub fn new(expected: Option<String>, what: &'static str) -> Self {
         Self { expected, what }
     }
@@ -115,7 +153,7 @@ mod tests {
         assert_eq!(read_token(None, None, "--token").unwrap(), None);
         std::fs::write(&f, "  \n").unwrap();
         assert_eq!(
-            read_token(None, Some(&f), "--token-file").unwrap_err(),
+            read_token(None, Some(&f), "--token-file").unwrap_err().to_string(),
             "--token-file: the token is empty"
         );
         std::fs::remove_dir_all(dir).unwrap();

@@ -16,7 +16,7 @@ pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// What a request line such as `GET /readyz HTTP/1.1` asks for.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Route {
+enum Route {
     Healthz,
     Ready,
     NotReady,
@@ -25,7 +25,8 @@ pub enum Route {
     BadRequest,
 }
 
-pub fn route(request_line: &str, ready: bool) -> Route {
+/// Which route a request line asks for, with readiness `ready`.
+fn route(request_line: &str, ready: bool) -> Route {
     let mut parts = request_line.split_whitespace();
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
         return Route::BadRequest;

@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 /// The files of one split and their class indices.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Listing {
+    /// Class folder names, sorted; label i is `classes[i]`.
     pub classes: Vec<String>,
+    /// Every image, ordered by (class, name).
     pub files: Vec<PathBuf>,
+    /// The class index of each file.
     pub labels: Vec<u32>,
 }
 
@@ -17,7 +20,9 @@ pub struct Listing {
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {message}", path.display())]
 pub struct ListError {
+    /// The folder (or file) at fault.
     pub path: PathBuf,
+    /// What is wrong with it.
     pub message: String,
 }
 
@@ -28,6 +33,7 @@ fn err(path: &Path, message: impl Into<String>) -> ListError {
     }
 }
 
+/// Whether `path` has an image extension (`.jpg`, `.jpeg`, `.png`, any case).
 pub fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())

@@ -10,7 +10,6 @@
 
 pub mod auth;
 pub mod checkpoint;
-pub mod checkpoint_store;
 pub mod http;
 pub mod imagefolder;
 pub mod metrics;

@@ -51,10 +51,12 @@ impl Counter {
         }
     }
 
+    /// Adds one.
     pub fn inc(&self) {
         self.add(1.0);
     }
 
+    /// The current value.
     pub fn get(&self) -> f64 {
         self.0.get()
     }
@@ -65,10 +67,12 @@ impl Counter {
 pub struct Gauge(AtomicF64);
 
 impl Gauge {
+    /// Sets the value.
     pub fn set(&self, v: f64) {
         self.0.set(v);
     }
 
+    /// The current value.
     pub fn get(&self) -> f64 {
         self.0.get()
     }
@@ -119,10 +123,12 @@ impl Histogram {
             .collect()
     }
 
+    /// Observations so far.
     pub fn count(&self) -> u64 {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
+    /// The sum of the observations so far.
     pub fn sum(&self) -> f64 {
         self.sum.get()
     }
@@ -321,6 +327,7 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// An empty registry.
     pub fn new() -> Self {
         Self::default()
     }
@@ -358,6 +365,7 @@ impl Registry {
         self.register(name, help, labels, Vec::new())
     }
 
+    /// A gauge family.
     pub fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> Arc<Family<Gauge>> {
         self.register(name, help, labels, Vec::new())
     }

@@ -23,7 +23,9 @@ pub enum LastBatch {
 /// Where a global step falls: its epoch and its index inside that epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StepPosition {
+    /// The epoch (from 0).
     pub epoch: u64,
+    /// The step inside the epoch (from 0).
     pub step_in_epoch: u64,
 }
 

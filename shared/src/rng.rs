@@ -53,6 +53,7 @@ impl KeyedRng {
         Self { state: mixed }
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         splitmix64(&mut self.state)
     }

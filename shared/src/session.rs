@@ -14,12 +14,14 @@ use tonic::transport::Channel;
 /// A worker-service client presenting the join token.
 pub type WorkerClient = WorkerServiceClient<InterceptedService<Channel, BearerToken>>;
 
+/// An open heartbeat stream: send a heartbeat, read the reply.
 pub struct HeartbeatSession {
     beats: tokio::sync::mpsc::Sender<pb::HeartbeatRequest>,
     replies: tonic::Streaming<pb::HeartbeatResponse>,
 }
 
 impl HeartbeatSession {
+    /// Opens the stream on `client`.
     pub async fn open(client: &mut WorkerClient) -> Result<Self, Status> {
         let (beats, outbound) = tokio::sync::mpsc::channel(2);
         let replies = client

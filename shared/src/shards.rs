@@ -12,56 +12,96 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The manifest of a split, written last.
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// The index of a split: one record per sample.
 pub const INDEX_FILE: &str = "index.bin";
+/// The `format` a manifest of this layout carries.
 pub const FORMAT: &str = "amdim-shards/1";
 const BLOCK: usize = 512;
 /// Bytes of one index record: shard u32, offset u64, size u32, label u32 (little endian).
 pub const INDEX_RECORD: usize = 20;
 
+/// One shard as the manifest lists it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ShardInfo {
+    /// The object name (`shard-000000.tar`).
     pub name: String,
+    /// Samples it holds.
     pub samples: u64,
+    /// Its size in bytes.
     pub bytes: u64,
 }
 
+/// `manifest.json` of one split.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ShardManifest {
+    /// [`FORMAT`].
     pub format: String,
     /// Class names; label i is classes[i].
     pub classes: Vec<String>,
+    /// Samples in all shards.
     pub samples: u64,
+    /// The shards, in order.
     pub shards: Vec<ShardInfo>,
 }
 
 /// Where one sample's encoded image lies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexEntry {
+    /// The shard it is in.
     pub shard: u32,
+    /// The byte offset of its content in that shard.
     pub offset: u64,
+    /// Its size in bytes.
     pub size: u32,
+    /// Its class index.
     pub label: u32,
 }
 
+/// A split whose index and manifest do not agree.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ShardError {
+    /// The index size is not a whole number of records.
     #[error("{INDEX_FILE}: {0} bytes is not a whole number of {INDEX_RECORD}-byte records")]
     IndexLength(usize),
+    /// The index and the manifest count different samples.
     #[error("{INDEX_FILE} has {index} records but {MANIFEST_FILE} says {manifest} samples")]
-    Count { index: usize, manifest: u64 },
+    Count {
+        /// Records in the index.
+        index: usize,
+        /// Samples the manifest counts.
+        manifest: u64,
+    },
+    /// A record names a shard the manifest lacks.
     #[error("{INDEX_FILE} record {record}: shard {shard} does not exist")]
-    Shard { record: usize, shard: u32 },
+    Shard {
+        /// The record's number.
+        record: usize,
+        /// The shard it names.
+        shard: u32,
+    },
+    /// A record's label is not a class.
     #[error("{INDEX_FILE} record {record}: label {label} but only {classes} classes")]
-    Label { record: usize, label: u32, classes: usize },
+    Label {
+        /// The record's number.
+        record: usize,
+        /// Its label.
+        label: u32,
+        /// Classes the manifest lists.
+        classes: usize,
+    },
+    /// The manifest is of another format.
     #[error("{MANIFEST_FILE}: format `{0}`, expected `{FORMAT}`")]
     Format(String),
 }
 
+/// The object name of shard `i`.
 pub fn shard_name(i: usize) -> String {
     format!("shard-{i:06}.tar")
 }
 
+/// The bytes of `index.bin` for `entries`.
 pub fn encode_index(entries: &[IndexEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.len() * INDEX_RECORD);
     for e in entries {
@@ -145,7 +185,9 @@ pub struct ShardBuilder {
     shard_bytes: u64,
     current: Vec<u8>,
     current_samples: u64,
+    /// Where every sample added so far lies.
     pub index: Vec<IndexEntry>,
+    /// The shards finished so far.
     pub shards: Vec<ShardInfo>,
 }
 
@@ -153,6 +195,7 @@ pub struct ShardBuilder {
 pub type NamedShard = (String, Vec<u8>);
 
 impl ShardBuilder {
+    /// A builder of shards of at most `shard_bytes`.
     pub fn new(shard_bytes: u64) -> Self {
         Self {
             shard_bytes,

@@ -13,17 +13,53 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjPath;
 use std::sync::Arc;
 
+/// A URI that names no usable location; never holds a credential.
 #[derive(Debug, thiserror::Error)]
 #[error("{field} = `{uri}`: {message}")]
 pub struct StorageError {
+    /// The config field or argument that gave the URI.
     pub field: String,
+    /// The URI.
     pub uri: String,
+    /// What is wrong with it.
     pub message: String,
+}
+
+/// An AWS credentials file without what was asked of it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CredentialsError {
+    /// The profile has no section.
+    #[error("no [{profile}] profile")]
+    NoProfile {
+        /// The profile asked for.
+        profile: String,
+    },
+    /// The profile lacks a required key.
+    #[error("profile [{profile}] has no {key}")]
+    MissingKey {
+        /// The profile asked for.
+        profile: String,
+        /// The key it lacks.
+        key: &'static str,
+    },
+}
+
+/// A local folder that cannot serve as a location.
+#[derive(Debug, thiserror::Error)]
+enum LocalError {
+    #[error("cannot create the folder: {0}")]
+    Create(std::io::Error),
+    #[error("no such folder")]
+    Missing,
+    #[error("cannot open the folder: {0}")]
+    Open(object_store::Error),
 }
 
 /// A store and the prefix inside it that `uri` names.
 pub struct Location {
+    /// The store (a local folder or a bucket).
     pub store: Arc<dyn ObjectStore>,
+    /// The prefix inside it.
     pub prefix: ObjPath,
 }
 
@@ -43,13 +79,13 @@ pub fn open(uri: &str, field: &str, create: bool) -> Result<Location, StorageErr
         message,
     };
     if !uri.contains("://") {
-        return local(std::path::Path::new(uri), create).map_err(err);
+        return local(std::path::Path::new(uri), create).map_err(|e| err(e.to_string()));
     }
     let url = url::Url::parse(uri).map_err(|e| err(format!("not a valid URL: {e}")))?;
     match url.scheme() {
         "file" => {
             let dir = url.to_file_path().map_err(|_| err("not a local file URL".into()))?;
-            local(&dir, create).map_err(err)
+            local(&dir, create).map_err(|e| err(e.to_string()))
         }
         "s3" => {
             let mut builder = AmazonS3Builder::from_env().with_url(uri);
@@ -95,14 +131,17 @@ pub fn open(uri: &str, field: &str, create: bool) -> Result<Location, StorageErr
 /// Keys of one profile of an AWS credentials file.
 #[derive(Debug, PartialEq, Eq)]
 pub struct FileCredentials {
+    /// `aws_access_key_id`.
     pub key_id: String,
+    /// `aws_secret_access_key`.
     pub secret: String,
+    /// `aws_session_token`, when the profile has one.
     pub session_token: Option<String>,
 }
 
 /// Reads profile `profile` of an AWS-style INI credentials file. Errors
 /// name the profile and the missing key, never a value.
-pub fn credentials_from_ini(text: &str, profile: &str) -> Result<FileCredentials, String> {
+pub fn credentials_from_ini(text: &str, profile: &str) -> Result<FileCredentials, CredentialsError> {
     let mut in_profile = false;
     let mut seen = false;
     let (mut key_id, mut secret, mut token) = (None, None, None);
@@ -128,22 +167,28 @@ pub fn credentials_from_ini(text: &str, profile: &str) -> Result<FileCredentials
         }
     }
     if !seen {
-        return Err(format!("no [{profile}] profile"));
+        return Err(CredentialsError::NoProfile {
+            profile: profile.to_string(),
+        });
     }
+    let missing = |key| CredentialsError::MissingKey {
+        profile: profile.to_string(),
+        key,
+    };
     Ok(FileCredentials {
-        key_id: key_id.ok_or_else(|| format!("profile [{profile}] has no aws_access_key_id"))?,
-        secret: secret.ok_or_else(|| format!("profile [{profile}] has no aws_secret_access_key"))?,
+        key_id: key_id.ok_or_else(|| missing("aws_access_key_id"))?,
+        secret: secret.ok_or_else(|| missing("aws_secret_access_key"))?,
         session_token: token,
     })
 }
 
-fn local(dir: &std::path::Path, create: bool) -> Result<Location, String> {
+fn local(dir: &std::path::Path, create: bool) -> Result<Location, LocalError> {
     if create {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the folder: {e}"))?;
+        std::fs::create_dir_all(dir).map_err(LocalError::Create)?;
     } else if !dir.is_dir() {
-        return Err("no such folder".into());
+        return Err(LocalError::Missing);
     }
-    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(|e| format!("cannot open the folder: {e}"))?;
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(LocalError::Open)?;
     Ok(Location {
         store: Arc::new(fs),
         prefix: ObjPath::default(),
@@ -161,10 +206,10 @@ mod tests {
         assert_eq!((d.key_id.as_str(), d.secret.as_str(), d.session_token), ("AKIA1", "s3cr3t", None));
         let ci = credentials_from_ini(text, "ci").unwrap();
         assert_eq!((ci.key_id.as_str(), ci.session_token.as_deref()), ("AKIA2", Some("tok")));
-        let e = credentials_from_ini(text, "broken").unwrap_err();
+        let e = credentials_from_ini(text, "broken").unwrap_err().to_string();
         assert_eq!(e, "profile [broken] has no aws_secret_access_key");
         assert!(!e.contains("AKIA3"));
-        assert_eq!(credentials_from_ini(text, "prod").unwrap_err(), "no [prod] profile");
+        assert_eq!(credentials_from_ini(text, "prod").unwrap_err().to_string(), "no [prod] profile");
     }
 
     #[test]

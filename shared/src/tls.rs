@@ -8,12 +8,30 @@
 use std::path::Path;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
+/// A TLS setting that cannot be used; messages name the flag.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A certificate or key file that cannot be read or holds no PEM block
+    /// of the kind asked for.
     #[error("{flag} {path}: {message}")]
-    File { flag: &'static str, path: String, message: String },
+    File {
+        /// The flag that named the file.
+        flag: &'static str,
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A server address that is not a valid URL for TLS.
     #[error("{flag} {url}: {message}")]
-    Address { flag: &'static str, url: String, message: String },
+    Address {
+        /// The flag that gave the address.
+        flag: &'static str,
+        /// The address.
+        url: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// The PEM file at `path`, checked to hold at least one `what` block.

@@ -12,16 +12,16 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const ACCESS_KEY: &str = "amdimtest";
-pub const SECRET_KEY: &str = "amdimtestsecret";
+pub(crate) const ACCESS_KEY: &str = "amdimtest";
+pub(crate) const SECRET_KEY: &str = "amdimtestsecret";
 
-pub struct SeaweedS3 {
+pub(crate) struct SeaweedS3 {
     child: Option<Child>,
     weed: String,
     args: Vec<String>,
-    pub endpoint: String,
-    pub bucket: String,
-    pub log: PathBuf,
+    pub(crate) endpoint: String,
+    pub(crate) bucket: String,
+    pub(crate) log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -31,7 +31,7 @@ fn free_port() -> u16 {
 
 impl SeaweedS3 {
     /// Starts the server and waits until the bucket accepts requests.
-    pub fn start(bucket: &str) -> Self {
+    pub(crate) fn start(bucket: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let creds = dir.path().join("creds.json");
         std::fs::write(
@@ -100,7 +100,7 @@ impl SeaweedS3 {
     }
 
     /// Kills the server (SIGKILL: no clean shutdown), keeping its data.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -108,14 +108,14 @@ impl SeaweedS3 {
     }
 
     /// Starts the killed server again on the same ports and data.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.kill();
         self.spawn();
         self.wait_ready();
     }
 
     /// An object_store client of the bucket.
-    pub fn client(&self) -> object_store::aws::AmazonS3 {
+    pub(crate) fn client(&self) -> object_store::aws::AmazonS3 {
         object_store::aws::AmazonS3Builder::new()
             .with_bucket_name(&self.bucket)
             .with_region("us-east-1")
@@ -152,7 +152,7 @@ impl SeaweedS3 {
     }
 
     /// The environment a client process needs to reach this server.
-    pub fn env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
             ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
@@ -161,7 +161,7 @@ impl SeaweedS3 {
         ]
     }
 
-    pub fn uri(&self, key: &str) -> String {
+    pub(crate) fn uri(&self, key: &str) -> String {
         format!("s3://{}/{key}", self.bucket)
     }
 }

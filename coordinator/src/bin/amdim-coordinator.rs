@@ -2,7 +2,7 @@
 //! amdim installation (gRPC, default 0.0.0.0:7070), with its state in a
 //! local SQLite file so that a restart carries on. A thin shell over
 //! `amdim_coordinator::server`. `amdim-coordinator bench` is the scale
-//! benchmark (`amdim_coordinator::bench`).
+//! benchmark (`amdim_coordinator::ctl::bench`).
 
 use amdim_coordinator::server::{Coordinator, Settings};
 use amdim_shared::auth::read_token;
@@ -79,7 +79,7 @@ enum Tool {
 
 fn bench(workers: usize, jobs: usize, seconds: u64, heartbeat_ms: u64) -> Result<()> {
     let dir = tempfile::tempdir().context("a temporary folder for the store")?;
-    let options = amdim_coordinator::bench::BenchOptions {
+    let options = amdim_coordinator::ctl::bench::BenchOptions {
         workers,
         jobs,
         seconds,
@@ -87,7 +87,7 @@ fn bench(workers: usize, jobs: usize, seconds: u64, heartbeat_ms: u64) -> Result
         coordinator_bin: std::env::current_exe().context("finding this binary")?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(amdim_coordinator::bench::run(options, dir.path()))
+    runtime.block_on(amdim_coordinator::ctl::bench::run(options, dir.path()))
 }
 
 fn main() -> Result<()> {

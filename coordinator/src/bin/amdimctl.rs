@@ -7,11 +7,11 @@
 //! 1 failure (or a watched job that did not succeed), 2 invalid input,
 //! 130 interrupted.
 
-use amdim_coordinator::checkpoints::{self, human_age};
-use amdim_coordinator::client_config;
-use amdim_coordinator::dataset::{self, human_bytes};
-use amdim_coordinator::jobs;
-use amdim_coordinator::output::Output;
+use amdim_coordinator::ctl::checkpoints::{self, human_age};
+use amdim_coordinator::ctl::client_config;
+use amdim_coordinator::ctl::dataset::{self, human_bytes};
+use amdim_coordinator::ctl::jobs;
+use amdim_coordinator::ctl::output::Output;
 use amdim_shared::auth::read_token;
 use amdim_shared::spec::JobSpec;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -205,7 +205,7 @@ fn main() -> ExitCode {
             Err(code) => code,
             Ok(spec) => {
                 let n = workers.unwrap_or(spec.scheduling.max_workers).max(1);
-                match runtime().and_then(|rt| rt.block_on(amdim_coordinator::local::run(&file, &spec, n, worker_bin, metrics_port))) {
+                match runtime().and_then(|rt| rt.block_on(amdim_coordinator::ctl::local::run(&file, &spec, n, worker_bin, metrics_port))) {
                     Ok(code) => code,
                     Err(e) => {
                         eprintln!("error: {e:#}");

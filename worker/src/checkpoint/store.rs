@@ -1,7 +1,7 @@
 //! Writing, listing, verifying, loading and pruning checkpoint folders on an
 //! `object_store` location (a bare path, `file://` or `s3://` URL), blocking
 //! on the given runtime; the folder I/O itself is
-//! `amdim_shared::checkpoint_store`'s.
+//! `amdim_shared::checkpoint`'s.
 //!
 //! A checkpoint counts only once its manifest exists; the manifest is written
 //! after every data file. Loading verifies sizes and SHA-256 against the
@@ -9,8 +9,8 @@
 //! Pruning never touches the newest complete checkpoint, nor a folder
 //! without a manifest (one being written).
 
+use amdim_shared::checkpoint as io;
 use amdim_shared::checkpoint::{MANIFEST_FILE, Manifest, step_folder};
-use amdim_shared::checkpoint_store as io;
 use amdim_shared::storage::Location;
 use anyhow::{Context, Result};
 use bytes::Bytes;

@@ -2,8 +2,11 @@
 //! coordinator runs inside this process (state in memory), N
 //! `amdim-worker agent` processes run on this machine and register with it,
 //! the job is submitted and watched, and everything stops when it ends.
+//! It lives in `ctl`, not `server`: it is an `amdimctl` command that starts
+//! a coordinator through `server::Coordinator` and from then on is only its
+//! client (submit and watch through `jobs`), like any other command.
 
-use crate::jobs;
+use super::jobs;
 use crate::server::{Coordinator, Settings};
 use amdim_shared::proto::v1 as pb;
 use amdim_shared::spec::JobSpec;
@@ -88,7 +91,7 @@ pub async fn run(
     eprintln!("amdimctl local: coordinator at {server}, {workers} worker process(es)");
     let client = jobs::connect(&server, None, None).await?;
     let code = tokio::select! {
-        code = jobs::submit(client.clone(), spec_file, spec, Some(1), Some(workers), true, crate::output::Output::Table) => code?,
+        code = jobs::submit(client.clone(), spec_file, spec, Some(1), Some(workers), true, super::output::Output::Table) => code?,
         signal = amdim_shared::shutdown::signalled() => {
             eprintln!("amdimctl local: {signal}: stopping the workers");
             ExitCode::from(130)

@@ -5,7 +5,7 @@
 //! --follow` ride the coordinator's Watch stream and pick it up again,
 //! missing nothing, when the coordinator restarts.
 
-use crate::output::{Output, utc_time};
+use super::output::{Output, utc_time};
 use amdim_shared::auth::BearerToken;
 use amdim_shared::proto::v1 as pb;
 use amdim_shared::spec::JobSpec;
@@ -17,6 +17,7 @@ use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+/// A job-service client presenting the client token.
 pub type Client = JobServiceClient<InterceptedService<Channel, BearerToken>>;
 
 /// A client of the coordinator at `server` (https:// verified against
@@ -60,7 +61,7 @@ fn is_final(state: i32) -> bool {
 }
 
 /// A job as JSON (the proto message's fields, the state by name).
-pub fn job_json(j: &pb::Job) -> serde_json::Value {
+pub(crate) fn job_json(j: &pb::Job) -> serde_json::Value {
     serde_json::json!({
         "id": j.id,
         "name": j.name,
@@ -134,6 +135,7 @@ pub async fn submit(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `amdimctl list`: every job, one line each (or one document).
 pub async fn list(mut c: Client, output: Output) -> Result<ExitCode> {
     let jobs = c.list(pb::ListJobsRequest {}).await.map_err(refused)?.into_inner().jobs;
     if let Some(doc) = output.document(&serde_json::Value::Array(jobs.iter().map(job_json).collect())) {
@@ -145,6 +147,7 @@ pub async fn list(mut c: Client, output: Output) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `amdimctl get`: one job with its generations and checkpoints.
 pub async fn get(mut c: Client, id: &str, output: Output) -> Result<ExitCode> {
     let j = c.get(pb::GetJobRequest { id: id.into() }).await.map_err(refused)?.into_inner();
     if let Some(doc) = output.document(&job_json(&j)) {
@@ -179,7 +182,7 @@ fn clock(seconds: f64) -> String {
 
 /// The watch line of a job: state, a progress bar, step/total, throughput,
 /// the loss terms, the last test accuracy and the time left.
-pub fn progress_line(j: &pb::Job) -> String {
+pub(crate) fn progress_line(j: &pb::Job) -> String {
     const BAR: usize = 20;
     let done = if j.total_steps > 0 {
         j.step as f64 / j.total_steps as f64
@@ -226,7 +229,7 @@ fn event_kind_name(kind: i32) -> String {
 }
 
 /// An event as JSON (the kind by name).
-pub fn event_json(e: &pb::Event) -> serde_json::Value {
+pub(crate) fn event_json(e: &pb::Event) -> serde_json::Value {
     serde_json::json!({
         "seq": e.seq,
         "job_id": e.job_id,
@@ -239,7 +242,7 @@ pub fn event_json(e: &pb::Event) -> serde_json::Value {
 }
 
 /// One event as a log line: time, job, generation, kind, what happened.
-pub fn event_line(e: &pb::Event) -> String {
+pub(crate) fn event_line(e: &pb::Event) -> String {
     let generation = if e.generation > 0 {
         format!("g{}", e.generation)
     } else {
@@ -255,6 +258,8 @@ pub fn event_line(e: &pb::Event) -> String {
     )
 }
 
+/// `amdimctl events`: a job's events; with `follow`, new ones as they
+/// happen until the job ends.
 pub async fn events(mut c: Client, id: &str, follow: bool, output: Output) -> Result<ExitCode> {
     if follow {
         return follow_job(c, id, Shown::Events(output)).await;
@@ -413,6 +418,7 @@ pub async fn checkpoint_uri(mut c: Client, id: &str) -> Result<String> {
     Ok(spec.checkpoint.uri)
 }
 
+/// `amdimctl cancel`: cancels a job and prints its line.
 pub async fn cancel(mut c: Client, id: &str) -> Result<ExitCode> {
     let j = c
         .cancel(pb::CancelJobRequest { id: id.into() })
@@ -423,6 +429,7 @@ pub async fn cancel(mut c: Client, id: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `amdimctl workers`: the registered workers.
 pub async fn workers(mut c: Client, output: Output) -> Result<ExitCode> {
     let ws = c.workers(pb::ListWorkersRequest {}).await.map_err(refused)?.into_inner().workers;
     let v: Vec<_> = ws
@@ -489,7 +496,7 @@ mod tests {
 
     #[test]
     fn event_kinds_read_as_the_coordinator_names_them() {
-        for kind in crate::state::EventKind::ALL {
+        for kind in crate::server::EventKind::ALL {
             assert_eq!(event_kind_name(crate::server::event_kind(kind) as i32), kind.name());
         }
         assert_eq!(event_kind_name(0), "unknown");

@@ -10,7 +10,7 @@
 //! power cut may lose the last moments but never corrupts the file.
 //! No rules here: what the state means is `state`'s.
 
-use crate::state::{Changes, Event, EventKind, Job, State, Worker};
+use super::state::{Changes, Event, EventKind, Job, State, Worker};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,7 +34,7 @@ CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
 ";
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("coordinator store {path}: {source}")]
     Sqlite {
         path: PathBuf,
@@ -46,14 +46,14 @@ pub enum StoreError {
 }
 
 /// An open store file.
-pub struct Store {
+pub(crate) struct Store {
     conn: Connection,
     path: PathBuf,
 }
 
 impl Store {
     /// Opens (or creates) the store at `path`.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
         let sqlite = |source| StoreError::Sqlite {
             path: path.to_path_buf(),
             source,
@@ -81,7 +81,7 @@ impl Store {
         Ok(store)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -100,7 +100,7 @@ impl Store {
     }
 
     /// Everything stored, as a state with no pending changes.
-    pub fn load(&self) -> Result<State, StoreError> {
+    pub(crate) fn load(&self) -> Result<State, StoreError> {
         let mut state = State::default();
         let meta = |key: &str| -> Result<u64, StoreError> {
             let v: Option<i64> = self
@@ -170,7 +170,7 @@ impl Store {
 
     /// Writes the rows `changes` names, as they are in `state`, in one
     /// transaction (nothing is written when it fails).
-    pub fn save(&mut self, state: &State, changes: &Changes) -> Result<(), StoreError> {
+    pub(crate) fn save(&mut self, state: &State, changes: &Changes) -> Result<(), StoreError> {
         let path = self.path.clone();
         let sqlite = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -234,7 +234,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{JobState, Report};
+    use crate::server::state::{JobState, Report};
 
     const SPEC: &str =
         "[job]\nname = \"t\"\n[data]\nformat = \"synthetic\"\n[train]\nbatch_size = 8\n[scheduling]\nmin_workers = 1\nmax_workers = 2\n";
@@ -294,7 +294,7 @@ mod tests {
         s.tick(20, 5);
         assert!(s.workers[&a].lost && s.changes.workers.contains(&a));
         save(&mut store, &mut s);
-        s.tick(20 + crate::state::FORGET_LOST_WORKERS_S + 1, 5);
+        s.tick(20 + crate::server::state::FORGET_LOST_WORKERS_S + 1, 5);
         save(&mut store, &mut s);
         let back = Store::open(&path).unwrap().load().unwrap();
         assert!(back.workers.is_empty(), "{:?}", back.workers.keys().collect::<Vec<_>>());

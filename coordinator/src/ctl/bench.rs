@@ -8,8 +8,12 @@
 //! (from /proc) over the steady window, then one JSON line. A benchmark,
 //! not a test: it asserts nothing about speed. The simulated workers run
 //! on the same machine and compete with the coordinator for its cores.
+//! It lives in `ctl`, not `server`, although `amdim-coordinator` runs it:
+//! it measures the coordinator from outside, as a separate process reached
+//! only over gRPC with the clients' own code (`jobs::connect`), and links
+//! nothing of the server's internals.
 
-use crate::jobs;
+use super::jobs;
 use amdim_shared::auth::BearerToken;
 use amdim_shared::proto::v1 as pb;
 use amdim_shared::session::{HeartbeatSession, WorkerClient};
@@ -22,9 +26,13 @@ use std::time::{Duration, Instant};
 /// What to simulate.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
+    /// Simulated workers, each on its own connection.
     pub workers: usize,
+    /// Jobs submitted.
     pub jobs: usize,
+    /// Length of the steady window measured.
     pub seconds: u64,
+    /// Heartbeat interval of the coordinator and the workers.
     pub heartbeat_ms: u64,
     /// The coordinator binary to start.
     pub coordinator_bin: PathBuf,

@@ -5,11 +5,11 @@
 //! Label sets stay bounded: per-job series exist for unfinished jobs and
 //! for jobs that ended within the last hour. Pure: no I/O, no clock.
 
-use crate::state::{JobState, State};
+use super::state::{JobState, State};
 use amdim_shared::metrics::Registry;
 
 /// How long a finished job keeps its per-job series.
-pub const FINISHED_JOB_SERIES_S: i64 = 3600;
+pub(crate) const FINISHED_JOB_SERIES_S: i64 = 3600;
 
 const JOB_STATES: [(JobState, &str); 6] = [
     (JobState::Pending, "pending"),
@@ -21,7 +21,7 @@ const JOB_STATES: [(JobState, &str); 6] = [
 ];
 
 /// The metrics of `state` at `now_unix`, in the Prometheus text format.
-pub fn encode(state: &State, now_unix: i64) -> String {
+pub(crate) fn encode(state: &State, now_unix: i64) -> String {
     let r = Registry::new();
     let jobs = r.gauge("amdim_jobs", "Jobs known to the coordinator, by state.", &["state"]);
     for (s, name) in JOB_STATES {
@@ -68,7 +68,7 @@ pub fn encode(state: &State, now_unix: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Job, Worker};
+    use crate::server::state::{Job, Worker};
 
     fn job(id: &str, state: JobState, updated_unix: i64) -> Job {
         Job {

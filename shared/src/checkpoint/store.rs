@@ -5,7 +5,8 @@
 //! deleting a checkpoint manifest-first. Async; callers bring the runtime.
 //! What goes into a checkpoint is the worker's business.
 
-use crate::checkpoint::{MANIFEST_FILE, Manifest, parse_step_folder, step_folder};
+use super::layout::{MANIFEST_FILE, parse_step_folder, step_folder};
+use super::manifest::Manifest;
 use crate::storage::Location;
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -13,20 +14,31 @@ use object_store::{PutPayload, WriteMultipart};
 
 /// Files above this size are uploaded in parts of [`PART_BYTES`].
 pub const MULTIPART_THRESHOLD: usize = 64 << 20;
+/// The part size of a multipart upload.
 pub const PART_BYTES: usize = 16 << 20;
 /// Parts of one file in flight at once.
 const PART_CONCURRENCY: usize = 4;
 
+/// A checkpoint folder that could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    /// The object store failed.
     #[error("{path}: {source}")]
     Store {
+        /// The object or prefix.
         path: String,
+        /// What the store said.
         #[source]
         source: object_store::Error,
     },
+    /// The object was read but is not what a checkpoint holds there.
     #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+    Invalid {
+        /// The object.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 fn store_err(path: &object_store::path::Path) -> impl FnOnce(object_store::Error) -> CheckpointError + '_ {
@@ -86,9 +98,9 @@ pub async fn read_verified(location: &Location, manifest: &Manifest, name: &str)
     let bytes = async { location.store.get(&path).await?.bytes().await }
         .await
         .map_err(store_err(&path))?;
-    entry.verify(&bytes).map_err(|message| CheckpointError::Invalid {
+    entry.verify(&bytes).map_err(|e| CheckpointError::Invalid {
         path: path.to_string(),
-        message,
+        message: e.to_string(),
     })?;
     Ok(bytes)
 }

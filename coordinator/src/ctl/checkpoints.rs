@@ -2,10 +2,10 @@
 //! under a checkpoint URI (step, epoch, size, age), and a verified download
 //! of one checkpoint's model weights (safetensors with the authors' PyTorch
 //! `state_dict` names) plus its manifest. Reading only; the folder I/O is
-//! `amdim_shared::checkpoint_store`'s.
+//! `amdim_shared::checkpoint`'s.
 
+use amdim_shared::checkpoint as io;
 use amdim_shared::checkpoint::{MANIFEST_FILE, MODEL_FILE};
-use amdim_shared::checkpoint_store as io;
 use amdim_shared::storage;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -14,11 +14,17 @@ use std::path::{Path, PathBuf};
 /// One complete checkpoint as `amdimctl checkpoints` lists it.
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckpointInfo {
+    /// Optimizer updates done.
     pub step: u64,
+    /// The epoch it resumes in.
     pub epoch: u64,
+    /// Ranks that wrote it.
     pub world_size: usize,
+    /// Bytes of its files.
     pub bytes: u64,
+    /// When its manifest was written (Unix seconds).
     pub created_unix: u64,
+    /// Seconds since then.
     pub age_s: u64,
 }
 

@@ -7,6 +7,8 @@
 
 use serde_json::Value;
 
+/// The `-o` format of a command's records: `table`, `json` or `yaml`.
+#[allow(missing_docs, reason = "clap would print variant docs in --help, which the names already say")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
     Table,
@@ -86,12 +88,12 @@ fn block_lines(v: &Value) -> Vec<String> {
 }
 
 /// `v` as a YAML document (block style, ending in a newline-free last line).
-pub fn to_yaml(v: &Value) -> String {
+pub(crate) fn to_yaml(v: &Value) -> String {
     if is_block(v) { block_lines(v).join("\n") } else { scalar(v) }
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the Unix epoch (UTC).
-pub fn utc_time(unix: i64) -> String {
+pub(crate) fn utc_time(unix: i64) -> String {
     let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;

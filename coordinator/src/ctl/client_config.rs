@@ -7,23 +7,30 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
+pub(crate) const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 
 /// The config file's fields; unknown ones are refused with their name.
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// The coordinator URL.
     pub server: Option<String>,
+    /// A file holding the client token.
     pub token_file: Option<PathBuf>,
+    /// The CA certificate that verifies an https:// coordinator.
     pub tls_ca_file: Option<PathBuf>,
 }
 
 /// What a command connects with.
 #[derive(Debug, PartialEq)]
 pub struct Connection {
+    /// The coordinator URL.
     pub server: String,
+    /// The client token given directly (flag or environment).
     pub token: Option<String>,
+    /// A file holding the client token.
     pub token_file: Option<PathBuf>,
+    /// The CA certificate that verifies an https:// coordinator.
     pub tls_ca_file: Option<PathBuf>,
 }
 

@@ -19,7 +19,7 @@ use serde::Serialize;
 use std::path::Path;
 
 /// The splits of a dataset, in packing order; `train` is required.
-pub const SPLITS: [&str; 2] = ["train", "val"];
+pub(crate) const SPLITS: [&str; 2] = ["train", "val"];
 
 /// Parses sizes such as `256MiB`, `1GiB`, `500MB`, `64k` or `1048576`.
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -49,10 +49,15 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// What `pack` wrote for one split.
 #[derive(Clone, Debug, Serialize)]
 pub struct PackedSplit {
+    /// `train` or `val`.
     pub split: String,
+    /// Images packed.
     pub samples: u64,
+    /// Classes found.
     pub classes: usize,
+    /// Shards written.
     pub shards: usize,
+    /// Bytes of all shards.
     pub bytes: u64,
 }
 
@@ -151,13 +156,19 @@ async fn pack_split(listing: &imagefolder::Listing, location: &Location, split: 
 /// One split of a packed dataset as `inspect` reports it.
 #[derive(Clone, Debug, Serialize)]
 pub struct SplitReport {
+    /// `train` or `val`.
     pub split: String,
+    /// Images in the split.
     pub samples: u64,
+    /// Classes in the split.
     pub classes: usize,
+    /// Its shards.
     pub shards: usize,
+    /// Bytes of all its shards.
     pub bytes: u64,
-    /// Fewest and most samples of any class.
+    /// Fewest samples of any class.
     pub class_samples_min: u64,
+    /// Most samples of any class.
     pub class_samples_max: u64,
     /// The first class names (all of them when there are at most 10).
     pub class_names: Vec<String>,

@@ -1,0 +1,23 @@
+//! The coordinator server (design §3, §8): everything that runs inside the
+//! `amdim-coordinator` process. `state` holds the rules, pure and without
+//! I/O; `store` the SQLite persistence; `coordinator` the process around
+//! them (one lock, persistence before answering, ticker, recovery);
+//! `job_service` and `worker_service` the two gRPC services (tokens are
+//! checked by interceptors before a call reaches them); `convert` the
+//! mapping to gRPC messages; `metrics` the `/metrics` text. Only
+//! [`Coordinator`] and its [`Settings`] are public: the binaries and
+//! `amdimctl local` start a coordinator through them.
+
+mod convert;
+mod coordinator;
+mod job_service;
+mod metrics;
+mod state;
+mod store;
+mod worker_service;
+
+#[cfg(test)]
+pub(crate) use convert::event_kind;
+pub use coordinator::{Coordinator, Settings};
+#[cfg(test)]
+pub(crate) use state::EventKind;

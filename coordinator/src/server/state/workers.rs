@@ -1,0 +1,157 @@
+//! Workers and their liveness: registering, heartbeats (which hand out a
+//! pending assignment, record rank 0's progress and answer continue or
+//! stop), the heartbeat stream that makes a worker lost the moment it
+//! closes, and losing a worker (which ends its generation). Deadlines are
+//! `scheduling`'s tick.
+
+use super::events::EventKind;
+use super::jobs::Job;
+use super::{State, StateError};
+use amdim_shared::proto::v1::TrainingStats;
+use serde::{Deserialize, Serialize};
+
+/// A heartbeat's progress: the step reached, the steps in all, and the
+/// latest numbers when the worker has any.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Report {
+    pub(crate) step: u64,
+    pub(crate) total: u64,
+    pub(crate) stats: Option<TrainingStats>,
+}
+
+/// What a worker should do next; sent in its heartbeat reply.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Command {
+    Idle,
+    Assign(Assignment),
+    Continue,
+    Stop(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Assignment {
+    pub(crate) job_id: String,
+    pub(crate) generation: u32,
+    pub(crate) spec_toml: String,
+    /// The first rank of this worker.
+    pub(crate) rank: u32,
+    pub(crate) world_size: u32,
+    /// Ranks this worker drives (one per device).
+    pub(crate) local_ranks: u32,
+    pub(crate) rendezvous: String,
+    pub(crate) resume: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Worker {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) devices: u32,
+    pub(crate) rendezvous_addr: String,
+    /// (job, generation) it belongs to until it reports the end of its part.
+    pub(crate) job: Option<(String, u32)>,
+    /// An assignment not yet picked up by a heartbeat.
+    pub(crate) pending: Option<Assignment>,
+    pub(crate) last_seen_unix: i64,
+    pub(crate) lost: bool,
+    /// The heartbeat stream it is connected by (0: none); a stream that
+    /// closes makes the worker lost only while it is still the current one.
+    #[serde(skip)]
+    pub(crate) session: u64,
+}
+
+impl State {
+    pub(super) fn touch_worker(&mut self, id: &str) {
+        self.changes.workers.insert(id.to_string());
+    }
+
+    pub(crate) fn register(&mut self, name: &str, devices: u32, rendezvous_addr: &str, now: i64) -> Worker {
+        self.last_worker += 1;
+        let w = Worker {
+            id: format!("worker-{:06}", self.last_worker),
+            name: name.to_string(),
+            devices,
+            rendezvous_addr: rendezvous_addr.to_string(),
+            job: None,
+            pending: None,
+            last_seen_unix: now,
+            lost: false,
+            session: 0,
+        };
+        self.workers.insert(w.id.clone(), w.clone());
+        self.touch_worker(&w.id);
+        w
+    }
+
+    /// A worker's heartbeat with its progress; returns its next command.
+    /// Liveness alone is not durable (a restarted coordinator waits for
+    /// every worker to register again), so only rank 0's progress is a change.
+    pub(crate) fn heartbeat(&mut self, worker: &str, report: Option<Report>, now: i64) -> Result<Command, StateError> {
+        let w = self.workers.get_mut(worker).ok_or_else(|| StateError::NoWorker(worker.into()))?;
+        if w.lost {
+            return Err(StateError::NoWorker(worker.into()));
+        }
+        w.last_seen_unix = now;
+        if let Some(a) = w.pending.take() {
+            return Ok(Command::Assign(a));
+        }
+        let Some((job_id, generation)) = w.job.clone() else {
+            return Ok(Command::Idle);
+        };
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return Ok(Command::Stop(format!("job {job_id} is gone")));
+        };
+        let current = job.current().filter(|g| g.number == generation);
+        match current {
+            Some(g) if g.end_reason.is_none() => {
+                if let Some(r) = report
+                    && g.workers.first().map(String::as_str) == Some(worker)
+                {
+                    job.step = r.step;
+                    job.total_steps = r.total;
+                    job.stats = r.stats.or(job.stats);
+                    job.updated_unix = now;
+                    self.changes.jobs.insert(job_id);
+                }
+                Ok(Command::Continue)
+            }
+            Some(g) => Ok(Command::Stop(g.end_reason.clone().unwrap_or_default())),
+            None => Ok(Command::Stop(format!("generation {generation} of {job_id} is over"))),
+        }
+    }
+
+    /// The heartbeat stream `session` of `worker` opened (see [`Worker::session`]).
+    pub(crate) fn connected(&mut self, worker: &str, session: u64) -> Result<(), StateError> {
+        let w = self.workers.get_mut(worker).filter(|w| !w.lost);
+        let w = w.ok_or_else(|| StateError::NoWorker(worker.into()))?;
+        w.session = session;
+        Ok(())
+    }
+
+    /// The heartbeat stream `session` of `worker` closed (the process died,
+    /// or its connection broke): the worker is lost at once, unless it has
+    /// opened a newer stream since.
+    pub(crate) fn disconnected(&mut self, worker: &str, session: u64, now: i64) {
+        if self.workers.get(worker).is_some_and(|w| w.session == session && session != 0) {
+            self.lose_worker(worker, &format!("{worker} lost (its heartbeat stream closed)"), now);
+        }
+    }
+
+    /// Marks `worker` lost; a generation it belonged to ends with `reason`.
+    pub(super) fn lose_worker(&mut self, worker: &str, reason: &str, now: i64) {
+        let Some(w) = self.workers.get_mut(worker).filter(|w| !w.lost) else {
+            return;
+        };
+        w.lost = true;
+        w.pending = None;
+        w.session = 0;
+        let job = w.job.take();
+        self.touch_worker(worker);
+        if let Some((job_id, generation)) = job
+            && self.jobs.get(&job_id).and_then(Job::running_generation).map(|g| g.number) == Some(generation)
+        {
+            self.emit(&job_id, EventKind::WorkerLost, generation, reason.to_string(), now);
+            self.end_generation(&job_id, reason, now);
+        }
+    }
+}

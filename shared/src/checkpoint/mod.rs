@@ -1,0 +1,14 @@
+//! Checkpoints (design §7): the layout under a job's checkpoint URI
+//! (`layout`), the manifest and the check of a file against it
+//! (`manifest`), and the folder I/O on object storage that the worker
+//! (writing, resuming, pruning) and `amdimctl` (listing, exporting) share
+//! (`store`). What goes into a checkpoint is the worker's business, not
+//! this module's.
+
+mod layout;
+mod manifest;
+mod store;
+
+pub use layout::{MANIFEST_FILE, MANIFEST_FORMAT, MODEL_FILE, OPTIMIZER_FILE, parse_step_folder, step_folder};
+pub use manifest::{FileEntry, Manifest, VerifyError};
+pub use store::{CheckpointError, MULTIPART_THRESHOLD, PART_BYTES, complete_steps, delete_step, put_file, read_manifest, read_verified};

@@ -1,0 +1,36 @@
+//! `[augment]`: which augmentations make the two views. Every combination
+//! is valid; applying them is the worker's.
+
+use serde::{Deserialize, Serialize};
+
+/// `[augment]`: switches for each augmentation (amdim-spec.md §5).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentSpec {
+    /// Shared horizontal flip (p 0.5) before the two views.
+    pub flip: bool,
+    /// 32 px: random translation (±4 px, reflect padding) with p 0.8.
+    pub translate: bool,
+    /// 64/128 px: RandomResizedCrop (scale 0.3–1, ratio 0.7–1.4); off = the
+    /// evaluation transform (resize, centre crop).
+    pub crop: bool,
+    /// Colour jitter with p 0.8.
+    pub color_jitter: bool,
+    /// Random grayscale with p 0.25.
+    pub grayscale: bool,
+    /// Per-channel mean/std normalisation.
+    pub normalize: bool,
+}
+
+impl Default for AugmentSpec {
+    fn default() -> Self {
+        Self {
+            flip: true,
+            translate: true,
+            crop: true,
+            color_jitter: true,
+            grayscale: true,
+            normalize: true,
+        }
+    }
+}
