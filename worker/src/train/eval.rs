@@ -5,8 +5,8 @@
 //! every W-th test batch; the hit counts are summed over ranks.
 
 use crate::data::pipeline::Pipeline;
-use crate::dist::CollectiveError;
-use crate::dist::ops::Exchange;
+use crate::collective::CollectiveError;
+use crate::collective::ops::Exchange;
 use crate::loss::classifier::correct;
 use crate::model::BnMode;
 use crate::model::encoder::Forward;

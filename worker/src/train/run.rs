@@ -11,7 +11,7 @@ use crate::checkpoint::writer::{AsyncCheckpointer, Snapshot};
 use crate::data::Split;
 use crate::data::pipeline::{Pipeline, Source};
 use crate::data::prefetch::{StepRange, spawn_batches};
-use crate::dist::ops::{Comm, CommTimes, excess_over_min};
+use crate::collective::ops::{Comm, CommTimes, excess_over_min};
 use crate::metrics::{RunMetrics, StepTiming};
 use crate::model::kernels::Kernels;
 use crate::train::eval::evaluate;
