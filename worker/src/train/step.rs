@@ -12,9 +12,9 @@
 //! batch and step index — which is what makes resume bitwise exact.
 
 use crate::checkpoint::format::{HostAdam, HostState};
-use crate::data::pipeline::TrainBatch;
 use crate::collective::CollectiveError;
 use crate::collective::ops::{Comm, CommTimes, all_gather_rows, all_reduce_sum, average_gradients, mean_over_ranks};
+use crate::data::pipeline::TrainBatch;
 use crate::loss::classifier::classifier_loss;
 use crate::loss::nce::{NceLoss, Sources, Targets, multiscale_nce, select_locations};
 use crate::model::encoder::{BnStats, Embeddings, Forward};
