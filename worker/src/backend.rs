@@ -1,7 +1,8 @@
 //! Backend selection: burn's flex CPU backend, or CUDA with the `cuda` feature.
 //!
 //! Choosing CUDA where it cannot run (no feature, no driver library, no such
-//! device) is an error that says what to do, never a panic.
+//! device) is an error that says what to do, never a panic. [`with_backend!`](crate::with_backend)
+//! runs a body generic over the backend with the one a job spec selects.
 
 use amdim_shared::spec::BackendKind;
 
@@ -49,4 +50,26 @@ pub fn check(kind: BackendKind, device: usize) -> Result<BackendKind, BackendErr
         BackendKind::Cpu => Ok(kind),
         BackendKind::Cuda => check_cuda(device).map(|_| kind),
     }
+}
+
+/// Runs `f` with the backend the spec selects.
+#[macro_export]
+macro_rules! with_backend {
+    ($spec:expr, |$B:ident, $device:ident| $body:expr) => {{
+        match $crate::backend::check($spec.runtime.backend, $spec.runtime.device)? {
+            amdim_shared::spec::BackendKind::Cpu => {
+                type $B = $crate::backend::Cpu;
+                let $device = Default::default();
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            amdim_shared::spec::BackendKind::Cuda => {
+                type $B = $crate::backend::Gpu;
+                let $device = burn::backend::cuda::CudaDevice::new($spec.runtime.device);
+                $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            amdim_shared::spec::BackendKind::Cuda => unreachable!("check() refuses CUDA without the feature"),
+        }
+    }};
 }

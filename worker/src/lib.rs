@@ -6,17 +6,18 @@
 //! - `data/`: dataset readers and augmentations (spec §5, design §4)
 //! - `checkpoint/`: safetensors state and object-store checkpoints (design §7)
 //! - `train/`: the training step, evaluation, the training loop and benchmarks
-//! - `dist/`: collectives (TCP, NCCL) and data-parallel exchanges (design §5–6)
+//! - `collective/`: collectives (TCP, NCCL), launching a process's ranks, and
+//!   data-parallel exchanges (design §5–6)
 //! - `agent/`: the worker under a coordinator (register, heartbeat, train assigned generations)
 //! - `metrics`: the Prometheus series of a worker (design §9)
-//! - `backend`: CPU (flex) or CUDA backend selection
+//! - `backend`: CPU (flex) or CUDA backend selection (and `with_backend!`)
 
 pub mod agent;
 pub mod backend;
 pub mod checkpoint;
 pub mod cli;
+pub mod collective;
 pub mod data;
-pub mod dist;
 pub mod loss;
 pub mod metrics;
 pub mod model;

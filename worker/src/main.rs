@@ -4,6 +4,7 @@
 
 use amdim_worker::cli::dist::DistArgs;
 use amdim_worker::cli::{backend_name, embed, gradients, load_spec};
+use amdim_worker::collective::launch::LocalRank;
 use amdim_worker::metrics::WorkerMetrics;
 use amdim_worker::train::run::{RunOptions, run};
 use amdim_worker::with_backend;
@@ -251,9 +252,7 @@ fn main() -> Result<()> {
             }
             let stop = stop_on_signal(&runtime, "finishing the current step, writing a checkpoint, then stopping");
             let handle = runtime.handle().clone();
-            let summaries = dist.run_local(|rank| {
-                let spec = dist.spec_for(&spec, rank);
-                let comm = dist.connect(&spec, rank)?;
+            let summaries = dist.layout().launch(&spec, |LocalRank { rank, spec, comm }| {
                 let options = RunOptions {
                     resume,
                     stop: stop.clone(),
@@ -327,9 +326,7 @@ fn main() -> Result<()> {
                 exact_gather: !plain_gather,
             };
             let handle = runtime.handle().clone();
-            let results = dist.run_local(|rank| {
-                let spec = dist.spec_for(&spec, rank);
-                let comm = dist.connect(&spec, rank)?;
+            let results = dist.layout().launch(&spec, |LocalRank { rank, spec, comm }| {
                 let (metrics, bytes) = with_backend!(spec, |B, device| gradients::gradients::<B>(&spec, device, comm, &request, &handle)?);
                 if rank == 0 {
                     std::fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()))?;
@@ -350,11 +347,11 @@ fn main() -> Result<()> {
             rendezvous,
             json,
         } => {
-            use amdim_worker::dist::bench;
+            use amdim_worker::collective::bench;
             let timeout = std::time::Duration::from_secs_f64(timeout_s);
             let results = match (rank, rendezvous) {
                 (Some(rank), Some(rendezvous)) => {
-                    let spec = amdim_worker::dist::tcp::RendezvousSpec {
+                    let spec = amdim_worker::collective::tcp::RendezvousSpec {
                         rank,
                         world,
                         rendezvous,

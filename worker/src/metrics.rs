@@ -305,7 +305,7 @@ impl CheckpointMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dist::ops::CommTimes;
+    use crate::collective::ops::CommTimes;
 
     #[test]
     fn a_step_lands_in_every_series_and_a_new_job_forgets_the_old_one() {

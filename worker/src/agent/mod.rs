@@ -7,7 +7,7 @@
 //! and registers again when the coordinator no longer knows it (stopping
 //! any training first). Training itself is `train::run`'s.
 
-use crate::cli::dist::DistArgs;
+use crate::collective::launch::{LocalRank, WorldLayout};
 use crate::metrics::WorkerMetrics;
 use crate::train::run::{Progress, RunOptions, run};
 use crate::with_backend;
@@ -70,14 +70,14 @@ fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::r
             settings.devices
         );
     }
-    let dist = DistArgs {
-        rank: a.rank as usize,
+    let layout = WorldLayout {
         world_size: a.world_size as usize,
+        first_rank: a.rank as usize,
+        local_ranks: local_ranks as usize,
         rendezvous: Some(a.rendezvous.clone()),
         advertise_host: settings.advertise_host.clone(),
-        local_ranks: local_ranks as usize,
     };
-    dist.local().with_context(|| format!("job {}: assignment", a.job_id))?;
+    layout.local().with_context(|| format!("job {}: assignment", a.job_id))?;
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Progress::default());
     let (stop2, progress2, resume) = (stop.clone(), progress.clone(), a.resume);
@@ -95,9 +95,7 @@ fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::r
         .spawn(move || -> Result<bool> {
             // One thread per local rank, each on its own device; the first
             // reports progress (every rank is at the same step).
-            let done = dist.run_local(|rank| {
-                let spec = dist.spec_for(&spec, rank);
-                let comm = dist.connect(&spec, rank)?;
+            let done = layout.launch(&spec, |LocalRank { rank, spec, comm }| {
                 let options = RunOptions {
                     resume,
                     stop: stop2.clone(),

@@ -6,7 +6,7 @@
 
 use crate::checkpoint::CheckpointStore;
 use crate::checkpoint::format::{HostState, model_bytes};
-use crate::dist::ops::Comm;
+use crate::collective::ops::Comm;
 use crate::model::kernels::Kernels;
 use crate::model::params::to_vec;
 use crate::train::run::{open_pipelines, resume};

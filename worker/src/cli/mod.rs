@@ -16,28 +16,6 @@ pub fn load_spec(path: &Path) -> Result<JobSpec> {
     JobSpec::load(path).with_context(|| format!("job spec {}", path.display()))
 }
 
-/// Runs `f` with the backend the spec selects.
-#[macro_export]
-macro_rules! with_backend {
-    ($spec:expr, |$B:ident, $device:ident| $body:expr) => {{
-        match $crate::backend::check($spec.runtime.backend, $spec.runtime.device)? {
-            amdim_shared::spec::BackendKind::Cpu => {
-                type $B = $crate::backend::Cpu;
-                let $device = Default::default();
-                $body
-            }
-            #[cfg(feature = "cuda")]
-            amdim_shared::spec::BackendKind::Cuda => {
-                type $B = $crate::backend::Gpu;
-                let $device = burn::backend::cuda::CudaDevice::new($spec.runtime.device);
-                $body
-            }
-            #[cfg(not(feature = "cuda"))]
-            amdim_shared::spec::BackendKind::Cuda => unreachable!("check() refuses CUDA without the feature"),
-        }
-    }};
-}
-
 pub fn backend_name(kind: BackendKind) -> &'static str {
     match kind {
         BackendKind::Cpu => "cpu-flex",

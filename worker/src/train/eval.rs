@@ -4,9 +4,9 @@
 //! same statistics (identical weights, identical batches) and evaluates
 //! every W-th test batch; the hit counts are summed over ranks.
 
+use crate::collective::CollectiveError;
+use crate::collective::ops::Exchange;
 use crate::data::pipeline::Pipeline;
-use crate::dist::CollectiveError;
-use crate::dist::ops::Exchange;
 use crate::loss::classifier::correct;
 use crate::model::BnMode;
 use crate::model::encoder::Forward;

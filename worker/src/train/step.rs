@@ -4,7 +4,7 @@
 //! (`Trainer::comm`), the targets are gathered from all ranks with exact
 //! gradients, BatchNorm is optionally synchronised, and gradients, metrics
 //! and BN statistics are averaged over ranks (design §5–6); the exchanges
-//! themselves are `dist`'s.
+//! themselves are `collective`'s.
 //!
 //! The trainer owns the model state on the inner (non-autodiff) backend; each
 //! step wraps it in fresh autodiff leaves. All randomness (5×5 locations,
@@ -12,9 +12,9 @@
 //! batch and step index — which is what makes resume bitwise exact.
 
 use crate::checkpoint::format::{HostAdam, HostState};
+use crate::collective::CollectiveError;
+use crate::collective::ops::{Comm, CommTimes, all_gather_rows, all_reduce_sum, average_gradients, mean_over_ranks};
 use crate::data::pipeline::TrainBatch;
-use crate::dist::CollectiveError;
-use crate::dist::ops::{Comm, CommTimes, all_gather_rows, all_reduce_sum, average_gradients, mean_over_ranks};
 use crate::loss::classifier::classifier_loss;
 use crate::loss::nce::{NceLoss, Sources, Targets, multiscale_nce, select_locations};
 use crate::model::encoder::{BnStats, Embeddings, Forward};

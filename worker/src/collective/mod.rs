@@ -1,16 +1,27 @@
-//! Data-parallel training across ranks (design §5–6).
+//! Collectives: what the ranks of a data-parallel job do together (design §5–6).
 //!
-//! - [`Collective`]: the operations ranks do together on host f32 buffers,
-//!   each bounded by a timeout; failures name the peer ranks involved.
+//! - [`Collective`] (this file): the operations ranks do together on host
+//!   f32 buffers, each bounded by a timeout; failures name the peer ranks
+//!   involved.
+//! - [`launch`]: where a process's ranks sit in the world
+//!   ([`launch::WorldLayout`]), connecting each to the others with the
+//!   backend its spec asks for, and running them one thread each.
 //! - [`tcp`]: the CPU backend (ring algorithms over TCP), with the static
-//!   rendezvous that connects the ranks.
+//!   rendezvous that connects the ranks; [`shm`]: the shared-memory pipes
+//!   its ring neighbours on one host move data through.
 //! - [`nccl`] (feature `cuda`): the GPU backend.
 //! - [`ops`]: what training does with a collective: differentiable
 //!   all-gather and all-reduce of burn tensors (the gathered negatives and
 //!   synchronised BatchNorm), and bucketed gradient averaging.
 //! - [`bench`] measures collectives (`bench-collective`).
+//!
+//! Bytes move in `tcp/` (or NCCL); nothing here knows what a model is
+//! except `ops`, and nothing here parses flags (the CLI turns its flags
+//! into a [`launch::WorldLayout`]). Users set the collectives' timeout and
+//! options in the job spec's `[dist]` section.
 
 pub mod bench;
+pub mod launch;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 pub mod ops;

@@ -308,7 +308,7 @@ pub fn excess_over_min(value: f64, comm: &Comm) -> CollResult<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dist::tcp::connect_loopback;
+    use crate::collective::tcp::connect_loopback;
     use burn::backend::Flex;
     use std::time::Duration;
 
