@@ -8,9 +8,7 @@
 //! - [`ops`]: what training does with a collective: differentiable
 //!   all-gather and all-reduce of burn tensors (the gathered negatives and
 //!   synchronised BatchNorm), and bucketed gradient averaging.
-//! - [`bench`] measures collectives (`bench-collective`).
 
-pub mod bench;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 pub mod ops;
