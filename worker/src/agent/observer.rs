@@ -98,10 +98,7 @@ impl PartObservers {
     /// What local rank `rank` reports to: its metrics, the checkpoint
     /// commits, the part's progress (first rank only) and its sample log.
     pub(crate) fn for_rank(&self, rank: usize) -> Arc<dyn RunObserver> {
-        let mut list: Vec<Arc<dyn RunObserver>> = vec![
-            Arc::new(WorkerMetrics::global().for_run(&self.job_id, rank)),
-            self.commits.clone(),
-        ];
+        let mut list: Vec<Arc<dyn RunObserver>> = vec![Arc::new(WorkerMetrics::global().for_run(&self.job_id, rank)), self.commits.clone()];
         if rank == self.first_rank {
             list.push(self.progress.clone());
         }

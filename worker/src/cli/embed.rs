@@ -19,13 +19,21 @@ use safetensors::tensor::Dtype;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// A trained encoder: its weights and the job spec it was trained with
+/// (flags shared by `embed` and `score`).
+#[derive(clap::Args)]
+pub struct EncoderArgs {
+    #[arg(long)]
+    pub weights: PathBuf,
+    #[arg(long, short = 'c')]
+    pub config: PathBuf,
+}
+
 /// The flags of `amdim-worker embed`.
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    weights: PathBuf,
-    #[arg(long, short = 'c')]
-    config: PathBuf,
+    #[command(flatten)]
+    encoder: EncoderArgs,
     /// A float32 NCHW .npy (already normalised) or a folder of JPEG/PNG images.
     #[arg(long)]
     input: PathBuf,
@@ -41,9 +49,9 @@ pub struct Args {
 
 /// Runs `amdim-worker embed`.
 pub fn run(args: Args) -> Result<()> {
-    let spec = load_spec(&args.config)?;
+    let spec = load_spec(&args.encoder.config)?;
     let request = EmbedRequest {
-        weights: &args.weights,
+        weights: &args.encoder.weights,
         input: &args.input,
         output: &args.output,
         with_r5: args.r5,

@@ -2,7 +2,7 @@
 //! of a trained encoder on two views, with optional fixed 5→5 locations.
 //! Prints one line (or JSON); computes only.
 
-use crate::cli::embed::{load_encoder, read_images};
+use crate::cli::embed::{EncoderArgs, load_encoder, read_images};
 use crate::cli::load_spec;
 use crate::data::npy::{self, NpyArray};
 use crate::loss::nce::multiscale_nce;
@@ -20,10 +20,8 @@ use std::path::{Path, PathBuf};
 /// The flags of `amdim-worker score`.
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    weights: PathBuf,
-    #[arg(long, short = 'c')]
-    config: PathBuf,
+    #[command(flatten)]
+    encoder: EncoderArgs,
     #[arg(long)]
     view1: PathBuf,
     #[arg(long)]
@@ -37,10 +35,10 @@ pub struct Args {
 
 /// Runs `amdim-worker score`.
 pub fn run(args: Args) -> Result<()> {
-    let spec = load_spec(&args.config)?;
+    let spec = load_spec(&args.encoder.config)?;
     let r = with_backend!(spec, |B, device| score::<B>(
         &spec,
-        &args.weights,
+        &args.encoder.weights,
         &args.view1,
         &args.view2,
         args.r5_locations.as_deref(),

@@ -190,8 +190,8 @@ fn train_step<B: Kernels>(t: &mut Trainer<B>, batch: &TrainBatch, epoch: u64, co
         .with_context(|| format!("rank {rank} of {world}, step {}", t.step))?;
     let lag_s = match comm {
         Some(comm) if world > 1 => {
-            let lag = excess_over_min(m.compute_s, comm)
-                .with_context(|| format!("rank {rank} of {world}, step {}: straggler check", t.step))?;
+            let lag =
+                excess_over_min(m.compute_s, comm).with_context(|| format!("rank {rank} of {world}, step {}: straggler check", t.step))?;
             m.comm.add(&comm.take_times());
             lag
         }

@@ -5,9 +5,9 @@
 //! verification, parsing). Measures only; writes one checkpoint there.
 
 use crate::checkpoint::CheckpointStore;
-use crate::cli::{load_spec, print_result};
 use crate::checkpoint::store::Retention;
 use crate::checkpoint::writer::{AsyncCheckpointer, OnUpload, UploadEvent};
+use crate::cli::{load_spec, print_result};
 use crate::model::kernels::Kernels;
 use crate::optim::adam::AdamState;
 use crate::train::run::{resume, snapshot};
