@@ -5,12 +5,15 @@
 //! - `optim/`: Adam and the learning-rate schedule (spec §6)
 //! - `data/`: dataset readers and augmentations (spec §5, design §4)
 //! - `checkpoint/`: safetensors state and object-store checkpoints (design §7)
-//! - `train/`: the training step, evaluation, the training loop and benchmarks
+//! - `train/`: the training step, evaluation, and the training loop with its
+//!   checkpoint policy and run observers
 //! - `collective/`: collectives (TCP, NCCL), launching a process's ranks, and
 //!   data-parallel exchanges (design §5–6)
 //! - `agent/`: the worker under a coordinator (register, heartbeat, train assigned generations)
 //! - `metrics`: the Prometheus series of a worker (design §9)
 //! - `backend`: CPU (flex) or CUDA backend selection (and `with_backend!`)
+//! - `cli/`: one file per `amdim-worker` subcommand (flags and `run`), and the
+//!   benchmarks under `cli/bench/`
 
 pub mod agent;
 pub mod backend;

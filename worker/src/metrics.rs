@@ -6,12 +6,15 @@
 //! long-lived agent's label sets stay bounded.
 //!
 //! This module decides names, units and buckets only; the numbers come from
-//! `train::run` (steps) and `checkpoint::writer` (uploads).
+//! the training run, to which a run's series are an observer
+//! (`train::observer::RunObserver`: steps, evaluations, checkpoint uploads).
 
+use crate::train::eval::EvalResult;
+use crate::train::observer::{RunObserver, StepReport, StepTiming};
 use crate::train::step::StepMetrics;
 use amdim_shared::metrics::{Counter, Family, Gauge, Histogram, Registry, exponential_buckets};
 use anyhow::{Context, Result};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// Time a step spends in each part, in the order of `amdim_step_phase_seconds_total`'s `phase`.
@@ -178,6 +181,7 @@ impl WorkerMetrics {
                 deferred: self.checkpoint_deferred.with(&l),
                 last_step: self.checkpoint_last_step.with(&l),
             }),
+            decode_errors_seen: AtomicU64::new(0),
         }
     }
 }
@@ -195,20 +199,6 @@ pub fn serve(runtime: &tokio::runtime::Handle, addr: &str, ready: Arc<AtomicBool
     runtime.spawn(amdim_shared::http::serve(listener, ready, metrics));
     tracing::info!(addr = %local, "serving /metrics, /healthz and /readyz");
     Ok(())
-}
-
-/// What one step measured, beyond the trainer's `StepMetrics`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct StepTiming {
-    /// Images this rank trained on.
-    pub samples: usize,
-    pub data_wait_s: f64,
-    /// Time the checkpoint snapshot blocked the step.
-    pub checkpoint_s: f64,
-    /// Wall time of the whole step.
-    pub total_s: f64,
-    /// Compute time beyond the fastest rank's (0 for one rank).
-    pub lag_s: f64,
 }
 
 /// The series of one run (job, rank).
@@ -231,6 +221,8 @@ pub struct RunMetrics {
     decode_errors: Arc<Counter>,
     lag: Arc<Gauge>,
     pub checkpoint: Arc<CheckpointMetrics>,
+    /// Skipped samples already counted in `decode_errors`.
+    decode_errors_seen: AtomicU64,
 }
 
 impl RunMetrics {
@@ -274,6 +266,36 @@ impl RunMetrics {
         let (family, job, rank) = &self.accuracy;
         family.with(&[job, rank, "linear"]).set(linear);
         family.with(&[job, rank, "mlp"]).set(mlp);
+    }
+}
+
+/// A run's series follow its steps, evaluations and checkpoints.
+impl RunObserver for RunMetrics {
+    fn on_start(&self, step: u64, total: u64) -> Result<()> {
+        self.start(step, total);
+        Ok(())
+    }
+
+    fn on_eval(&self, result: &EvalResult) {
+        self.record_eval(result.linear, result.mlp);
+    }
+
+    fn on_checkpoint_deferred(&self, _step: u64) {
+        self.checkpoint.deferred();
+    }
+
+    fn on_step(&self, report: &StepReport<'_>) {
+        self.record_step(report.metrics, report.timing);
+        let seen = self.decode_errors_seen.swap(report.skipped_samples, Ordering::Relaxed);
+        self.decode_errors(report.skipped_samples.saturating_sub(seen));
+    }
+
+    fn on_checkpoint_committed(&self, step: u64, bytes: u64, seconds: f64) {
+        self.checkpoint.written(step, bytes, seconds);
+    }
+
+    fn on_checkpoint_abandoned(&self, _step: u64) {
+        self.checkpoint.abandoned();
     }
 }
 

@@ -5,17 +5,20 @@
 //! part ends it reports how (finished, stopped, or the error — e.g. a lost
 //! peer). It survives the coordinator going away: it retries with backoff,
 //! and registers again when the coordinator no longer knows it (stopping
-//! any training first). Training itself is `train::run`'s.
+//! any training first). Training itself is `train::run`'s; what the agent
+//! learns from it comes through the observers of [`observer`].
+
+mod observer;
 
 use crate::collective::launch::{LocalRank, WorldLayout};
-use crate::metrics::WorkerMetrics;
-use crate::train::run::{Progress, RunOptions, run};
+use crate::train::run::{RunOptions, run};
 use crate::with_backend;
 use amdim_shared::auth::BearerToken;
 use amdim_shared::proto::v1 as pb;
 use amdim_shared::session::{HeartbeatSession, WorkerClient};
 use amdim_shared::spec::JobSpec;
 use anyhow::{Context, Result, bail};
+use observer::{CheckpointCommits, PartObservers, Progress};
 use pb::heartbeat_response::Command;
 use pb::worker_service_client::WorkerServiceClient;
 use std::sync::Arc;
@@ -80,16 +83,16 @@ fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::r
     layout.local().with_context(|| format!("job {}: assignment", a.job_id))?;
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Progress::default());
-    let (stop2, progress2, resume) = (stop.clone(), progress.clone(), a.resume);
-    let (job_id, generation, first_rank) = (a.job_id.clone(), a.generation, a.rank as usize);
-    let sample_log_dir = settings.sample_log_dir.clone();
+    let (stop2, resume) = (stop.clone(), a.resume);
     let (tx, written) = std::sync::mpsc::channel();
-    let tx = std::sync::Mutex::new(tx);
-    let on_checkpoint: crate::checkpoint::writer::OnWritten = Arc::new(move |step, bytes| {
-        if let Ok(tx) = tx.lock() {
-            let _ = tx.send((step, bytes));
-        }
-    });
+    let observers = PartObservers {
+        job_id: a.job_id.clone(),
+        generation: a.generation,
+        first_rank: a.rank as usize,
+        progress: progress.clone(),
+        commits: Arc::new(CheckpointCommits::new(tx)),
+        sample_log_dir: settings.sample_log_dir.clone(),
+    };
     let handle = std::thread::Builder::new()
         .name(format!("train-{}-g{}", a.job_id, a.generation))
         .spawn(move || -> Result<bool> {
@@ -100,12 +103,7 @@ fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::r
                     resume,
                     stop: stop2.clone(),
                     comm,
-                    progress: (rank == first_rank).then(|| progress2.clone()),
-                    on_checkpoint: Some(on_checkpoint.clone()),
-                    metrics: Some(WorkerMetrics::global().for_run(&job_id, rank)),
-                    sample_log: sample_log_dir
-                        .as_ref()
-                        .map(|d| d.join(format!("{job_id}-g{generation}-r{rank}.log"))),
+                    observer: observers.for_rank(rank),
                 };
                 let summary = with_backend!(spec, |B, device| run::<B>(spec.clone(), device, options, runtime.clone())?);
                 Ok(!summary.stopped_early)

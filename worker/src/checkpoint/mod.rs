@@ -6,7 +6,6 @@
 //! the newest good one (falling back past corrupt or partial ones), and prunes
 //! to the newest K; `writer` uploads snapshots in the background.
 
-pub mod bench;
 pub mod format;
 pub mod store;
 pub mod writer;

@@ -13,12 +13,13 @@
 //! A failed upload is retried as a whole (after object_store's own
 //! per-request retries with exponential backoff and jitter); if it still
 //! fails, that checkpoint is abandoned — its manifest was never written, so
-//! nobody can load it half-written — and training continues.
+//! nobody can load it half-written — and training continues. How each
+//! upload ended is told to one [`OnUpload`] callback (metrics, the
+//! coordinator's registry); this module does not know who listens.
 
 use crate::checkpoint::CheckpointStore;
 use crate::checkpoint::format::{HostAdam, HostState, model_bytes, optimizer_bytes};
 use crate::checkpoint::store::Retention;
-use crate::metrics::CheckpointMetrics;
 use crate::model::ModelPlan;
 use crate::model::params::to_vec;
 use crate::optim::adam::AdamState;
@@ -65,9 +66,19 @@ impl<B: Backend> Snapshot<B> {
     }
 }
 
-/// Called on the uploader thread once a checkpoint is complete (manifest
-/// written): (step, bytes of its files).
-pub type OnWritten = Arc<dyn Fn(u64, u64) + Send + Sync>;
+/// How one checkpoint upload ended.
+#[derive(Clone, Copy, Debug)]
+pub enum UploadEvent {
+    /// Complete (manifest written): its step, the bytes of its files, and
+    /// the seconds from the snapshot to the manifest.
+    Written { step: u64, bytes: u64, seconds: f64 },
+    /// Given up after every attempt (or never started); never registered.
+    Abandoned { step: u64 },
+}
+
+/// Told how every upload ended, on the uploader thread (or, for an upload
+/// that could not start, on the caller's).
+pub type OnUpload = Arc<dyn Fn(UploadEvent) + Send + Sync>;
 
 /// Owns the uploader thread of one run.
 pub struct AsyncCheckpointer<B: Backend> {
@@ -75,8 +86,7 @@ pub struct AsyncCheckpointer<B: Backend> {
     plan: Arc<ModelPlan>,
     keep: Retention,
     pending: Option<(u64, JoinHandle<Result<f64>>)>,
-    on_written: Option<OnWritten>,
-    metrics: Option<Arc<CheckpointMetrics>>,
+    on_upload: Option<OnUpload>,
     _backend: std::marker::PhantomData<B>,
 }
 
@@ -91,8 +101,7 @@ fn write<B: Backend>(
     plan: &ModelPlan,
     keep: Retention,
     snapshot: Snapshot<B>,
-    on_written: Option<OnWritten>,
-    metrics: Option<Arc<CheckpointMetrics>>,
+    on_upload: Option<OnUpload>,
 ) -> Result<f64> {
     let started = Instant::now();
     let Snapshot {
@@ -126,11 +135,12 @@ fn write<B: Backend>(
             Ok(()) => {
                 let bytes = manifest.files.iter().map(|e| e.size).sum();
                 let seconds = started.elapsed().as_secs_f64();
-                if let Some(m) = &metrics {
-                    m.written(manifest.step, bytes, seconds);
-                }
-                if let Some(f) = &on_written {
-                    f(manifest.step, bytes);
+                if let Some(f) = &on_upload {
+                    f(UploadEvent::Written {
+                        step: manifest.step,
+                        bytes,
+                        seconds,
+                    });
                 }
                 return Ok(seconds);
             }
@@ -140,8 +150,8 @@ fn write<B: Backend>(
             }
         }
     }
-    if let Some(m) = &metrics {
-        m.abandoned();
+    if let Some(f) = &on_upload {
+        f(UploadEvent::Abandoned { step: manifest.step });
     }
     Err(last.unwrap_or_else(|| anyhow!("no attempt made")))
 }
@@ -153,21 +163,14 @@ impl<B: Backend> AsyncCheckpointer<B> {
             plan: Arc::new(plan),
             keep,
             pending: None,
-            on_written: None,
-            metrics: None,
+            on_upload: None,
             _backend: std::marker::PhantomData,
         }
     }
 
-    /// Records durations, bytes and abandoned checkpoints in `metrics`.
-    pub fn with_metrics(mut self, metrics: Option<Arc<CheckpointMetrics>>) -> Self {
-        self.metrics = metrics;
-        self
-    }
-
-    /// Calls `f` for every checkpoint once it is complete.
-    pub fn on_written(mut self, f: Option<OnWritten>) -> Self {
-        self.on_written = f;
+    /// Tells `f` how every checkpoint's upload ended.
+    pub fn on_upload(mut self, f: OnUpload) -> Self {
+        self.on_upload = Some(f);
         self
     }
 
@@ -178,17 +181,17 @@ impl<B: Backend> AsyncCheckpointer<B> {
         let _ = self.wait();
         let waited = started.elapsed().as_secs_f64();
         let (store, plan, keep) = (self.store.clone(), self.plan.clone(), self.keep);
-        let (on_written, metrics) = (self.on_written.clone(), self.metrics.clone());
+        let on_upload = self.on_upload.clone();
         let step = snapshot.manifest.step;
         let handle = std::thread::Builder::new()
             .name(format!("checkpoint-{step}"))
-            .spawn(move || write(&store, &plan, keep, snapshot, on_written, metrics));
+            .spawn(move || write(&store, &plan, keep, snapshot, on_upload));
         match handle {
             Ok(h) => self.pending = Some((step, h)),
             Err(e) => {
                 tracing::warn!(step, reason = %e, "cannot start the checkpoint uploader: checkpoint abandoned");
-                if let Some(m) = &self.metrics {
-                    m.abandoned();
+                if let Some(f) = &self.on_upload {
+                    f(UploadEvent::Abandoned { step });
                 }
             }
         }

@@ -1,25 +1,67 @@
-//! `embed` and `score`: use a trained encoder outside training.
-//!
-//! `embed` writes r1 (and optionally r5, r7) of images given as a float32
-//! NCHW `.npy` (already normalised) or an image folder, BN in eval mode.
-//! `score` runs one training-mode forward pass on two views and returns every
-//! loss term, with optional fixed 5→5 locations.
+//! `amdim-worker embed`: a trained encoder used outside training. It writes
+//! r1 (and optionally r5, r7) of images given as a float32 NCHW `.npy`
+//! (already normalised) or an image folder, BN in eval mode. Loading the
+//! encoder and reading the images are shared with `score`.
 
 use crate::checkpoint::format::{HostState, f32_bytes, read_model, serialize};
+use crate::cli::load_spec;
 use crate::data::images::{eval_image, list_images};
 use crate::data::npy::{self, NpyArray};
-use crate::loss::nce::multiscale_nce;
 use crate::model::encoder::{Forward, to_nchw};
 use crate::model::kernels::Kernels;
-use crate::model::params::{scalar, to_vec};
+use crate::model::params::to_vec;
 use crate::model::{BnMode, ParamStore};
-use crate::train::step::{images, nce_inputs};
-use amdim_shared::rng::{KeyedRng, Stream};
+use crate::train::step::images;
+use crate::with_backend;
 use amdim_shared::spec::JobSpec;
 use anyhow::{Context, Result, anyhow, bail};
 use safetensors::tensor::Dtype;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A trained encoder: its weights and the job spec it was trained with
+/// (flags shared by `embed` and `score`).
+#[derive(clap::Args)]
+pub struct EncoderArgs {
+    #[arg(long)]
+    pub weights: PathBuf,
+    #[arg(long, short = 'c')]
+    pub config: PathBuf,
+}
+
+/// The flags of `amdim-worker embed`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    encoder: EncoderArgs,
+    /// A float32 NCHW .npy (already normalised) or a folder of JPEG/PNG images.
+    #[arg(long)]
+    input: PathBuf,
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long)]
+    r5: bool,
+    #[arg(long)]
+    r7: bool,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+}
+
+/// Runs `amdim-worker embed`.
+pub fn run(args: Args) -> Result<()> {
+    let spec = load_spec(&args.encoder.config)?;
+    let request = EmbedRequest {
+        weights: &args.encoder.weights,
+        input: &args.input,
+        output: &args.output,
+        with_r5: args.r5,
+        with_r7: args.r7,
+        batch: args.batch_size,
+    };
+    let n = with_backend!(spec, |B, device| embed::<B>(&spec, &request, device)?);
+    eprintln!("wrote features of {n} images to {}", args.output.display());
+    Ok(())
+}
 
 /// Encoder-only model loaded from a safetensors file with the authors' names.
 pub fn load_encoder<B: Kernels>(spec: &JobSpec, weights: &Path, device: &B::Device) -> Result<(crate::model::ModelPlan, ParamStore<B>)> {
@@ -113,73 +155,4 @@ pub fn embed<B: Kernels>(spec: &JobSpec, request: &EmbedRequest<'_>, device: B::
     let bytes = serialize(tensors, Some(meta), "features")?;
     std::fs::write(output, bytes).with_context(|| format!("writing {}", output.display()))?;
     Ok(n)
-}
-
-/// Every loss term of one training-mode forward pass.
-#[derive(Debug, serde::Serialize)]
-pub struct ScoreResult {
-    pub loss_1t5: f32,
-    pub loss_1t7: f32,
-    pub loss_5t5: f32,
-    pub reg: f32,
-    pub loss_total: f32,
-    pub batch: usize,
-    pub r5_locations: [Vec<usize>; 2],
-}
-
-/// `score`: the loss of two views under the given weights.
-pub fn score<B: Kernels>(
-    spec: &JobSpec,
-    weights: &Path,
-    view1: &Path,
-    view2: &Path,
-    locations: Option<&Path>,
-    device: B::Device,
-) -> Result<ScoreResult> {
-    let (plan, params) = load_encoder::<B>(spec, weights, &device)?;
-    let size = spec.model.image_size;
-    let (n1, p1, _) = read_images(view1, size)?;
-    let (n2, p2, _) = read_images(view2, size)?;
-    if n1 != n2 {
-        bail!("--view1 has {n1} images but --view2 has {n2}");
-    }
-    if n1 < 2 {
-        bail!("--view1: NCE needs at least 2 images, got {n1}");
-    }
-    let locs: [Vec<usize>; 2] = match locations {
-        Some(path) => match npy::read(path)? {
-            NpyArray::I64 { shape, data } if shape == [2, n1] => {
-                if let Some(bad) = data.iter().find(|&&v| !(0..25).contains(&v)) {
-                    bail!("{}: location {bad} outside 0..25 (index = row·5 + column)", path.display());
-                }
-                [
-                    data[..n1].iter().map(|&v| v as usize).collect(),
-                    data[n1..].iter().map(|&v| v as usize).collect(),
-                ]
-            }
-            NpyArray::I64 { shape, .. } => bail!("{}: shape {shape:?}, expected [2, {n1}]", path.display()),
-            NpyArray::F32 { .. } => bail!("{}: float32 array, expected int64 [2, {n1}]", path.display()),
-        },
-        None => {
-            let mut rng = KeyedRng::new(Stream::SourceLocation, &[spec.job.seed]);
-            [
-                (0..n1).map(|_| rng.below(25) as usize).collect(),
-                (0..n1).map(|_| rng.below(25) as usize).collect(),
-            ]
-        }
-    };
-    let mut fwd = Forward::new(&params.values, BnMode::Train);
-    let e1 = fwd.encode(&plan.encoder, images::<B>(&p1, n1, size, &device));
-    let e2 = fwd.encode(&plan.encoder, images::<B>(&p2, n1, size, &device));
-    let (src, trg) = nce_inputs(&fwd, &plan, [&e1, &e2], [&locs[0], &locs[1]]);
-    let loss = multiscale_nce([&src[0], &src[1]], [&trg[0], &trg[1]], 0, &spec.loss);
-    Ok(ScoreResult {
-        loss_1t5: scalar(loss.l1t5),
-        loss_1t7: scalar(loss.l1t7),
-        loss_5t5: scalar(loss.l5t5),
-        reg: scalar(loss.reg),
-        loss_total: scalar(loss.total),
-        batch: n1,
-        r5_locations: locs,
-    })
 }

@@ -13,14 +13,12 @@
 //! - [`ops`]: what training does with a collective: differentiable
 //!   all-gather and all-reduce of burn tensors (the gathered negatives and
 //!   synchronised BatchNorm), and bucketed gradient averaging.
-//! - [`bench`] measures collectives (`bench-collective`).
 //!
 //! Bytes move in `tcp/` (or NCCL); nothing here knows what a model is
 //! except `ops`, and nothing here parses flags (the CLI turns its flags
 //! into a [`launch::WorldLayout`]). Users set the collectives' timeout and
 //! options in the job spec's `[dist]` section.
 
-pub mod bench;
 pub mod launch;
 #[cfg(feature = "cuda")]
 pub mod nccl;

@@ -9,7 +9,6 @@
 //! so a sample's views never depend on rank, thread or world size.
 
 pub mod augment;
-pub mod bench;
 pub mod dataset;
 pub mod encoded;
 pub mod images;

@@ -1,11 +1,16 @@
 //! Training: one optimisation step ([`step`]), evaluation of the online
-//! classifiers ([`eval`]), the loop over the global sample order with
-//! checkpoints and clean stops ([`run`]), and the throughput benchmark
-//! ([`bench`]).
+//! classifiers ([`eval`]), and the loop over the global sample order with
+//! checkpoints and clean stops ([`run`]). Around the loop: when checkpoints
+//! fall due ([`checkpoint_policy`]), the step log line ([`log_window`]), the
+//! events a run reports ([`observer`]) and the test-only [`sample_log`].
 
-pub mod bench;
+pub mod checkpoint_policy;
 pub mod eval;
+pub mod log_window;
+pub mod observer;
 pub mod run;
+pub mod sample_log;
 pub mod step;
 
+pub use observer::{Observers, RunObserver, StepReport, StepTiming};
 pub use step::{StepMetrics, Trainer};

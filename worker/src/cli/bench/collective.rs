@@ -8,10 +8,85 @@
 //! The launcher starts W copies of this binary as participants; rank 0
 //! measures and prints. Nothing here is used by training.
 
-use super::Collective;
-use super::tcp::{RendezvousSpec, TcpCollective};
+use crate::collective::Collective;
+use crate::collective::tcp::{RendezvousSpec, TcpCollective};
 use anyhow::{Context, Result, bail};
 use std::time::{Duration, Instant};
+
+/// The flags of `amdim-worker bench-collective`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Processes (ranks).
+    #[arg(long, default_value_t = 2)]
+    world: usize,
+    /// Buffer sizes in MiB.
+    #[arg(long, value_delimiter = ',', default_value = "4,16,64,256")]
+    sizes_mib: Vec<usize>,
+    /// Timed repetitions per size.
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    #[arg(long, default_value_t = 120.0)]
+    timeout_s: f64,
+    /// Keep ring data on loopback TCP instead of shared memory.
+    #[arg(long)]
+    tcp_only: bool,
+    /// Internal: run as this participant instead of launching them.
+    #[arg(long, hide = true)]
+    rank: Option<usize>,
+    #[arg(long, hide = true)]
+    rendezvous: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `amdim-worker bench-collective`: as a participant when `--rank`
+/// and `--rendezvous` are given (rank 0 prints the results as JSON), else
+/// launches the participants and prints rank 0's results.
+pub fn run(args: Args) -> Result<()> {
+    let timeout = Duration::from_secs_f64(args.timeout_s);
+    let iters = args.iters.max(1);
+    let results = match (args.rank, args.rendezvous) {
+        (Some(rank), Some(rendezvous)) => {
+            let spec = RendezvousSpec {
+                rank,
+                world: args.world,
+                rendezvous,
+                advertise_host: "127.0.0.1".into(),
+                timeout,
+                shared_memory: !args.tcp_only,
+            };
+            let r = participate(&spec, &args.sizes_mib, iters)?;
+            if rank == 0 {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            return Ok(());
+        }
+        _ => launch(args.world, &args.sizes_mib, iters, timeout, args.tcp_only)?,
+    };
+    let parsed: Vec<CollectiveResult> = serde_json::from_str(results.trim()).context("participant output")?;
+    if args.json {
+        println!("{}", results.trim());
+        return Ok(());
+    }
+    println!(
+        "{:<11} {:>5} {:>9} {:>10} {:>10} {:>11} {:>11} {:>12}",
+        "op", "world", "transport", "MiB", "ms", "algbw GB/s", "busbw GB/s", "bus/memcpy"
+    );
+    for r in parsed {
+        println!(
+            "{:<11} {:>5} {:>9} {:>10.1} {:>10.2} {:>11.2} {:>11.2} {:>12.3}",
+            r.op,
+            r.world,
+            r.transport,
+            r.bytes as f64 / (1 << 20) as f64,
+            r.seconds * 1e3,
+            r.algbw_gb_s,
+            r.busbw_gb_s,
+            r.busbw_over_memcpy
+        );
+    }
+    Ok(())
+}
 
 /// One measured size of one operation.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]

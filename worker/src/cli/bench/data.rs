@@ -6,6 +6,7 @@
 //! feeding a simulated training step of `step_ms`, reporting how long each
 //! step waited for its batch. A benchmark, not a test: it asserts nothing.
 
+use crate::cli::{load_spec, print_result};
 use crate::data::dataset::Split;
 use crate::data::photo;
 use crate::data::pipeline::{Pipeline, Source};
@@ -13,6 +14,7 @@ use crate::data::prefetch::{StepRange, spawn_batches};
 use amdim_shared::order::steps_per_epoch;
 use amdim_shared::spec::{DataFormat, JobSpec};
 use rayon::prelude::*;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -39,6 +41,38 @@ pub struct DataBenchResult {
     /// Mean time a step waited for its batch (the first step excluded: it
     /// waits for the queue to fill).
     pub data_wait_ms_per_step: f64,
+}
+
+/// The flags of `amdim-worker bench-data`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+    /// Photos of the training split held in memory and cycled through.
+    #[arg(long, default_value_t = 256)]
+    files: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Steps of the simulated training loop (batches of train.batch_size).
+    #[arg(long, default_value_t = 10)]
+    steps: u64,
+    /// Duration of one simulated training step, e.g. the GPU's step time.
+    #[arg(long, default_value_t = 0.0)]
+    step_ms: f64,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `amdim-worker bench-data`.
+pub fn run(args: Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let spec = load_spec(&args.config)?;
+    let sim = StepSimulation {
+        steps: args.steps,
+        step_ms: args.step_ms,
+    };
+    let r = bench_data(&spec, args.files, args.seconds, sim, runtime.handle())?;
+    print_result(&r, args.json)
 }
 
 /// The simulated-step part of the benchmark.

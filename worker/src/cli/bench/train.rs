@@ -1,7 +1,9 @@
 //! `amdim-worker bench`: training throughput on synthetic images of the job's
 //! size (forward + backward + Adam, and forward only), plus peak RSS, printed
-//! as one JSON line. A benchmark, not a test: it asserts nothing.
+//! as one JSON line (`--json`) or a readable listing. A benchmark, not a
+//! test: it asserts nothing.
 
+use crate::cli::{backend_name, load_spec, print_result};
 use crate::data::pipeline::TrainBatch;
 use crate::loss::nce::multiscale_nce;
 use crate::model::BnMode;
@@ -9,9 +11,30 @@ use crate::model::encoder::Forward;
 use crate::model::kernels::Kernels;
 use crate::model::params::scalar;
 use crate::train::step::{Trainer, images, nce_inputs};
+use crate::with_backend;
 use amdim_shared::rng::{KeyedRng, Stream};
 use amdim_shared::spec::JobSpec;
+use std::path::PathBuf;
 use std::time::Instant;
+
+/// The flags of `amdim-worker bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `amdim-worker bench`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let spec = load_spec(&args.config)?;
+    let name = backend_name(spec.runtime.backend);
+    let r = with_backend!(spec, |B, device| bench::<B>(spec.clone(), device, args.steps, name));
+    print_result(&r, args.json)
+}
 
 #[derive(Debug, serde::Serialize)]
 pub struct BenchResult {

@@ -6,18 +6,39 @@
 
 use crate::checkpoint::CheckpointStore;
 use crate::checkpoint::store::Retention;
-use crate::checkpoint::writer::{AsyncCheckpointer, OnWritten};
+use crate::checkpoint::writer::{AsyncCheckpointer, OnUpload, UploadEvent};
+use crate::cli::{load_spec, print_result};
 use crate::model::kernels::Kernels;
 use crate::optim::adam::AdamState;
 use crate::train::run::{resume, snapshot};
 use crate::train::step::Trainer;
+use crate::with_backend;
 use amdim_shared::spec::JobSpec;
 use anyhow::{Context, Result};
 use burn::tensor::Tensor;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+/// The flags of `amdim-worker bench-checkpoint`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `amdim-worker bench-checkpoint`.
+pub fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    let spec = load_spec(&args.config)?;
+    let handle = runtime.handle().clone();
+    let r = with_backend!(spec, |B, device| bench_checkpoint::<B>(spec.clone(), device, handle)?);
+    print_result(&r, args.json)
+}
+
+/// What one checkpoint of the job's model cost.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CheckpointBench {
     pub parameters: usize,
@@ -51,8 +72,12 @@ pub fn bench_checkpoint<B: Kernels>(spec: JobSpec, device: B::Device, runtime: t
     let keep_all = Retention { newest: 0, every_steps: 0 };
     let written = Arc::new(AtomicU64::new(0));
     let record = written.clone();
-    let on_written: OnWritten = Arc::new(move |_, bytes| record.store(bytes, Ordering::Relaxed));
-    let mut writer = AsyncCheckpointer::new(store.clone(), t.plan.clone(), keep_all).on_written(Some(on_written));
+    let on_upload: OnUpload = Arc::new(move |event| {
+        if let UploadEvent::Written { bytes, .. } = event {
+            record.store(bytes, Ordering::Relaxed);
+        }
+    });
+    let mut writer = AsyncCheckpointer::new(store.clone(), t.plan.clone(), keep_all).on_upload(on_upload);
     let started = Instant::now();
     let snap = snapshot(&t, 0);
     writer.submit(snap);
