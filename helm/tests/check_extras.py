@@ -61,6 +61,10 @@ def run(c, chart, rendered, must_fail, catalogue: set[str]) -> None:
         check_rule(c, objects, catalogue)
         check_network_policies(c, objects, clients=[])
         check_test_pod(c, objects, tls=False)
+        notes = chart.render(ALL_EXTRAS, name="amdim", namespace=NAMESPACE, is_install=True)
+        text = next((v for k, v in notes.items() if k.endswith("NOTES.txt")), "")
+        c.ok("helm test amdim -n amdim" in text and "ConfigMap amdim-dashboard for Grafana's sidecar" in text,
+             "[extras] NOTES.txt names helm test and the dashboard ConfigMap")
     off = rendered("extras-off", {"test": {"enabled": False}})
     if off:
         c.ok(not [o for o in off if o["kind"] in ("ConfigMap", "PrometheusRule", "NetworkPolicy", "Pod")],
