@@ -38,7 +38,11 @@ pub fn encode(state: &State, now_unix: i64) -> String {
     workers.with(&["busy"]).set(busy as f64);
     workers.with(&["lost"]).set(lost as f64);
 
-    let restarts = r.counter("amdim_job_restarts_total", "Generations a job started after a failure.", &["job_id"]);
+    let restarts = r.counter(
+        "amdim_job_restarts_total",
+        "Generations a job started after a failure.",
+        &["job_id"],
+    );
     let step = r.gauge("amdim_job_step", "The latest step a job's workers reported.", &["job_id"]);
     let total = r.gauge("amdim_job_total_steps", "Steps a job trains for.", &["job_id"]);
     let generation = r.gauge("amdim_job_generation", "A job's current generation number.", &["job_id"]);

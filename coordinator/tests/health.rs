@@ -72,7 +72,11 @@ async fn health_answers_without_a_token_for_every_service() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = ctl(addr.clone(), &["--service", "nope"]).await;
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NotFound"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = stop.send(());
     server.await.unwrap().unwrap();
     // Nothing listening: a failure, within the timeout.

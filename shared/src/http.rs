@@ -165,7 +165,9 @@ async fn serve_with(listener: TcpListener, ready: Arc<AtomicBool>, metrics: Metr
         let service = service.clone();
         tokio::spawn(async move {
             let mut conn = http1::Builder::new();
-            conn.timer(TokioTimer::new()).header_read_timeout(limits.header_read).keep_alive(true);
+            conn.timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read)
+                .keep_alive(true);
             // A client that goes away or times out ends only its connection.
             let _ = conn.serve_connection(TokioIo::new(stream), service).await;
             drop(slot);

@@ -37,7 +37,11 @@ async fn read_response(stream: &mut TcpStream, head_only: bool) -> (u16, String,
             break i + 4;
         }
         let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "connection closed inside a response head: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed inside a response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
@@ -60,7 +64,9 @@ async fn read_response(stream: &mut TcpStream, head_only: bool) -> (u16, String,
 
 async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     read_response(&mut s, method == "HEAD").await
 }
 
@@ -104,7 +110,9 @@ async fn keep_alive_serves_two_requests_on_one_connection() {
     let (addr, _) = start_default().await;
     let mut s = TcpStream::connect(addr).await.unwrap();
     for path in ["/metrics", "/healthz"] {
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
         let (status, head, _) = read_response(&mut s, false).await;
         assert_eq!(status, 200, "{path}");
         assert!(!head.contains("connection: close"), "{head}");
@@ -120,7 +128,11 @@ async fn an_idle_or_slow_client_neither_blocks_others_nor_stays_forever() {
     let idle = TcpStream::connect(addr).await.unwrap();
     let started = Instant::now();
     assert_eq!(request(addr, "GET", "/healthz").await.0, 200);
-    assert!(started.elapsed() < TEST_LIMITS.header_read, "served only after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < TEST_LIMITS.header_read,
+        "served only after {:?}",
+        started.elapsed()
+    );
     // Both are closed once the head timeout passes.
     for (who, mut s) in [("slow", slow), ("idle", idle)] {
         let mut rest = Vec::new();
@@ -142,7 +154,10 @@ async fn a_slow_metrics_closure_times_out_without_blocking_probes() {
     assert!(!scrape.is_finished(), "the probe waited for the slow scrape");
     let started = Instant::now();
     let (status, _, body) = scrape.await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(2), "the scrape was not cut at the handler limit");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the scrape was not cut at the handler limit"
+    );
     assert_eq!((status, body.as_str()), (503, "metrics timed out\n"));
 }
 
@@ -157,4 +172,3 @@ fn accept_failures_back_off_up_to_a_second_and_start_over_after_a_success() {
     assert!(!about_one_connection(&emfile), "EMFILE must back off");
     assert!(about_one_connection(&std::io::Error::from(std::io::ErrorKind::ConnectionAborted)));
 }
-

@@ -63,9 +63,13 @@ impl WorkerMetrics {
         let r = Registry::new();
         let seconds = exponential_buckets(0.001, 2.0, 18); // 1 ms .. 131 s
         let long = exponential_buckets(0.1, 2.0, 14); // 0.1 s .. 27 min
-        r.gauge("amdim_build_info", "Always 1: the worker's version and the backend it was built for.", &["version", "backend"])
-            .with(&[env!("CARGO_PKG_VERSION"), BUILD_BACKEND])
-            .set(1.0);
+        r.gauge(
+            "amdim_build_info",
+            "Always 1: the worker's version and the backend it was built for.",
+            &["version", "backend"],
+        )
+        .with(&[env!("CARGO_PKG_VERSION"), BUILD_BACKEND])
+        .set(1.0);
         Self {
             samples: r.counter("amdim_train_samples_total", "Images this rank trained on.", &RUN),
             steps: r.counter("amdim_train_steps_total", "Training steps this rank finished.", &RUN),
@@ -342,7 +346,10 @@ mod tests {
         run.record_step(&m, &timing);
         run.record_step(&m, &timing);
         run.checkpoint.written(3, 4096, 2.0);
-        assert!(!metrics.encode().contains("amdim_eval_accuracy_ratio{"), "accuracy before any evaluation");
+        assert!(
+            !metrics.encode().contains("amdim_eval_accuracy_ratio{"),
+            "accuracy before any evaluation"
+        );
         run.record_eval(0.5, 0.75);
         let text = metrics.encode();
         for line in [
@@ -359,7 +366,11 @@ mod tests {
             "amdim_checkpoint_bytes_total{job_id=\"job-a\",rank=\"1\"} 4096",
             "amdim_checkpoint_last_step{job_id=\"job-a\",rank=\"1\"} 3",
             "amdim_eval_accuracy_ratio{job_id=\"job-a\",rank=\"1\",head=\"mlp\"} 0.75",
-            format!("amdim_build_info{{version=\"{}\",backend=\"{BUILD_BACKEND}\"}} 1", env!("CARGO_PKG_VERSION")).as_str(),
+            format!(
+                "amdim_build_info{{version=\"{}\",backend=\"{BUILD_BACKEND}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )
+            .as_str(),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

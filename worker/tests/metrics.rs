@@ -291,7 +291,9 @@ fn a_local_job_is_scraped_by_a_real_prometheus() {
     assert_eq!(targets_up, 3.0);
     // The amdim job id arrives intact as job_id; `job` stays the scrape job's.
     let series = query(prom_port, "amdim_train_steps_total");
-    let labels: Vec<&serde_json::Value> = series["data"]["result"].as_array().map_or(Vec::new(), |r| r.iter().map(|s| &s["metric"]).collect());
+    let labels: Vec<&serde_json::Value> = series["data"]["result"]
+        .as_array()
+        .map_or(Vec::new(), |r| r.iter().map(|s| &s["metric"]).collect());
     assert_eq!(labels.len(), 2, "{series}");
     for l in &labels {
         assert!(l["job_id"].as_str().is_some_and(|j| j.starts_with("job-")), "job_id lost: {l}");
@@ -299,9 +301,11 @@ fn a_local_job_is_scraped_by_a_real_prometheus() {
         assert!(l.get("exported_job").is_none(), "{l}");
     }
     let builds = query(prom_port, "count by (job, backend) (amdim_build_info)");
-    let backends: Vec<String> = builds["data"]["result"]
-        .as_array()
-        .map_or(Vec::new(), |r| r.iter().map(|s| format!("{}/{}", s["metric"]["job"], s["metric"]["backend"])).collect());
+    let backends: Vec<String> = builds["data"]["result"].as_array().map_or(Vec::new(), |r| {
+        r.iter()
+            .map(|s| format!("{}/{}", s["metric"]["job"], s["metric"]["backend"]))
+            .collect()
+    });
     assert!(backends.iter().any(|b| b == "\"amdim-coordinator\"/\"none\""), "{builds}");
     let backend = if cfg!(feature = "cuda") { "cuda" } else { "cpu-flex" };
     assert!(backends.iter().any(|b| *b == format!("\"amdim-worker\"/\"{backend}\"")), "{builds}");

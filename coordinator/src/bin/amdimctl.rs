@@ -291,12 +291,21 @@ where
 fn health(conn: &Conn, service: &str, timeout_s: u64) -> ExitCode {
     let timeout = std::time::Duration::from_secs(timeout_s.max(1));
     let status = conn.resolve().and_then(|c| {
-        runtime()?.block_on(amdim_coordinator::health::check(&c.server, c.tls_ca_file.as_deref(), service, timeout))
+        runtime()?.block_on(amdim_coordinator::health::check(
+            &c.server,
+            c.tls_ca_file.as_deref(),
+            service,
+            timeout,
+        ))
     });
     match status {
         Ok(status) => {
             println!("{status}");
-            if status == "SERVING" { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if status == "SERVING" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("error: {e:#}");
