@@ -40,7 +40,7 @@ WORKDIR /var/lib/amdim
 ENV AMDIM_STORE=/var/lib/amdim/coordinator.db
 
 # gRPC (amdimctl, workers) and HTTP (/healthz, /readyz, /metrics).
-EXPOSE 7070 9090
+EXPOSE 7070 9464
 
 # `docker stop` and Kubernetes send SIGTERM: the coordinator shuts down
 # cleanly on it (state already on disk); tini forwards it.

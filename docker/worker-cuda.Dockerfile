@@ -76,8 +76,8 @@ USER 10001:10001
 WORKDIR /var/lib/amdim
 
 # HTTP /metrics, /healthz, /readyz when started with --metrics-listen
-# 0.0.0.0:9091 (the Helm chart's port). Collective ports are ephemeral.
-EXPOSE 9091
+# 0.0.0.0:9465 (the Helm chart's port). Collective ports are ephemeral.
+EXPOSE 9465
 
 # `docker stop` and Kubernetes send SIGTERM: the binaries stop cleanly on it
 # (a worker ends its part with a checkpoint first); tini forwards it.

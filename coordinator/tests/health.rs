@@ -1,6 +1,7 @@
 //! The coordinator's standard gRPC health service (`grpc.health.v1`): it
 //! answers SERVING for the server and both amdim services without a token,
-//! while the amdim services themselves still demand theirs.
+//! while the amdim services themselves still demand theirs; `amdimctl
+//! health` (the chart's `helm test`) reports it.
 
 use amdim_coordinator::server::{Coordinator, Settings};
 use std::time::Duration;
@@ -47,6 +48,41 @@ async fn health_answers_without_a_token_for_every_service() {
     let mut jobs = amdim_coordinator::ctl::jobs::connect(&addr, None, None).await.unwrap();
     let refused = jobs.list(amdim_shared::proto::v1::ListJobsRequest {}).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    // `amdimctl health`, as the chart's test Pod runs it.
+    let home = tempfile::tempdir().unwrap();
+    let ctl = |server: String, args: &'static [&'static str]| {
+        let home = home.path().to_path_buf();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_amdimctl"))
+                .args(["--server", &server, "health", "--timeout-s", "3"])
+                .args(args)
+                .env("HOME", home)
+                .env_remove("AMDIM_CONFIG")
+                .env_remove("XDG_CONFIG_HOME")
+                .env_remove("AMDIM_SERVER")
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let out = ctl(addr.clone(), &[]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "SERVING\n");
+    let out = ctl(addr.clone(), &["--service", "amdim.v1.WorkerService"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ctl(addr.clone(), &["--service", "nope"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NotFound"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = stop.send(());
     server.await.unwrap().unwrap();
+    // Nothing listening: a failure, within the timeout.
+    let started = std::time::Instant::now();
+    let out = ctl(addr, &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the coordinator"));
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
 }

@@ -21,6 +21,9 @@ What it does:
      GPU limits in the GPU render, the process command lines, labels.
   5. Checks deploy/grafana/amdim-dashboard.json and deploy/prometheus.yml
      against the metric catalogue.
+  6. check_extras.py: the Grafana dashboard ConfigMap, the PrometheusRule
+     (promtool check rules and promtool test rules on synthetic series), the
+     NetworkPolicies, the helm test Pod, the worker update strategy.
 
 Needs: pip install helm-python-sdk kubernetes-validate (PyYAML comes with
 the latter). Run from anywhere:
@@ -137,13 +140,15 @@ CERTIFICATE_SCHEMA = {
 WORKER_METRICS = {
     "amdim_train_samples_total", "amdim_train_steps_total", "amdim_train_step",
     "amdim_train_total_steps", "amdim_step_duration_seconds", "amdim_step_phase_seconds_total",
-    "amdim_loss", "amdim_eval_accuracy", "amdim_allreduce_duration_seconds",
+    "amdim_loss", "amdim_eval_accuracy_ratio", "amdim_allreduce_duration_seconds",
     "amdim_allreduce_bytes_total", "amdim_allgather_duration_seconds", "amdim_allgather_bytes_total",
     "amdim_dataloader_wait_seconds", "amdim_decode_errors_total", "amdim_checkpoint_duration_seconds",
     "amdim_checkpoint_bytes_total", "amdim_checkpoint_failures_total", "amdim_checkpoint_deferred_total",
     "amdim_checkpoint_last_step",
     "amdim_rank_step_lag_seconds",
 }
+# Exported by both processes (backend="none" on the coordinator); not a dashboard panel.
+BUILD_INFO = "amdim_build_info"
 COORDINATOR_METRICS = {
     "amdim_jobs", "amdim_workers", "amdim_job_restarts_total", "amdim_job_step",
     "amdim_job_total_steps", "amdim_checkpoints_committed_total", "amdim_job_workers", "amdim_job_generation",
@@ -160,7 +165,7 @@ LABEL_VALUES = {
 }
 
 COORDINATOR_ARGS = [
-    "--listen", "0.0.0.0:7070", "--http-listen", "0.0.0.0:9090",
+    "--listen", "0.0.0.0:7070", "--http-listen", "0.0.0.0:9464",
     "--store", "/var/lib/amdim/coordinator.db",
     "--client-token-file", "/etc/amdim/tokens/client-token",
     "--join-token-file", "/etc/amdim/tokens/join-token",
@@ -180,6 +185,8 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the machine
     print(f"check_chart: {e.name} is missing: pip install helm-python-sdk kubernetes-validate", file=sys.stderr)
     sys.exit(2)
+
+import check_extras  # noqa: E402  (needs the packages above)
 
 
 class Checks:
@@ -260,8 +267,9 @@ def validate_objects(c: Checks, case: str, objects: list[dict]) -> None:
         clean = {k: v for k, v in obj.items() if k != "_source"}
         name = f"{obj['kind']}/{obj['metadata']['name']}"
         if obj["apiVersion"].startswith("monitoring.coreos.com/"):
-            c.note(f"{obj['kind']} ({obj['apiVersion']}) is a CRD without a schema in kubernetes-validate: "
-                   "skipped there; its selectors and ports are checked against the Services instead")
+            instead = ("its rule groups go through promtool check rules and promtool test rules instead"
+                       if obj["kind"] == "PrometheusRule" else "its selectors and ports are checked against the Services instead")
+            c.note(f"{obj['kind']} ({obj['apiVersion']}) is a CRD without a schema in kubernetes-validate: skipped there; {instead}")
             continue
         if obj["apiVersion"].startswith("cert-manager.io/"):
             c.note(f"{obj['kind']} ({obj['apiVersion']}) is a CRD without a schema in kubernetes-validate: "
@@ -364,7 +372,7 @@ def check_conventions(c: Checks, case: str, objects: list[dict]) -> None:
         for ep in sm["spec"]["endpoints"]:
             names = {p["name"] for s in matched for p in s["spec"]["ports"]}
             c.ok(ep["port"] in names, f"[{case}] {name}: endpoint port {ep['port']} is a Service port")
-            c.ok(ep.get("path") == "/metrics" and ep.get("honorLabels") is True, f"[{case}] {name}: /metrics with honorLabels")
+            c.ok(ep.get("path") == "/metrics" and "honorLabels" not in ep, f"[{case}] {name}: /metrics with default scrape settings (no honorLabels)")
 
 
 def check_commands(c: Checks, case: str, objects: list[dict]) -> None:
@@ -377,7 +385,7 @@ def check_commands(c: Checks, case: str, objects: list[dict]) -> None:
     cc = coord["spec"]["template"]["spec"]["containers"][0]
     c.ok("command" not in cc and cc["args"][: len(COORDINATOR_ARGS)] == COORDINATOR_ARGS,
          f"[{case}] coordinator arguments (the image's tini entrypoint kept)")
-    c.ok({p["name"]: p["containerPort"] for p in cc["ports"]} == {"grpc": 7070, "http": 9090}, f"[{case}] coordinator ports grpc 7070, http 9090")
+    c.ok({p["name"]: p["containerPort"] for p in cc["ports"]} == {"grpc": 7070, "http": 9464}, f"[{case}] coordinator ports grpc 7070, http 9464")
     state = next((m for m in cc["volumeMounts"] if m["mountPath"] == "/var/lib/amdim"), None)
     c.ok(state is not None, f"[{case}] coordinator state volume at /var/lib/amdim")
 
@@ -403,7 +411,7 @@ def check_commands(c: Checks, case: str, objects: list[dict]) -> None:
         c.ok(cmount is None, f"[{case}] coordinator: no {TLS_DIR} mount without TLS")
     svc = f"{'https' if tls else 'http'}://{coord['metadata']['name']}:7070"
     expected = ["agent", "--coordinator", svc, "--advertise-host", "$(POD_IP)",
-                "--metrics-listen", "0.0.0.0:9091", "--join-token-file", "/etc/amdim/tokens/join-token"]
+                "--metrics-listen", "0.0.0.0:9465", "--join-token-file", "/etc/amdim/tokens/join-token"]
     c.ok("command" not in wc and wc["args"][: len(expected)] == expected,
          f"[{case}] worker arguments (the image's tini entrypoint kept), --coordinator {svc}")
     devices = wc["args"][wc["args"].index("--devices") + 1] if "--devices" in wc["args"] else None
@@ -417,7 +425,7 @@ def check_commands(c: Checks, case: str, objects: list[dict]) -> None:
              f"[{case}] workers: no --tls-ca-file and no {TLS_DIR} mount without TLS")
     pod_ip = env_map(wc).get("POD_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
     c.ok(pod_ip == "status.podIP", f"[{case}] worker POD_IP from status.podIP")
-    c.ok({p["name"]: p["containerPort"] for p in wc["ports"]} == {"metrics": 9091}, f"[{case}] worker port metrics 9091")
+    c.ok({p["name"]: p["containerPort"] for p in wc["ports"]} == {"metrics": 9465}, f"[{case}] worker port metrics 9465")
     vols = {v["name"]: v for v in ws["template"]["spec"]["volumes"]}
     shm = next((m for m in wc["volumeMounts"] if m["mountPath"] == "/dev/shm"), None)
     c.ok(bool(shm) and vols.get(shm["name"], {}).get("emptyDir", {}).get("medium") == "Memory", f"[{case}] worker /dev/shm is a Memory emptyDir")
@@ -457,14 +465,17 @@ def run_cases(c: Checks, chart: "helm.Chart", gpu_values: dict) -> int:
     objects = rendered("defaults", None)
     if objects:
         kinds = sorted(o["kind"] for o in objects)
-        c.ok(kinds == sorted(["Deployment", "PersistentVolumeClaim", "Secret", "Service", "Service", "ServiceAccount", "StatefulSet"]),
-             f"[defaults] objects: {kinds}")
+        c.ok(kinds == sorted(["Deployment", "PersistentVolumeClaim", "Pod", "Secret", "Service", "Service", "ServiceAccount", "StatefulSet"]),
+             f"[defaults] objects: {kinds} (the Pod: the helm test hook)")
         secret = by_kind(objects, "Secret")[0]
         c.ok(set(secret["data"]) == {"client-token", "join-token"}, "[defaults] Secret holds the two tokens and no empty S3 keys")
         c.ok(all(len(base64.b64decode(v)) == 32 for v in secret["data"].values()), "[defaults] generated tokens are 32 characters")
         worker = one(objects, "StatefulSet", "worker")
         wc = worker["spec"]["template"]["spec"]["containers"][0]
         c.ok(worker["spec"]["replicas"] == 2, "[defaults] 2 workers")
+        c.ok(worker["spec"]["updateStrategy"] == {"type": "OnDelete"}, "[defaults] workers: updateStrategy OnDelete (an upgrade never restarts a job)")
+        grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        c.ok(grace >= 4 * 27.5, f"[defaults] workers: terminationGracePeriodSeconds {grace} >= 4 x the 27.5 s final checkpoint")
         c.ok(wc["image"] == f"amdim/worker:{chart.metadata['appVersion']}", f"[defaults] CPU worker image {wc['image']}")
         c.ok("nvidia.com/gpu" not in wc["resources"].get("limits", {}), "[defaults] no GPU limit on CPU workers")
         coord = one(objects, "Deployment", "coordinator")
@@ -546,6 +557,7 @@ def run_cases(c: Checks, chart: "helm.Chart", gpu_values: dict) -> int:
              "[pdb-percent] minAvailable 50%")
 
     check_tls_cases(c, chart, rendered, must_fail)
+    check_extras.run(c, chart, rendered, must_fail, catalogue=WORKER_METRICS | COORDINATOR_METRICS | {BUILD_INFO})
 
     # values.schema.json rejects what the chart does not know.
     must_fail("schema-unknown-key", {"replicaCount": 3}, "additional properties 'replicaCount' not allowed")
@@ -709,10 +721,11 @@ def check_dashboard(c: Checks) -> None:
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     ds = variables.get("datasource", {})
     c.ok(ds.get("type") == "datasource" and ds.get("query") == "prometheus", "dashboard: datasource variable of type prometheus")
-    job = variables.get("job", {})
+    job = variables.get("job_id", {})
     query = job.get("query", {})
     query = query.get("query") if isinstance(query, dict) else query
-    c.ok(query == "label_values(amdim_train_step, job)", "dashboard: job variable from label_values(amdim_train_step, job)")
+    c.ok(query == "label_values(amdim_train_step, job_id)", "dashboard: job_id variable from label_values(amdim_train_step, job_id)")
+    c.ok("job" not in variables, "dashboard: no `job` variable (that label is Prometheus' scrape job)")
 
     panels = []
     for p in dash["panels"]:
@@ -740,6 +753,8 @@ def check_dashboard(c: Checks) -> None:
             for v in re.findall(label + r'=~?"([^"]+)"', e):
                 c.ok(set(v.split("|")) <= values, f"dashboard {label} values {v} are in the catalogue")
         c.ok(e.count("(") == e.count(")"), f"dashboard expression has balanced parentheses: {e}")
+        c.ok(not re.search(r"\bjob\s*(=|!=|=~|!~)|\b(by|without|on|ignoring)\s*\([^)]*\bjob\b", e),
+             f"dashboard expression selects and groups by job_id, not Prometheus' job: {e}")
     unused = sorted((WORKER_METRICS | COORDINATOR_METRICS) - used - {"amdim_train_step"})
     c.ok(not unused, f"dashboard shows every catalogue metric {unused or ''}".rstrip())
     titles = " ".join(p["title"].lower() for p in panels)
@@ -765,7 +780,7 @@ def check_with_promtool(c: Checks) -> None:
         return
     lines = ["groups:", "  - name: amdim-dashboard", "    rules:"]
     for i, e in enumerate(dashboard_exprs()):
-        e = e.replace("$__range", "1h").replace("$job", ".*").replace("$rank", ".*")
+        e = e.replace("$__range", "1h").replace("$job_id", ".*").replace("$rank", ".*")
         lines += [f"      - record: amdim:dashboard_{i}", f"        expr: {json.dumps(e)}"]
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
         f.write("\n".join(lines) + "\n")
@@ -787,9 +802,9 @@ def check_prometheus(c: Checks) -> None:
     c.ok(conf.get("global", {}).get("scrape_interval") == "5s", "prometheus.yml: scrape_interval 5s")
     jobs = {j["job_name"]: j for j in conf.get("scrape_configs", [])}
     targets = {name: [t for sc in j.get("static_configs", []) for t in sc["targets"]] for name, j in jobs.items()}
-    c.ok(targets.get("amdim-coordinator") == ["127.0.0.1:9090"], "prometheus.yml: amdim-coordinator scrapes 127.0.0.1:9090")
-    c.ok(targets.get("amdim-worker") == ["127.0.0.1:9091", "127.0.0.1:9092"], "prometheus.yml: amdim-worker scrapes 127.0.0.1:9091 and :9092")
-    c.ok(all(j.get("honor_labels") is True for j in jobs.values()), "prometheus.yml: honor_labels keeps the exported job label")
+    c.ok(targets.get("amdim-coordinator") == ["127.0.0.1:9464"], "prometheus.yml: amdim-coordinator scrapes 127.0.0.1:9464")
+    c.ok(targets.get("amdim-worker") == ["127.0.0.1:9465", "127.0.0.1:9466"], "prometheus.yml: amdim-worker scrapes 127.0.0.1:9465 and :9466")
+    c.ok(all("honor_labels" not in j for j in jobs.values()), "prometheus.yml: default scrape settings (no honor_labels)")
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -806,7 +821,8 @@ def main() -> int:
 
     print("== helm lint --strict")
     gpu_values = helm.values_from_yaml(GPU_VALUES.read_text())
-    for label, values in (("defaults", None), ("values-gpu", gpu_values), ("tls-certManager", TLS_CERT_MANAGER)):
+    for label, values in (("defaults", None), ("values-gpu", gpu_values), ("tls-certManager", TLS_CERT_MANAGER),
+                          ("extras", check_extras.ALL_EXTRAS)):
         for kube in ("v1.29.0", f"v{kv.latest_version()}"):
             report = helm.lint(CHART, values, strict=True, kube_version=kube)
             bad = [m for m in report["messages"] if m["severity"] >= 2] + [{"error": e} for e in report["errors"]]

@@ -1,101 +1,180 @@
 //! The plain-HTTP endpoints of the coordinator and the workers (design §1,
 //! §9): `GET /healthz` (the process answers), `GET /readyz` (ready to serve;
 //! 503 otherwise) and `GET /metrics` (Prometheus text format, produced by
-//! the caller's closure at scrape time). One request per connection, no
-//! keep-alive; anything else is 404. Owns nothing but the HTTP framing:
-//! what is measured belongs to the process serving it.
+//! the caller's closure at scrape time). HEAD is answered like GET without
+//! a body; anything else is 404.
+//!
+//! Routing is axum's, the connections are hyper's HTTP/1 (keep-alive on):
+//! a request head, or an idle keep-alive connection's next one, must
+//! arrive within [`Limits::header_read`]; producing `/metrics` may take
+//! [`Limits::handler`] (503 after that); at most [`Limits::connections`]
+//! connections are served at once. A failed `accept()` that is about the
+//! process (out of file descriptors, memory) backs off instead of spinning.
+//!
+//! Owns nothing but the HTTP serving: what is measured belongs to the
+//! process serving it.
 
 use crate::metrics::CONTENT_TYPE;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 /// Produces the `/metrics` body at scrape time.
 pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// What a request line such as `GET /readyz HTTP/1.1` asks for.
-#[derive(Debug, PartialEq, Eq)]
-enum Route {
-    Healthz,
-    Ready,
-    NotReady,
-    Metrics,
-    NotFound,
-    BadRequest,
+/// How long and how much the server waits for and serves its clients.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// A request head must be complete within this, and an idle keep-alive
+    /// connection is closed when no next request starts within it.
+    header_read: Duration,
+    /// The longest `/metrics` may take to produce (Prometheus' default
+    /// scrape timeout is 10 s).
+    handler: Duration,
+    /// Connections served at once; further ones wait in the listen backlog.
+    connections: usize,
 }
 
-/// Which route a request line asks for, with readiness `ready`.
-fn route(request_line: &str, ready: bool) -> Route {
-    let mut parts = request_line.split_whitespace();
-    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
-        return Route::BadRequest;
-    };
-    // Prometheus and probes may add a query string; the path decides.
-    let path = target.split('?').next().unwrap_or_default();
-    match (method, path) {
-        ("GET", "/healthz") => Route::Healthz,
-        ("GET", "/readyz") if ready => Route::Ready,
-        ("GET", "/readyz") => Route::NotReady,
-        ("GET", "/metrics") => Route::Metrics,
-        _ => Route::NotFound,
+/// The limits `serve` uses. 30 s keeps Prometheus' connections (15 s
+/// ServiceMonitor interval) alive between scrapes.
+const LIMITS: Limits = Limits {
+    header_read: Duration::from_secs(30),
+    handler: Duration::from_secs(10),
+    connections: 256,
+};
+
+/// What the handlers read.
+#[derive(Clone)]
+struct Endpoints {
+    ready: Arc<AtomicBool>,
+    metrics: MetricsFn,
+    handler_timeout: Duration,
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+async fn healthz() -> Response {
+    text(StatusCode::OK, "ok\n")
+}
+
+async fn readyz(State(e): State<Endpoints>) -> Response {
+    if e.ready.load(Ordering::Relaxed) {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
 }
 
-async fn answer(mut stream: TcpStream, ready: bool, metrics: MetricsFn) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 8192];
-    let mut len = 0;
-    // Read the whole head (up to the blank line, or a full buffer): closing
-    // with unread bytes would reset the connection under the response.
-    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
-        let n = stream.read(&mut buf[len..]).await?;
-        if n == 0 {
-            break;
-        }
-        len += n;
+async fn metrics(State(e): State<Endpoints>) -> Response {
+    // The closure may take a lock (the coordinator's state): off the
+    // runtime's threads, and bounded in time.
+    let produce = e.metrics.clone();
+    match tokio::time::timeout(e.handler_timeout, tokio::task::spawn_blocking(move || produce())).await {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+        Ok(Err(_)) => text(StatusCode::INTERNAL_SERVER_ERROR, "metrics failed\n"),
+        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "metrics timed out\n"),
     }
-    let text = String::from_utf8_lossy(&buf[..len]);
-    let (status, content_type, body) = match route(text.lines().next().unwrap_or_default(), ready) {
-        Route::Healthz => ("200 OK", "text/plain", "ok\n".to_string()),
-        Route::Ready => ("200 OK", "text/plain", "ready\n".to_string()),
-        Route::NotReady => ("503 Service Unavailable", "text/plain", "not ready\n".to_string()),
-        Route::Metrics => ("200 OK", CONTENT_TYPE, metrics()),
-        Route::NotFound => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        Route::BadRequest => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
 }
 
-/// Serves the endpoints on `listener` for as long as the task lives.
+async fn not_found() -> Response {
+    text(StatusCode::NOT_FOUND, "not found\n")
+}
+
+fn router(endpoints: Endpoints) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(not_found)
+        .fallback(not_found)
+        .with_state(endpoints)
+}
+
+/// Whether a failed `accept()` concerns only the connection being accepted
+/// (accept the next one at once) rather than the process (back off).
+fn about_one_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted)
+}
+
+/// Waits between failed `accept()` calls: 10 ms doubling to 1 s, from the
+/// start again after a success.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn next(&mut self) -> Duration {
+        let wait = Self::FIRST.saturating_mul(1 << self.failures.min(16)).min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// Serves the endpoints on `listener` for as long as the task lives;
+/// `/readyz` answers 200 while `ready` holds.
 pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>, metrics: MetricsFn) {
+    serve_with(listener, ready, metrics, LIMITS).await
+}
+
+async fn serve_with(listener: TcpListener, ready: Arc<AtomicBool>, metrics: MetricsFn, limits: Limits) {
+    let service = TowerToHyperService::new(router(Endpoints {
+        ready,
+        metrics,
+        handler_timeout: limits.handler,
+    }));
+    let slots = Arc::new(Semaphore::new(limits.connections));
+    let mut backoff = Backoff::default();
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let ready = ready.load(Ordering::Relaxed);
-        let metrics = metrics.clone();
+        // The semaphore is never closed.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.reset();
+                stream
+            }
+            Err(e) if about_one_connection(&e) => continue,
+            Err(e) => {
+                let wait = backoff.next();
+                tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "http: accept failed; backing off");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
         tokio::spawn(async move {
-            let _ = answer(stream, ready, metrics).await;
+            let mut conn = http1::Builder::new();
+            conn.timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read)
+                .keep_alive(true);
+            // A client that goes away or times out ends only its connection.
+            let _ = conn.serve_connection(TokioIo::new(stream), service).await;
+            drop(slot);
         });
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_route_by_path_and_readiness() {
-        assert_eq!(route("GET /healthz HTTP/1.1", false), Route::Healthz);
-        assert_eq!(route("GET /readyz HTTP/1.1", true), Route::Ready);
-        assert_eq!(route("GET /readyz HTTP/1.1", false), Route::NotReady);
-        assert_eq!(route("GET /metrics?x=1 HTTP/1.1", false), Route::Metrics);
-        assert_eq!(route("POST /metrics HTTP/1.1", true), Route::NotFound);
-        assert_eq!(route("GET /other HTTP/1.1", true), Route::NotFound);
-        assert_eq!(route("", true), Route::BadRequest);
-    }
-}
+#[path = "http_tests.rs"]
+mod tests;

@@ -403,7 +403,7 @@ mod tests {
     #[test]
     fn counters_gauges_and_histograms_encode_in_the_text_format() {
         let r = Registry::new();
-        let c = r.counter("amdim_things_total", "Things.\nSecond line", &["job"]);
+        let c = r.counter("amdim_things_total", "Things.\nSecond line", &["job_id"]);
         c.with(&["a\"b"]).add(2.5);
         c.with(&["a\"b"]).inc();
         c.with(&["a\"b"]).add(-7.0);
@@ -416,7 +416,7 @@ mod tests {
         let text = r.encode();
         let expected = "# HELP amdim_things_total Things.\\nSecond line\n\
 # TYPE amdim_things_total counter\n\
-amdim_things_total{job=\"a\\\"b\"} 3.5\n\
+amdim_things_total{job_id=\"a\\\"b\"} 3.5\n\
 # HELP amdim_level Level\n\
 # TYPE amdim_level gauge\n\
 amdim_level NaN\n\
@@ -444,10 +444,10 @@ amdim_wait_seconds_count{rank=\"0\"} 4\n";
     #[test]
     fn cleared_children_stop_being_exported() {
         let r = Registry::new();
-        let g = r.gauge("amdim_job_step", "Step", &["job", "rank"]);
+        let g = r.gauge("amdim_job_step", "Step", &["job_id", "rank"]);
         g.with(&["j1", "0"]).set(1.0);
         g.with(&["j2", "0"]).set(2.0);
-        r.retain("job", "j2");
+        r.retain("job_id", "j2");
         assert!(!r.encode().contains("j1"));
         assert!(r.encode().contains("j2"));
         g.clear();

@@ -1,7 +1,7 @@
 //! The worker's Prometheus metrics (design §9): one process-wide registry,
 //! served on `--metrics-listen` by `amdim_shared::http`, and the per-run
 //! handles the training loop and the checkpoint writer update. Every series
-//! carries `job` and `rank`; further labels are closed sets (`phase`,
+//! carries `job_id` and `rank`; further labels are closed sets (`phase`,
 //! `term`, `head`). A new run forgets the series of the previous job, so a
 //! long-lived agent's label sets stay bounded.
 //!
@@ -55,13 +55,24 @@ pub struct WorkerMetrics {
     checkpoint_last_step: Arc<Family<Gauge>>,
 }
 
-const RUN: [&str; 2] = ["job", "rank"];
+/// The `backend` label of `amdim_build_info`: the most capable backend this
+/// build runs (a CUDA build runs CPU jobs too).
+const BUILD_BACKEND: &str = if cfg!(feature = "cuda") { "cuda" } else { "cpu-flex" };
+
+const RUN: [&str; 2] = ["job_id", "rank"];
 
 impl WorkerMetrics {
     fn new() -> Self {
         let r = Registry::new();
         let seconds = exponential_buckets(0.001, 2.0, 18); // 1 ms .. 131 s
         let long = exponential_buckets(0.1, 2.0, 14); // 0.1 s .. 27 min
+        r.gauge(
+            "amdim_build_info",
+            "Always 1: the worker's version and the backend it was built for.",
+            &["version", "backend"],
+        )
+        .with(&[env!("CARGO_PKG_VERSION"), BUILD_BACKEND])
+        .set(1.0);
         Self {
             samples: r.counter("amdim_train_samples_total", "Images this rank trained on.", &RUN),
             steps: r.counter("amdim_train_steps_total", "Training steps this rank finished.", &RUN),
@@ -76,13 +87,13 @@ impl WorkerMetrics {
             phase: r.counter(
                 "amdim_step_phase_seconds_total",
                 "Step time by phase: data_wait, compute, allgather (targets and their gradients), bn_sync, allreduce (gradients and metrics), checkpoint (snapshot).",
-                &["job", "rank", "phase"],
+                &["job_id", "rank", "phase"],
             ),
-            loss: r.gauge("amdim_loss", "The last step's loss terms (means over ranks).", &["job", "rank", "term"]),
+            loss: r.gauge("amdim_loss", "The last step's loss terms (means over ranks).", &["job_id", "rank", "term"]),
             accuracy: r.gauge(
-                "amdim_eval_accuracy",
-                "Test accuracy of the online classifiers at the last evaluation (ratio).",
-                &["job", "rank", "head"],
+                "amdim_eval_accuracy_ratio",
+                "Test accuracy of the online classifiers at the last evaluation (0..1).",
+                &["job_id", "rank", "head"],
             ),
             allreduce_duration: r.histogram(
                 "amdim_allreduce_duration_seconds",
@@ -154,7 +165,7 @@ impl WorkerMetrics {
     /// The handles of one run of `job` as `rank`; series of other jobs are
     /// forgotten.
     pub fn for_run(&self, job: &str, rank: usize) -> RunMetrics {
-        self.registry.retain("job", job);
+        self.registry.retain("job_id", job);
         let rank = rank.to_string();
         let l = [job, rank.as_str()];
         let with = |extra: &'static str| [job, rank.as_str(), extra];
@@ -357,29 +368,38 @@ mod tests {
         run.record_step(&m, &timing);
         run.record_step(&m, &timing);
         run.checkpoint.written(3, 4096, 2.0);
-        assert!(!metrics.encode().contains("amdim_eval_accuracy{"), "accuracy before any evaluation");
+        assert!(
+            !metrics.encode().contains("amdim_eval_accuracy_ratio{"),
+            "accuracy before any evaluation"
+        );
         run.record_eval(0.5, 0.75);
         let text = metrics.encode();
         for line in [
-            "amdim_train_samples_total{job=\"job-a\",rank=\"1\"} 32",
-            "amdim_train_step{job=\"job-a\",rank=\"1\"} 3",
-            "amdim_step_phase_seconds_total{job=\"job-a\",rank=\"1\",phase=\"compute\"} 0.5",
-            "amdim_step_phase_seconds_total{job=\"job-a\",rank=\"1\",phase=\"allreduce\"} 1",
-            "amdim_step_phase_seconds_total{job=\"job-a\",rank=\"1\",phase=\"rank_sync\"} 0.125",
-            "amdim_loss{job=\"job-a\",rank=\"1\",term=\"total\"} 2.5",
-            "amdim_allreduce_bytes_total{job=\"job-a\",rank=\"1\"} 2000",
-            "amdim_allgather_bytes_total{job=\"job-a\",rank=\"1\"} 128",
-            "amdim_step_duration_seconds_count{job=\"job-a\",rank=\"1\"} 2",
-            "amdim_rank_step_lag_seconds{job=\"job-a\",rank=\"1\"} 0.05",
-            "amdim_checkpoint_bytes_total{job=\"job-a\",rank=\"1\"} 4096",
-            "amdim_checkpoint_last_step{job=\"job-a\",rank=\"1\"} 3",
-            "amdim_eval_accuracy{job=\"job-a\",rank=\"1\",head=\"mlp\"} 0.75",
+            "amdim_train_samples_total{job_id=\"job-a\",rank=\"1\"} 32",
+            "amdim_train_step{job_id=\"job-a\",rank=\"1\"} 3",
+            "amdim_step_phase_seconds_total{job_id=\"job-a\",rank=\"1\",phase=\"compute\"} 0.5",
+            "amdim_step_phase_seconds_total{job_id=\"job-a\",rank=\"1\",phase=\"allreduce\"} 1",
+            "amdim_step_phase_seconds_total{job_id=\"job-a\",rank=\"1\",phase=\"rank_sync\"} 0.125",
+            "amdim_loss{job_id=\"job-a\",rank=\"1\",term=\"total\"} 2.5",
+            "amdim_allreduce_bytes_total{job_id=\"job-a\",rank=\"1\"} 2000",
+            "amdim_allgather_bytes_total{job_id=\"job-a\",rank=\"1\"} 128",
+            "amdim_step_duration_seconds_count{job_id=\"job-a\",rank=\"1\"} 2",
+            "amdim_rank_step_lag_seconds{job_id=\"job-a\",rank=\"1\"} 0.05",
+            "amdim_checkpoint_bytes_total{job_id=\"job-a\",rank=\"1\"} 4096",
+            "amdim_checkpoint_last_step{job_id=\"job-a\",rank=\"1\"} 3",
+            "amdim_eval_accuracy_ratio{job_id=\"job-a\",rank=\"1\",head=\"mlp\"} 0.75",
+            format!(
+                "amdim_build_info{{version=\"{}\",backend=\"{BUILD_BACKEND}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )
+            .as_str(),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         let _next = metrics.for_run("job-b", 0);
         let text = metrics.encode();
         assert!(!text.contains("job-a"), "old job's series kept:\n{text}");
-        assert!(text.contains("amdim_train_samples_total{job=\"job-b\",rank=\"0\"} 0"));
+        assert!(text.contains("amdim_train_samples_total{job_id=\"job-b\",rank=\"0\"} 0"));
+        assert!(text.contains("amdim_build_info{"), "a new job forgot the build info:\n{text}");
     }
 }

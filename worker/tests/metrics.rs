@@ -2,7 +2,9 @@
 //! worker processes under `amdimctl local --metrics-port`, its live
 //! `/metrics` pages checked by `promtool check metrics`, a real Prometheus
 //! (Debian's `prometheus` package) scraping the job, and PromQL through its
-//! HTTP API returning a non-zero training rate. The Grafana dashboard and
+//! HTTP API returning a non-zero training rate. Prometheus scrapes with its
+//! default settings (no `honor_labels`): the amdim job id arrives as
+//! `job_id`, next to Prometheus' own `job`. The Grafana dashboard and
 //! `deploy/prometheus.yml` are held against the same live scrape.
 
 mod support;
@@ -236,13 +238,15 @@ fn a_local_job_is_scraped_by_a_real_prometheus() {
         "amdim_decode_errors_total counter",
         "amdim_checkpoint_duration_seconds histogram",
         "amdim_rank_step_lag_seconds gauge",
+        "amdim_eval_accuracy_ratio gauge",
+        "amdim_build_info gauge",
     ] {
         assert!(scraped.contains(&format!("# TYPE {family}\n")), "no {family} in the scrapes");
     }
     assert!(
         scraped
             .lines()
-            .any(|l| l.starts_with("amdim_loss{job=\"job-") && l.contains(",rank=\"1\",term=\"nce_1t5\"}")),
+            .any(|l| l.starts_with("amdim_loss{job_id=\"job-") && l.contains(",rank=\"1\",term=\"nce_1t5\"}")),
         "{scraped}"
     );
     dashboard_matches(&scraped, &repo().join("deploy/grafana/amdim-dashboard.json"));
@@ -261,7 +265,7 @@ fn a_local_job_is_scraped_by_a_real_prometheus() {
     std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: amdim-coordinator\n    honor_labels: true\n    static_configs:\n      - targets: ['127.0.0.1:{coordinator}']\n  - job_name: amdim-worker\n    honor_labels: true\n    static_configs:\n      - targets: ['127.0.0.1:{}', '127.0.0.1:{}']\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: amdim-coordinator\n    static_configs:\n      - targets: ['127.0.0.1:{coordinator}']\n  - job_name: amdim-worker\n    static_configs:\n      - targets: ['127.0.0.1:{}', '127.0.0.1:{}']\n",
             workers[0], workers[1]
         ),
     )
@@ -285,6 +289,26 @@ fn a_local_job_is_scraped_by_a_real_prometheus() {
     eprintln!("prometheus: {rate:.1} samples/s, {busy} busy workers, {targets_up} targets up");
     assert_eq!(busy, 2.0);
     assert_eq!(targets_up, 3.0);
+    // The amdim job id arrives intact as job_id; `job` stays the scrape job's.
+    let series = query(prom_port, "amdim_train_steps_total");
+    let labels: Vec<&serde_json::Value> = series["data"]["result"]
+        .as_array()
+        .map_or(Vec::new(), |r| r.iter().map(|s| &s["metric"]).collect());
+    assert_eq!(labels.len(), 2, "{series}");
+    for l in &labels {
+        assert!(l["job_id"].as_str().is_some_and(|j| j.starts_with("job-")), "job_id lost: {l}");
+        assert_eq!(l["job"], "amdim-worker", "{l}");
+        assert!(l.get("exported_job").is_none(), "{l}");
+    }
+    let builds = query(prom_port, "count by (job, backend) (amdim_build_info)");
+    let backends: Vec<String> = builds["data"]["result"].as_array().map_or(Vec::new(), |r| {
+        r.iter()
+            .map(|s| format!("{}/{}", s["metric"]["job"], s["metric"]["backend"]))
+            .collect()
+    });
+    assert!(backends.iter().any(|b| b == "\"amdim-coordinator\"/\"none\""), "{builds}");
+    let backend = if cfg!(feature = "cuda") { "cuda" } else { "cpu-flex" };
+    assert!(backends.iter().any(|b| *b == format!("\"amdim-worker\"/\"{backend}\"")), "{builds}");
 
     // deploy/prometheus.yml is a valid configuration for the local mode.
     let out = Command::new("promtool")

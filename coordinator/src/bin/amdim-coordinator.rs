@@ -27,7 +27,7 @@ struct Cli {
     #[arg(long, env = "AMDIM_LISTEN", default_value = "0.0.0.0:7070")]
     listen: String,
     /// HTTP address of /healthz, /readyz and /metrics (Prometheus).
-    #[arg(long, env = "AMDIM_HTTP_LISTEN", default_value = "0.0.0.0:9090")]
+    #[arg(long, env = "AMDIM_HTTP_LISTEN", default_value = "0.0.0.0:9464")]
     http_listen: String,
     /// The store (an SQLite file, created if missing) that keeps jobs,
     /// generations, events, workers and checkpoints across restarts.

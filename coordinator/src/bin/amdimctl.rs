@@ -106,9 +106,20 @@ enum Command {
         #[arg(long, env = "AMDIM_WORKER_BIN")]
         worker_bin: Option<PathBuf>,
         /// Serve Prometheus metrics on 127.0.0.1: the coordinator at this
-        /// port, worker i at port+1+i (deploy/prometheus.yml scrapes 9090..).
+        /// port, worker i at port+1+i (deploy/prometheus.yml scrapes 9464, 9465, 9466).
         #[arg(long)]
         metrics_port: Option<u16>,
+    },
+    /// Ask the coordinator's gRPC health service (grpc.health.v1, no token
+    /// needed); prints the status and exits 0 on SERVING, 1 otherwise.
+    Health {
+        /// The service to ask about ("" for the whole server,
+        /// amdim.v1.JobService, amdim.v1.WorkerService).
+        #[arg(long, default_value = "")]
+        service: String,
+        /// Seconds to wait for the connection and the answer.
+        #[arg(long, default_value_t = 10)]
+        timeout_s: u64,
     },
     /// List the workers the coordinator knows.
     Workers {
@@ -215,6 +226,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Workers { output } => jobs_command(&conn, |c| jobs::workers(c, output)),
+        Command::Health { service, timeout_s } => health(&conn, &service, timeout_s),
         Command::Dataset { command } => report(run_dataset(command)),
         Command::Checkpoints { uri, output } => with_checkpoint_uri(&conn, uri, |uri| async move { list_checkpoints(&uri, output).await }),
         Command::Export { uri, step, out } => with_checkpoint_uri(&conn, uri, |uri| async move {
@@ -268,6 +280,33 @@ where
     });
     match result {
         Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `amdimctl health`: the status on stdout; 0 only for SERVING.
+fn health(conn: &Conn, service: &str, timeout_s: u64) -> ExitCode {
+    let timeout = std::time::Duration::from_secs(timeout_s.max(1));
+    let status = conn.resolve().and_then(|c| {
+        runtime()?.block_on(amdim_coordinator::ctl::health::check(
+            &c.server,
+            c.tls_ca_file.as_deref(),
+            service,
+            timeout,
+        ))
+    });
+    match status {
+        Ok(status) => {
+            println!("{status}");
+            if status == "SERVING" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -13,6 +13,7 @@ pub mod bench;
 pub mod checkpoints;
 pub mod client_config;
 pub mod dataset;
+pub mod health;
 pub mod jobs;
 pub mod local;
 pub mod output;

@@ -23,6 +23,10 @@ const JOB_STATES: [(JobState, &str); 6] = [
 /// The metrics of `state` at `now_unix`, in the Prometheus text format.
 pub(crate) fn encode(state: &State, now_unix: i64) -> String {
     let r = Registry::new();
+    // backend="none": the coordinator trains nothing; the label set matches the workers'.
+    r.gauge("amdim_build_info", "Always 1: the coordinator's version.", &["version", "backend"])
+        .with(&[env!("CARGO_PKG_VERSION"), "none"])
+        .set(1.0);
     let jobs = r.gauge("amdim_jobs", "Jobs known to the coordinator, by state.", &["state"]);
     for (s, name) in JOB_STATES {
         jobs.with(&[name]).set(state.jobs.values().filter(|j| j.state == s).count() as f64);
@@ -34,19 +38,23 @@ pub(crate) fn encode(state: &State, now_unix: i64) -> String {
     workers.with(&["busy"]).set(busy as f64);
     workers.with(&["lost"]).set(lost as f64);
 
-    let restarts = r.counter("amdim_job_restarts_total", "Generations a job started after a failure.", &["job"]);
-    let step = r.gauge("amdim_job_step", "The latest step a job's workers reported.", &["job"]);
-    let total = r.gauge("amdim_job_total_steps", "Steps a job trains for.", &["job"]);
-    let generation = r.gauge("amdim_job_generation", "A job's current generation number.", &["job"]);
+    let restarts = r.counter(
+        "amdim_job_restarts_total",
+        "Generations a job started after a failure.",
+        &["job_id"],
+    );
+    let step = r.gauge("amdim_job_step", "The latest step a job's workers reported.", &["job_id"]);
+    let total = r.gauge("amdim_job_total_steps", "Steps a job trains for.", &["job_id"]);
+    let generation = r.gauge("amdim_job_generation", "A job's current generation number.", &["job_id"]);
     let world = r.gauge(
         "amdim_job_workers",
         "Workers in a job's running generation (0 when none runs).",
-        &["job"],
+        &["job_id"],
     );
     let checkpoints = r.counter(
         "amdim_checkpoints_committed_total",
         "Complete checkpoints registered for a job.",
-        &["job"],
+        &["job_id"],
     );
     let shown = state
         .jobs
@@ -128,12 +136,13 @@ mod tests {
             "amdim_workers{state=\"busy\"} 1",
             "amdim_workers{state=\"idle\"} 1",
             "amdim_workers{state=\"lost\"} 1",
-            "amdim_job_restarts_total{job=\"a\"} 2",
-            "amdim_job_step{job=\"b\"} 7",
-            "amdim_job_total_steps{job=\"a\"} 10",
+            "amdim_job_restarts_total{job_id=\"a\"} 2",
+            "amdim_job_step{job_id=\"b\"} 7",
+            "amdim_job_total_steps{job_id=\"a\"} 10",
+            format!("amdim_build_info{{version=\"{}\",backend=\"none\"}} 1", env!("CARGO_PKG_VERSION")).as_str(),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
-        assert!(!text.contains("job=\"old\""), "a job finished long ago keeps series:\n{text}");
+        assert!(!text.contains("job_id=\"old\""), "a job finished long ago keeps series:\n{text}");
     }
 }
