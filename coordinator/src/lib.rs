@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod local;
 pub mod metrics;
 pub mod output;
+pub mod probe;
 pub mod server;
 pub mod state;
 pub mod store;

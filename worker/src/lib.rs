@@ -8,6 +8,7 @@
 //! - `train/`: the training step, evaluation, the training loop and benchmarks
 //! - `dist/`: collectives (TCP, NCCL) and data-parallel exchanges (design §5–6)
 //! - `agent/`: the worker under a coordinator (register, heartbeat, train assigned generations)
+//! - `probe/`: frozen-feature evaluation (linear probe, k-NN) of a checkpoint
 //! - `metrics`: the Prometheus series of a worker (design §9)
 //! - `backend`: CPU (flex) or CUDA backend selection
 
@@ -21,4 +22,5 @@ pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod probe;
 pub mod train;

@@ -175,6 +175,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Linear-probe and k-NN accuracy of a checkpoint's frozen features.
+    Probe(amdim_worker::cli::probe::Args),
     /// Measure training and forward throughput on synthetic images.
     Bench {
         #[arg(long, short = 'c')]
@@ -471,6 +473,7 @@ fn main() -> Result<()> {
                 println!("{r:#?}");
             }
         }
+        Command::Probe(args) => amdim_worker::cli::probe::run(args)?,
         Command::Bench { config, steps, json } => {
             let spec = load_spec(&config)?;
             let name = backend_name(spec.runtime.backend);

@@ -130,6 +130,9 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Linear-probe and k-NN accuracy of a job's (or a checkpoint's) frozen
+    /// features, via `amdim-worker probe`.
+    Probe(amdim_coordinator::probe::Args),
     /// Download a checkpoint's model weights (safetensors, the authors'
     /// PyTorch names) and manifest into a folder, verified.
     Export {
@@ -221,6 +224,11 @@ fn main() -> ExitCode {
             let path = checkpoints::export(&uri, step, &out).await?;
             println!("{}", path.display());
             Ok(())
+        }),
+        Command::Probe(args) if args.is_job() => jobs_command(&conn, |c| amdim_coordinator::probe::for_job(c, args)),
+        Command::Probe(args) => runtime().and_then(|rt| rt.block_on(amdim_coordinator::probe::for_uri(args))).unwrap_or_else(|e| {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "amdimctl", &mut std::io::stdout());

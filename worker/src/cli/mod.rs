@@ -6,6 +6,7 @@
 pub mod dist;
 pub mod embed;
 pub mod gradients;
+pub mod probe;
 
 use amdim_shared::spec::{BackendKind, JobSpec};
 use anyhow::{Context, Result};

@@ -390,7 +390,7 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
                         linear_accuracy = r.linear,
                         mlp_accuracy = r.mlp,
                         samples = r.samples,
-                        "test accuracy"
+                        "online heads (live signal): test accuracy; the frozen-feature figure is `amdim-worker probe`"
                     );
                     if let Some(metrics) = &options.metrics {
                         metrics.record_eval(r.linear, r.mlp);
