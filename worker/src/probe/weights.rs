@@ -18,7 +18,6 @@ pub(crate) struct Weights {
     pub(crate) bytes: Vec<u8>,
     /// `path` or `uri step K`, for the report.
     pub(crate) origin: String,
-    pub(crate) step: Option<u64>,
 }
 
 /// Reads the weights `target` names (default: the spec's `checkpoint.uri`).
@@ -30,7 +29,6 @@ pub(crate) fn read(spec: &JobSpec, target: Option<&str>, step: Option<u64>, runt
         return Ok(Weights {
             bytes,
             origin: path.display().to_string(),
-            step: None,
         });
     }
     if !target.contains("://") && !path.is_dir() {
@@ -49,7 +47,6 @@ pub(crate) fn read(spec: &JobSpec, target: Option<&str>, step: Option<u64>, runt
     Ok(Weights {
         bytes: bytes.to_vec(),
         origin: format!("{target} step {}", loaded.manifest.step),
-        step: Some(loaded.manifest.step),
     })
 }
 
