@@ -97,7 +97,11 @@ pub async fn for_uri(args: Args) -> Result<ExitCode> {
 /// Probes job `args.target`'s checkpoints with the spec the coordinator holds.
 pub async fn for_job(mut c: Client, args: Args) -> Result<ExitCode> {
     let id = args.target.clone();
-    let job = c.get(pb::GetJobRequest { id: id.clone() }).await.map_err(jobs::refused)?.into_inner();
+    let job = c
+        .get(pb::GetJobRequest { id: id.clone() })
+        .await
+        .map_err(jobs::refused)?
+        .into_inner();
     let spec = JobSpec::from_toml_with_env(&job.spec_toml, &[]).map_err(|e| anyhow::anyhow!("job {id}: its spec: {e}"))?;
     if let Some(file) = args.file.clone() {
         return run_worker(&args, &file, &spec.checkpoint.uri).await;
@@ -121,7 +125,18 @@ mod tests {
 
     #[test]
     fn flags_reach_the_worker_command() {
-        let cli = Cli::parse_from(["amdimctl", "runs/x/checkpoints", "-f", "job.toml", "--step", "40", "--baselines", "--json", "--", "--no-knn"]);
+        let cli = Cli::parse_from([
+            "amdimctl",
+            "runs/x/checkpoints",
+            "-f",
+            "job.toml",
+            "--step",
+            "40",
+            "--baselines",
+            "--json",
+            "--",
+            "--no-knn",
+        ]);
         assert!(!cli.args.is_job());
         let argv = worker_args(&cli.args, Path::new("job.toml"), "runs/x/checkpoints");
         assert_eq!(

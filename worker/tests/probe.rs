@@ -93,8 +93,15 @@ fn raw_pixel_linear_probe_matches_the_classic_baseline() {
     require_dataset();
     let dir = tempfile::tempdir().unwrap();
     let spec = write_spec(dir.path(), &dir.path().join("none"));
-    let report = json_of(worker().args(["probe", "--features", "pixels", "--no-knn", "--json", "-c"]).arg(&spec));
-    assert_eq!(report["train_samples"], 60_000, "the whole training split, not data.max_train_samples");
+    let report = json_of(
+        worker()
+            .args(["probe", "--features", "pixels", "--no-knn", "--json", "-c"])
+            .arg(&spec),
+    );
+    assert_eq!(
+        report["train_samples"], 60_000,
+        "the whole training split, not data.max_train_samples"
+    );
     assert_eq!(report["test_samples"], 10_000);
     let acc = linear(&report, "pixels");
     // Logistic regression on Fashion-MNIST pixels: 84.2 % in the dataset's own

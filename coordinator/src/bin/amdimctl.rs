@@ -226,10 +226,12 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Probe(args) if args.is_job() => jobs_command(&conn, |c| amdim_coordinator::probe::for_job(c, args)),
-        Command::Probe(args) => runtime().and_then(|rt| rt.block_on(amdim_coordinator::probe::for_uri(args))).unwrap_or_else(|e| {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }),
+        Command::Probe(args) => runtime()
+            .and_then(|rt| rt.block_on(amdim_coordinator::probe::for_uri(args)))
+            .unwrap_or_else(|e| {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "amdimctl", &mut std::io::stdout());
             ExitCode::SUCCESS

@@ -1,7 +1,9 @@
-//! Matrix products of the probes on host `f32` slices, through gemm (the
-//! crate flex itself multiplies with), on the rayon pool when the product is
-//! large. Owns only the bounds checks that make the gemm call sound; it knows
-//! nothing of features or classes.
+//! Matrix products of the probes on host `f32` slices, through the model's
+//! gemm call (`model::kernels::gemm_rows`: the crate flex itself multiplies
+//! with, on the rayon pool when the product is large). Owns only the bounds
+//! checks that make that call sound; it knows nothing of features or classes.
+
+use crate::model::kernels::gemm_rows;
 
 /// A read-only matrix view: element (r, c) is `data[r·row_stride + c·col_stride]`.
 #[derive(Clone, Copy, Debug)]
@@ -42,44 +44,14 @@ impl<'a> View<'a> {
 pub(crate) fn matmul(a: View<'_>, b: View<'_>) -> Vec<f32> {
     assert_eq!(a.cols, b.rows, "matmul: [{}, {}] · [{}, {}]", a.rows, a.cols, b.rows, b.cols);
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    let mut out = vec![0.0f32; m * n];
     if m == 0 || n == 0 || k == 0 {
-        return out;
+        return vec![0.0; m * n];
     }
-    // flex's threshold for running a product on the rayon pool.
-    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= 192 * 192 * 192 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
+    let strides = |v: View<'_>| [v.row_stride as isize, v.col_stride as isize];
     // SAFETY: both views were built from slices of exactly rows × cols
     // values with non-negative strides (checked in `View::rows`; `t` only
-    // swaps them), so every index gemm forms is inside its slice, and `out`
-    // is a fresh contiguous m × n buffer.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-    out
+    // swaps them), so every element gemm reads is inside its slice.
+    unsafe { gemm_rows([m, n, k], a.data.as_ptr(), strides(a), b.data.as_ptr(), strides(b)) }
 }
 
 #[cfg(test)]

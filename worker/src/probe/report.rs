@@ -125,7 +125,10 @@ mod tests {
             rows: vec![row(RowKind::Checkpoint, 0.8812, Some(0.85)), row(RowKind::Pixels, 0.845, None)],
         };
         let t = table(&r);
-        assert!(t.contains("trained encoder (r1)") && t.contains("88.12 %") && t.contains("85.00 %"), "{t}");
+        assert!(
+            t.contains("trained encoder (r1)") && t.contains("88.12 %") && t.contains("85.00 %"),
+            "{t}"
+        );
         assert!(t.contains("raw pixels") && t.contains("84.50 %"), "{t}");
         assert!(t.contains("30 epochs, batch 256"), "{t}");
         let json = serde_json::to_value(&r).unwrap();

@@ -52,7 +52,14 @@ fn open_splits(spec: &JobSpec, request: &ProbeRequest, runtime: &tokio::runtime:
 }
 
 /// Linear probe (and k-NN) of one feature set.
-fn score(mut train: Features, mut test: Features, train_labels: &[u32], test_labels: &[u32], classes: usize, knn: bool) -> (f64, f64, Option<f64>) {
+fn score(
+    mut train: Features,
+    mut test: Features,
+    train_labels: &[u32],
+    test_labels: &[u32],
+    classes: usize,
+    knn: bool,
+) -> (f64, f64, Option<f64>) {
     let dim = train.dim;
     let standardiser = Standardiser::fit(&train.data, dim);
     standardiser.apply(&mut train.data);

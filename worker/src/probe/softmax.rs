@@ -105,8 +105,7 @@ mod tests {
             let (mut up, mut down) = (logits.clone(), logits.clone());
             up[i] += h;
             down[i] -= h;
-            let numeric = (softmax_cross_entropy(&up, &labels, 3, &mut scratch)
-                - softmax_cross_entropy(&down, &labels, 3, &mut scratch))
+            let numeric = (softmax_cross_entropy(&up, &labels, 3, &mut scratch) - softmax_cross_entropy(&down, &labels, 3, &mut scratch))
                 / (2.0 * f64::from(h));
             assert!((numeric - f64::from(grad[i])).abs() < 1e-4, "logit {i}: {numeric} vs {}", grad[i]);
         }

@@ -61,7 +61,12 @@ pub(crate) fn random_encoder<B: Kernels>(spec: &JobSpec, plan: &ModelPlan, devic
 }
 
 /// The encoder with the trained weights; every encoder tensor must be there.
-pub(crate) fn trained_encoder<B: Kernels>(spec: &JobSpec, plan: &ModelPlan, weights: &Weights, device: &B::Device) -> Result<ParamStore<B>> {
+pub(crate) fn trained_encoder<B: Kernels>(
+    spec: &JobSpec,
+    plan: &ModelPlan,
+    weights: &Weights,
+    device: &B::Device,
+) -> Result<ParamStore<B>> {
     let init = random_encoder::<B>(spec, plan, device);
     let fallback = HostState {
         values: init.to_host(),
