@@ -10,6 +10,7 @@
 //! - `collective/`: collectives (TCP, NCCL), launching a process's ranks, and
 //!   data-parallel exchanges (design §5–6)
 //! - `agent/`: the worker under a coordinator (register, heartbeat, train assigned generations)
+//! - `probe/`: frozen-feature evaluation (linear probe, k-NN) of a checkpoint
 //! - `metrics`: the Prometheus series of a worker (design §9)
 //! - `backend`: CPU (flex) or CUDA backend selection (and `with_backend!`)
 //! - `cli/`: one file per `amdim-worker` subcommand (flags and `run`), and the
@@ -25,4 +26,5 @@ pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod probe;
 pub mod train;

@@ -39,6 +39,8 @@ enum Command {
     BenchCheckpoint(bench::checkpoint::Args),
     /// Measure training and forward throughput on synthetic images.
     Bench(bench::train::Args),
+    /// Linear-probe and k-NN accuracy of a checkpoint's frozen features.
+    Probe(cli::probe::Args),
 }
 
 fn init_logging(json: bool) {
@@ -91,5 +93,6 @@ fn main() -> Result<()> {
         Command::BenchData(args) => bench::data::run(args, &runtime),
         Command::BenchCheckpoint(args) => bench::checkpoint::run(args, &runtime),
         Command::Bench(args) => bench::train::run(args),
+        Command::Probe(args) => cli::probe::run(args),
     }
 }

@@ -141,6 +141,9 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Linear-probe and k-NN accuracy of a job's (or a checkpoint's) frozen
+    /// features, via `amdim-worker probe`.
+    Probe(amdim_coordinator::ctl::probe::Args),
     /// Download a checkpoint's model weights (safetensors, the authors'
     /// PyTorch names) and manifest into a folder, verified.
     Export {
@@ -234,6 +237,13 @@ fn main() -> ExitCode {
             println!("{}", path.display());
             Ok(())
         }),
+        Command::Probe(args) if args.is_job() => jobs_command(&conn, |c| amdim_coordinator::ctl::probe::for_job(c, args)),
+        Command::Probe(args) => runtime()
+            .and_then(|rt| rt.block_on(amdim_coordinator::ctl::probe::for_uri(args)))
+            .unwrap_or_else(|e| {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "amdimctl", &mut std::io::stdout());
             ExitCode::SUCCESS

@@ -17,3 +17,4 @@ pub mod health;
 pub mod jobs;
 pub mod local;
 pub mod output;
+pub mod probe;

@@ -14,6 +14,7 @@ pub mod embed;
 pub mod gradients;
 pub mod score;
 pub mod train;
+pub mod probe;
 
 use amdim_shared::spec::{BackendKind, JobSpec};
 use anyhow::{Context, Result};

@@ -333,16 +333,42 @@ fn gemm_2d<E: Elem>(lhs: &FlexTensor, rhs: &FlexTensor) -> FlexTensor {
     assert_eq!(k, k2, "matmul_2d: [{m}, {k}] · [{k2}, {n}]");
     let (lst, rst) = (ls.strides(), rs.strides());
     let (lhs_data, rhs_data): (&[E], &[E]) = (lhs.storage(), rhs.storage());
+    // SAFETY: the pointers and strides describe the two tensors' views
+    // (start offset, row and column strides) inside their own storage.
+    let out = unsafe {
+        gemm_rows(
+            [m, n, k],
+            lhs_data.as_ptr().add(ls.start_offset()),
+            [lst[0], lst[1]],
+            rhs_data.as_ptr().add(rs.start_offset()),
+            [rst[0], rst[1]],
+        )
+    };
+    FlexTensor::from_data(TensorData::new(out, [m, n]))
+}
+
+/// lhs [m, k] · rhs [k, n] (each given by a pointer and its row and column
+/// strides) into a fresh row-major [m, n] Vec; on the rayon pool from
+/// flex's threshold (192³ multiply-adds) up.
+///
+/// # Safety
+/// Every element (r, c) of both operands, at `ptr + r·strides[0] +
+/// c·strides[1]`, must lie inside a live allocation of `E`.
+pub(crate) unsafe fn gemm_rows<E: Element>(
+    [m, n, k]: [usize; 3],
+    lhs: *const E,
+    lhs_strides: [isize; 2],
+    rhs: *const E,
+    rhs_strides: [isize; 2],
+) -> Vec<E> {
     let mut out = vec![E::from_elem(0.0); m * n];
-    // flex's threshold for running the product on the rayon pool.
     let parallelism = if m.saturating_mul(n).saturating_mul(k) >= 192 * 192 * 192 {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the pointers and strides describe the two tensors' views
-    // (start offset, row and column strides) inside their own storage, and
-    // `out` is a fresh contiguous [M, N] buffer.
+    // SAFETY: the caller vouches for the operands; `out` is a fresh
+    // contiguous [m, n] buffer.
     unsafe {
         gemm::gemm(
             m,
@@ -352,12 +378,12 @@ fn gemm_2d<E: Elem>(lhs: &FlexTensor, rhs: &FlexTensor) -> FlexTensor {
             1,
             n as isize,
             false,
-            lhs_data.as_ptr().add(ls.start_offset()),
-            lst[1],
-            lst[0],
-            rhs_data.as_ptr().add(rs.start_offset()),
-            rst[1],
-            rst[0],
+            lhs,
+            lhs_strides[1],
+            lhs_strides[0],
+            rhs,
+            rhs_strides[1],
+            rhs_strides[0],
             E::from_elem(0.0),
             E::from_elem(1.0),
             false,
@@ -366,7 +392,7 @@ fn gemm_2d<E: Elem>(lhs: &FlexTensor, rhs: &FlexTensor) -> FlexTensor {
             parallelism,
         );
     }
-    FlexTensor::from_data(TensorData::new(out, [m, n]))
+    out
 }
 
 /// Autodiff node of a native [`Move`]: the gradient is the transposed movement.

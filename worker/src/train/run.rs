@@ -217,7 +217,7 @@ fn evaluate_if_due<B: Kernels>(t: &Trainer<B>, test: Option<&Pipeline>, epoch: u
         linear_accuracy = r.linear,
         mlp_accuracy = r.mlp,
         samples = r.samples,
-        "test accuracy"
+        "online heads (live signal): test accuracy; the frozen-feature figure is `amdim-worker probe`"
     );
     Ok(Some(r))
 }
