@@ -416,6 +416,18 @@ pub struct DistSpec {
     /// Ranks on one host (same IPC namespace and user) move ring data
     /// through shared memory (`/dev/shm`) instead of loopback TCP.
     pub shared_memory: bool,
+    /// Collective transport: `auto` (NCCL on CUDA ranks, TCP on CPU ranks)
+    /// or `tcp` (host buffers over TCP/shared memory on any backend, e.g.
+    /// several CUDA ranks sharing one GPU, which NCCL refuses).
+    pub backend: DistBackend,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DistBackend {
+    #[default]
+    Auto,
+    Tcp,
 }
 
 impl Default for DistSpec {
@@ -425,6 +437,7 @@ impl Default for DistSpec {
             bucket_mib: 25.0,
             timeout_s: 300.0,
             shared_memory: true,
+            backend: DistBackend::Auto,
         }
     }
 }

@@ -107,6 +107,10 @@ enum Command {
         /// Keep ring data on loopback TCP instead of shared memory.
         #[arg(long)]
         tcp_only: bool,
+        /// NCCL on burn CUDA tensors of this device, world 1 (device path
+        /// vs host path; feature `cuda`).
+        #[arg(long)]
+        cuda_device: Option<usize>,
         /// Internal: run as this participant instead of launching them.
         #[arg(long, hide = true)]
         rank: Option<usize>,
@@ -346,12 +350,24 @@ fn main() -> Result<()> {
             iters,
             timeout_s,
             tcp_only,
+            cuda_device,
             rank,
             rendezvous,
             json,
         } => {
             use amdim_worker::dist::bench;
             let timeout = std::time::Duration::from_secs_f64(timeout_s);
+            if let Some(device) = cuda_device {
+                #[cfg(feature = "cuda")]
+                println!(
+                    "{}",
+                    serde_json::to_string(&amdim_worker::dist::device_bench::run(device, &sizes_mib, iters.max(1), timeout)?)?
+                );
+                #[cfg(not(feature = "cuda"))]
+                return Err(amdim_worker::backend::BackendError::NotBuilt).context(format!("bench-collective --cuda-device {device}"));
+                #[cfg(feature = "cuda")]
+                return Ok(());
+            }
             let results = match (rank, rendezvous) {
                 (Some(rank), Some(rendezvous)) => {
                     let spec = amdim_worker::dist::tcp::RendezvousSpec {

@@ -5,7 +5,7 @@
 
 use crate::dist::ops::Comm;
 use crate::dist::tcp::{RendezvousSpec, TcpCollective};
-use amdim_shared::spec::{BackendKind, JobSpec};
+use amdim_shared::spec::{BackendKind, DistBackend, JobSpec};
 use anyhow::{Context, Result, bail};
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +76,9 @@ impl DistArgs {
             shared_memory: spec.dist.shared_memory,
         };
         let collective: Box<dyn crate::dist::Collective> = match spec.runtime.backend {
+            _ if spec.dist.backend == DistBackend::Tcp => {
+                Box::new(TcpCollective::connect(&rendezvous).with_context(|| format!("rank {rank}"))?)
+            }
             BackendKind::Cpu => Box::new(TcpCollective::connect(&rendezvous).with_context(|| format!("rank {rank}"))?),
             #[cfg(feature = "cuda")]
             BackendKind::Cuda => Box::new(
