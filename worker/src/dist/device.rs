@@ -52,17 +52,23 @@ use super::CollResult;
 /// Device-memory collectives over f32 buffers on the collective's device,
 /// each returning once the result is in place (or failing within the
 /// collective's timeout, naming the rank when it can).
-///
-/// # Safety (all methods)
-/// `send` and `recv` are device pointers on this collective's CUDA device,
-/// to at least the stated number of f32 each; the work that wrote `send`
-/// has completed; nothing else reads or writes `recv` until the call returns.
 pub trait DeviceCollective: Send + Sync {
     /// Element-wise sum over ranks of `len` f32 from `send` into `recv`.
+    ///
+    /// # Safety
+    /// `send` and `recv` are device pointers on this collective's CUDA
+    /// device to at least `len` f32 each; the work that wrote `send` has
+    /// completed; nothing else touches `recv` until the call returns.
     unsafe fn all_reduce_sum_device(&self, send: u64, recv: u64, len: usize) -> CollResult<()>;
     /// Every rank's `len` f32 from `send`, in rank order, into `recv` (world·len).
+    ///
+    /// # Safety
+    /// As [`DeviceCollective::all_reduce_sum_device`], `recv` holding world·`len` f32.
     unsafe fn all_gather_device(&self, send: u64, recv: u64, len: usize) -> CollResult<()>;
     /// The sum over ranks of `send` (world·`recv_len`), this rank's slice into `recv`.
+    ///
+    /// # Safety
+    /// As [`DeviceCollective::all_reduce_sum_device`], `send` holding world·`recv_len` f32.
     unsafe fn reduce_scatter_sum_device(&self, send: u64, recv: u64, recv_len: usize) -> CollResult<()>;
 }
 
@@ -99,7 +105,7 @@ mod cuda {
     use super::super::ops::{Comm, Exchange};
     use super::{CollResult, DeviceCollective};
     use burn::tensor::backend::Backend;
-    use burn::tensor::ops::FloatTensor;
+    use burn::tensor::ops::{FloatTensor, FloatTensorOps};
     use burn::tensor::{FloatDType, Shape, TensorMetadata};
     use std::any::Any;
 
@@ -154,7 +160,7 @@ mod cuda {
         }
         let input = contiguous(as_cuda::<B>(t)?);
         let n = input.shape().num_elements();
-        let out: Cube = <Gpu as Backend>::float_empty(Shape::new([out_len(n, comm.world())]), &input.device, FloatDType::F32);
+        let out: Cube = <Gpu as FloatTensorOps<Gpu>>::float_empty(Shape::new([out_len(n, comm.world())]), &input.device, FloatDType::F32);
         let result = comm.run(kind, n, |c| {
             let device = c.device().ok_or_else(|| device_err(op, "no device path".into()))?;
             // Burn's kernels that wrote `input` finish first (its stream only).
@@ -172,7 +178,7 @@ mod cuda {
 
     /// Every rank's flat `t` (n elements) in rank order: W·n elements.
     pub(crate) fn all_gather<B: Backend>(t: &FloatTensor<B>, comm: &Comm) -> Option<CollResult<FloatTensor<B>>> {
-        exchange(
+        exchange::<B>(
             "all_gather",
             t,
             comm,
@@ -187,7 +193,7 @@ mod cuda {
     /// The element-wise sum over ranks of flat `t`.
     pub(crate) fn all_reduce_sum<B: Backend>(t: &FloatTensor<B>, comm: &Comm, kind: Exchange) -> Option<CollResult<FloatTensor<B>>> {
         // SAFETY: as above, n f32 each.
-        exchange(
+        exchange::<B>(
             "all_reduce",
             t,
             comm,
@@ -201,7 +207,7 @@ mod cuda {
     pub(crate) fn reduce_scatter_sum<B: Backend>(t: &FloatTensor<B>, comm: &Comm) -> Option<CollResult<FloatTensor<B>>> {
         let w = comm.world();
         // SAFETY: as above, W·n and n f32.
-        exchange(
+        exchange::<B>(
             "reduce_scatter",
             t,
             comm,

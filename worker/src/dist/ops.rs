@@ -106,6 +106,7 @@ impl Comm {
     }
 
     /// Whether the collective works on device memory (NCCL).
+    #[cfg(feature = "cuda")]
     pub(crate) fn has_device_path(&self) -> bool {
         self.collective.device().is_some()
     }
