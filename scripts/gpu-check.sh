@@ -83,4 +83,4 @@ PY
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 fi
 
-exec python3 scripts/gpu_check/driver.py --worker "$worker" --out "$out" "${rest[@]}"
+exec "${PYTHON:-python3}" scripts/gpu_check/driver.py --worker "$worker" --out "$out" "${rest[@]}"

@@ -68,7 +68,7 @@ class Runner:
         check.commands.append(" ".join(str(a) for a in argv))
         proc = subprocess.run([str(a) for a in argv], env=self.env(env), capture_output=True, text=True, timeout=timeout)
         if proc.returncode not in ok_codes:
-            tail = proc.stderr[-3000:]
+            tail = proc.stderr[:1500] + "\n…\n" + proc.stderr[-1000:]
             raise RuntimeError(f"exit {proc.returncode}: {' '.join(map(str, argv))}\n{tail}")
         return proc.stdout, proc.stderr
 
@@ -98,7 +98,7 @@ class Runner:
         if self.dry:
             return {
                 "cifar": dict(image_size=32, ndf=8, n_rkhs=32, depth=1),
-                "px128": dict(image_size=64, ndf=8, n_rkhs=32, depth=1),
+                "px128": dict(image_size=64, ndf=8, n_rkhs=64, depth=1),
                 "batches": {"cifar": [4, 6], "px128": [2]},
                 "steps": 2,
                 "train_steps": 3,
@@ -210,7 +210,7 @@ class Runner:
         locs = d / "locs.npy"
         np.save(locs, rng.integers(0, 25, (2, batch)).astype(np.int64))
         weights = d / "model.safetensors"
-        self.write_weights(model, weights)
+        self.write_weights(c, model, weights)
         argv = [self.args.worker, "score", "--weights", weights, "-c", cfg, "--view1", views[0], "--view2", views[1],
                 "--r5-locations", locs, "--json"]
         cpu, _ = self.run(c, argv, env={"AMDIM_RUNTIME__BACKEND": "cpu"}, timeout=180)
@@ -223,23 +223,16 @@ class Runner:
         if not c.ok:
             c.error = f"terms differ beyond 1e-4 relative: {rel}"
 
-    def write_weights(self, model, path):
-        """Random weights (the reference's initialisation plus noise, so that
-        no term is trivially zero) written by the PyTorch reference."""
-        if not self.args.reference:
-            raise RuntimeError("the PyTorch reference (worker/python/amdim_torch.py) is needed to write weights")
-        code = (
-            "import importlib.util,sys,torch\n"
-            "s=importlib.util.spec_from_file_location('amdim_torch',sys.argv[1]);at=importlib.util.module_from_spec(s);s.loader.exec_module(at)\n"
-            "torch.manual_seed(11)\n"
-            f"m=at.build_model({model['image_size']},{model['ndf']},{model['n_rkhs']},{model['depth']},use_bn=False)\n"
-            "sd=m.state_dict()\n"
-            "with torch.no_grad():\n"
-            "  for k,v in sd.items():\n"
-            "    if v.dtype==torch.float32 and 'running_var' not in k: v.add_(0.02*torch.randn_like(v))\n"
-            "at.write_safetensors(sys.argv[2],sd)\n"
-        )
-        subprocess.run([sys.executable, "-c", code, str(self.args.reference), str(path)], check=True, timeout=120)
+    def write_weights(self, c, model, path):
+        """Weights of two CPU training steps of the worker itself (its final
+        checkpoint), so that every loss term is non-trivial."""
+        cfg = self.job("score-weights", model, 8)
+        self.run(c, [self.args.worker, "train", "-c", cfg], env={"AMDIM_RUNTIME__BACKEND": "cpu", "AMDIM_TRAIN__MAX_STEPS": "2"},
+                 timeout=180)
+        found = sorted((cfg.parent / "ckpt").glob("step-*/model.safetensors"))
+        if not found:
+            raise RuntimeError("the training run wrote no model.safetensors")
+        shutil.copy(found[-1], path)
 
     def check_nccl(self, c):
         s = self.sizes()
