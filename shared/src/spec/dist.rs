@@ -1,5 +1,5 @@
 //! `[dist]`: data-parallel options (BatchNorm sync, gradient buckets,
-//! collective timeout, shared memory), with their validation. The
+//! collective timeout, shared memory, transport), with their validation. The
 //! collectives themselves are the worker's.
 
 use super::{SpecError, field_err};
@@ -21,6 +21,21 @@ pub struct DistSpec {
     /// Ranks on one host (same IPC namespace and user) move ring data
     /// through shared memory (`/dev/shm`) instead of loopback TCP.
     pub shared_memory: bool,
+    /// Collective transport: `auto` (NCCL on CUDA ranks, TCP on CPU ranks)
+    /// or `tcp` (host buffers over TCP/shared memory on any backend, e.g.
+    /// several CUDA ranks sharing one GPU, which NCCL refuses).
+    pub backend: DistBackend,
+}
+
+/// Which transport the collectives use (`dist.backend`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DistBackend {
+    /// NCCL on CUDA ranks, TCP (and shared memory) on CPU ranks.
+    #[default]
+    Auto,
+    /// TCP (and shared memory) on host buffers, whatever the device.
+    Tcp,
 }
 
 impl Default for DistSpec {
@@ -30,6 +45,7 @@ impl Default for DistSpec {
             bucket_mib: 25.0,
             timeout_s: 300.0,
             shared_memory: true,
+            backend: DistBackend::Auto,
         }
     }
 }

@@ -22,7 +22,7 @@ mod train;
 pub use augment::AugmentSpec;
 pub use checkpoint::{CheckpointSpec, WhenBusy};
 pub use data::{DataFormat, DataSpec};
-pub use dist::DistSpec;
+pub use dist::{DistBackend, DistSpec};
 pub use job::JobSection;
 pub use load::ENV_PREFIX;
 pub use loss::{LossSpec, MixtureSpec};

@@ -11,7 +11,7 @@
 use super::Collective;
 use super::ops::Comm;
 use super::tcp::{RendezvousSpec, TcpCollective};
-use amdim_shared::spec::{BackendKind, JobSpec};
+use amdim_shared::spec::{BackendKind, DistBackend, JobSpec};
 use anyhow::{Context, Result, bail};
 use std::ops::Range;
 use std::sync::Arc;
@@ -112,6 +112,11 @@ impl WorldLayout {
             shared_memory: spec.dist.shared_memory,
         };
         let collective: Box<dyn Collective> = match spec.runtime.backend {
+            // Host collectives on any backend (e.g. several CUDA ranks on one
+            // GPU, which NCCL refuses).
+            _ if spec.dist.backend == DistBackend::Tcp => {
+                Box::new(TcpCollective::connect(&rendezvous).with_context(|| format!("rank {rank}"))?)
+            }
             BackendKind::Cpu => Box::new(TcpCollective::connect(&rendezvous).with_context(|| format!("rank {rank}"))?),
             #[cfg(feature = "cuda")]
             BackendKind::Cuda => {

@@ -9,7 +9,11 @@
 //! - [`tcp`]: the CPU backend (ring algorithms over TCP), with the static
 //!   rendezvous that connects the ranks; [`shm`]: the shared-memory pipes
 //!   its ring neighbours on one host move data through.
-//! - [`nccl`] (feature `cuda`): the GPU backend.
+//! - [`nccl`] (feature `cuda`): the GPU backend, on NCCL loaded by
+//!   `nccl_lib`, every wait bounded by [`watchdog`]; [`netif`] picks NCCL's
+//!   socket interface from the advertised host.
+//! - [`device`]: collectives on device memory ([`device::DeviceCollective`])
+//!   and the glue that hands burn's CUDA tensors to them.
 //! - [`ops`]: what training does with a collective: differentiable
 //!   all-gather and all-reduce of burn tensors (the gathered negatives and
 //!   synchronised BatchNorm), and bucketed gradient averaging.
@@ -19,12 +23,19 @@
 //! into a [`launch::WorldLayout`]). Users set the collectives' timeout and
 //! options in the job spec's `[dist]` section.
 
+pub mod device;
+#[cfg(feature = "cuda")]
+pub mod device_bench;
 pub mod launch;
 #[cfg(feature = "cuda")]
 pub mod nccl;
+#[cfg(feature = "cuda")]
+mod nccl_lib;
+pub mod netif;
 pub mod ops;
 pub mod shm;
 pub mod tcp;
+pub mod watchdog;
 
 use std::time::Duration;
 
@@ -92,6 +103,10 @@ pub trait Collective: Send + Sync {
     fn broadcast(&self, buf: &mut [f32], root: usize) -> CollResult<()>;
     /// Returns when every rank has called it; names the ranks that did not.
     fn barrier(&self) -> CollResult<()>;
+    /// The same operations on device memory, where this backend has them.
+    fn device(&self) -> Option<&dyn device::DeviceCollective> {
+        None
+    }
 }
 
 /// Element ranges of `n` elements split in `parts` near-equal consecutive pieces.

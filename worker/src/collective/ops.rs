@@ -11,19 +11,25 @@
 //!   BatchNorm); its backward is the same sum of the incoming gradients.
 //! - [`average_gradients`]: parameter gradients averaged in buckets.
 //!
+//! On CUDA ranks whose collective works on device memory (NCCL) the
+//! gathered targets, their gradients, BatchNorm statistics and gradient
+//! buckets stay on the GPU ([`super::device`] says how and which copies
+//! remain); otherwise (CPU, `dist.backend = "tcp"`) they go through host
+//! buffers.
+//!
 //! Autodiff backward passes cannot return errors, so [`Comm`] keeps the
 //! first failure; ops after it return zeros without talking to anyone and
 //! the step reports the failure once the pass is over. Time spent in each
 //! kind of exchange is accumulated for the step's time split.
 
-use super::{CollResult, Collective, CollectiveError};
+use super::{CollResult, Collective, CollectiveError, device};
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -99,6 +105,12 @@ impl Comm {
         self.collective.world()
     }
 
+    /// Whether the collective works on device memory (NCCL).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn has_device_path(&self) -> bool {
+        self.collective.device().is_some()
+    }
+
     /// Runs `f` on the collective, timed as `kind`, counting `values` f32s
     /// this rank puts in; Err once anything failed.
     pub fn run<T>(&self, kind: Exchange, values: usize, f: impl FnOnce(&dyn Collective) -> CollResult<T>) -> CollResult<T> {
@@ -157,6 +169,10 @@ fn device_tensor<B: Backend>(values: Vec<f32>, device: &B::Device) -> FloatTenso
 
 /// Gathers `t` (n elements) from every rank: W·n elements; zeros on failure.
 fn gather_inner<B: Backend>(t: FloatTensor<B>, comm: &Comm) -> FloatTensor<B> {
+    if let Some(out) = device::all_gather::<B>(&t, comm) {
+        let n = t.shape().num_elements() * comm.world();
+        return out.unwrap_or_else(|_| zeros_like::<B>(&t, n));
+    }
     let (local, device) = host::<B>(t);
     let n = local.len();
     let all = comm
@@ -165,7 +181,16 @@ fn gather_inner<B: Backend>(t: FloatTensor<B>, comm: &Comm) -> FloatTensor<B> {
     device_tensor::<B>(all, &device)
 }
 
+/// `n` zeros on `t`'s device (the result of a failed exchange).
+fn zeros_like<B: Backend>(t: &FloatTensor<B>, n: usize) -> FloatTensor<B> {
+    Tensor::<B, 1>::zeros([n], &B::float_device(t)).into_primitive().tensor()
+}
+
 fn sum_inner<B: Backend>(t: FloatTensor<B>, comm: &Comm, kind: Exchange) -> FloatTensor<B> {
+    if let Some(out) = device::all_reduce_sum::<B>(&t, comm, kind) {
+        let n = t.shape().num_elements();
+        return out.unwrap_or_else(|_| zeros_like::<B>(&t, n));
+    }
     let (mut values, device) = host::<B>(t);
     if comm.run(kind, values.len(), |c| c.all_reduce_sum(&mut values)).is_err() {
         values.iter_mut().for_each(|v| *v = 0.0);
@@ -190,6 +215,11 @@ impl<B: Backend> Backward<B, 1> for GatherBackward {
         let grad = grads.consume::<B>(&ops.node);
         let Some(node) = parent else { return };
         let GatherState { comm, exact } = ops.state;
+        if exact && let Some(own) = device::reduce_scatter_sum::<B>(&grad, &comm) {
+            let n = grad.shape().num_elements() / comm.world();
+            grads.register::<B>(node.id, own.unwrap_or_else(|_| zeros_like::<B>(&grad, n)));
+            return;
+        }
         let (full, device) = host::<B>(grad);
         let n = full.len() / comm.world();
         let own = if exact {
@@ -258,31 +288,40 @@ pub fn all_reduce_sum<B: Backend>(x: Tensor<Autodiff<B>, 1>, comm: &Arc<Comm>) -
 }
 
 /// Replaces every gradient by its mean over ranks, exchanging buckets of
-/// about `bucket_bytes` (in parameter order, so all ranks agree).
+/// about `bucket_bytes` (in parameter order, so all ranks agree). On a
+/// device collective each bucket is concatenated on the device and the
+/// averaged gradients are views of the summed bucket.
 pub fn average_gradients<B: Backend>(grads: &mut [Option<Tensor<B, 1>>], comm: &Comm, bucket_bytes: usize) -> CollResult<()> {
     let scale = 1.0 / comm.world() as f32;
     let mut start = 0;
     while start < grads.len() {
         let mut end = start;
         let mut bytes = 0;
-        let mut bucket = Vec::new();
-        let mut device = None;
         while end < grads.len() && (bytes < bucket_bytes || end == start) {
-            if let Some(g) = &grads[end] {
-                device.get_or_insert_with(|| g.device());
-                let values = g.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
-                bytes += values.len() * 4;
-                bucket.extend(values);
-            }
+            bytes += grads[end].as_ref().map_or(0, |g| 4 * g.dims()[0]);
             end += 1;
         }
-        comm.run(Exchange::AllReduce, bucket.len(), |c| c.all_reduce_sum(&mut bucket))?;
+        let present: Vec<Tensor<B, 1>> = grads[start..end].iter().flatten().cloned().collect();
+        if present.is_empty() {
+            start = end;
+            continue;
+        }
+        let flat = Tensor::cat(present, 0).into_primitive().tensor();
+        let summed: Tensor<B, 1> = match device::all_reduce_sum::<B>(&flat, comm, Exchange::AllReduce) {
+            Some(out) => Tensor::from_primitive(TensorPrimitive::Float(out?)),
+            None => {
+                let (mut bucket, device) = host::<B>(flat);
+                comm.run(Exchange::AllReduce, bucket.len(), |c| c.all_reduce_sum(&mut bucket))?;
+                let n = bucket.len();
+                Tensor::from_data(TensorData::new(bucket, [n]), &device)
+            }
+        };
+        let averaged = summed.mul_scalar(scale);
         let mut offset = 0;
         for g in grads[start..end].iter_mut().flatten() {
             let n = g.dims()[0];
-            let values: Vec<f32> = bucket[offset..offset + n].iter().map(|v| v * scale).collect();
+            *g = averaged.clone().narrow(0, offset, n);
             offset += n;
-            *g = Tensor::from_data(TensorData::new(values, [n]), &g.device());
         }
         start = end;
     }

@@ -30,6 +30,10 @@ pub struct Args {
     /// Keep ring data on loopback TCP instead of shared memory.
     #[arg(long)]
     tcp_only: bool,
+    /// NCCL on burn CUDA tensors of this device, world 1 (device path
+    /// vs host path; feature `cuda`).
+    #[arg(long)]
+    cuda_device: Option<usize>,
     /// Internal: run as this participant instead of launching them.
     #[arg(long, hide = true)]
     rank: Option<usize>,
@@ -39,12 +43,29 @@ pub struct Args {
     json: bool,
 }
 
+/// `--cuda-device`: NCCL on one device's burn tensors, device path against
+/// the host path, as one JSON line.
+#[cfg(feature = "cuda")]
+fn cuda_device_bench(device: usize, sizes_mib: &[usize], iters: usize, timeout: Duration) -> Result<()> {
+    let report = crate::collective::device_bench::run(device, sizes_mib, iters, timeout)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device_bench(device: usize, _sizes_mib: &[usize], _iters: usize, _timeout: Duration) -> Result<()> {
+    Err(crate::backend::BackendError::NotBuilt).context(format!("bench-collective --cuda-device {device}"))
+}
+
 /// Runs `amdim-worker bench-collective`: as a participant when `--rank`
 /// and `--rendezvous` are given (rank 0 prints the results as JSON), else
 /// launches the participants and prints rank 0's results.
 pub fn run(args: Args) -> Result<()> {
     let timeout = Duration::from_secs_f64(args.timeout_s);
     let iters = args.iters.max(1);
+    if let Some(device) = args.cuda_device {
+        return cuda_device_bench(device, &args.sizes_mib, iters, timeout);
+    }
     let results = match (args.rank, args.rendezvous) {
         (Some(rank), Some(rendezvous)) => {
             let spec = RendezvousSpec {
