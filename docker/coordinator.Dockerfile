@@ -1,6 +1,6 @@
 # amdim-coordinator (job queue, membership, rendezvous, checkpoint registry)
 # and amdimctl, on Debian bookworm slim. No ML libraries: the coordinator
-# never links burn (design.md §2).
+# never links burn (docs/architecture.md §2).
 #
 # The binaries are built on the host and copied in from a prepared context
 # (docker/build.sh assembles target/docker-context/coordinator/bin/):

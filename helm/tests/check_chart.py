@@ -136,7 +136,7 @@ CERTIFICATE_SCHEMA = {
     },
 }
 
-# The metric catalogue the processes export (design §9).
+# The metric catalogue the processes export (docs/architecture.md §9).
 WORKER_METRICS = {
     "amdim_train_samples_total", "amdim_train_steps_total", "amdim_train_step",
     "amdim_train_total_steps", "amdim_step_duration_seconds", "amdim_step_phase_seconds_total",

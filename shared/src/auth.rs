@@ -1,4 +1,4 @@
-//! Bearer tokens on the control plane (design §10): clients (`amdimctl`)
+//! Bearer tokens on the control plane (docs/architecture.md §10): clients (`amdimctl`)
 //! present the client token, worker agents the join token, in the gRPC
 //! `authorization: Bearer …` header. [`BearerToken`] adds it to every
 //! request; [`RequireToken`] checks it on the coordinator and answers

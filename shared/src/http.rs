@@ -1,4 +1,4 @@
-//! The plain-HTTP endpoints of the coordinator and the workers (design §1,
+//! The plain-HTTP endpoints of the coordinator and the workers (docs/architecture.md §1,
 //! §9): `GET /healthz` (the process answers), `GET /readyz` (ready to serve;
 //! 503 otherwise) and `GET /metrics` (Prometheus text format, produced by
 //! the caller's closure at scrape time). HEAD is answered like GET without

@@ -1,6 +1,6 @@
-//! Prometheus metrics (design §9): counters, gauges and histograms with
+//! Prometheus metrics (docs/architecture.md §9): counters, gauges and histograms with
 //! bounded label sets, kept in a [`Registry`] and written in the Prometheus
-//! text exposition format (version 0.0.4). Names follow the design's rules
+//! text exposition format (version 0.0.4). Names follow the rules of docs/architecture.md §9
 //! (`amdim_` prefix, base units, counters ending in `_total`); `Registry`
 //! checks them when a family is made, so a bad name is a programming error
 //! caught by the first test that builds the family.

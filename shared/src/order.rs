@@ -1,4 +1,4 @@
-//! The global sample order (design §4), as pure functions.
+//! The global sample order (docs/architecture.md §4), as pure functions.
 //!
 //! Epoch e's order is a permutation of all N sample indices seeded by
 //! (seed, e). Global step k takes positions [k·G, (k+1)·G) of its epoch's

@@ -1,4 +1,4 @@
-//! TLS for gRPC (design §10): the coordinator's server configuration from a
+//! TLS for gRPC (docs/architecture.md §10): the coordinator's server configuration from a
 //! certificate and key (PEM files), and the client endpoint of `amdimctl`
 //! and the worker agents: an `https://` address is verified against a CA
 //! file when one is given, else against the system's roots. Owns reading

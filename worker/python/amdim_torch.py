@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """amdim_torch: the AMDIM model of this project in plain PyTorch.
 
-Written by the amdim project from ../../shared/docs/amdim-spec.md (§1-4), not
+Written by the amdim project from ../docs/model.md (§1-4), not
 derived from the authors' code: only the `state_dict` keys equal theirs
 (the spec's appendix), so their checkpoints, ours (`model.safetensors`
 written by amdim) and this module exchange weights in both directions.
@@ -58,7 +58,7 @@ class Switchable(nn.Module):
 
 
 class Stem(nn.Module):
-    """Optional reflect padding, k x k conv with bias, ReLU (spec §1)."""
+    """Optional reflect padding, k x k conv with bias, ReLU (docs/model.md §1)."""
 
     def __init__(self, cin, cout, kernel, stride, reflect=0):
         super().__init__()
@@ -121,7 +121,7 @@ class Head(nn.Module):
 
 
 def trunk_layers(image_size, ndf, d, depth, use_bn):
-    """The encoder's layer list of spec §2 and the width C of its 7x7 and 5x5 maps."""
+    """The encoder's layer list of docs/model.md §2 and the width C of its 7x7 and 5x5 maps."""
     blk = lambda cin, cout, k, s: Stack(cin, cout, k, s, depth, use_bn)  # noqa: E731
     if image_size == 32:
         c = 4 * ndf
@@ -170,7 +170,7 @@ class Probe(nn.Module):
 
 
 class OnlineEval(nn.Module):
-    """Linear and MLP classifiers on detached r1 (spec §4)."""
+    """Linear and MLP classifiers on detached r1 (docs/model.md §4)."""
 
     def __init__(self, d, n_classes):
         super().__init__()
@@ -205,7 +205,7 @@ class SourceMasks(nn.Module):
 
 
 def nce_direction(src, trg, tclip, reg_lambda):
-    """One direction of spec §3: sources [N, D] against targets [N, D, L].
+    """One direction of docs/model.md §3: sources [N, D] against targets [N, D, L].
     Returns (mean NCE loss, regulariser)."""
     n, d = src.shape
     m, _, locs = trg.shape

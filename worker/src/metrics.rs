@@ -1,4 +1,4 @@
-//! The worker's Prometheus metrics (design §9): one process-wide registry,
+//! The worker's Prometheus metrics (docs/architecture.md §9): one process-wide registry,
 //! served on `--metrics-listen` by `amdim_shared::http`, and the per-run
 //! handles the training loop and the checkpoint writer update. Every series
 //! carries `job_id` and `rank`; further labels are closed sets (`phase`,

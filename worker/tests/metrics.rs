@@ -1,4 +1,4 @@
-//! Metrics with the real tools (issue 7, design §9): a local job on two
+//! Metrics with the real tools (issue 7, docs/architecture.md §9): a local job on two
 //! worker processes under `amdimctl local --metrics-port`, its live
 //! `/metrics` pages checked by `promtool check metrics`, a real Prometheus
 //! (Debian's `prometheus` package) scraping the job, and PromQL through its
@@ -212,7 +212,7 @@ fn a_local_job_is_scraped_by_a_real_prometheus() {
         workers.iter().all(|&p| steps(p).is_some_and(|s| s >= 5.0)).then_some(())
     });
 
-    // promtool on each live page; the names the design promises are there.
+    // promtool on each live page; the names docs/architecture.md §9 lists are there.
     let mut scraped = String::new();
     for (who, port) in [("coordinator", coordinator), ("worker 0", workers[0]), ("worker 1", workers[1])] {
         let (code, body) = http_get(port, "/metrics").unwrap();

@@ -29,7 +29,7 @@ use common::{Case, fixture, load_model, model_spec, read_tensors};
 use safetensors::tensor::Dtype;
 use std::path::Path;
 
-/// The online classifiers' dropout rate and hidden width (spec §4).
+/// The online classifiers' dropout rate and hidden width (docs/model.md §4).
 const DROPOUT: f64 = 0.2;
 const HIDDEN: usize = 1024;
 

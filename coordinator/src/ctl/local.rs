@@ -1,4 +1,4 @@
-//! `amdimctl local -f job.toml`: the embedded default (design §1). A
+//! `amdimctl local -f job.toml`: the embedded default (docs/architecture.md §1). A
 //! coordinator runs inside this process (state in memory), N
 //! `amdim-worker agent` processes run on this machine and register with it,
 //! the job is submitted and watched, and everything stops when it ends.

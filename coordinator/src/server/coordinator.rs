@@ -1,7 +1,7 @@
 //! The coordinator process around the pure [`State`]: one lock over the
 //! state and its [`Store`], the one path by which anything changes (rule,
 //! then the changed rows to the store before the call answers, then the
-//! watchers wake), recovery on start (design §8), the ticker that applies
+//! watchers wake), recovery on start (docs/architecture.md §8), the ticker that applies
 //! heartbeat deadlines and schedules, the HTTP endpoints, and serving both
 //! gRPC services, each behind its token interceptor. The RPCs themselves
 //! are `job_service`'s and `worker_service`'s.

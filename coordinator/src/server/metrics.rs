@@ -1,4 +1,4 @@
-//! The coordinator's `/metrics` (design §9): jobs and workers by state, and
+//! The coordinator's `/metrics` (docs/architecture.md §9): jobs and workers by state, and
 //! per job its step, generation, restarts and committed checkpoints. Every
 //! value is derived from the durable state at scrape time, so the numbers
 //! survive a coordinator restart and never disagree with `amdimctl get`.

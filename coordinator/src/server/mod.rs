@@ -1,4 +1,4 @@
-//! The coordinator server (design §3, §8): everything that runs inside the
+//! The coordinator server (docs/architecture.md §3, §8): everything that runs inside the
 //! `amdim-coordinator` process. `state` holds the rules, pure and without
 //! I/O; `store` the SQLite persistence; `coordinator` the process around
 //! them (one lock, persistence before answering, ticker, recovery);

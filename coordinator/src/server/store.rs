@@ -1,4 +1,4 @@
-//! The coordinator's durable store (design §3): one SQLite file holding
+//! The coordinator's durable store (docs/architecture.md §3): one SQLite file holding
 //! jobs, workers, every job's events and the id counters, so a restarted
 //! coordinator carries on. Jobs and workers are rows keyed by id (the
 //! record itself as JSON, the job's state in a column of its own for

@@ -1,4 +1,4 @@
-//! The names inside a checkpoint URI (design §7): every checkpoint is a
+//! The names inside a checkpoint URI (docs/architecture.md §7): every checkpoint is a
 //! folder `step-<k, zero-padded>/` holding `model.safetensors`,
 //! `optimizer.safetensors` and `manifest.json`. Names only: no I/O, no
 //! manifest contents.

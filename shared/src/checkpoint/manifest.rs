@@ -1,4 +1,4 @@
-//! `manifest.json` of one checkpoint (design §7): what it records and the
+//! `manifest.json` of one checkpoint (docs/architecture.md §7): what it records and the
 //! check of a file against its entry. Types only; reading and writing the
 //! folder is `store`'s.
 

@@ -1,4 +1,4 @@
-//! Checkpoints (design §7): the layout under a job's checkpoint URI
+//! Checkpoints (docs/architecture.md §7): the layout under a job's checkpoint URI
 //! (`layout`), the manifest and the check of a file against it
 //! (`manifest`), and the folder I/O on object storage that the worker
 //! (writing, resuming, pruning) and `amdimctl` (listing, exporting) share

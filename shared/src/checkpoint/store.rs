@@ -1,4 +1,4 @@
-//! Checkpoint folders on an object-store [`Location`] (design §7), shared by
+//! Checkpoint folders on an object-store [`Location`] (docs/architecture.md §7), shared by
 //! the worker (writing, resuming, pruning) and `amdimctl` (listing,
 //! exporting): which checkpoints are complete, reading a manifest, reading
 //! a file verified against it, writing a file (multipart when large) and

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `[augment]`: switches for each augmentation (amdim-spec.md §5).
+/// `[augment]`: switches for each augmentation (docs/model.md §5).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AugmentSpec {

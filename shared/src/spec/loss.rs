@@ -4,7 +4,7 @@
 use super::{SpecError, field_err};
 use serde::{Deserialize, Serialize};
 
-/// `[loss.mixture]`: mixture-based NCE (amdim-spec.md §4).
+/// `[loss.mixture]`: mixture-based NCE (docs/model.md §4).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MixtureSpec {

@@ -4,11 +4,11 @@
 use super::{SpecError, field_err};
 use serde::{Deserialize, Serialize};
 
-/// `[model]`: the encoder's size (amdim-spec.md §2).
+/// `[model]`: the encoder's size (docs/model.md §2).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSpec {
-    /// Input size: 32, 64 or 128 (selects the encoder of spec §2).
+    /// Input size: 32, 64 or 128 (selects the encoder of docs/model.md §2).
     pub image_size: usize,
     /// Base channel width `ndf` of the encoder.
     pub ndf: usize,
@@ -16,7 +16,7 @@ pub struct ModelSpec {
     pub n_rkhs: usize,
     /// Residual units per block.
     pub depth: usize,
-    /// BatchNorm in the encoder's branches and in `f7` (spec §2).
+    /// BatchNorm in the encoder's branches and in `f7` (docs/model.md §2).
     pub use_bn: bool,
     /// Factor on the Kaiming-uniform initial weights.
     pub init_scale: f64,

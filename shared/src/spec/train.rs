@@ -30,7 +30,7 @@ impl Default for TrainSpec {
     }
 }
 
-/// `[optim]`: Adam and its learning-rate schedule (amdim-spec.md §6).
+/// `[optim]`: Adam and its learning-rate schedule (docs/model.md §6).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimSpec {

@@ -1,4 +1,4 @@
-//! `amdim-worker agent`: a worker under a coordinator (design §1, §8). It
+//! `amdim-worker agent`: a worker under a coordinator (docs/architecture.md §1, §8). It
 //! registers (its devices and the address where it listens when it is rank
 //! 0), heartbeats with its progress, and obeys the reply: train an assigned
 //! generation (rank, world, rendezvous, resume), stop it, or wait. When its

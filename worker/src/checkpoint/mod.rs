@@ -1,4 +1,4 @@
-//! Checkpoints (design §7) on any `object_store` location.
+//! Checkpoints (docs/architecture.md §7) on any `object_store` location.
 //!
 //! `format` turns the model and optimizer state into safetensors bytes with
 //! the authors' PyTorch names and back; `store` writes a checkpoint folder

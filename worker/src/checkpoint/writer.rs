@@ -1,4 +1,4 @@
-//! Checkpoints written in the background (design §7): the training step only
+//! Checkpoints written in the background (docs/architecture.md §7): the training step only
 //! takes a [`Snapshot`] — new handles on the current tensors, which burn
 //! never mutates while another handle exists — and copying to host memory,
 //! serialising, hashing and uploading run on an uploader thread while

@@ -4,7 +4,7 @@
 //! Design. [`super::Collective`] stays the host-buffer interface every
 //! backend implements; a collective that can also work on device memory
 //! says so through `Collective::device()`, which returns this trait (only
-//! the NCCL backend does). `dist/ops.rs` tries the device path first for
+//! the NCCL backend does). `collective/ops.rs` tries the device path first for
 //! the three per-step exchanges (gathered r5/r7 targets forward, their
 //! reduce-scattered gradients backward, synchronised BatchNorm statistics
 //! both ways) and for the gradient buckets; the functions here answer

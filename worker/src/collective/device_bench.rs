@@ -1,6 +1,6 @@
 //! `amdim-worker bench-collective --cuda` (feature `cuda`): NCCL all-reduce
 //! and all-gather of burn CUDA tensors through the same device path that
-//! training uses (dist/device.rs), at world 1 on one GPU, with
+//! training uses (collective/device.rs), at world 1 on one GPU, with
 //! - the values checked (world 1: every result equals the input),
 //! - time, algorithm bandwidth and bus bandwidth (nccl-tests definitions;
 //!   the bus factor is 0 at world 1, so busbw is reported for the record),

@@ -1,4 +1,4 @@
-//! Collectives: what the ranks of a data-parallel job do together (design §5–6).
+//! Collectives: what the ranks of a data-parallel job do together (docs/architecture.md §5–6).
 //!
 //! - [`Collective`] (this file): the operations ranks do together on host
 //!   f32 buffers, each bounded by a timeout; failures name the peer ranks

@@ -5,7 +5,7 @@
 //! broadcasts it there, `barrier` runs there, and after an NCCL failure it
 //! names the rank that is gone (a dead process's sockets close at once).
 //! Data collectives run on NCCL on this rank's device, on device memory
-//! ([`DeviceCollective`], used by training through dist/device.rs) or on
+//! ([`DeviceCollective`], used by training through collective/device.rs) or on
 //! host slices (the [`Collective`] interface: metrics, straggler times,
 //! `bench-collective`; staged through a device buffer).
 //!
@@ -19,11 +19,11 @@
 //! channel can tell, and the communicator stays poisoned (every later call
 //! fails at once with the same error). A clean drop finalises it.
 //!
-//! Runtime fit: NCCL is loaded by dist/nccl_lib.rs (`libnccl.so.2` first;
+//! Runtime fit: NCCL is loaded by collective/nccl_lib.rs (`libnccl.so.2` first;
 //! the error names library, version found and version wanted); cudarc's
 //! driver bindings are pinned to CUDA 12.8 (worker/Cargo.toml); the socket
 //! interface follows `--advertise-host` unless `NCCL_SOCKET_IFNAME` is set
-//! (dist/netif.rs). NCCL refuses two ranks on one GPU: several ranks
+//! (collective/netif.rs). NCCL refuses two ranks on one GPU: several ranks
 //! sharing a device use `dist.backend = "tcp"`.
 //!
 //! Must not: own training logic, or wait on the GPU without the watchdog.

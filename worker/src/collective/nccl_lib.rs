@@ -13,7 +13,7 @@
 //! ([`MIN_VERSION`]); an older library is refused with both versions named.
 //!
 //! This file owns only the FFI surface; what to call when (the watchdog,
-//! error naming) lives in dist/nccl.rs.
+//! error naming) lives in collective/nccl.rs.
 
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::sync::OnceLock;

@@ -1,4 +1,4 @@
-//! What training does with a collective (design §5–6):
+//! What training does with a collective (docs/architecture.md §5–6):
 //!
 //! - [`all_gather_rows`]: every rank's tensor concatenated along dim 0, as a
 //!   differentiable op. Its backward sums the incoming gradient over ranks

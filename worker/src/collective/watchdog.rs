@@ -7,7 +7,7 @@
 //!
 //! Pure and generic (closures in, a result out): no CUDA here, so the logic
 //! is unit-tested on any machine. It must not know what it polls or which
-//! rank is to blame; the caller names the rank (dist/nccl.rs asks the TCP
+//! rank is to blame; the caller names the rank (collective/nccl.rs asks the TCP
 //! control channel).
 
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-//! The 32 px augmentations of spec §5, and the colour stage every family
+//! The 32 px augmentations of docs/model.md §5, and the colour stage every family
 //! shares, on f32 CHW pixels in [0, 1] (colour functions take any size).
 //!
 //! One horizontal flip (p 0.5) per image, shared by both views; then per view:
@@ -205,7 +205,7 @@ pub fn normalize(img: &mut [f32], mean: [f32; 3], std: [f32; 3]) {
     }
 }
 
-/// The colour stage of one view (spec §5): with p 0.8 ColorJitter(0.4, 0.4,
+/// The colour stage of one view (docs/model.md §5): with p 0.8 ColorJitter(0.4, 0.4,
 /// 0.4, `hue`) in a random order (as torchvision), then grayscale with p 0.25.
 pub fn colour(img: &mut [f32], aug: &AugmentSpec, hue: f64, rng: &mut KeyedRng) {
     #[cfg(target_arch = "x86_64")]

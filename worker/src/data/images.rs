@@ -1,5 +1,5 @@
 //! Image folders for `embed`: decode every JPEG/PNG of a folder (sorted by
-//! name), apply the evaluation transform of spec §5 (32: resize to 32×32;
+//! name), apply the evaluation transform of docs/model.md §5 (32: resize to 32×32;
 //! 64: resize 70, centre crop 64; 128: resize 146, centre crop 128; bicubic)
 //! and normalise. Errors name the file.
 
@@ -7,7 +7,7 @@ use crate::data::augment::{CIFAR_MEAN, CIFAR_STD};
 use image::imageops::FilterType;
 use std::path::{Path, PathBuf};
 
-/// Mean/std of the normalisation of each family (spec §5).
+/// Mean/std of the normalisation of each family (docs/model.md §5).
 pub fn normalisation(size: usize) -> ([f32; 3], [f32; 3]) {
     match size {
         32 => (CIFAR_MEAN, CIFAR_STD),

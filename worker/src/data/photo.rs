@@ -1,4 +1,4 @@
-//! Photos (JPEG/PNG files) to training and evaluation views, spec §5.
+//! Photos (JPEG/PNG files) to training and evaluation views, docs/model.md §5.
 //!
 //! Owns decoding with a decompression-bomb cap, the crop geometry of
 //! torchvision's RandomResizedCrop and Resize + CenterCrop (pure functions),
@@ -210,7 +210,7 @@ fn to_chw(hwc: &[u8], size: usize, flip: bool) -> Vec<f32> {
     out
 }
 
-/// Per-family constants of spec §5.
+/// Per-family constants of docs/model.md §5.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Family {
     pub size: u32,
@@ -301,7 +301,7 @@ fn full_box(img: &Rgb) -> CropBox {
     }
 }
 
-/// The evaluation view (spec §5): 32 — resize to 32×32; 64 — resize 70,
+/// The evaluation view (docs/model.md §5): 32 — resize to 32×32; 64 — resize 70,
 /// centre crop 64; 128 — resize 146, centre crop 128; then normalisation.
 pub fn eval_view(img: &Rgb, size: usize, normalize: bool) -> Vec<f32> {
     let family = Family::for_size(size);

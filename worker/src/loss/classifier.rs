@@ -1,4 +1,4 @@
-//! The online classifiers' loss (spec §4): cross-entropy on 10·tanh(z/10)
+//! The online classifiers' loss (docs/model.md §4): cross-entropy on 10·tanh(z/10)
 //! plus 1e-3·mean(z²), and top-1 accuracy.
 
 use crate::model::layers::tanh_clip;

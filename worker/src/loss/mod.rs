@@ -1,5 +1,5 @@
-//! Losses: the multiscale NCE objective (spec §3, with mixtures) and the
-//! online classifiers' loss (spec §4). Pure tensor functions; no parameters.
+//! Losses: the multiscale NCE objective (docs/model.md §3, with mixtures) and the
+//! online classifiers' loss (docs/model.md §4). Pure tensor functions; no parameters.
 
 pub mod classifier;
 pub mod nce;

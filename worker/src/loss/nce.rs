@@ -1,4 +1,4 @@
-//! The multiscale NCE loss of spec §3.
+//! The multiscale NCE loss of docs/model.md §3.
 //!
 //! [`nce_scores`] is one direction source→target: raw scores u·v/√D, the
 //! regulariser λ·mean(s²) before clipping, the soft clip c·tanh(s/c), and the

@@ -1,5 +1,5 @@
-//! Forward passes: the encoder of spec §2 with its two embedding heads, the
-//! online classifiers of spec §4 and the mixture map of spec §3.
+//! Forward passes: the encoder of docs/model.md §2 with its two embedding heads, the
+//! online classifiers of docs/model.md §4 and the mixture map of docs/model.md §3.
 //!
 //! Generic over the backend, so the same code runs with autodiff (training)
 //! and without (evaluation, BN refresh, `embed`). BatchNorm statistics of a
@@ -196,7 +196,7 @@ impl<'a, B: Kernels> Forward<'a, B> {
     /// Encodes the two views of a batch [B, 3, S, S] each as one pass over
     /// the 2B images stacked, so that every weight is used (and its gradient
     /// formed) once and every matrix product is twice as tall. BatchNorm
-    /// statistics stay per view (spec §3), so the result is that of two
+    /// statistics stay per view (docs/model.md §3), so the result is that of two
     /// separate passes.
     pub fn encode_views(&mut self, plan: &EncoderPlan, views: [Tensor<B, 4>; 2]) -> [Embeddings<B>; 2] {
         let n = views[0].dims()[0];

@@ -1,7 +1,7 @@
 //! The AMDIM model: architecture plan, parameter storage, and forward passes
 //! of the encoder, online classifiers and mixture map.
 //!
-//! Owns the maths of spec §1–2 and §4; the losses live in `loss/`, the
+//! Owns the maths of docs/model.md §1–2 and §4; the losses live in `loss/`, the
 //! optimisation in `optim/`. Must not rename a tensor: the names below are
 //! the authors' `state_dict` keys (checked against the project's PyTorch
 //! reference, `worker/python/amdim_torch.py`, by `tests/parity.rs`).

@@ -1,5 +1,5 @@
 //! The architecture as data: every tensor the model owns, with its PyTorch
-//! `state_dict` name, shape and initialisation (amdim-spec.md §1–2, §4).
+//! `state_dict` name, shape and initialisation (docs/model.md §1–2, §4).
 //!
 //! Building a plan allocates nothing, so parameter counts of the 600 M
 //! parameter configurations can be checked in a unit test. The layer structs
@@ -70,7 +70,7 @@ pub struct Bn {
     pub channels: usize,
 }
 
-/// `Res(cin, cout, k, s)` of spec §1.
+/// `Res(cin, cout, k, s)` of docs/model.md §1.
 #[derive(Clone, Debug)]
 pub struct ResUnit {
     pub conv1: Conv,
@@ -92,7 +92,7 @@ pub enum Layer {
     MaybeBn { bn: Bn, on: bool },
 }
 
-/// The "fake RKHS" embedding head of spec §1.
+/// The "fake RKHS" embedding head of docs/model.md §1.
 #[derive(Clone, Debug)]
 pub struct Head {
     pub conv1: Conv,
@@ -116,7 +116,7 @@ pub struct EncoderPlan {
     pub n_rkhs: usize,
 }
 
-/// Linear and MLP online classifiers (spec §4).
+/// Linear and MLP online classifiers (docs/model.md §4).
 #[derive(Clone, Debug)]
 pub struct ClassifierPlan {
     pub lin_weight: usize,
@@ -129,7 +129,7 @@ pub struct ClassifierPlan {
     pub hidden: usize,
 }
 
-/// The k-component mixture map of spec §3 (r1 → r1 + W2·ReLU(W1·r1 + b1) + b2).
+/// The k-component mixture map of docs/model.md §3 (r1 → r1 + W2·ReLU(W1·r1 + b1) + b2).
 #[derive(Clone, Debug)]
 pub struct MixturePlan {
     pub weight1: usize,

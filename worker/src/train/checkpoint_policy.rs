@@ -1,4 +1,4 @@
-//! When a run takes a checkpoint (design §7): every `checkpoint.every_steps`
+//! When a run takes a checkpoint (docs/architecture.md §7): every `checkpoint.every_steps`
 //! steps and at the last step, on the rank that writes them (rank 0). A
 //! checkpoint that falls due while the previous upload is still running is
 //! deferred to the first step after the upload ends (`when_busy = "defer"`),

@@ -1,4 +1,4 @@
-//! Test accuracy of the online classifiers (spec §4): refresh BatchNorm
+//! Test accuracy of the online classifiers (docs/model.md §4): refresh BatchNorm
 //! statistics on a few test batches in training mode, then evaluate the
 //! linear and MLP heads in eval mode. With several ranks, each refreshes the
 //! same statistics (identical weights, identical batches) and evaluates

@@ -3,7 +3,7 @@
 //! and the BatchNorm running-average updates. As one rank of several
 //! (`Trainer::comm`), the targets are gathered from all ranks with exact
 //! gradients, BatchNorm is optionally synchronised, and gradients, metrics
-//! and BN statistics are averaged over ranks (design §5–6); the exchanges
+//! and BN statistics are averaged over ranks (docs/architecture.md §5–6); the exchanges
 //! themselves are `collective`'s.
 //!
 //! The trainer owns the model state on the inner (non-autodiff) backend; each
@@ -249,7 +249,7 @@ impl<B: Kernels> Trainer<B> {
         let mut fwd = Forward::new(leaves, BnMode::Train).with_sync_bn(self.sync_bn().map(|_| &rank_sum as &RankSum<'_, _>));
         let [e1, e2] = fwd.encode_views(&self.plan.encoder, [view1, view2]);
         let (src, mut trg) = nce_inputs(&fwd, &self.plan, [&e1, &e2], locs);
-        // Each rank's sources against the targets of every rank (design §6).
+        // Each rank's sources against the targets of every rank (docs/architecture.md §6).
         let own_offset = match &self.comm {
             Some(comm) => {
                 for t in &mut trg {

@@ -1,4 +1,4 @@
-//! The coordinator's state and its rules (design §3, §8), with no I/O:
+//! The coordinator's state and its rules (docs/architecture.md §3, §8), with no I/O:
 //! jobs and their generations, workers and their liveness, the queue
 //! (priority, then first come), gang scheduling (a generation starts only
 //! when at least `min_workers` are free; it takes as many as it may, up to
