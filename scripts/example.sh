@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The README's first command: on a fresh machine, get Fashion-MNIST if it is
+# missing (Debian's dataset-fashion-mnist, or the official files with DEST),
+# train examples/fashion-mnist.toml on this machine's CPU, then evaluate the
+# trained encoder's frozen features with the linear probe, next to raw
+# pixels and a randomly initialised encoder of the same shape.
+#
+#   scripts/example.sh [JOB_SPEC (default examples/fashion-mnist.toml)]
+#
+# Needs Rust's cargo (https://rustup.rs); the first build compiles burn.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+spec=${1:-examples/fashion-mnist.toml}
+
+if ! command -v cargo >/dev/null; then
+  echo "cargo is missing: install Rust (https://rustup.rs, or Debian's cargo package), then run this again" >&2
+  exit 1
+fi
+if [ -z "${AMDIM_DATA__PATH:-}" ]; then
+  scripts/get-fashion-mnist.sh
+fi
+
+cargo build -p amdim-worker
+echo "== training ($spec)"
+target/debug/amdim-worker train --config "$spec"
+echo "== linear probe of the frozen encoder (fit on the 60,000 training images, scored on the 10,000 test images)"
+target/debug/amdim-worker probe --config "$spec" --baselines --no-knn
