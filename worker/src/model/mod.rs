@@ -53,6 +53,7 @@
 pub mod encoder;
 pub mod kernels;
 pub mod layers;
+mod moves;
 pub mod params;
 pub mod plan;
 
