@@ -19,7 +19,11 @@ pub(crate) fn first_device(job_device: usize, flag: Option<usize>, local_ranks: 
     let count = visible.split(',').map(str::trim).take_while(|e| !e.is_empty()).count();
     let last = first + local_ranks.max(1) - 1;
     if last >= count {
-        let from = if flag.is_some() { "--first-device" } else { "the job's runtime.device" };
+        let from = if flag.is_some() {
+            "--first-device"
+        } else {
+            "the job's runtime.device"
+        };
         return Err(format!(
             "{} rank(s) from device {first} ({from}) need devices {first}..={last}, but CUDA_VISIBLE_DEVICES={visible:?} shows {count}",
             local_ranks.max(1)

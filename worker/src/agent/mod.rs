@@ -17,22 +17,22 @@ mod observer;
 mod stopping;
 
 use crate::collective::launch::{LocalRank, WorldLayout};
-use amdim_shared::spec::BackendKind;
 use crate::train::run::{RunOptions, run};
 use crate::with_backend;
 use amdim_shared::auth::BearerToken;
 use amdim_shared::proto::v1 as pb;
 use amdim_shared::session::{HeartbeatSession, WorkerClient};
+use amdim_shared::spec::BackendKind;
 use amdim_shared::spec::JobSpec;
 use anyhow::{Context, Result, bail};
 use observer::{CheckpointCommits, PartObservers, Progress};
-use stopping::{Overdue, PartStop};
 use pb::heartbeat_response::Command;
 use pb::worker_service_client::WorkerServiceClient;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use stopping::{Overdue, PartStop};
 
 /// Who this agent is and where its coordinator is.
 #[derive(Clone, Debug)]
@@ -298,7 +298,10 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
                     commit_checkpoints(&mut client, &worker_id, &t.job_id, t.generation, &t.written).await;
                 }
                 // A stop that is overdue cancels the part's collectives, then gives it up.
-                let overdue = current.as_ref().filter(|t| !t.handle.is_finished()).map(|t| t.stop.check(Instant::now()));
+                let overdue = current
+                    .as_ref()
+                    .filter(|t| !t.handle.is_finished())
+                    .map(|t| t.stop.check(Instant::now()));
                 if (current.as_ref().is_some_and(|t| t.handle.is_finished()) || matches!(overdue, Some(Overdue::Abandon(_))))
                     && let Some(t) = current.take()
                 {
@@ -351,7 +354,10 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
                         if let Some(t) = current.take() {
                             stop_within_bound(&t, "the coordinator no longer knows this worker").await;
                             if !t.handle.is_finished() {
-                                bail!("job {}: the part did not end after a stop; exiting so that its devices are freed", t.job_id);
+                                bail!(
+                                    "job {}: the part did not end after a stop; exiting so that its devices are freed",
+                                    t.job_id
+                                );
                             }
                             let _ = t.handle.join();
                         }

@@ -12,9 +12,9 @@ pub mod bench;
 pub mod dist;
 pub mod embed;
 pub mod gradients;
+pub mod probe;
 pub mod score;
 pub mod train;
-pub mod probe;
 
 use amdim_shared::spec::{BackendKind, JobSpec};
 use anyhow::{Context, Result};
