@@ -2,8 +2,9 @@
 //! a job on two workers succeeds; a worker killed with SIGKILL mid-job makes
 //! the job restart from its checkpoint on the survivor and finish; a
 //! coordinator killed with SIGKILL and started again on its store
-//! carries the job to the end; bad specs and cancels behave; without the
-//! right tokens neither clients nor workers get in.
+//! carries the job to the end; a worker frozen with SIGSTOP does not hang
+//! its peer (the peer's stop is bounded); bad specs and cancels behave;
+//! without the right tokens neither clients nor workers get in.
 
 mod support;
 
@@ -60,6 +61,8 @@ impl Cluster {
                 .args(["agent", "--coordinator", &c.server, "--name", &format!("w{i}")])
                 .args(["--devices", &devices.to_string()])
                 .env("AMDIM_SAMPLE_LOG_DIR", dir)
+                // A part told to stop ends within 10 s (its collectives are cancelled after that).
+                .env("AMDIM_STOP_GRACE_S", "10")
                 .envs(c.tokens.iter().map(|(_, join)| ("AMDIM_JOIN_TOKEN", join.clone())))
                 .envs(c.ca.iter().map(|ca| ("AMDIM_TLS_CA_FILE", ca.clone())))
                 .env("NO_COLOR", "1")
@@ -411,6 +414,39 @@ fn a_job_on_two_workers_succeeds_and_survives_a_killed_worker() {
     let out = cluster.ctl_output(&["cancel", &id]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("is Cancelled"), "{err}");
+}
+
+#[test]
+fn a_frozen_worker_does_not_hang_its_peer_past_the_stop_grace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(tmp.path(), 2);
+    let spec = job_spec(tmp.path(), 100_000, 1, 2);
+    // Collectives alone would wait 600 s for the frozen peer.
+    let text = std::fs::read_to_string(&spec).unwrap().replace("timeout_s = 20", "timeout_s = 600");
+    std::fs::write(&spec, text).unwrap();
+    let id = cluster.ctl(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
+    cluster.wait_for(&id, "train on 2 workers", Duration::from_secs(120), |j| {
+        state(j) == "RUNNING" && j["step"].as_u64().unwrap_or(0) >= 5
+    });
+    let frozen = cluster.agents[1].id().to_string();
+    let signal = |s: &str| assert!(Command::new("kill").args([s, &frozen]).status().unwrap().success());
+    signal("-STOP");
+    let froze = Instant::now();
+    // Lost after the heartbeat timeout (2 s); the survivor, blocked in a
+    // collective on it, is told to stop, cancelled after --stop-grace-s
+    // (10 s), reports, and the job restarts on it alone.
+    let j = cluster.wait_for(&id, "restart on the survivor", Duration::from_secs(60), |j| {
+        j["generations"].as_array().is_some_and(|g| g.len() == 2) && state(j) == "RUNNING"
+    });
+    let took = froze.elapsed();
+    signal("-CONT");
+    assert!(took < Duration::from_secs(60), "restarted {took:?} after the freeze");
+    let generations = j["generations"].as_array().unwrap();
+    assert_eq!(generations[1]["workers"].as_array().unwrap().len(), 1, "{j}");
+    assert!(generations[0]["end_reason"].as_str().unwrap().contains("lost"), "{j}");
+    let log = std::fs::read_to_string(tmp.path().join("agent0.log")).unwrap();
+    assert!(log.contains("collectives cancelled") && log.contains("--stop-grace-s"), "{log}");
+    assert!(cluster.ctl_output(&["cancel", &id]).status.success());
 }
 
 #[test]

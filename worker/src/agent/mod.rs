@@ -6,9 +6,15 @@
 //! peer). It survives the coordinator going away: it retries with backoff,
 //! and registers again when the coordinator no longer knows it (stopping
 //! any training first). Training itself is `train::run`'s; what the agent
-//! learns from it comes through the observers of [`observer`].
+//! learns from it comes through the observers of [`observer`]. A stop is
+//! bounded ([`stopping`]): a part still running `--stop-grace-s` after it
+//! has its collectives cancelled, and one that outlives that is given up
+//! (reported failed, then the agent exits). Which devices a part runs on
+//! is [`devices`]'.
 
+mod devices;
 mod observer;
+mod stopping;
 
 use crate::collective::launch::{LocalRank, WorldLayout};
 use crate::train::run::{RunOptions, run};
@@ -16,6 +22,7 @@ use crate::with_backend;
 use amdim_shared::auth::BearerToken;
 use amdim_shared::proto::v1 as pb;
 use amdim_shared::session::{HeartbeatSession, WorkerClient};
+use amdim_shared::spec::BackendKind;
 use amdim_shared::spec::JobSpec;
 use anyhow::{Context, Result, bail};
 use observer::{CheckpointCommits, PartObservers, Progress};
@@ -24,7 +31,8 @@ use pb::worker_service_client::WorkerServiceClient;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use stopping::{Overdue, PartStop};
 
 /// Who this agent is and where its coordinator is.
 #[derive(Clone, Debug)]
@@ -34,6 +42,12 @@ pub struct AgentSettings {
     /// Host or IP other workers reach this one at.
     pub advertise_host: String,
     pub devices: u32,
+    /// The CUDA device of the first local rank (`--first-device`); None:
+    /// the job's `runtime.device`.
+    pub first_device: Option<usize>,
+    /// How long a part told to stop may take before its collectives are
+    /// cancelled (`--stop-grace-s`).
+    pub stop_grace: Duration,
     /// The join token the coordinator may require.
     pub join_token: Option<String>,
     /// CA of the coordinator's TLS certificate (https:// addresses).
@@ -50,7 +64,7 @@ pub struct AgentSettings {
 struct Training {
     job_id: String,
     generation: u32,
-    stop: Arc<AtomicBool>,
+    stop: Arc<PartStop>,
     progress: Arc<Progress>,
     /// Complete checkpoints (step, bytes) not yet committed to the coordinator.
     written: std::sync::mpsc::Receiver<(u64, u64)>,
@@ -64,7 +78,7 @@ fn free_port(host: &str) -> Result<u16> {
 }
 
 fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::runtime::Handle) -> Result<Training> {
-    let spec = JobSpec::from_toml_with_env(&a.spec_toml, &[]).with_context(|| format!("job {}: spec", a.job_id))?;
+    let mut spec = JobSpec::from_toml_with_env(&a.spec_toml, &[]).with_context(|| format!("job {}: spec", a.job_id))?;
     let local_ranks = a.local_ranks.max(1);
     if local_ranks > settings.devices {
         bail!(
@@ -72,6 +86,11 @@ fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::r
             a.job_id,
             settings.devices
         );
+    }
+    if spec.runtime.backend == BackendKind::Cuda {
+        let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+        spec.runtime.device = devices::first_device(spec.runtime.device, settings.first_device, local_ranks as usize, visible.as_deref())
+            .map_err(|e| anyhow::anyhow!("job {}: {e}", a.job_id))?;
     }
     let layout = WorldLayout {
         world_size: a.world_size as usize,
@@ -81,7 +100,8 @@ fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::r
         advertise_host: settings.advertise_host.clone(),
     };
     layout.local().with_context(|| format!("job {}: assignment", a.job_id))?;
-    let stop = Arc::new(AtomicBool::new(false));
+    let device = spec.runtime.device;
+    let stop = PartStop::new(settings.stop_grace);
     let progress = Arc::new(Progress::default());
     let (stop2, resume) = (stop.clone(), a.resume);
     let (tx, written) = std::sync::mpsc::channel();
@@ -99,9 +119,12 @@ fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::r
             // One thread per local rank, each on its own device; the first
             // reports progress (every rank is at the same step).
             let done = layout.launch(&spec, |LocalRank { rank, spec, comm }| {
+                if let Some(comm) = &comm {
+                    stop2.register(comm);
+                }
                 let options = RunOptions {
                     resume,
-                    stop: stop2.clone(),
+                    stop: stop2.flag(),
                     comm,
                     observer: observers.for_rank(rank),
                 };
@@ -110,7 +133,7 @@ fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::r
             })?;
             Ok(done.into_iter().all(|trained_to_the_end| trained_to_the_end))
         })?;
-    tracing::info!(job = %a.job_id, generation = a.generation, rank = a.rank, local_ranks, world = a.world_size, resume = a.resume, "training started");
+    tracing::info!(job = %a.job_id, generation = a.generation, rank = a.rank, local_ranks, world = a.world_size, device, resume = a.resume, "training started");
     Ok(Training {
         job_id: a.job_id,
         generation: a.generation,
@@ -164,21 +187,42 @@ async fn connect(settings: &AgentSettings, token: &BearerToken) -> Result<Worker
     }
 }
 
-/// Reports the end of `t`'s part to the coordinator (best effort).
-async fn report(client: &mut WorkerClient, worker_id: &str, t: Training) {
+/// Stops `t` and waits (polling, never blocking the runtime) until its
+/// thread has ended or the stop's bound has passed.
+async fn stop_within_bound(t: &Training, reason: &str) {
+    t.stop.request(reason);
+    while !t.handle.is_finished() {
+        if let Overdue::Abandon(_) = t.stop.check(Instant::now()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reports the end of `t`'s part to the coordinator (best effort). A
+/// thread still running is given up, never joined: the error returned
+/// says why, and the agent must exit (the thread may hold its devices).
+async fn report(client: &mut WorkerClient, worker_id: &str, t: Training) -> Result<()> {
     let Training {
         job_id,
         generation,
+        stop,
         progress,
         written,
         handle,
-        ..
     } = t;
-    let (ok, message) = match handle.join() {
-        Ok(Ok(true)) => (true, String::new()),
-        Ok(Ok(false)) => (false, "stopped".to_string()),
-        Ok(Err(e)) => (false, format!("{e:#}")),
-        Err(_) => (false, "the training thread panicked".to_string()),
+    let abandoned = match stop.check(Instant::now()) {
+        Overdue::Abandon(why) if !handle.is_finished() => Some(why),
+        _ => None,
+    };
+    let (ok, message) = match &abandoned {
+        Some(why) => (false, why.clone()),
+        None => match handle.join() {
+            Ok(Ok(true)) => (true, String::new()),
+            Ok(Ok(false)) => (false, "stopped".to_string()),
+            Ok(Err(e)) => (false, format!("{e:#}")),
+            Err(_) => (false, "the training thread panicked".to_string()),
+        },
     };
     let step = progress.step.load(Ordering::Relaxed);
     // The run has ended: every checkpoint it completed is in the channel.
@@ -194,6 +238,10 @@ async fn report(client: &mut WorkerClient, worker_id: &str, t: Training) {
     };
     if let Err(e) = client.finish(request).await {
         tracing::warn!(reason = %e.message(), "could not report the end of a part");
+    }
+    match abandoned {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
     }
 }
 
@@ -240,8 +288,8 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
                 if settings.shutdown.load(Ordering::Relaxed) {
                     settings.ready.store(false, Ordering::Relaxed);
                     if let Some(t) = current.take() {
-                        t.stop.store(true, Ordering::Relaxed);
-                        report(&mut client, &worker_id, t).await;
+                        stop_within_bound(&t, "the agent is shutting down").await;
+                        report(&mut client, &worker_id, t).await?;
                     }
                     tracing::info!(worker = %worker_id, "agent stopped");
                     return Ok(());
@@ -249,10 +297,15 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
                 if let Some(t) = &current {
                     commit_checkpoints(&mut client, &worker_id, &t.job_id, t.generation, &t.written).await;
                 }
-                if current.as_ref().is_some_and(|t| t.handle.is_finished())
+                // A stop that is overdue cancels the part's collectives, then gives it up.
+                let overdue = current
+                    .as_ref()
+                    .filter(|t| !t.handle.is_finished())
+                    .map(|t| t.stop.check(Instant::now()));
+                if (current.as_ref().is_some_and(|t| t.handle.is_finished()) || matches!(overdue, Some(Overdue::Abandon(_))))
                     && let Some(t) = current.take()
                 {
-                    report(&mut client, &worker_id, t).await;
+                    report(&mut client, &worker_id, t).await?;
                 }
                 let beat = pb::HeartbeatRequest {
                     worker_id: worker_id.clone(),
@@ -268,8 +321,8 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
                     Ok(reply) => match reply.command {
                         Some(Command::Assign(a)) => {
                             if let Some(t) = current.take() {
-                                t.stop.store(true, Ordering::Relaxed);
-                                report(&mut client, &worker_id, t).await;
+                                stop_within_bound(&t, "a new assignment").await;
+                                report(&mut client, &worker_id, t).await?;
                             }
                             let (job, generation) = (a.job_id.clone(), a.generation);
                             match start_training(a, &settings, runtime_handle()) {
@@ -289,7 +342,7 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
                         }
                         Some(Command::Stop(s)) => {
                             if let Some(t) = &current
-                                && !t.stop.swap(true, Ordering::Relaxed)
+                                && t.stop.request(&s.reason)
                             {
                                 tracing::warn!(job = %t.job_id, reason = %s.reason, "stopping the current generation");
                             }
@@ -299,7 +352,13 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
                     Err(s) if s.code() == tonic::Code::NotFound => {
                         tracing::warn!(reason = %s.message(), "the coordinator does not know this worker: registering again");
                         if let Some(t) = current.take() {
-                            t.stop.store(true, Ordering::Relaxed);
+                            stop_within_bound(&t, "the coordinator no longer knows this worker").await;
+                            if !t.handle.is_finished() {
+                                bail!(
+                                    "job {}: the part did not end after a stop; exiting so that its devices are freed",
+                                    t.job_id
+                                );
+                            }
                             let _ = t.handle.join();
                         }
                         break;
@@ -311,8 +370,10 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
                             Err(e) => {
                                 // Stopped while cut off: the part still ends with its checkpoint.
                                 if let Some(t) = current.take() {
-                                    t.stop.store(true, Ordering::Relaxed);
-                                    let _ = t.handle.join();
+                                    stop_within_bound(&t, "the agent is shutting down").await;
+                                    if t.handle.is_finished() {
+                                        let _ = t.handle.join();
+                                    }
                                 }
                                 return Err(e);
                             }

@@ -9,6 +9,15 @@ use anyhow::Result;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+/// A grace period in seconds: finite, at least 0.1 s, at most a day.
+fn parse_grace(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: expected seconds between 0.1 and 86400")),
+    }
+}
 
 /// The flags of `amdim-worker agent`.
 #[derive(clap::Args)]
@@ -27,6 +36,22 @@ pub struct Args {
     /// runtime.device … runtime.device + D − 1.
     #[arg(long, env = "AMDIM_DEVICES", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     devices: u32,
+    /// CUDA device of this agent's first rank, instead of the job's
+    /// runtime.device: agents sharing a host each take their own devices
+    /// (e.g. --devices 4 --first-device 0 and --devices 4 --first-device
+    /// 4). Ordinals count the entries of CUDA_VISIBLE_DEVICES when it is
+    /// set (giving each agent its own CUDA_VISIBLE_DEVICES works too), and
+    /// the ranks must fit in them. CPU jobs ignore it.
+    #[arg(long, env = "AMDIM_FIRST_DEVICE")]
+    first_device: Option<usize>,
+    /// Seconds a part told to stop may take to end (its step, then rank 0's
+    /// checkpoint) before its collectives are cancelled: a rank blocked on a
+    /// peer that no longer answers then fails at once, and the job restarts
+    /// without waiting for dist.timeout_s. A part still running 5 s after
+    /// that is given up: reported failed, and this agent exits (its
+    /// supervisor restarts it) so that nothing else runs on its devices.
+    #[arg(long, env = "AMDIM_STOP_GRACE_S", default_value_t = 60.0, value_parser = parse_grace)]
+    stop_grace_s: f64,
     /// A file holding the join token (or AMDIM_JOIN_TOKEN).
     #[arg(long, env = "AMDIM_JOIN_TOKEN_FILE")]
     join_token_file: Option<PathBuf>,
@@ -66,6 +91,8 @@ pub fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<()> {
         name,
         advertise_host: args.advertise_host,
         devices: args.devices,
+        first_device: args.first_device,
+        stop_grace: Duration::from_secs_f64(args.stop_grace_s),
         join_token,
         tls_ca_file: args.tls_ca_file,
         ready,

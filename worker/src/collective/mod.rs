@@ -64,6 +64,9 @@ pub enum CollectiveError {
     Rendezvous(String),
     #[error("{op}: {message}")]
     Invalid { op: &'static str, message: String },
+    /// Ended on this rank from another thread ([`Collective::cancel`]).
+    #[error("collectives cancelled on rank {rank}: {reason}")]
+    Cancelled { rank: usize, reason: String },
 }
 
 impl CollectiveError {
@@ -73,7 +76,7 @@ impl CollectiveError {
             Self::Timeout { peer, .. } | Self::PeerLost { peer, .. } => vec![*peer],
             Self::Aborted { ranks, .. } => ranks.clone(),
             Self::NotArrived { missing, .. } => missing.clone(),
-            Self::Rendezvous(_) | Self::Invalid { .. } => Vec::new(),
+            Self::Rendezvous(_) | Self::Invalid { .. } | Self::Cancelled { .. } => Vec::new(),
         }
     }
 }
@@ -107,6 +110,11 @@ pub trait Collective: Send + Sync {
     fn device(&self) -> Option<&dyn device::DeviceCollective> {
         None
     }
+    /// Called from another thread: a collective blocked now, and every
+    /// later one, fails at once with [`CollectiveError::Cancelled`] naming
+    /// `reason` (a rank told to stop while a peer no longer answers).
+    /// Nothing to do where nothing can block.
+    fn cancel(&self, _reason: &str) {}
 }
 
 /// Element ranges of `n` elements split in `parts` near-equal consecutive pieces.

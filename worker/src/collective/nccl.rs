@@ -18,6 +18,8 @@
 //! The result is a [`CollectiveError`] naming the lost rank when the control
 //! channel can tell, and the communicator stays poisoned (every later call
 //! fails at once with the same error). A clean drop finalises it.
+//! [`Collective::cancel`] (the agent, when a stop is overdue) makes the
+//! next poll fail, so a waiting collective aborts within milliseconds.
 //!
 //! Runtime fit: NCCL is loaded by collective/nccl_lib.rs (`libnccl.so.2` first;
 //! the error names library, version found and version wanted); cudarc's
@@ -51,6 +53,9 @@ pub struct NcclCollective {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     timeout: Duration,
+    /// Why [`Collective::cancel`] ended this rank's collectives: the next
+    /// poll fails, and the waiting thread aborts the communicator itself.
+    cancelled: Mutex<Option<String>>,
 }
 
 // SAFETY: the raw communicator is only used behind the mutex, one call at a time.
@@ -127,6 +132,7 @@ impl NcclCollective {
             ctx,
             stream,
             timeout: spec.timeout,
+            cancelled: Mutex::new(None),
         };
         let deadline = Instant::now() + spec.timeout;
         let ready = if r != SUCCESS && r != IN_PROGRESS {
@@ -151,6 +157,9 @@ impl NcclCollective {
 
     /// One poll of the communicator's asynchronous state.
     fn poll_comm(&self, comm: RawComm) -> Status {
+        if let Some(reason) = self.cancelled.lock().unwrap_or_else(|e| e.into_inner()).as_deref() {
+            return Status::Failed(format!("cancelled on this rank: {reason}"));
+        }
         let mut state: NcclResult = SUCCESS;
         // SAFETY: `comm` is live (not destroyed) while `self` is.
         let r = unsafe { (self.nccl.comm_get_async_error)(comm, &mut state) };
@@ -360,6 +369,14 @@ impl Collective for NcclCollective {
 
     fn device(&self) -> Option<&dyn DeviceCollective> {
         Some(self)
+    }
+
+    fn cancel(&self, reason: &str) {
+        // Never ncclCommAbort from here: another thread may be polling the
+        // communicator. Its next poll fails and it aborts; the control
+        // channel's sockets close now.
+        *self.cancelled.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
+        self.control.cancel(reason);
     }
 }
 

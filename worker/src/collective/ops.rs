@@ -111,6 +111,20 @@ impl Comm {
         self.collective.device().is_some()
     }
 
+    /// Ends this rank's part in the world from another thread (the agent,
+    /// when a stop is overdue): a collective blocked now, and every later
+    /// one, fails at once with [`CollectiveError::Cancelled`] naming `reason`.
+    pub fn cancel(&self, reason: &str) {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| CollectiveError::Cancelled {
+                rank: self.rank(),
+                reason: reason.to_string(),
+            });
+        self.collective.cancel(reason);
+    }
+
     /// Runs `f` on the collective, timed as `kind`, counting `values` f32s
     /// this rank puts in; Err once anything failed.
     pub fn run<T>(&self, kind: Exchange, values: usize, f: impl FnOnce(&dyn Collective) -> CollResult<T>) -> CollResult<T> {

@@ -18,7 +18,7 @@
 //! - `wire.rs`: the frames on every stream;
 //! - `ring.rs`: ring steps over TCP or shared memory;
 //! - `star.rs`: broadcast and barrier;
-//! - `abort.rs`: poisoning and abort frames.
+//! - `abort.rs`: poisoning, abort frames and cancelling from another thread.
 //!
 //! This file holds the communicator's state and maps each [`Collective`]
 //! operation onto those pieces. The module knows bytes and ranks only; what
@@ -59,6 +59,8 @@ pub struct TcpCollective {
     /// `peers[p]` for p ≠ rank.
     peers: Vec<Option<Peer>>,
     poisoned: Mutex<Option<CollectiveError>>,
+    /// Why [`Collective::cancel`] ended this rank's collectives, once it has.
+    cancelled: Mutex<Option<String>>,
     /// Serialises collectives: one at a time per communicator.
     busy: Mutex<()>,
     /// Ring data to the next rank / from the previous one, when shared.
@@ -163,5 +165,9 @@ impl Collective for TcpCollective {
             return Ok(());
         }
         self.guarded(|| self.star_barrier())
+    }
+
+    fn cancel(&self, reason: &str) {
+        self.cancel_now(reason);
     }
 }

@@ -164,6 +164,7 @@ impl TcpCollective {
             timeout: spec.timeout,
             peers,
             poisoned: Mutex::new(None),
+            cancelled: Mutex::new(None),
             busy: Mutex::new(()),
             pipe_to_next: None,
             pipe_from_prev: None,
