@@ -1,0 +1,305 @@
+//! What a `model.safetensors` says about itself (docs/architecture.md §7):
+//! the safetensors metadata keys and values — the weights format and its
+//! version, the job's `[model]` section, whatever else shapes the tensors
+//! (classes of the online classifiers, mixture components) and the
+//! effective job spec — and the check of a job spec against them, which
+//! names the first field that differs. Strings in, strings out: reading
+//! and writing the tensors themselves is the worker's.
+
+use crate::spec::{JobSpec, ModelSpec};
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// `format`: what kind of file this is.
+pub const WEIGHTS_FORMAT: &str = "amdim-model";
+/// `format_version`: the layout of this metadata that this build writes,
+/// and the newest it reads.
+pub const WEIGHTS_FORMAT_VERSION: u32 = 1;
+
+const FORMAT_KEY: &str = "format";
+const VERSION_KEY: &str = "format_version";
+const MODEL_KEY: &str = "model";
+const N_CLASSES_KEY: &str = "n_classes";
+const MIXTURE_K_KEY: &str = "mixture_k";
+const SPEC_KEY: &str = "spec";
+
+/// The `[model]` fields that must be in the `model` value: the ones that
+/// decide the tensors' names and shapes, and `use_bn` (which decides
+/// whether the stored BatchNorms are used).
+const MODEL_FIELDS: [&str; 5] = ["image_size", "ndf", "n_rkhs", "depth", "use_bn"];
+
+/// Metadata that cannot be read as this module writes it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WeightsMetaError {
+    /// A key has a value of the wrong kind, or a required one is missing.
+    #[error("weights metadata `{key}`: {message}")]
+    Value {
+        /// The metadata key.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Written by a newer build.
+    #[error("weights format {WEIGHTS_FORMAT} version {found} is newer than this build reads ({WEIGHTS_FORMAT_VERSION}); upgrade, or pass --config")]
+    Newer {
+        /// The version the file has.
+        found: u32,
+    },
+    /// Not a safetensors header at all.
+    #[error("not a safetensors file: {0}")]
+    Header(String),
+}
+
+/// A field of a job spec that contradicts the weights.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{field}: the config says {config} but the weights were trained with {weights}")]
+pub struct Mismatch {
+    /// The dotted spec field (`model.ndf`).
+    pub field: &'static str,
+    /// The config's value.
+    pub config: String,
+    /// The value the weights were written with.
+    pub weights: String,
+}
+
+/// What a weights file says about the model it holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeightsInfo {
+    /// [`WEIGHTS_FORMAT_VERSION`] when written.
+    pub version: u32,
+    /// The job's `[model]` section.
+    pub model: ModelSpec,
+    /// Classes of the online classifiers (None: no classifier tensors).
+    pub n_classes: Option<usize>,
+    /// Mixture components (`loss.mixture.k`; 1: no mixture tensors).
+    pub mixture_k: usize,
+    /// The effective job spec the weights were trained with (None when the
+    /// writer gave only the model section).
+    pub spec: Option<JobSpec>,
+}
+
+fn bad(key: &str, message: impl Into<String>) -> WeightsMetaError {
+    WeightsMetaError::Value {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+fn number(meta: &HashMap<String, String>, key: &str) -> Result<Option<usize>, WeightsMetaError> {
+    meta.get(key)
+        .map(|v| v.trim().parse::<usize>().map_err(|_| bad(key, format!("{v:?} is not a count"))))
+        .transpose()
+}
+
+impl WeightsInfo {
+    /// The description of weights trained by `spec`, with `n_classes`
+    /// online classes (None: encoder-only).
+    pub fn new(spec: &JobSpec, n_classes: Option<usize>) -> Self {
+        Self {
+            version: WEIGHTS_FORMAT_VERSION,
+            model: spec.model.clone(),
+            n_classes,
+            mixture_k: spec.loss.mixture.k,
+            spec: Some(spec.clone()),
+        }
+    }
+
+    /// The safetensors metadata: string keys and values (JSON for sections).
+    pub fn to_metadata(&self) -> HashMap<String, String> {
+        let mut meta = HashMap::from([
+            (FORMAT_KEY.to_string(), WEIGHTS_FORMAT.to_string()),
+            (VERSION_KEY.to_string(), self.version.to_string()),
+            (MIXTURE_K_KEY.to_string(), self.mixture_k.to_string()),
+        ]);
+        // Plain data types: serialising them cannot fail.
+        if let Ok(model) = serde_json::to_string(&self.model) {
+            meta.insert(MODEL_KEY.to_string(), model);
+        }
+        if let Some(n) = self.n_classes {
+            meta.insert(N_CLASSES_KEY.to_string(), n.to_string());
+        }
+        if let Some(spec) = self.spec.as_ref().and_then(|s| serde_json::to_string(s).ok()) {
+            meta.insert(SPEC_KEY.to_string(), spec);
+        }
+        meta
+    }
+
+    /// Reads the description from safetensors metadata; None when the file
+    /// has none (written before format version 1, or converted from the
+    /// authors' PyTorch code). Only `model` is required; `format` when
+    /// present must be [`WEIGHTS_FORMAT`] at a version this build reads.
+    pub fn from_metadata(meta: &HashMap<String, String>) -> Result<Option<Self>, WeightsMetaError> {
+        if let Some(format) = meta.get(FORMAT_KEY)
+            && format != WEIGHTS_FORMAT
+        {
+            return Err(bad(FORMAT_KEY, format!("{format:?}, expected {WEIGHTS_FORMAT:?}")));
+        }
+        let Some(model_text) = meta.get(MODEL_KEY) else {
+            return match meta.get(FORMAT_KEY) {
+                Some(_) => Err(bad(MODEL_KEY, "missing")),
+                None => Ok(None),
+            };
+        };
+        let version = number(meta, VERSION_KEY)?.unwrap_or(1) as u32;
+        if version > WEIGHTS_FORMAT_VERSION {
+            return Err(WeightsMetaError::Newer { found: version });
+        }
+        let value: Value = serde_json::from_str(model_text).map_err(|e| bad(MODEL_KEY, e.to_string()))?;
+        if let Some(field) = MODEL_FIELDS.iter().find(|f| value.get(**f).is_none()) {
+            return Err(bad(MODEL_KEY, format!("has no `{field}`")));
+        }
+        let model: ModelSpec = serde_json::from_value(value).map_err(|e| bad(MODEL_KEY, e.to_string()))?;
+        let spec = meta
+            .get(SPEC_KEY)
+            .map(|s| serde_json::from_str::<JobSpec>(s).map_err(|e| bad(SPEC_KEY, e.to_string())))
+            .transpose()?;
+        if let Some(s) = &spec
+            && s.model != model
+        {
+            return Err(bad(SPEC_KEY, "its [model] section differs from `model`"));
+        }
+        let mixture_k = number(meta, MIXTURE_K_KEY)?.unwrap_or_else(|| spec.as_ref().map_or(1, |s| s.loss.mixture.k));
+        Ok(Some(Self {
+            version,
+            model,
+            n_classes: number(meta, N_CLASSES_KEY)?,
+            mixture_k,
+            spec,
+        }))
+    }
+
+    /// Checks the fields of `spec` that decide the tensors against the
+    /// weights; the first one that differs is named.
+    pub fn check(&self, spec: &JobSpec) -> Result<(), Mismatch> {
+        let (c, w) = (&spec.model, &self.model);
+        let fields: [(&'static str, String, String); 6] = [
+            ("model.image_size", c.image_size.to_string(), w.image_size.to_string()),
+            ("model.ndf", c.ndf.to_string(), w.ndf.to_string()),
+            ("model.n_rkhs", c.n_rkhs.to_string(), w.n_rkhs.to_string()),
+            ("model.depth", c.depth.to_string(), w.depth.to_string()),
+            ("model.use_bn", c.use_bn.to_string(), w.use_bn.to_string()),
+            ("loss.mixture.k", spec.loss.mixture.k.to_string(), self.mixture_k.to_string()),
+        ];
+        match fields.into_iter().find(|(_, config, weights)| config != weights) {
+            Some((field, config, weights)) => Err(Mismatch { field, config, weights }),
+            None => Ok(()),
+        }
+    }
+
+    /// The job spec to use the weights with when no config is given: the
+    /// stored one, or (model section only) the defaults with this model.
+    pub fn job_spec(&self) -> JobSpec {
+        self.spec.clone().unwrap_or_else(|| {
+            let mut spec = JobSpec {
+                model: self.model.clone(),
+                ..JobSpec::default()
+            };
+            spec.loss.mixture.k = self.mixture_k;
+            spec
+        })
+    }
+}
+
+/// The `__metadata__` of a safetensors file's header (empty when it has
+/// none), read without parsing any tensor.
+pub fn safetensors_metadata(bytes: &[u8]) -> Result<HashMap<String, String>, WeightsMetaError> {
+    let len = bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| WeightsMetaError::Header("shorter than its 8-byte header length".into()))?;
+    let header = usize::try_from(len)
+        .ok()
+        .and_then(|n| bytes.get(8..8usize.checked_add(n)?))
+        .ok_or_else(|| WeightsMetaError::Header(format!("header of {len} bytes runs past the end of the file")))?;
+    let value: Value = serde_json::from_slice(header).map_err(|e| WeightsMetaError::Header(e.to_string()))?;
+    match value.get("__metadata__") {
+        None | Some(Value::Null) => Ok(HashMap::new()),
+        Some(meta) => serde_json::from_value(meta.clone()).map_err(|e| WeightsMetaError::Header(format!("__metadata__: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> JobSpec {
+        let mut s = JobSpec::default();
+        s.model.ndf = 16;
+        s.model.use_bn = true;
+        s.loss.mixture.k = 4;
+        s.job.seed = 9;
+        s
+    }
+
+    #[test]
+    fn metadata_round_trips_and_files_without_it_read_as_none() {
+        let info = WeightsInfo::new(&spec(), Some(10));
+        let meta = info.to_metadata();
+        assert_eq!(meta["format"], "amdim-model");
+        assert_eq!(meta["format_version"], "1");
+        let model: Value = serde_json::from_str(&meta["model"]).unwrap();
+        assert_eq!((model["ndf"].as_u64(), model["use_bn"].as_bool()), (Some(16), Some(true)));
+        assert_eq!(WeightsInfo::from_metadata(&meta).unwrap(), Some(info.clone()));
+        assert_eq!(info.job_spec(), spec());
+        assert_eq!(WeightsInfo::from_metadata(&HashMap::new()).unwrap(), None);
+        // Model section only (e.g. written by another tool): defaults elsewhere.
+        let mut only_model = meta.clone();
+        only_model.remove("spec");
+        let back = WeightsInfo::from_metadata(&only_model).unwrap().unwrap();
+        assert_eq!((back.job_spec().model, back.job_spec().loss.mixture.k), (spec().model, 4));
+        assert_eq!(back.job_spec().job.seed, JobSpec::default().job.seed);
+    }
+
+    #[test]
+    fn bad_metadata_names_the_key() {
+        let meta = WeightsInfo::new(&spec(), None).to_metadata();
+        let with = |k: &str, v: &str| {
+            let mut m = meta.clone();
+            m.insert(k.into(), v.into());
+            WeightsInfo::from_metadata(&m).unwrap_err().to_string()
+        };
+        assert_eq!(with("format_version", "2"), WeightsMetaError::Newer { found: 2 }.to_string());
+        assert!(with("format", "other").starts_with("weights metadata `format`"));
+        assert_eq!(with("model", r#"{"image_size": 32}"#), "weights metadata `model`: has no `ndf`");
+        assert!(with("n_classes", "ten").contains("`n_classes`"));
+        let mut no_model = meta.clone();
+        no_model.remove("model");
+        assert_eq!(
+            WeightsInfo::from_metadata(&no_model).unwrap_err().to_string(),
+            "weights metadata `model`: missing"
+        );
+    }
+
+    #[test]
+    fn check_names_the_first_field_that_differs() {
+        let info = WeightsInfo::new(&spec(), Some(10));
+        let mut other = spec();
+        other.train.batch_size = 7;
+        other.loss.reg_lambda = 1.0;
+        assert_eq!(info.check(&other), Ok(()), "fields that do not shape tensors may differ");
+        other.model.ndf = 32;
+        assert_eq!(
+            info.check(&other).unwrap_err().to_string(),
+            "model.ndf: the config says 32 but the weights were trained with 16"
+        );
+        let mut k = spec();
+        k.loss.mixture.k = 1;
+        assert_eq!(info.check(&k).unwrap_err().field, "loss.mixture.k");
+    }
+
+    #[test]
+    fn header_metadata_is_read_and_garbage_is_an_error() {
+        let header = br#"{"__metadata__":{"format":"amdim-model"},"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(header);
+        file.extend_from_slice(&[0; 4]);
+        assert_eq!(safetensors_metadata(&file).unwrap()["format"], "amdim-model");
+        let plain = br#"{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let mut file = (plain.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(plain);
+        assert!(safetensors_metadata(&file).unwrap().is_empty());
+        assert!(safetensors_metadata(b"abc").is_err());
+        assert!(safetensors_metadata(&u64::MAX.to_le_bytes()).is_err());
+    }
+}
