@@ -40,7 +40,9 @@ pub enum WeightsMetaError {
         message: String,
     },
     /// Written by a newer build.
-    #[error("weights format {WEIGHTS_FORMAT} version {found} is newer than this build reads ({WEIGHTS_FORMAT_VERSION}); upgrade, or pass --config")]
+    #[error(
+        "weights format {WEIGHTS_FORMAT} version {found} is newer than this build reads ({WEIGHTS_FORMAT_VERSION}); upgrade, or pass --config"
+    )]
     Newer {
         /// The version the file has.
         found: u32,
@@ -149,6 +151,9 @@ impl WeightsInfo {
             return Err(bad(MODEL_KEY, format!("has no `{field}`")));
         }
         let model: ModelSpec = serde_json::from_value(value).map_err(|e| bad(MODEL_KEY, e.to_string()))?;
+        if ![32, 64, 128].contains(&model.image_size) || model.ndf == 0 || model.n_rkhs == 0 || model.depth == 0 {
+            return Err(bad(MODEL_KEY, format!("{model_text} is not a model this build has")));
+        }
         let spec = meta
             .get(SPEC_KEY)
             .map(|s| serde_json::from_str::<JobSpec>(s).map_err(|e| bad(SPEC_KEY, e.to_string())))

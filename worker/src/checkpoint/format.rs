@@ -3,10 +3,15 @@
 //! Model tensors carry the authors' PyTorch `state_dict` names; BN counters
 //! are int64 scalars as in PyTorch. Loading accepts the `encoder.module.`
 //! prefix that `nn.DataParallel` adds, and names the first missing or
-//! unexpected tensor with its shape. Optimizer state is stored as
-//! `<param>.exp_avg`, `<param>.exp_avg_sq` and `<param>.step`.
+//! unexpected tensor with its shape. A model file written by training
+//! describes itself in its safetensors metadata
+//! ([`WeightsInfo`](amdim_shared::checkpoint::WeightsInfo): format version,
+//! model section, effective job spec); files without it (older ones, the
+//! authors' converted weights) still load given the spec. Optimizer state is
+//! stored as `<param>.exp_avg`, `<param>.exp_avg_sq` and `<param>.step`.
 
 use crate::model::plan::{EntryKind, ModelPlan};
+use amdim_shared::checkpoint::{WeightsInfo, WeightsMetaError};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{HashMap, HashSet};
 
@@ -37,6 +42,8 @@ pub enum FormatError {
     Dtype { file: String, name: String, dtype: String },
     #[error("cannot serialise {what}: {message}")]
     Write { what: String, message: String },
+    #[error("{file}: {source}")]
+    Metadata { file: String, source: WeightsMetaError },
 }
 
 /// Host values of every plan entry (floats) plus BN counters.
@@ -71,8 +78,17 @@ pub fn serialize(
     })
 }
 
-/// model.safetensors bytes for the given state.
+/// model.safetensors bytes for the given state, without metadata.
 pub fn model_bytes(plan: &ModelPlan, state: &HostState) -> Result<Vec<u8>, FormatError> {
+    model_bytes_with(plan, state, None)
+}
+
+/// model.safetensors bytes for the given state, describing itself with `info`.
+pub fn described_model_bytes(plan: &ModelPlan, state: &HostState, info: &WeightsInfo) -> Result<Vec<u8>, FormatError> {
+    model_bytes_with(plan, state, Some(info.to_metadata()))
+}
+
+fn model_bytes_with(plan: &ModelPlan, state: &HostState, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>, FormatError> {
     let tensors = plan
         .entries
         .iter()
@@ -82,7 +98,20 @@ pub fn model_bytes(plan: &ModelPlan, state: &HostState) -> Result<Vec<u8>, Forma
             _ => (e.name.clone(), Dtype::F32, e.shape.clone(), f32_bytes(&state.values[i])),
         })
         .collect();
-    serialize(tensors, None, "model")
+    serialize(tensors, metadata, "model")
+}
+
+/// What a model file says about itself; None when it has no description
+/// (written before format version 1, or converted from other code).
+pub fn weights_info(bytes: &[u8], file: &str) -> Result<Option<WeightsInfo>, FormatError> {
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| FormatError::Parse {
+        file: file.into(),
+        message: e.to_string(),
+    })?;
+    match header.metadata() {
+        None => Ok(None),
+        Some(meta) => WeightsInfo::from_metadata(meta).map_err(|source| FormatError::Metadata { file: file.into(), source }),
+    }
 }
 
 fn read_f32(view: &TensorView<'_>, file: &str, name: &str) -> Result<Vec<f32>, FormatError> {
@@ -378,6 +407,28 @@ mod tests {
         assert!(read_model(&plan, &with_masks, "m", &state(&plan, 1), true).is_ok());
         let enc_only = tiny_with(16, None);
         assert!(read_model(&enc_only, &with_masks, "m", &state(&enc_only, 1), true).is_ok());
+    }
+
+    #[test]
+    fn described_weights_carry_their_model_and_still_load() {
+        let plan = tiny();
+        let spec = amdim_shared::spec::JobSpec {
+            model: ModelSpec {
+                ndf: 4,
+                n_rkhs: 16,
+                depth: 1,
+                ..ModelSpec::default()
+            },
+            ..Default::default()
+        };
+        let s = state(&plan, 2);
+        let bytes = described_model_bytes(&plan, &s, &WeightsInfo::new(&spec, Some(10))).unwrap();
+        let info = weights_info(&bytes, "m").unwrap().unwrap();
+        assert_eq!((info.model, info.n_classes, info.spec), (spec.model.clone(), Some(10), Some(spec)));
+        assert_eq!(read_model(&plan, &bytes, "m", &state(&plan, 5), true).unwrap().values, s.values);
+        assert_eq!(weights_info(&model_bytes(&plan, &s).unwrap(), "m").unwrap(), None);
+        let e = weights_info(b"nonsense", "w.safetensors").unwrap_err().to_string();
+        assert!(e.starts_with("w.safetensors: not a readable safetensors file"), "{e}");
     }
 
     #[test]
