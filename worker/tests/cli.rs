@@ -366,7 +366,7 @@ fn trained_weights_describe_themselves_so_embed_and_score_need_no_config() {
     run(bin().args(["train", "--config"]).arg(&spec).env("AMDIM_TRAIN__MAX_STEPS", "3"));
     let weights = ckpt.join("step-0000000003").join("model.safetensors");
 
-    // The metadata, read back by Python: format, version, model section, classes, whole spec.
+    // The metadata, read back by Python: format, version, model section, what using it needs.
     let meta = python_metadata(&weights);
     assert_eq!(
         (meta["format"].as_str(), meta["format_version"].as_str()),
@@ -377,15 +377,17 @@ fn trained_weights_describe_themselves_so_embed_and_score_need_no_config() {
         model,
         serde_json::json!({"image_size": 32, "ndf": 4, "n_rkhs": 16, "depth": 2, "use_bn": false, "init_scale": 1.0})
     );
-    assert_eq!((meta["n_classes"].as_str(), meta["mixture_k"].as_str()), (Some("10"), Some("1")));
-    let stored: serde_json::Value = serde_json::from_str(meta["spec"].as_str().unwrap()).unwrap();
+    assert_eq!((meta["n_classes"].as_str(), meta["seed"].as_str()), (Some("10"), Some("7")));
+    let loss: serde_json::Value = serde_json::from_str(meta["loss"].as_str().unwrap()).unwrap();
+    assert_eq!(loss["mixture"]["k"], 1);
+    // The manifest carries the whole effective spec.
+    let manifest: serde_json::Value = serde_json::from_slice(&read(&ckpt, 3, "manifest.json")).unwrap();
+    let stored = &manifest["spec"];
     assert_eq!(
         (stored["job"]["name"].as_str(), stored["train"]["batch_size"].as_u64()),
         (Some("selfdesc"), Some(8))
     );
-    // The manifest carries the whole effective spec too.
-    let manifest: serde_json::Value = serde_json::from_slice(&read(&ckpt, 3, "manifest.json")).unwrap();
-    assert_eq!(manifest["spec"], stored);
+    assert_eq!(stored["model"], model);
 
     // embed and score without --config give what they give with it.
     let n = 4;
@@ -415,10 +417,10 @@ fn trained_weights_describe_themselves_so_embed_and_score_need_no_config() {
 
     // A config that contradicts the weights is refused, naming the field.
     let wrong = tmp.path().join("wrong.toml");
-    std::fs::write(&wrong, std::fs::read_to_string(&spec).unwrap().replace("ndf = 4", "ndf = 8")).unwrap();
+    std::fs::write(&wrong, std::fs::read_to_string(&spec).unwrap().replace("ndf = 4", "ndf = 2")).unwrap();
     let e = embed_r1(&weights, Some(&wrong), &v1, &tmp.path().join("c.safetensors")).unwrap_err();
     assert!(
-        e.contains("model.ndf: the config says 8 but the weights were trained with 4"),
+        e.contains("model.ndf: the config says 2 but the weights were trained with 4"),
         "{e}"
     );
 

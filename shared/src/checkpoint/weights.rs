@@ -1,14 +1,18 @@
 //! What a `model.safetensors` says about itself (docs/architecture.md §7):
 //! the safetensors metadata keys and values — the weights format and its
-//! version, the job's `[model]` section, whatever else shapes the tensors
-//! (classes of the online classifiers, mixture components) and the
-//! effective job spec — and the check of a job spec against them, which
-//! names the first field that differs. Strings in, strings out: reading
-//! and writing the tensors themselves is the worker's.
+//! version, the job's `[model]` section, the `[loss]` section (its mixture
+//! components shape tensors; its constants are what `score` computes), the
+//! `[augment]` section (whether evaluation views are normalised), the seed,
+//! and the classes of the online classifiers — and the check of a job spec
+//! against them, which names the first field that differs. Only what using
+//! the weights depends on: two runs that differ in name or storage write the
+//! same bytes. The whole effective spec is the manifest's. Strings in,
+//! strings out: reading and writing the tensors themselves is the worker's.
 
-use crate::spec::{JobSpec, ModelSpec};
+use crate::spec::{AugmentSpec, JobSpec, LossSpec, ModelSpec};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 /// `format`: what kind of file this is.
 pub const WEIGHTS_FORMAT: &str = "amdim-model";
@@ -19,9 +23,10 @@ pub const WEIGHTS_FORMAT_VERSION: u32 = 1;
 const FORMAT_KEY: &str = "format";
 const VERSION_KEY: &str = "format_version";
 const MODEL_KEY: &str = "model";
+const LOSS_KEY: &str = "loss";
+const AUGMENT_KEY: &str = "augment";
+const SEED_KEY: &str = "seed";
 const N_CLASSES_KEY: &str = "n_classes";
-const MIXTURE_K_KEY: &str = "mixture_k";
-const SPEC_KEY: &str = "spec";
 
 /// The `[model]` fields that must be in the `model` value: the ones that
 /// decide the tensors' names and shapes, and `use_bn` (which decides
@@ -45,7 +50,7 @@ pub enum WeightsMetaError {
     )]
     Newer {
         /// The version the file has.
-        found: u32,
+        found: u64,
     },
     /// Not a safetensors header at all.
     #[error("not a safetensors file: {0}")]
@@ -64,20 +69,22 @@ pub struct Mismatch {
     pub weights: String,
 }
 
-/// What a weights file says about the model it holds.
+/// What a weights file says about the model it holds. Only `model` is
+/// required on read; the other sections fall back to their defaults.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WeightsInfo {
     /// [`WEIGHTS_FORMAT_VERSION`] when written.
-    pub version: u32,
+    pub version: u64,
     /// The job's `[model]` section.
     pub model: ModelSpec,
+    /// The job's `[loss]` section (`loss.mixture.k` shapes the mixture tensors).
+    pub loss: Option<LossSpec>,
+    /// The job's `[augment]` section (`normalize` applies to evaluation views).
+    pub augment: Option<AugmentSpec>,
+    /// `job.seed`.
+    pub seed: Option<u64>,
     /// Classes of the online classifiers (None: no classifier tensors).
-    pub n_classes: Option<usize>,
-    /// Mixture components (`loss.mixture.k`; 1: no mixture tensors).
-    pub mixture_k: usize,
-    /// The effective job spec the weights were trained with (None when the
-    /// writer gave only the model section).
-    pub spec: Option<JobSpec>,
+    pub n_classes: Option<u64>,
 }
 
 fn bad(key: &str, message: impl Into<String>) -> WeightsMetaError {
@@ -87,9 +94,19 @@ fn bad(key: &str, message: impl Into<String>) -> WeightsMetaError {
     }
 }
 
-fn number(meta: &HashMap<String, String>, key: &str) -> Result<Option<usize>, WeightsMetaError> {
+fn number(meta: &BTreeMap<String, String>, key: &str) -> Result<Option<u64>, WeightsMetaError> {
     meta.get(key)
-        .map(|v| v.trim().parse::<usize>().map_err(|_| bad(key, format!("{v:?} is not a count"))))
+        .map(|v| {
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| bad(key, format!("{v:?} is not a whole number")))
+        })
+        .transpose()
+}
+
+fn section<T: DeserializeOwned>(meta: &BTreeMap<String, String>, key: &str) -> Result<Option<T>, WeightsMetaError> {
+    meta.get(key)
+        .map(|v| serde_json::from_str(v).map_err(|e| bad(key, e.to_string())))
         .transpose()
 }
 
@@ -98,39 +115,47 @@ impl WeightsInfo {
     /// online classes (None: encoder-only).
     pub fn new(spec: &JobSpec, n_classes: Option<usize>) -> Self {
         Self {
-            version: WEIGHTS_FORMAT_VERSION,
+            version: u64::from(WEIGHTS_FORMAT_VERSION),
             model: spec.model.clone(),
-            n_classes,
-            mixture_k: spec.loss.mixture.k,
-            spec: Some(spec.clone()),
+            loss: Some(spec.loss.clone()),
+            augment: Some(spec.augment.clone()),
+            seed: Some(spec.job.seed),
+            n_classes: n_classes.map(|n| n as u64),
         }
     }
 
-    /// The safetensors metadata: string keys and values (JSON for sections).
-    pub fn to_metadata(&self) -> HashMap<String, String> {
-        let mut meta = HashMap::from([
+    /// Mixture components the weights have tensors for.
+    pub fn mixture_k(&self) -> usize {
+        self.loss.as_ref().map_or(1, |l| l.mixture.k)
+    }
+
+    /// The safetensors metadata: string keys and values (JSON for
+    /// sections), in key order.
+    pub fn to_metadata(&self) -> BTreeMap<String, String> {
+        let mut meta = BTreeMap::from([
             (FORMAT_KEY.to_string(), WEIGHTS_FORMAT.to_string()),
             (VERSION_KEY.to_string(), self.version.to_string()),
-            (MIXTURE_K_KEY.to_string(), self.mixture_k.to_string()),
         ]);
         // Plain data types: serialising them cannot fail.
-        if let Ok(model) = serde_json::to_string(&self.model) {
-            meta.insert(MODEL_KEY.to_string(), model);
-        }
-        if let Some(n) = self.n_classes {
-            meta.insert(N_CLASSES_KEY.to_string(), n.to_string());
-        }
-        if let Some(spec) = self.spec.as_ref().and_then(|s| serde_json::to_string(s).ok()) {
-            meta.insert(SPEC_KEY.to_string(), spec);
-        }
+        let mut put = |key: &str, value: Option<String>| {
+            if let Some(v) = value {
+                meta.insert(key.to_string(), v);
+            }
+        };
+        put(MODEL_KEY, serde_json::to_string(&self.model).ok());
+        put(LOSS_KEY, self.loss.as_ref().and_then(|l| serde_json::to_string(l).ok()));
+        put(AUGMENT_KEY, self.augment.as_ref().and_then(|a| serde_json::to_string(a).ok()));
+        put(SEED_KEY, self.seed.map(|s| s.to_string()));
+        put(N_CLASSES_KEY, self.n_classes.map(|n| n.to_string()));
         meta
     }
 
     /// Reads the description from safetensors metadata; None when the file
     /// has none (written before format version 1, or converted from the
-    /// authors' PyTorch code). Only `model` is required; `format` when
-    /// present must be [`WEIGHTS_FORMAT`] at a version this build reads.
-    pub fn from_metadata(meta: &HashMap<String, String>) -> Result<Option<Self>, WeightsMetaError> {
+    /// authors' PyTorch code). `format`, when present, must be
+    /// [`WEIGHTS_FORMAT`] at a version this build reads.
+    pub fn from_metadata<'a>(meta: impl IntoIterator<Item = (&'a String, &'a String)>) -> Result<Option<Self>, WeightsMetaError> {
+        let meta: BTreeMap<String, String> = meta.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         if let Some(format) = meta.get(FORMAT_KEY)
             && format != WEIGHTS_FORMAT
         {
@@ -142,8 +167,8 @@ impl WeightsInfo {
                 None => Ok(None),
             };
         };
-        let version = number(meta, VERSION_KEY)?.unwrap_or(1) as u32;
-        if version > WEIGHTS_FORMAT_VERSION {
+        let version = number(&meta, VERSION_KEY)?.unwrap_or(1);
+        if version > u64::from(WEIGHTS_FORMAT_VERSION) {
             return Err(WeightsMetaError::Newer { found: version });
         }
         let value: Value = serde_json::from_str(model_text).map_err(|e| bad(MODEL_KEY, e.to_string()))?;
@@ -154,22 +179,13 @@ impl WeightsInfo {
         if ![32, 64, 128].contains(&model.image_size) || model.ndf == 0 || model.n_rkhs == 0 || model.depth == 0 {
             return Err(bad(MODEL_KEY, format!("{model_text} is not a model this build has")));
         }
-        let spec = meta
-            .get(SPEC_KEY)
-            .map(|s| serde_json::from_str::<JobSpec>(s).map_err(|e| bad(SPEC_KEY, e.to_string())))
-            .transpose()?;
-        if let Some(s) = &spec
-            && s.model != model
-        {
-            return Err(bad(SPEC_KEY, "its [model] section differs from `model`"));
-        }
-        let mixture_k = number(meta, MIXTURE_K_KEY)?.unwrap_or_else(|| spec.as_ref().map_or(1, |s| s.loss.mixture.k));
         Ok(Some(Self {
             version,
             model,
-            n_classes: number(meta, N_CLASSES_KEY)?,
-            mixture_k,
-            spec,
+            loss: section(&meta, LOSS_KEY)?,
+            augment: section(&meta, AUGMENT_KEY)?,
+            seed: number(&meta, SEED_KEY)?,
+            n_classes: number(&meta, N_CLASSES_KEY)?,
         }))
     }
 
@@ -183,7 +199,7 @@ impl WeightsInfo {
             ("model.n_rkhs", c.n_rkhs.to_string(), w.n_rkhs.to_string()),
             ("model.depth", c.depth.to_string(), w.depth.to_string()),
             ("model.use_bn", c.use_bn.to_string(), w.use_bn.to_string()),
-            ("loss.mixture.k", spec.loss.mixture.k.to_string(), self.mixture_k.to_string()),
+            ("loss.mixture.k", spec.loss.mixture.k.to_string(), self.mixture_k().to_string()),
         ];
         match fields.into_iter().find(|(_, config, weights)| config != weights) {
             Some((field, config, weights)) => Err(Mismatch { field, config, weights }),
@@ -192,22 +208,24 @@ impl WeightsInfo {
     }
 
     /// The job spec to use the weights with when no config is given: the
-    /// stored one, or (model section only) the defaults with this model.
+    /// defaults with the sections the weights carry.
     pub fn job_spec(&self) -> JobSpec {
-        self.spec.clone().unwrap_or_else(|| {
-            let mut spec = JobSpec {
-                model: self.model.clone(),
-                ..JobSpec::default()
-            };
-            spec.loss.mixture.k = self.mixture_k;
-            spec
-        })
+        let mut spec = JobSpec {
+            model: self.model.clone(),
+            loss: self.loss.clone().unwrap_or_default(),
+            augment: self.augment.clone().unwrap_or_default(),
+            ..JobSpec::default()
+        };
+        if let Some(seed) = self.seed {
+            spec.job.seed = seed;
+        }
+        spec
     }
 }
 
 /// The `__metadata__` of a safetensors file's header (empty when it has
 /// none), read without parsing any tensor.
-pub fn safetensors_metadata(bytes: &[u8]) -> Result<HashMap<String, String>, WeightsMetaError> {
+pub fn safetensors_metadata(bytes: &[u8]) -> Result<BTreeMap<String, String>, WeightsMetaError> {
     let len = bytes
         .get(..8)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
@@ -219,7 +237,7 @@ pub fn safetensors_metadata(bytes: &[u8]) -> Result<HashMap<String, String>, Wei
         .ok_or_else(|| WeightsMetaError::Header(format!("header of {len} bytes runs past the end of the file")))?;
     let value: Value = serde_json::from_slice(header).map_err(|e| WeightsMetaError::Header(e.to_string()))?;
     match value.get("__metadata__") {
-        None | Some(Value::Null) => Ok(HashMap::new()),
+        None | Some(Value::Null) => Ok(BTreeMap::new()),
         Some(meta) => serde_json::from_value(meta.clone()).map_err(|e| WeightsMetaError::Header(format!("__metadata__: {e}"))),
     }
 }
@@ -233,6 +251,8 @@ mod tests {
         s.model.ndf = 16;
         s.model.use_bn = true;
         s.loss.mixture.k = 4;
+        s.loss.reg_lambda = 0.5;
+        s.augment.normalize = false;
         s.job.seed = 9;
         s
     }
@@ -246,13 +266,25 @@ mod tests {
         let model: Value = serde_json::from_str(&meta["model"]).unwrap();
         assert_eq!((model["ndf"].as_u64(), model["use_bn"].as_bool()), (Some(16), Some(true)));
         assert_eq!(WeightsInfo::from_metadata(&meta).unwrap(), Some(info.clone()));
-        assert_eq!(info.job_spec(), spec());
-        assert_eq!(WeightsInfo::from_metadata(&HashMap::new()).unwrap(), None);
+        let used = info.job_spec();
+        assert_eq!(
+            (&used.model, &used.loss, &used.augment, used.job.seed),
+            (&spec().model, &spec().loss, &spec().augment, 9)
+        );
+        assert_eq!(WeightsInfo::from_metadata(&BTreeMap::new()).unwrap(), None);
+        // The run's name and storage are not in the weights: two such runs write the same metadata.
+        let mut renamed = spec();
+        renamed.job.name = "other".into();
+        renamed.checkpoint.uri = "s3://elsewhere".into();
+        assert_eq!(WeightsInfo::new(&renamed, Some(10)).to_metadata(), meta);
         // Model section only (e.g. written by another tool): defaults elsewhere.
-        let mut only_model = meta.clone();
-        only_model.remove("spec");
+        let only_model: BTreeMap<String, String> = meta
+            .iter()
+            .filter(|(k, _)| *k == "model")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let back = WeightsInfo::from_metadata(&only_model).unwrap().unwrap();
-        assert_eq!((back.job_spec().model, back.job_spec().loss.mixture.k), (spec().model, 4));
+        assert_eq!((back.job_spec().model, back.mixture_k()), (spec().model, 1));
         assert_eq!(back.job_spec().job.seed, JobSpec::default().job.seed);
     }
 
@@ -268,6 +300,7 @@ mod tests {
         assert!(with("format", "other").starts_with("weights metadata `format`"));
         assert_eq!(with("model", r#"{"image_size": 32}"#), "weights metadata `model`: has no `ndf`");
         assert!(with("n_classes", "ten").contains("`n_classes`"));
+        assert!(with("loss", "[]").starts_with("weights metadata `loss`"));
         let mut no_model = meta.clone();
         no_model.remove("model");
         assert_eq!(

@@ -13,7 +13,7 @@
 use crate::model::plan::{EntryKind, ModelPlan};
 use amdim_shared::checkpoint::{WeightsInfo, WeightsMetaError};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
@@ -80,15 +80,6 @@ pub fn serialize(
 
 /// model.safetensors bytes for the given state, without metadata.
 pub fn model_bytes(plan: &ModelPlan, state: &HostState) -> Result<Vec<u8>, FormatError> {
-    model_bytes_with(plan, state, None)
-}
-
-/// model.safetensors bytes for the given state, describing itself with `info`.
-pub fn described_model_bytes(plan: &ModelPlan, state: &HostState, info: &WeightsInfo) -> Result<Vec<u8>, FormatError> {
-    model_bytes_with(plan, state, Some(info.to_metadata()))
-}
-
-fn model_bytes_with(plan: &ModelPlan, state: &HostState, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>, FormatError> {
     let tensors = plan
         .entries
         .iter()
@@ -98,7 +89,41 @@ fn model_bytes_with(plan: &ModelPlan, state: &HostState, metadata: Option<HashMa
             _ => (e.name.clone(), Dtype::F32, e.shape.clone(), f32_bytes(&state.values[i])),
         })
         .collect();
-    serialize(tensors, metadata, "model")
+    serialize(tensors, None, "model")
+}
+
+/// model.safetensors bytes for the given state, describing itself with
+/// `info`; the same state and description always give the same bytes.
+pub fn described_model_bytes(plan: &ModelPlan, state: &HostState, info: &WeightsInfo) -> Result<Vec<u8>, FormatError> {
+    let bare = model_bytes(plan, state)?;
+    with_sorted_metadata(&bare, &info.to_metadata())
+}
+
+/// `bytes` (safetensors without metadata) with `metadata` in key order:
+/// the safetensors crate writes a HashMap, whose order changes from
+/// process to process.
+fn with_sorted_metadata(bytes: &[u8], metadata: &BTreeMap<String, String>) -> Result<Vec<u8>, FormatError> {
+    let fail = |message: String| FormatError::Write {
+        what: "model metadata".into(),
+        message,
+    };
+    let n = bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| fail("no header".into()))? as usize;
+    let header = bytes.get(8..8 + n).ok_or_else(|| fail("short header".into()))?;
+    let rest = std::str::from_utf8(header).map_err(|e| fail(e.to_string()))?.trim_end();
+    let tensors = rest.strip_prefix('{').ok_or_else(|| fail("header is not a JSON object".into()))?;
+    let meta = serde_json::to_string(metadata).map_err(|e| fail(e.to_string()))?;
+    let sep = if tensors.trim_start().starts_with('}') { "" } else { "," };
+    let mut text = format!("{{\"__metadata__\":{meta}{sep}{tensors}").into_bytes();
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
 }
 
 /// What a model file says about itself; None when it has no description
@@ -424,7 +449,8 @@ mod tests {
         let s = state(&plan, 2);
         let bytes = described_model_bytes(&plan, &s, &WeightsInfo::new(&spec, Some(10))).unwrap();
         let info = weights_info(&bytes, "m").unwrap().unwrap();
-        assert_eq!((info.model, info.n_classes, info.spec), (spec.model.clone(), Some(10), Some(spec)));
+        assert_eq!(info, WeightsInfo::new(&spec, Some(10)));
+        assert_eq!(described_model_bytes(&plan, &s, &info).unwrap(), bytes, "same state, same bytes");
         assert_eq!(read_model(&plan, &bytes, "m", &state(&plan, 5), true).unwrap().values, s.values);
         assert_eq!(weights_info(&model_bytes(&plan, &s).unwrap(), "m").unwrap(), None);
         let e = weights_info(b"nonsense", "w.safetensors").unwrap_err().to_string();
