@@ -326,7 +326,7 @@ fn embed_of_a_folder_equals_the_online_evaluation_features() {
             model: amdim_shared::spec::ModelSpec {
                 image_size: size,
                 ndf: 8,
-                n_rkhs: 32,
+                n_rkhs: 64,
                 depth: 1,
                 ..Default::default()
             },
@@ -358,7 +358,7 @@ fn embed_of_a_folder_equals_the_online_evaluation_features() {
             .output()
             .unwrap();
         assert!(out.status.success(), "{tree}: {}", String::from_utf8_lossy(&out.stderr));
-        let embedded = rows_by_name(&features, 32);
+        let embedded = rows_by_name(&features, 64);
         // The online evaluation path: the pipeline's evaluation views, the encoder in eval mode.
         let source = Source::open(&spec.data, Split::Test, runtime.handle()).unwrap();
         let pipeline = Pipeline::for_job(source, &spec).unwrap();
@@ -369,7 +369,7 @@ fn embed_of_a_folder_equals_the_online_evaluation_features() {
         let Source::Encoded(folder) = &pipeline.source else {
             panic!("{tree}: not a photo source")
         };
-        for (i, online) in r1.chunks_exact(32).enumerate() {
+        for (i, online) in r1.chunks_exact(64).enumerate() {
             let name = folder.name(i);
             let rel = Path::new(&name)
                 .strip_prefix(data.join("val"))

@@ -300,7 +300,7 @@ mod tests {
         assert!(with("format", "other").starts_with("weights metadata `format`"));
         assert_eq!(with("model", r#"{"image_size": 32}"#), "weights metadata `model`: has no `ndf`");
         assert!(with("n_classes", "ten").contains("`n_classes`"));
-        assert!(with("loss", "[]").starts_with("weights metadata `loss`"));
+        assert!(with("loss", r#"{"tclip": "x"}"#).starts_with("weights metadata `loss`"));
         let mut no_model = meta.clone();
         no_model.remove("model");
         assert_eq!(
