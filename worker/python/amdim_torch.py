@@ -379,10 +379,13 @@ def load_safetensors(model, path, require_classifiers=False):
 
 def infer_config(tensors, meta=None):
     """The model's (image_size, ndf, n_rkhs, n_depth, use_bn) from a state_dict's
-    names and shapes. use_bn comes from the metadata (`use_bn`, or a `model`
-    JSON) when present, else from whether the first block's BatchNorm ever
-    counted a batch (an untrained file reads as off; its BatchNorms are then
-    still at mean 0, variance 1, so the difference is that of eps)."""
+    names and shapes. use_bn comes from the metadata when present — the
+    `model` JSON value that amdim's checkpoints carry (its `[model]` section,
+    with `format` = "amdim-model"), or a bare `use_bn` — else from whether
+    the first block's BatchNorm ever counted a batch (an untrained file reads
+    as off; its BatchNorms are then still at mean 0, variance 1, so the
+    difference is that of eps). A `model` value whose image_size, ndf,
+    n_rkhs or depth contradicts the shapes is a ValueError naming the field."""
     t = {_canonical(k): v for k, v in tensors.items()}
     stem = t["encoder.layer_list.0.conv.weight"].shape
     ndf = stem[0]
@@ -395,10 +398,14 @@ def infer_config(tensors, meta=None):
     d = t["encoder.rkhs_block_5.conv1.weight"].shape[0]
     depth = sum(1 for k in t if k.startswith("encoder.layer_list.2.layer_list.") and k.endswith(".conv1.weight"))
     meta = meta or {}
-    if "use_bn" in meta:
+    model = json.loads(meta["model"]) if "model" in meta else {}
+    for field, value in (("image_size", size), ("ndf", ndf), ("n_rkhs", d), ("depth", depth)):
+        if field in model and int(model[field]) != int(value):
+            raise ValueError(f"model.{field}: the metadata says {model[field]} but the tensors' shapes say {value}")
+    if "use_bn" in model:
+        use_bn = bool(model["use_bn"])
+    elif "use_bn" in meta:
         use_bn = str(meta["use_bn"]).lower() in ("1", "true")
-    elif "model" in meta and '"use_bn"' in meta["model"]:
-        use_bn = bool(json.loads(meta["model"])["use_bn"])
     else:
         # A BatchNorm that is switched off never counts a batch (theirs and ours).
         counter = t.get("encoder.layer_list.2.layer_list.0.bn1.bn.num_batches_tracked")

@@ -320,3 +320,164 @@ fn score_and_embed_use_trained_weights() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("locs.npy"));
 }
+
+/// The `__metadata__` of a safetensors file, read by Python's json and struct.
+fn python_metadata(weights: &Path) -> serde_json::Value {
+    let script = "import json, struct, sys\n\
+                  raw = open(sys.argv[1], 'rb').read()\n\
+                  (n,) = struct.unpack('<Q', raw[:8])\n\
+                  print(json.dumps(json.loads(raw[8:8 + n]).get('__metadata__', {})))";
+    let out = run(Command::new("/usr/bin/python3").args(["-c", script]).arg(weights));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `embed` of `input` with `weights` (and `config`, if any): its r1 values, or its stderr on failure.
+fn embed_r1(weights: &Path, config: Option<&Path>, input: &Path, out: &Path) -> Result<Vec<f32>, String> {
+    let mut c = bin();
+    c.args(["embed", "--weights"])
+        .arg(weights)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(out);
+    if let Some(config) = config {
+        c.arg("--config").arg(config);
+    }
+    let o = c.output().unwrap();
+    if !o.status.success() {
+        return Err(String::from_utf8_lossy(&o.stderr).into_owned());
+    }
+    let bytes = std::fs::read(out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let r1 = st.tensor("r1").unwrap();
+    Ok(r1
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+#[test]
+fn trained_weights_describe_themselves_so_embed_and_score_need_no_config() {
+    require_dataset();
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("ck");
+    let spec = write_spec(tmp.path(), "selfdesc", &ckpt, "");
+    run(bin().args(["train", "--config"]).arg(&spec).env("AMDIM_TRAIN__MAX_STEPS", "3"));
+    let weights = ckpt.join("step-0000000003").join("model.safetensors");
+
+    // The metadata, read back by Python: format, version, model section, what using it needs.
+    let meta = python_metadata(&weights);
+    assert_eq!(
+        (meta["format"].as_str(), meta["format_version"].as_str()),
+        (Some("amdim-model"), Some("1"))
+    );
+    let model: serde_json::Value = serde_json::from_str(meta["model"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        model,
+        serde_json::json!({"image_size": 32, "ndf": 4, "n_rkhs": 16, "depth": 2, "use_bn": false, "init_scale": 1.0})
+    );
+    assert_eq!((meta["n_classes"].as_str(), meta["seed"].as_str()), (Some("10"), Some("7")));
+    let loss: serde_json::Value = serde_json::from_str(meta["loss"].as_str().unwrap()).unwrap();
+    assert_eq!(loss["mixture"]["k"], 1);
+    // The manifest carries the whole effective spec.
+    let manifest: serde_json::Value = serde_json::from_slice(&read(&ckpt, 3, "manifest.json")).unwrap();
+    let stored = &manifest["spec"];
+    assert_eq!(
+        (stored["job"]["name"].as_str(), stored["train"]["batch_size"].as_u64()),
+        (Some("selfdesc"), Some(8))
+    );
+    assert_eq!(stored["model"], model);
+
+    // embed and score without --config give what they give with it.
+    let n = 4;
+    let (v1, v2) = (tmp.path().join("v1.npy"), tmp.path().join("v2.npy"));
+    npy_f32(&v1, &[n, 3, 32, 32], &pseudo_images(n, 3));
+    npy_f32(&v2, &[n, 3, 32, 32], &pseudo_images(n, 4));
+    let with = embed_r1(&weights, Some(&spec), &v1, &tmp.path().join("a.safetensors")).unwrap();
+    let without = embed_r1(&weights, None, &v1, &tmp.path().join("b.safetensors")).unwrap();
+    assert_eq!(with.len(), n * 16);
+    assert_eq!(with, without);
+    let score = |config: Option<&Path>| -> serde_json::Value {
+        let mut c = bin();
+        c.args(["score", "--json", "--weights"])
+            .arg(&weights)
+            .arg("--view1")
+            .arg(&v1)
+            .arg("--view2")
+            .arg(&v2);
+        if let Some(config) = config {
+            c.arg("--config").arg(config);
+        }
+        serde_json::from_slice(&run(&mut c).stdout).unwrap()
+    };
+    let scored = score(None);
+    assert!(scored["loss_1t5"].as_f64().unwrap() > 0.0, "{scored}");
+    assert_eq!(scored, score(Some(&spec)), "the stored spec gives the same loss and locations");
+
+    // A config that contradicts the weights is refused, naming the field.
+    let wrong = tmp.path().join("wrong.toml");
+    std::fs::write(&wrong, std::fs::read_to_string(&spec).unwrap().replace("ndf = 4", "ndf = 2")).unwrap();
+    let e = embed_r1(&weights, Some(&wrong), &v1, &tmp.path().join("c.safetensors")).unwrap_err();
+    assert!(
+        e.contains("model.ndf: the config says 2 but the weights were trained with 4"),
+        "{e}"
+    );
+
+    // Weights without metadata (as converted from PyTorch) need the config, and load with it.
+    let bytes = std::fs::read(&weights).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let bare = tmp.path().join("bare.safetensors");
+    std::fs::write(&bare, safetensors::serialize(st.tensors(), None).unwrap()).unwrap();
+    assert!(python_metadata(&bare).as_object().unwrap().is_empty());
+    let e = embed_r1(&bare, None, &v1, &tmp.path().join("d.safetensors")).unwrap_err();
+    assert!(e.contains("bare.safetensors") && e.contains("pass --config"), "{e}");
+    assert_eq!(embed_r1(&bare, Some(&spec), &v1, &tmp.path().join("e.safetensors")).unwrap(), with);
+}
+
+#[test]
+fn uint8_nhwc_images_get_the_evaluation_transform() {
+    require_dataset();
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("ck");
+    let spec = write_spec(tmp.path(), "u8", &ckpt, "");
+    run(bin().args(["train", "--config"]).arg(&spec).env("AMDIM_TRAIN__MAX_STEPS", "3"));
+    let weights = ckpt.join("step-0000000003").join("model.safetensors");
+    let n = 3;
+    let hwc: Vec<u8> = (0..n * 32 * 32 * 3).map(|i| ((i * 7919) % 256) as u8).collect();
+    let u8_npy = tmp.path().join("u8.npy");
+    std::fs::write(
+        &u8_npy,
+        npy::to_bytes(&NpyArray::U8 {
+            shape: vec![n, 32, 32, 3],
+            data: hwc.clone(),
+        }),
+    )
+    .unwrap();
+    // The same images as float32 NCHW, scaled and normalised by hand (CIFAR mean and std).
+    use amdim_worker::data::augment::{CIFAR_MEAN, CIFAR_STD};
+    let mut nchw = vec![0.0f32; n * 3 * 32 * 32];
+    for (i, &v) in hwc.iter().enumerate() {
+        let (img, px, c) = (i / (32 * 32 * 3), (i / 3) % (32 * 32), i % 3);
+        nchw[img * 3 * 1024 + c * 1024 + px] = (v as f32 / 255.0 - CIFAR_MEAN[c]) / CIFAR_STD[c];
+    }
+    let f32_npy = tmp.path().join("f32.npy");
+    npy_f32(&f32_npy, &[n, 3, 32, 32], &nchw);
+    let from_u8 = embed_r1(&weights, None, &u8_npy, &tmp.path().join("a.safetensors")).unwrap();
+    let from_f32 = embed_r1(&weights, None, &f32_npy, &tmp.path().join("b.safetensors")).unwrap();
+    assert_eq!(from_u8.len(), n * 16);
+    let worst = from_u8.iter().zip(&from_f32).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-5, "uint8 vs float32 input: max difference {worst}");
+    // uint8 NCHW is not guessed at.
+    let nchw_u8 = tmp.path().join("nchw.npy");
+    std::fs::write(
+        &nchw_u8,
+        npy::to_bytes(&NpyArray::U8 {
+            shape: vec![n, 3, 32, 32],
+            data: hwc,
+        }),
+    )
+    .unwrap();
+    let e = embed_r1(&weights, None, &nchw_u8, &tmp.path().join("c.safetensors")).unwrap_err();
+    assert!(e.contains("nchw.npy") && e.contains("[N, H, W, 3]"), "{e}");
+}

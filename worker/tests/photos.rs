@@ -285,3 +285,104 @@ fn packed_shards_give_the_same_samples_labels_and_views_as_the_folder() {
     let err = Source::open(&spec, Split::Train, runtime.handle()).err().unwrap().to_string();
     assert!(err.contains("imagenet20/train") && err.contains("no manifest.json"), "{err}");
 }
+
+/// The r1 rows of an `embed` output, by file (relative path, as its `files` metadata names them).
+fn rows_by_name(features: &Path, dim: usize) -> std::collections::HashMap<String, Vec<f32>> {
+    let bytes = std::fs::read(features).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let names: Vec<String> = serde_json::from_str(&meta.metadata().as_ref().unwrap()["files"]).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let r1: Vec<f32> = st
+        .tensor("r1")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(r1.len(), names.len() * dim);
+    names.into_iter().zip(r1.chunks_exact(dim).map(<[f32]>::to_vec)).collect()
+}
+
+#[test]
+fn embed_of_a_folder_equals_the_online_evaluation_features() {
+    use amdim_shared::checkpoint::WeightsInfo;
+    use amdim_worker::backend::Cpu;
+    use amdim_worker::checkpoint::format::{HostState, described_model_bytes};
+    use amdim_worker::model::encoder::Forward;
+    use amdim_worker::model::params::to_vec;
+    use amdim_worker::model::{BnMode, ParamStore};
+    use amdim_worker::train::step::images;
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for (tree, size) in [("imagenet20", 64), ("cifar10", 32)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = testdata().join(tree);
+        let spec = amdim_shared::spec::JobSpec {
+            data: DataSpec {
+                format: DataFormat::ImageFolder,
+                path: data.display().to_string(),
+                ..Default::default()
+            },
+            model: amdim_shared::spec::ModelSpec {
+                image_size: size,
+                ndf: 8,
+                n_rkhs: 64,
+                depth: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        // Weights as training writes them (describing their model), at their initial values.
+        let device = Default::default();
+        let plan = amdim_worker::model::plan(&spec.model, &spec.loss, None);
+        let params = ParamStore::<Cpu>::init(&plan, 5, &device);
+        let state = HostState {
+            values: params.to_host(),
+            counters: params.counters.clone(),
+        };
+        let weights = tmp.path().join("model.safetensors");
+        std::fs::write(
+            &weights,
+            described_model_bytes(&plan, &state, &WeightsInfo::new(&spec, None)).unwrap(),
+        )
+        .unwrap();
+        // `embed` of the validation folder, no --config.
+        let features = tmp.path().join("features.safetensors");
+        let out = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
+            .args(["embed", "--batch-size", "64", "--weights"])
+            .arg(&weights)
+            .arg("--input")
+            .arg(data.join("val"))
+            .arg("--output")
+            .arg(&features)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{tree}: {}", String::from_utf8_lossy(&out.stderr));
+        let embedded = rows_by_name(&features, 64);
+        // The online evaluation path: the pipeline's evaluation views, the encoder in eval mode.
+        let source = Source::open(&spec.data, Split::Test, runtime.handle()).unwrap();
+        let pipeline = Pipeline::for_job(source, &spec).unwrap();
+        let n = pipeline.source.len();
+        assert_eq!(embedded.len(), n, "{tree}: one row per image");
+        let x = images::<Cpu>(&pipeline.eval_batch(0..n), n, size, &device);
+        let r1 = to_vec(Forward::new(&params.values, BnMode::Eval).encode(&plan.encoder, x).r1);
+        let Source::Encoded(folder) = &pipeline.source else {
+            panic!("{tree}: not a photo source")
+        };
+        for (i, online) in r1.chunks_exact(64).enumerate() {
+            let name = folder.name(i);
+            let rel = Path::new(&name)
+                .strip_prefix(data.join("val"))
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let ours = embedded.get(&rel).unwrap_or_else(|| panic!("{tree}: {rel} not embedded"));
+            let worst = ours.iter().zip(online).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            let scale = online.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(
+                worst <= 1e-5 * scale.max(1.0),
+                "{tree} {rel}: embed differs from the online path by {worst}"
+            );
+        }
+    }
+}

@@ -145,7 +145,8 @@ enum Command {
     /// features, via `amdim-worker probe`.
     Probe(amdim_coordinator::ctl::probe::Args),
     /// Download a checkpoint's model weights (safetensors, the authors'
-    /// PyTorch names) and manifest into a folder, verified.
+    /// PyTorch names, their model described in the metadata) and manifest
+    /// into a folder, verified; says on stderr which model they hold.
     Export {
         /// A job id or a checkpoint URI.
         #[arg(value_name = "JOB|URI")]
@@ -234,6 +235,7 @@ fn main() -> ExitCode {
         Command::Checkpoints { uri, output } => with_checkpoint_uri(&conn, uri, |uri| async move { list_checkpoints(&uri, output).await }),
         Command::Export { uri, step, out } => with_checkpoint_uri(&conn, uri, |uri| async move {
             let path = checkpoints::export(&uri, step, &out).await?;
+            eprintln!("{}", checkpoints::describe(&path)?);
             println!("{}", path.display());
             Ok(())
         }),

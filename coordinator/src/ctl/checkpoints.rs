@@ -1,14 +1,16 @@
 //! `amdimctl checkpoints` and `amdimctl export`: the complete checkpoints
 //! under a checkpoint URI (step, epoch, size, age), and a verified download
 //! of one checkpoint's model weights (safetensors with the authors' PyTorch
-//! `state_dict` names) plus its manifest. Reading only; the folder I/O is
-//! `amdim_shared::checkpoint`'s.
+//! `state_dict` names, describing their model in their metadata) plus its
+//! manifest, and a one-line description of what was exported. Reading
+//! only; the folder I/O and the metadata are `amdim_shared::checkpoint`'s.
 
 use amdim_shared::checkpoint as io;
-use amdim_shared::checkpoint::{MANIFEST_FILE, MODEL_FILE};
+use amdim_shared::checkpoint::{MANIFEST_FILE, MODEL_FILE, WeightsInfo, safetensors_metadata};
 use amdim_shared::storage;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// One complete checkpoint as `amdimctl checkpoints` lists it.
@@ -71,6 +73,43 @@ pub async fn export(uri: &str, step: Option<u64>, out: &Path) -> Result<PathBuf>
     std::fs::write(out.join(MANIFEST_FILE), serde_json::to_vec_pretty(&manifest)?)
         .with_context(|| format!("writing {}", out.join(MANIFEST_FILE).display()))?;
     Ok(path)
+}
+
+/// What an exported weights file says about its model, in one line: the
+/// model section when it describes itself (then `embed` and `score` need
+/// no config), else that a config is needed. Reads only the file's header.
+pub fn describe(weights: &Path) -> Result<String> {
+    let name = weights.display();
+    let mut file = std::fs::File::open(weights).with_context(|| format!("opening {name}"))?;
+    let mut header = vec![0u8; 8];
+    file.read_exact(&mut header).with_context(|| format!("reading {name}"))?;
+    let len = u64::from_le_bytes([
+        header[0], header[1], header[2], header[3], header[4], header[5], header[6], header[7],
+    ]);
+    if len > 100 << 20 {
+        bail!("{name}: safetensors header of {len} bytes");
+    }
+    file.take(len).read_to_end(&mut header).with_context(|| format!("reading {name}"))?;
+    let meta = safetensors_metadata(&header).with_context(|| name.to_string())?;
+    Ok(match WeightsInfo::from_metadata(&meta).with_context(|| name.to_string())? {
+        Some(info) => {
+            let m = &info.model;
+            let classes = info.n_classes.map(|n| format!(", {n} classes")).unwrap_or_default();
+            format!(
+                "{name}: format {} version {}, image_size {}, ndf {}, n_rkhs {}, depth {}, use_bn {}{classes}; `amdim-worker embed/score --weights` need no --config",
+                amdim_shared::checkpoint::WEIGHTS_FORMAT,
+                info.version,
+                m.image_size,
+                m.ndf,
+                m.n_rkhs,
+                m.depth,
+                m.use_bn
+            )
+        }
+        None => format!(
+            "{name}: no model description (written before checkpoints described themselves); embed and score need --config with its job spec"
+        ),
+    })
 }
 
 /// `3h 12m`-style age.

@@ -2,6 +2,7 @@
 //! check of a file against its entry. Types only; reading and writing the
 //! folder is `store`'s.
 
+use crate::spec::JobSpec;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -97,6 +98,10 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
     /// Seconds since the Unix epoch.
     pub created_unix: u64,
+    /// The whole effective job spec it was trained with (absent in
+    /// manifests written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<JobSpec>,
 }
 
 impl Manifest {
@@ -116,5 +121,19 @@ mod tests {
         assert!(e.verify(b"abc").is_ok());
         assert!(e.verify(b"abd").unwrap_err().to_string().contains("SHA-256"));
         assert!(e.verify(b"ab").unwrap_err().to_string().contains("size 2"));
+    }
+
+    #[test]
+    fn manifests_without_a_spec_still_read_and_new_ones_carry_it() {
+        let old = r#"{"format":1,"job_id":"j","generation":0,"step":3,"epoch":0,"global_batch":8,
+            "world_size":1,"seed":7,"config_hash":"ab","files":[],"created_unix":5}"#;
+        let m: Manifest = serde_json::from_str(old).unwrap();
+        assert_eq!((m.step, m.spec.as_ref()), (3, None));
+        let mut spec = JobSpec::default();
+        spec.model.ndf = 12;
+        let with = Manifest { spec: Some(spec), ..m };
+        let text = serde_json::to_string(&with).unwrap();
+        assert!(text.contains(r#""ndf":12"#), "{text}");
+        assert_eq!(serde_json::from_str::<Manifest>(&text).unwrap(), with);
     }
 }

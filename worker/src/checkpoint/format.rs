@@ -3,12 +3,17 @@
 //! Model tensors carry the authors' PyTorch `state_dict` names; BN counters
 //! are int64 scalars as in PyTorch. Loading accepts the `encoder.module.`
 //! prefix that `nn.DataParallel` adds, and names the first missing or
-//! unexpected tensor with its shape. Optimizer state is stored as
-//! `<param>.exp_avg`, `<param>.exp_avg_sq` and `<param>.step`.
+//! unexpected tensor with its shape. A model file written by training
+//! describes itself in its safetensors metadata
+//! ([`WeightsInfo`](amdim_shared::checkpoint::WeightsInfo): format version,
+//! model section, effective job spec); files without it (older ones, the
+//! authors' converted weights) still load given the spec. Optimizer state is
+//! stored as `<param>.exp_avg`, `<param>.exp_avg_sq` and `<param>.step`.
 
 use crate::model::plan::{EntryKind, ModelPlan};
+use amdim_shared::checkpoint::{WeightsInfo, WeightsMetaError};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
@@ -37,6 +42,8 @@ pub enum FormatError {
     Dtype { file: String, name: String, dtype: String },
     #[error("cannot serialise {what}: {message}")]
     Write { what: String, message: String },
+    #[error("{file}: {source}")]
+    Metadata { file: String, source: WeightsMetaError },
 }
 
 /// Host values of every plan entry (floats) plus BN counters.
@@ -71,7 +78,7 @@ pub fn serialize(
     })
 }
 
-/// model.safetensors bytes for the given state.
+/// model.safetensors bytes for the given state, without metadata.
 pub fn model_bytes(plan: &ModelPlan, state: &HostState) -> Result<Vec<u8>, FormatError> {
     let tensors = plan
         .entries
@@ -83,6 +90,53 @@ pub fn model_bytes(plan: &ModelPlan, state: &HostState) -> Result<Vec<u8>, Forma
         })
         .collect();
     serialize(tensors, None, "model")
+}
+
+/// model.safetensors bytes for the given state, describing itself with
+/// `info`; the same state and description always give the same bytes.
+pub fn described_model_bytes(plan: &ModelPlan, state: &HostState, info: &WeightsInfo) -> Result<Vec<u8>, FormatError> {
+    let bare = model_bytes(plan, state)?;
+    with_sorted_metadata(&bare, &info.to_metadata())
+}
+
+/// `bytes` (safetensors without metadata) with `metadata` in key order:
+/// the safetensors crate writes a HashMap, whose order changes from
+/// process to process.
+fn with_sorted_metadata(bytes: &[u8], metadata: &BTreeMap<String, String>) -> Result<Vec<u8>, FormatError> {
+    let fail = |message: String| FormatError::Write {
+        what: "model metadata".into(),
+        message,
+    };
+    let n = bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| fail("no header".into()))? as usize;
+    let header = bytes.get(8..8 + n).ok_or_else(|| fail("short header".into()))?;
+    let rest = std::str::from_utf8(header).map_err(|e| fail(e.to_string()))?.trim_end();
+    let tensors = rest.strip_prefix('{').ok_or_else(|| fail("header is not a JSON object".into()))?;
+    let meta = serde_json::to_string(metadata).map_err(|e| fail(e.to_string()))?;
+    let sep = if tensors.trim_start().starts_with('}') { "" } else { "," };
+    let mut text = format!("{{\"__metadata__\":{meta}{sep}{tensors}").into_bytes();
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
+}
+
+/// What a model file says about itself; None when it has no description
+/// (written before format version 1, or converted from other code).
+pub fn weights_info(bytes: &[u8], file: &str) -> Result<Option<WeightsInfo>, FormatError> {
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| FormatError::Parse {
+        file: file.into(),
+        message: e.to_string(),
+    })?;
+    match header.metadata() {
+        None => Ok(None),
+        Some(meta) => WeightsInfo::from_metadata(meta).map_err(|source| FormatError::Metadata { file: file.into(), source }),
+    }
 }
 
 fn read_f32(view: &TensorView<'_>, file: &str, name: &str) -> Result<Vec<f32>, FormatError> {
@@ -378,6 +432,29 @@ mod tests {
         assert!(read_model(&plan, &with_masks, "m", &state(&plan, 1), true).is_ok());
         let enc_only = tiny_with(16, None);
         assert!(read_model(&enc_only, &with_masks, "m", &state(&enc_only, 1), true).is_ok());
+    }
+
+    #[test]
+    fn described_weights_carry_their_model_and_still_load() {
+        let plan = tiny();
+        let spec = amdim_shared::spec::JobSpec {
+            model: ModelSpec {
+                ndf: 4,
+                n_rkhs: 16,
+                depth: 1,
+                ..ModelSpec::default()
+            },
+            ..Default::default()
+        };
+        let s = state(&plan, 2);
+        let bytes = described_model_bytes(&plan, &s, &WeightsInfo::new(&spec, Some(10))).unwrap();
+        let info = weights_info(&bytes, "m").unwrap().unwrap();
+        assert_eq!(info, WeightsInfo::new(&spec, Some(10)));
+        assert_eq!(described_model_bytes(&plan, &s, &info).unwrap(), bytes, "same state, same bytes");
+        assert_eq!(read_model(&plan, &bytes, "m", &state(&plan, 5), true).unwrap().values, s.values);
+        assert_eq!(weights_info(&model_bytes(&plan, &s).unwrap(), "m").unwrap(), None);
+        let e = weights_info(b"nonsense", "w.safetensors").unwrap_err().to_string();
+        assert!(e.starts_with("w.safetensors: not a readable safetensors file"), "{e}");
     }
 
     #[test]

@@ -18,12 +18,12 @@
 //! coordinator's registry); this module does not know who listens.
 
 use crate::checkpoint::CheckpointStore;
-use crate::checkpoint::format::{HostAdam, HostState, model_bytes, optimizer_bytes};
+use crate::checkpoint::format::{HostAdam, HostState, described_model_bytes, model_bytes, optimizer_bytes};
 use crate::checkpoint::store::Retention;
 use crate::model::ModelPlan;
 use crate::model::params::to_vec;
 use crate::optim::adam::AdamState;
-use amdim_shared::checkpoint::{FileEntry, MODEL_FILE, Manifest, OPTIMIZER_FILE};
+use amdim_shared::checkpoint::{FileEntry, MODEL_FILE, Manifest, OPTIMIZER_FILE, WeightsInfo};
 use anyhow::{Result, anyhow};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
@@ -37,7 +37,8 @@ const ATTEMPTS: u32 = 3;
 
 /// The state of one step: handles on its tensors (no copy).
 pub struct Snapshot<B: Backend> {
-    /// Everything but `files`, which the uploader fills in.
+    /// Everything but `files`, which the uploader fills in. Its `spec`
+    /// also goes into the model file's metadata.
     pub manifest: Manifest,
     pub values: Vec<Tensor<B, 1>>,
     pub counters: Vec<i64>,
@@ -111,7 +112,11 @@ fn write<B: Backend>(
         adam,
     } = snapshot;
     let state = Snapshot::<B>::host_state(values, counters);
-    let model = Bytes::from(model_bytes(plan, &state)?);
+    let model = match &manifest.spec {
+        Some(spec) => described_model_bytes(plan, &state, &WeightsInfo::new(spec, plan.classifier.as_ref().map(|c| c.n_classes)))?,
+        None => model_bytes(plan, &state)?,
+    };
+    let model = Bytes::from(model);
     drop(state);
     let adam = Snapshot::<B>::host_adam(adam);
     let optim = Bytes::from(optimizer_bytes(plan, &adam)?);

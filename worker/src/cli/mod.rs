@@ -1,6 +1,7 @@
 //! The `amdim-worker` commands: one file per subcommand, each with its clap
 //! `Args` and a `run` that the binary's `main` dispatches to — `train` (one
-//! rank or several), `agent`, `gradients`, `embed`, `score`, and the
+//! rank or several), `agent`, `gradients`, `embed`, `score` (which share
+//! [`encoder`]: the weights file and the spec it is used with), and the
 //! benchmarks under [`bench`]. Every command picks the backend from the job
 //! spec (`runtime.backend`) and reports bad input with the file or field it
 //! came from. Commands parse, launch and print; the work itself is the
@@ -11,6 +12,7 @@ pub mod agent;
 pub mod bench;
 pub mod dist;
 pub mod embed;
+pub mod encoder;
 pub mod gradients;
 pub mod probe;
 pub mod score;

@@ -1,9 +1,11 @@
 //! `amdim-worker score`: every loss term of one training-mode forward pass
-//! of a trained encoder on two views, with optional fixed 5→5 locations.
-//! Prints one line (or JSON); computes only.
+//! of a trained encoder on two views (image folders or `.npy`, read as
+//! `embed` reads them), with optional fixed 5→5 locations. The encoder and
+//! its job spec (loss constants included) come from the weights file. Prints
+//! one line (or JSON); computes only.
 
-use crate::cli::embed::{EncoderArgs, load_encoder, read_images};
-use crate::cli::load_spec;
+use crate::cli::encoder::{EncoderArgs, WeightsFile, load_encoder};
+use crate::data::inputs::{self, EvalTransform};
 use crate::data::npy::{self, NpyArray};
 use crate::loss::nce::multiscale_nce;
 use crate::model::BnMode;
@@ -13,7 +15,6 @@ use crate::model::params::scalar;
 use crate::train::step::{images, nce_inputs};
 use crate::with_backend;
 use amdim_shared::rng::{KeyedRng, Stream};
-use amdim_shared::spec::JobSpec;
 use anyhow::{Result, bail};
 use std::path::{Path, PathBuf};
 
@@ -35,10 +36,10 @@ pub struct Args {
 
 /// Runs `amdim-worker score`.
 pub fn run(args: Args) -> Result<()> {
-    let spec = load_spec(&args.encoder.config)?;
+    let weights = args.encoder.open()?;
+    let spec = &weights.spec;
     let r = with_backend!(spec, |B, device| score::<B>(
-        &spec,
-        &args.encoder.weights,
+        &weights,
         &args.view1,
         &args.view2,
         args.r5_locations.as_deref(),
@@ -69,17 +70,18 @@ pub struct ScoreResult {
 
 /// `score`: the loss of two views under the given weights.
 pub fn score<B: Kernels>(
-    spec: &JobSpec,
-    weights: &Path,
+    weights: &WeightsFile,
     view1: &Path,
     view2: &Path,
     locations: Option<&Path>,
     device: B::Device,
 ) -> Result<ScoreResult> {
-    let (plan, params) = load_encoder::<B>(spec, weights, &device)?;
+    let spec = &weights.spec;
+    let (plan, params) = load_encoder::<B>(weights, &device)?;
     let size = spec.model.image_size;
-    let (n1, p1, _) = read_images(view1, size)?;
-    let (n2, p2, _) = read_images(view2, size)?;
+    let transform = EvalTransform::for_job(spec);
+    let inputs::Images { n: n1, pixels: p1, .. } = inputs::read(view1, &transform)?;
+    let inputs::Images { n: n2, pixels: p2, .. } = inputs::read(view2, &transform)?;
     if n1 != n2 {
         bail!("--view1 has {n1} images but --view2 has {n2}");
     }
@@ -98,7 +100,7 @@ pub fn score<B: Kernels>(
                 ]
             }
             NpyArray::I64 { shape, .. } => bail!("{}: shape {shape:?}, expected [2, {n1}]", path.display()),
-            NpyArray::F32 { .. } => bail!("{}: float32 array, expected int64 [2, {n1}]", path.display()),
+            other => bail!("{}: {} array, expected int64 [2, {n1}]", path.display(), other.dtype_name()),
         },
         None => {
             let mut rng = KeyedRng::new(Stream::SourceLocation, &[spec.job.seed]);

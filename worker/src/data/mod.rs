@@ -1,7 +1,8 @@
 //! Input data: dataset readers (IDX, CIFAR binary, synthetic; ImageFolder
 //! trees and packed shards on disk or object storage),
 //! photo decoding and the augmentations of every family, the batch pipeline,
-//! `.npy` files and image folders for `embed`.
+//! and the inputs of `embed` and `score` (image folders and `.npy` files,
+//! through the same evaluation transform).
 //!
 //! Small datasets are held in memory as u8 images [N, 3, 32, 32]; photos are
 //! read and decoded on demand. Batches are assembled on the host from the
@@ -11,7 +12,7 @@
 pub mod augment;
 pub mod dataset;
 pub mod encoded;
-pub mod images;
+pub mod inputs;
 pub mod npy;
 pub mod photo;
 pub mod pipeline;

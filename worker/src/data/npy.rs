@@ -1,5 +1,6 @@
-//! Minimal `.npy` (NumPy format 1.0–3.0) reader and writer for little-endian
-//! float32 and int64 C-order arrays: the inputs of `embed` and `score`.
+//! Minimal `.npy` (NumPy format 1.0–3.0) reader and writer for C-order
+//! arrays of little-endian float32, int64 and uint8: the inputs of `embed`
+//! and `score`.
 
 use std::path::Path;
 
@@ -15,6 +16,24 @@ pub struct NpyError {
 pub enum NpyArray {
     F32 { shape: Vec<usize>, data: Vec<f32> },
     I64 { shape: Vec<usize>, data: Vec<i64> },
+    U8 { shape: Vec<usize>, data: Vec<u8> },
+}
+
+impl NpyArray {
+    /// The NumPy dtype, as error messages name it.
+    pub fn dtype_name(&self) -> &'static str {
+        match self {
+            NpyArray::F32 { .. } => "float32",
+            NpyArray::I64 { .. } => "int64",
+            NpyArray::U8 { .. } => "uint8",
+        }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            NpyArray::F32 { shape, .. } | NpyArray::I64 { shape, .. } | NpyArray::U8 { shape, .. } => shape,
+        }
+    }
 }
 
 fn err(path: &Path, message: impl Into<String>) -> NpyError {
@@ -30,7 +49,7 @@ fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     Some(rest)
 }
 
-/// Reads a `.npy` file of dtype `<f4` or `<i8`.
+/// Reads a `.npy` file of dtype `<f4`, `<i8` or `|u1`.
 pub fn read(path: &Path) -> Result<NpyArray, NpyError> {
     let bytes = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
     parse(&bytes).map_err(|m| err(path, m))
@@ -68,9 +87,10 @@ pub fn parse(bytes: &[u8]) -> Result<NpyArray, String> {
     let width = match dtype {
         "<f4" => 4,
         "<i8" => 8,
+        "|u1" | "<u1" => 1,
         other => {
             return Err(format!(
-                "dtype {other:?} not supported: use float32 ('<f4') images or int64 ('<i8') locations"
+                "dtype {other:?} not supported: use float32 ('<f4') or uint8 ('|u1') images, or int64 ('<i8') locations"
             ));
         }
     };
@@ -82,6 +102,10 @@ pub fn parse(bytes: &[u8]) -> Result<NpyArray, String> {
         ));
     }
     Ok(match width {
+        1 => NpyArray::U8 {
+            shape,
+            data: body.to_vec(),
+        },
         4 => NpyArray::F32 {
             shape,
             data: body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
@@ -101,6 +125,7 @@ pub fn to_bytes(array: &NpyArray) -> Vec<u8> {
     let (descr, shape, body): (&str, &Vec<usize>, Vec<u8>) = match array {
         NpyArray::F32 { shape, data } => ("<f4", shape, data.iter().flat_map(|v| v.to_le_bytes()).collect()),
         NpyArray::I64 { shape, data } => ("<i8", shape, data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        NpyArray::U8 { shape, data } => ("|u1", shape, data.clone()),
     };
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape_text = if dims.len() == 1 {
@@ -136,6 +161,12 @@ mod tests {
             data: (0..8).collect(),
         };
         assert_eq!(parse(&to_bytes(&b)).unwrap(), b);
+        let c = NpyArray::U8 {
+            shape: vec![1, 2, 2, 3],
+            data: (0..12).map(|v| v * 20).collect(),
+        };
+        assert_eq!(parse(&to_bytes(&c)).unwrap(), c);
+        assert_eq!((c.dtype_name(), c.shape()), ("uint8", &[1, 2, 2, 3][..]));
         let mut bad = to_bytes(&a);
         bad.pop();
         assert!(parse(&bad).unwrap_err().contains("needs 24"));

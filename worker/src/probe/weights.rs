@@ -5,7 +5,7 @@
 //! only; never writes a checkpoint.
 
 use crate::checkpoint::CheckpointStore;
-use crate::checkpoint::format::{HostState, read_model};
+use crate::checkpoint::format::{HostState, read_model, weights_info};
 use crate::model::kernels::Kernels;
 use crate::model::{ModelPlan, ParamStore};
 use amdim_shared::checkpoint::MODEL_FILE;
@@ -60,7 +60,8 @@ pub(crate) fn random_encoder<B: Kernels>(spec: &JobSpec, plan: &ModelPlan, devic
     ParamStore::<B>::init(plan, spec.job.seed, device)
 }
 
-/// The encoder with the trained weights; every encoder tensor must be there.
+/// The encoder with the trained weights; every encoder tensor must be
+/// there, and weights that describe themselves must fit `spec`.
 pub(crate) fn trained_encoder<B: Kernels>(
     spec: &JobSpec,
     plan: &ModelPlan,
@@ -72,6 +73,10 @@ pub(crate) fn trained_encoder<B: Kernels>(
         values: init.to_host(),
         counters: init.counters.clone(),
     };
+    if let Some(info) = weights_info(&weights.bytes, &weights.origin)? {
+        info.check(spec)
+            .with_context(|| format!("{}: the job spec does not fit these weights", weights.origin))?;
+    }
     let state = read_model(plan, &weights.bytes, &weights.origin, &fallback, true)?;
     Ok(ParamStore::from_host(state.values, state.counters, device))
 }

@@ -11,7 +11,7 @@
 //! commits, the sample log) goes through one [`RunObserver`].
 
 use crate::checkpoint::CheckpointStore;
-use crate::checkpoint::format::{read_model, read_optimizer};
+use crate::checkpoint::format::{read_model, read_optimizer, weights_info};
 use crate::checkpoint::writer::{AsyncCheckpointer, Snapshot};
 use crate::collective::ops::{Comm, excess_over_min};
 use crate::data::Split;
@@ -85,6 +85,7 @@ pub fn snapshot<B: Kernels>(t: &Trainer<B>, epoch: u64) -> Snapshot<B> {
             created_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            spec: Some(t.spec.clone()),
         },
         values: t.params.values.clone(),
         counters: t.params.counters.clone(),
@@ -133,6 +134,10 @@ pub fn resume<B: Kernels>(t: &mut Trainer<B>, store: &CheckpointStore) -> Result
     }
     let model = ckpt.file(MODEL_FILE).context("checkpoint has no model file")?;
     let optim = ckpt.file(OPTIMIZER_FILE).context("checkpoint has no optimizer file")?;
+    if let Some(info) = weights_info(model, MODEL_FILE)? {
+        info.check(&t.spec)
+            .with_context(|| format!("checkpoint step {} does not fit the job spec", m.step))?;
+    }
     let state = read_model(&t.plan, model, MODEL_FILE, &t.host_state(), true)?;
     let adam = read_optimizer(&t.plan, optim, OPTIMIZER_FILE)?;
     t.restore(state, adam, m.step);
