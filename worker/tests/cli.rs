@@ -218,14 +218,20 @@ fn pseudo_images(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// Writes spec `name` under `dir`, trains it for 3 steps, and returns the
+/// spec and the step-3 `model.safetensors`.
+fn train_three_steps(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let ckpt = dir.join(format!("{name}-ck"));
+    let spec = write_spec(dir, name, &ckpt, "");
+    run(bin().args(["train", "--config"]).arg(&spec).env("AMDIM_TRAIN__MAX_STEPS", "3"));
+    (spec, ckpt.join("step-0000000003").join("model.safetensors"))
+}
+
 #[test]
 fn score_and_embed_use_trained_weights() {
     require_dataset();
     let tmp = tempfile::tempdir().unwrap();
-    let ckpt = tmp.path().join("ck");
-    let spec = write_spec(tmp.path(), "w", &ckpt, "");
-    run(bin().args(["train", "--config"]).arg(&spec).env("AMDIM_TRAIN__MAX_STEPS", "3"));
-    let weights = ckpt.join("step-0000000003").join("model.safetensors");
+    let (spec, weights) = train_three_steps(tmp.path(), "w");
     let n = 6;
     let (v1, v2) = (tmp.path().join("v1.npy"), tmp.path().join("v2.npy"));
     npy_f32(&v1, &[n, 3, 32, 32], &pseudo_images(n, 1));
@@ -361,10 +367,7 @@ fn embed_r1(weights: &Path, config: Option<&Path>, input: &Path, out: &Path) -> 
 fn trained_weights_describe_themselves_so_embed_and_score_need_no_config() {
     require_dataset();
     let tmp = tempfile::tempdir().unwrap();
-    let ckpt = tmp.path().join("ck");
-    let spec = write_spec(tmp.path(), "selfdesc", &ckpt, "");
-    run(bin().args(["train", "--config"]).arg(&spec).env("AMDIM_TRAIN__MAX_STEPS", "3"));
-    let weights = ckpt.join("step-0000000003").join("model.safetensors");
+    let (spec, weights) = train_three_steps(tmp.path(), "selfdesc");
 
     // The metadata, read back by Python: format, version, model section, what using it needs.
     let meta = python_metadata(&weights);
@@ -381,7 +384,7 @@ fn trained_weights_describe_themselves_so_embed_and_score_need_no_config() {
     let loss: serde_json::Value = serde_json::from_str(meta["loss"].as_str().unwrap()).unwrap();
     assert_eq!(loss["mixture"]["k"], 1);
     // The manifest carries the whole effective spec.
-    let manifest: serde_json::Value = serde_json::from_slice(&read(&ckpt, 3, "manifest.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(weights.with_file_name("manifest.json")).unwrap()).unwrap();
     let stored = &manifest["spec"];
     assert_eq!(
         (stored["job"]["name"].as_str(), stored["train"]["batch_size"].as_u64()),
@@ -439,10 +442,7 @@ fn trained_weights_describe_themselves_so_embed_and_score_need_no_config() {
 fn uint8_nhwc_images_get_the_evaluation_transform() {
     require_dataset();
     let tmp = tempfile::tempdir().unwrap();
-    let ckpt = tmp.path().join("ck");
-    let spec = write_spec(tmp.path(), "u8", &ckpt, "");
-    run(bin().args(["train", "--config"]).arg(&spec).env("AMDIM_TRAIN__MAX_STEPS", "3"));
-    let weights = ckpt.join("step-0000000003").join("model.safetensors");
+    let (_, weights) = train_three_steps(tmp.path(), "u8");
     let n = 3;
     let hwc: Vec<u8> = (0..n * 32 * 32 * 3).map(|i| ((i * 7919) % 256) as u8).collect();
     let u8_npy = tmp.path().join("u8.npy");
