@@ -1,25 +1,32 @@
 //! `amdimctl`: the user's command-line client. It submits, lists, describes,
 //! watches and cancels jobs and shows their events and the workers (gRPC to
-//! the coordinator, `jobs`); runs a whole job on this machine (`local`);
-//! validates job specs locally with the same field-named errors the worker
-//! and coordinator give; packs and inspects datasets; lists and exports
-//! checkpoints. Output as a table, JSON or YAML (`-o`). Exit codes: 0 ok,
-//! 1 failure (or a watched job that did not succeed), 2 invalid input,
-//! 130 interrupted.
+//! the coordinator, `ctl::jobs` and `ctl::watch`); runs a whole job on this
+//! machine (`local`); validates job specs locally with the same field-named
+//! errors the worker and coordinator give; packs and inspects datasets;
+//! lists and exports checkpoints. Output as a table, a wide table, JSON or
+//! YAML (`-o`). This file owns the flags and the exit status: every command
+//! returns `anyhow::Result`, its error tagged with a `ctl::exit::Exit`
+//! kind, mapped here to 0 ok, 1 job failed, 2 invalid input, 3 coordinator
+//! unreachable or refused, 130 interrupted.
 
-use amdim_coordinator::ctl::checkpoints::{self, human_age};
-use amdim_coordinator::ctl::client_config;
-use amdim_coordinator::ctl::dataset::{self, human_bytes};
-use amdim_coordinator::ctl::jobs;
-use amdim_coordinator::ctl::output::Output;
+use amdim_coordinator::ctl::exit::{self, Exit, ExitExt, tagged};
+use amdim_coordinator::ctl::jobs::{self, StateFilter};
+use amdim_coordinator::ctl::spec_args::SpecArgs;
+use amdim_coordinator::ctl::table::Format;
+use amdim_coordinator::ctl::{checkpoints, client_config, dataset, health, local, probe, show, watch};
 use amdim_shared::auth::read_token;
-use amdim_shared::spec::JobSpec;
+use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+const EXIT_CODES: &str = "Exit status: 0 ok; 1 the job failed (watch, submit --watch, local) or another \
+failure; 2 invalid input (flags, job spec, --set, unknown job); 3 coordinator unreachable or refused \
+(address, TLS, token); 130 interrupted (Ctrl-C).";
+
 #[derive(Parser)]
-#[command(name = "amdimctl", version, about = "Submit and watch AMDIM training jobs")]
+#[command(name = "amdimctl", version, about = "Submit and watch AMDIM training jobs", after_help = EXIT_CODES)]
 struct Cli {
     /// The coordinator's gRPC address (default: the config file's `server`,
     /// else http://127.0.0.1:7070). The config file is $AMDIM_CONFIG, else
@@ -40,19 +47,22 @@ struct Cli {
     command: Command,
 }
 
+/// The subcommands; each arm of `run` is one call into `ctl`.
 #[derive(Subcommand)]
 enum Command {
-    /// Check a job spec (TOML, with AMDIM_SECTION__FIELD overrides) without submitting it.
+    /// Check a job spec (TOML, AMDIM_SECTION__FIELD variables, --set) without submitting it.
     Validate {
-        #[arg(short = 'f', long = "file")]
-        file: PathBuf,
-        #[arg(short = 'o', long, value_enum, default_value = "table")]
-        output: Output,
+        #[command(flatten)]
+        spec: SpecArgs,
+        #[command(flatten)]
+        format: Format,
     },
-    /// Submit a job spec to the coordinator (validated here first).
+    /// Submit a job spec to the coordinator (validated here first). The
+    /// shell's AMDIM_SECTION__FIELD variables apply, each one that changes
+    /// the spec is printed on stderr; --set wins over them.
     Submit {
-        #[arg(short = 'f', long = "file")]
-        file: PathBuf,
+        #[command(flatten)]
+        spec: SpecArgs,
         /// Override scheduling.min_workers / max_workers.
         #[arg(long)]
         min_workers: Option<u32>,
@@ -61,20 +71,26 @@ enum Command {
         /// Wait until the job ends, printing its progress; exit 1 unless it succeeded.
         #[arg(long)]
         watch: bool,
-        #[arg(short = 'o', long, value_enum, default_value = "table")]
-        output: Output,
+        #[command(flatten)]
+        format: Format,
     },
-    /// List jobs.
+    /// List jobs, oldest first.
     List {
-        #[arg(short = 'o', long, value_enum, default_value = "table")]
-        output: Output,
+        /// Only jobs in these states (repeatable or comma-separated).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        state: Vec<StateFilter>,
+        /// Only the N newest jobs (after --state).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        #[command(flatten)]
+        format: Format,
     },
-    /// One job: state, generations (with why each ended), progress.
+    /// One job: state, generations (with why each ended), checkpoints.
     #[command(alias = "describe")]
     Get {
         id: String,
-        #[arg(short = 'o', long, value_enum, default_value = "table")]
-        output: Output,
+        #[command(flatten)]
+        format: Format,
     },
     /// Wait until a job ends, printing its progress and events; exit 1
     /// unless it succeeded. Survives a coordinator restart.
@@ -86,19 +102,24 @@ enum Command {
         /// Keep printing new events until the job ends.
         #[arg(short = 'f', long)]
         follow: bool,
-        #[arg(short = 'o', long, value_enum, default_value = "table")]
-        output: Output,
+        #[command(flatten)]
+        format: Format,
     },
     /// Cancel a job.
-    Cancel { id: String },
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        format: Format,
+    },
     /// Print a shell completion script (e.g. `amdimctl completions bash >
     /// /etc/bash_completion.d/amdimctl`).
     Completions { shell: clap_complete::Shell },
     /// Run a job on this machine: an in-process coordinator and N local
-    /// worker processes (`amdim-worker agent`); exit 0 when it succeeds.
+    /// worker processes (`amdim-worker agent`) whose output goes to files;
+    /// the terminal shows the progress and a summary. Exit 0 when it succeeds.
     Local {
-        #[arg(short = 'f', long = "file")]
-        file: PathBuf,
+        #[command(flatten)]
+        spec: SpecArgs,
         /// Worker processes (default: scheduling.max_workers).
         #[arg(long)]
         workers: Option<u32>,
@@ -109,6 +130,11 @@ enum Command {
         /// port, worker i at port+1+i (deploy/prometheus.yml scrapes 9464, 9465, 9466).
         #[arg(long)]
         metrics_port: Option<u16>,
+        /// Where the workers' logs (worker-N.log) and the job's events
+        /// (events.jsonl) go (default: logs/ beside a local checkpoint.uri,
+        /// else a folder under the temporary directory).
+        #[arg(long)]
+        log_dir: Option<PathBuf>,
     },
     /// Ask the coordinator's gRPC health service (grpc.health.v1, no token
     /// needed); prints the status and exits 0 on SERVING, 1 otherwise.
@@ -123,8 +149,8 @@ enum Command {
     },
     /// List the workers the coordinator knows.
     Workers {
-        #[arg(short = 'o', long, value_enum, default_value = "table")]
-        output: Output,
+        #[command(flatten)]
+        format: Format,
     },
     /// Pack and inspect datasets.
     Dataset {
@@ -138,12 +164,12 @@ enum Command {
         /// A job id or a checkpoint URI.
         #[arg(value_name = "JOB|URI")]
         uri: String,
-        #[arg(short = 'o', long, value_enum, default_value = "table")]
-        output: Output,
+        #[command(flatten)]
+        format: Format,
     },
     /// Linear-probe and k-NN accuracy of a job's (or a checkpoint's) frozen
     /// features, via `amdim-worker probe`.
-    Probe(amdim_coordinator::ctl::probe::Args),
+    Probe(probe::Args),
     /// Download a checkpoint's model weights (safetensors, the authors'
     /// PyTorch names, their model described in the metadata) and manifest
     /// into a folder, verified; says on stderr which model they hold.
@@ -171,84 +197,106 @@ enum DatasetCommand {
         /// Largest shard (B, KB, KiB, MB, MiB, GB, GiB).
         #[arg(long, default_value = "256MiB", value_parser = dataset::parse_size)]
         shard_size: u64,
-        #[arg(short = 'o', long, value_enum, default_value = "table")]
-        output: Output,
+        #[command(flatten)]
+        format: Format,
     },
     /// Print samples, classes, shards and sizes of a packed dataset, after
     /// checking its index and shard sizes against the manifest.
     Inspect {
         uri: String,
-        #[arg(short = 'o', long, value_enum, default_value = "table")]
-        output: Output,
+        #[command(flatten)]
+        format: Format,
     },
 }
 
-/// Exit codes scripts can rely on: 0 ok, 1 failure, 2 invalid input.
-const EXIT_INVALID: u8 = 2;
-
 fn main() -> ExitCode {
+    // clap's own errors (bad flags, an unknown --state) exit 2 as well.
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::code(&e))
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
     let conn = Conn {
         server: cli.server,
         token: cli.token,
         token_file: cli.token_file,
         tls_ca_file: cli.tls_ca_file,
     };
+    let ok = |r: Result<()>| r.map(|()| ExitCode::SUCCESS);
     match cli.command {
-        Command::Validate { file, output } => validate(file, output),
+        Command::Validate { spec, format } => ok(show::validate(&spec.file, &spec.load()?, format)),
         Command::Submit {
-            file,
+            spec,
             min_workers,
             max_workers,
             watch,
-            output,
-        } => match load_spec(&file) {
-            Err(code) => code,
-            Ok(spec) => jobs_command(&conn, |c| jobs::submit(c, &file, &spec, min_workers, max_workers, watch, output)),
-        },
-        Command::List { output } => jobs_command(&conn, |c| jobs::list(c, output)),
-        Command::Get { id, output } => jobs_command(&conn, |c| jobs::get(c, &id, output)),
-        Command::Watch { id } => jobs_command(&conn, |c| jobs::watch(c, &id)),
-        Command::Events { id, follow, output } => jobs_command(&conn, |c| jobs::events(c, &id, follow, output)),
-        Command::Cancel { id } => jobs_command(&conn, |c| jobs::cancel(c, &id)),
+            format,
+        } => {
+            let loaded = spec.load()?;
+            ok(conn.call(|c| jobs::submit(c, &spec.file, &loaded, (min_workers, max_workers), watch, format)))
+        }
+        Command::List { state, limit, format } => ok(conn.call(|c| async move { jobs::list(c, &state, limit, format).await })),
+        Command::Get { id, format } => ok(conn.call(|c| async move { jobs::get(c, &id, format).await })),
+        Command::Watch { id } => ok(conn.call(|c| async move { watch::watch(c, &id).await })),
+        Command::Events { id, follow, format } => ok(conn.call(|c| async move { watch::events(c, &id, follow, format).await })),
+        Command::Cancel { id, format } => ok(conn.call(|c| async move { jobs::cancel(c, &id, format).await })),
+        Command::Workers { format } => ok(conn.call(|c| jobs::workers(c, format))),
         Command::Local {
-            file,
+            spec,
             workers,
             worker_bin,
             metrics_port,
-        } => match load_spec(&file) {
-            Err(code) => code,
-            Ok(spec) => {
-                let n = workers.unwrap_or(spec.scheduling.max_workers).max(1);
-                match runtime().and_then(|rt| rt.block_on(amdim_coordinator::ctl::local::run(&file, &spec, n, worker_bin, metrics_port))) {
-                    Ok(code) => code,
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        ExitCode::FAILURE
-                    }
-                }
+            log_dir,
+        } => {
+            let loaded = spec.load()?;
+            let run = local::Run {
+                spec_file: &spec.file,
+                spec: &loaded,
+                workers: workers.unwrap_or(loaded.scheduling.max_workers).max(1),
+                worker_bin,
+                metrics_port,
+                log_dir,
+            };
+            ok(runtime()?.block_on(local::run(run)))
+        }
+        Command::Health { service, timeout_s } => {
+            let timeout = std::time::Duration::from_secs(timeout_s.max(1));
+            let c = conn.resolve()?;
+            let status = runtime()?
+                .block_on(health::check(&c.server, c.tls_ca_file.as_deref(), &service, timeout))
+                .exit(Exit::Unreachable)?;
+            println!("{status}");
+            Ok(if status == "SERVING" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Dataset { command } => ok(runtime()?.block_on(async move {
+            match command {
+                DatasetCommand::Pack {
+                    src,
+                    dst,
+                    shard_size,
+                    format,
+                } => show::pack(&src, &dst, shard_size, format).await,
+                DatasetCommand::Inspect { uri, format } => show::inspect(&uri, format).await,
             }
-        },
-        Command::Workers { output } => jobs_command(&conn, |c| jobs::workers(c, output)),
-        Command::Health { service, timeout_s } => health(&conn, &service, timeout_s),
-        Command::Dataset { command } => report(run_dataset(command)),
-        Command::Checkpoints { uri, output } => with_checkpoint_uri(&conn, uri, |uri| async move { list_checkpoints(&uri, output).await }),
-        Command::Export { uri, step, out } => with_checkpoint_uri(&conn, uri, |uri| async move {
+        })),
+        Command::Checkpoints { uri, format } => ok(conn.with_checkpoint_uri(uri, |uri| async move { show::checkpoints(&uri, format).await })),
+        Command::Export { uri, step, out } => ok(conn.with_checkpoint_uri(uri, |uri| async move {
             let path = checkpoints::export(&uri, step, &out).await?;
             eprintln!("{}", checkpoints::describe(&path)?);
             println!("{}", path.display());
             Ok(())
-        }),
-        Command::Probe(args) if args.is_job() => jobs_command(&conn, |c| amdim_coordinator::ctl::probe::for_job(c, args)),
-        Command::Probe(args) => runtime()
-            .and_then(|rt| rt.block_on(amdim_coordinator::ctl::probe::for_uri(args)))
-            .unwrap_or_else(|e| {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }),
+        })),
+        Command::Probe(args) if args.is_job() => conn.call(|c| probe::for_job(c, args)),
+        Command::Probe(args) => runtime()?.block_on(probe::for_uri(args)),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "amdimctl", &mut std::io::stdout());
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -262,10 +310,13 @@ struct Conn {
 }
 
 impl Conn {
-    /// The flags merged with the config file (client_config's rules).
-    fn resolve(&self) -> anyhow::Result<client_config::Connection> {
+    /// The flags merged with the config file (client_config's rules); a
+    /// bad config file is invalid input.
+    fn resolve(&self) -> Result<client_config::Connection> {
         let file = match client_config::default_path(|k| std::env::var(k).ok()) {
-            Some(path) => client_config::load(&path).map_err(|e| anyhow::anyhow!("config file {e}"))?,
+            Some(path) => client_config::load(&path)
+                .map_err(|e| anyhow::anyhow!("config file {e}"))
+                .exit(Exit::Invalid)?,
             None => client_config::FileConfig::default(),
         };
         Ok(client_config::merge(
@@ -276,198 +327,45 @@ impl Conn {
             file,
         ))
     }
-}
 
-/// Runs a coordinator command; its result is the exit code.
-fn jobs_command<F>(cli: &Conn, f: impl FnOnce(jobs::Client) -> F) -> ExitCode
-where
-    F: std::future::Future<Output = anyhow::Result<ExitCode>>,
-{
-    let result = cli.resolve().and_then(|conn| {
-        let token = read_token(conn.token.clone(), conn.token_file.as_deref(), "--token-file").map_err(anyhow::Error::msg)?;
+    /// Connects and runs `f` with the client; Ctrl-C or SIGTERM ends it
+    /// with exit 130.
+    fn call<T, F>(&self, f: impl FnOnce(jobs::Client) -> F) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let conn = self.resolve()?;
+        let token = read_token(conn.token.clone(), conn.token_file.as_deref(), "--token-file")
+            .map_err(anyhow::Error::msg)
+            .exit(Exit::Invalid)?;
         runtime()?.block_on(async {
-            let client = jobs::connect(&conn.server, token.as_deref(), conn.tls_ca_file.as_deref()).await?;
-            f(client).await
-        })
-    });
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `amdimctl health`: the status on stdout; 0 only for SERVING.
-fn health(conn: &Conn, service: &str, timeout_s: u64) -> ExitCode {
-    let timeout = std::time::Duration::from_secs(timeout_s.max(1));
-    let status = conn.resolve().and_then(|c| {
-        runtime()?.block_on(amdim_coordinator::ctl::health::check(
-            &c.server,
-            c.tls_ca_file.as_deref(),
-            service,
-            timeout,
-        ))
-    });
-    match status {
-        Ok(status) => {
-            println!("{status}");
-            if status == "SERVING" {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
+            tokio::select! {
+                r = async {
+                    let client = jobs::connect(&conn.server, token.as_deref(), conn.tls_ca_file.as_deref()).await?;
+                    f(client).await
+                } => r,
+                signal = amdim_shared::shutdown::signalled() => {
+                    eprintln!();
+                    Err(tagged(Exit::Interrupted, anyhow::anyhow!("{signal}: interrupted")))
+                }
             }
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+        })
+    }
+
+    /// Runs `f` on a checkpoint URI: `target` itself, or, when it is a job
+    /// id, the job's `checkpoint.uri` as the coordinator has it.
+    fn with_checkpoint_uri<F>(&self, target: String, f: impl FnOnce(String) -> F) -> Result<()>
+    where
+        F: Future<Output = Result<()>>,
+    {
+        if jobs::is_job_id(&target) && !std::path::Path::new(&target).exists() {
+            self.call(|c| async move { f(jobs::checkpoint_uri(c, &target).await?).await })
+        } else {
+            runtime()?.block_on(f(target))
         }
     }
 }
 
-fn report(result: anyhow::Result<()>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
-}
-
-/// Runs `f` on a checkpoint URI: `target` itself, or, when it is a job id,
-/// the job's `checkpoint.uri` as the coordinator has it.
-fn with_checkpoint_uri<F>(conn: &Conn, target: String, f: impl FnOnce(String) -> F) -> ExitCode
-where
-    F: std::future::Future<Output = anyhow::Result<()>>,
-{
-    if jobs::is_job_id(&target) && !std::path::Path::new(&target).exists() {
-        jobs_command(conn, |c| async move {
-            let uri = jobs::checkpoint_uri(c, &target).await?;
-            f(uri).await.map(|()| ExitCode::SUCCESS)
-        })
-    } else {
-        report(runtime().and_then(|rt| rt.block_on(f(target))))
-    }
-}
-
-async fn list_checkpoints(uri: &str, output: Output) -> anyhow::Result<()> {
-    let list = checkpoints::list(uri).await?;
-    match output.document(&serde_json::to_value(&list)?) {
-        Some(doc) => println!("{doc}"),
-        None => {
-            println!("{:>10} {:>6} {:>6} {:>11} {:>9}", "step", "epoch", "ranks", "size", "age");
-            for c in list {
-                println!(
-                    "{:>10} {:>6} {:>6} {:>11} {:>9}",
-                    c.step,
-                    c.epoch,
-                    c.world_size,
-                    human_bytes(c.bytes),
-                    human_age(c.age_s)
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The spec in `file` with its environment overrides, or exit code 2
-/// after printing the field-named error.
-fn load_spec(file: &std::path::Path) -> Result<JobSpec, ExitCode> {
-    JobSpec::load(file).map_err(|e| {
-        eprintln!("error: {}: {e}", file.display());
-        ExitCode::from(EXIT_INVALID)
-    })
-}
-
-fn validate(file: PathBuf, output: Output) -> ExitCode {
-    match load_spec(&file) {
-        Ok(spec) => {
-            let value = match serde_json::to_value(&spec) {
-                Ok(v) => v,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match output.document(&value) {
-                Some(doc) => println!("{doc}"),
-                None => println!(
-                    "{}: valid — {} px encoder (ndf {}, D {}, depth {}), global batch {}, {} epochs, checkpoints at {}",
-                    file.display(),
-                    spec.model.image_size,
-                    spec.model.ndf,
-                    spec.model.n_rkhs,
-                    spec.model.depth,
-                    spec.train.batch_size,
-                    spec.train.epochs,
-                    spec.checkpoint.uri
-                ),
-            }
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
-    }
-}
-
-fn run_dataset(command: DatasetCommand) -> anyhow::Result<()> {
-    let runtime = runtime()?;
-    match command {
-        DatasetCommand::Pack {
-            src,
-            dst,
-            shard_size,
-            output,
-        } => {
-            let packed = runtime.block_on(dataset::pack(&src, &dst, shard_size))?;
-            match output.document(&serde_json::to_value(&packed)?) {
-                Some(doc) => println!("{doc}"),
-                None => {
-                    for p in packed {
-                        println!(
-                            "{dst}/{}: {} samples, {} classes, {} shards, {}",
-                            p.split,
-                            p.samples,
-                            p.classes,
-                            p.shards,
-                            human_bytes(p.bytes)
-                        );
-                    }
-                }
-            }
-        }
-        DatasetCommand::Inspect { uri, output } => {
-            let reports = runtime.block_on(dataset::inspect(&uri))?;
-            match output.document(&serde_json::to_value(&reports)?) {
-                Some(doc) => println!("{doc}"),
-                None => {
-                    println!(
-                        "{:<6} {:>10} {:>8} {:>7} {:>11}  samples/class  classes",
-                        "split", "samples", "classes", "shards", "size"
-                    );
-                    for r in reports {
-                        let more = if r.classes > r.class_names.len() { ", …" } else { "" };
-                        println!(
-                            "{:<6} {:>10} {:>8} {:>7} {:>11}  {}–{}  {}{more}",
-                            r.split,
-                            r.samples,
-                            r.classes,
-                            r.shards,
-                            human_bytes(r.bytes),
-                            r.class_samples_min,
-                            r.class_samples_max,
-                            r.class_names.join(", ")
-                        );
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
 }

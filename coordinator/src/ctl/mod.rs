@@ -1,5 +1,6 @@
 //! The client side of the coordinator: what `amdimctl` does (jobs over
-//! gRPC, their output formats, where the client finds its coordinator,
+//! gRPC, their tables and output formats, its exit codes, the job spec
+//! flags, where the client finds its coordinator,
 //! dataset packing, checkpoint listing and export) and the two tools that
 //! drive a whole coordinator from outside: `local` (an `amdimctl` command
 //! that embeds a coordinator and local agents, then acts as a client of
@@ -11,10 +12,17 @@
 
 pub mod bench;
 pub mod checkpoints;
+pub mod client;
 pub mod client_config;
 pub mod dataset;
+pub mod exit;
 pub mod health;
 pub mod jobs;
 pub mod local;
 pub mod output;
 pub mod probe;
+mod progress;
+pub mod show;
+pub mod spec_args;
+pub mod table;
+pub mod watch;

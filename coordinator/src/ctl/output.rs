@@ -1,5 +1,5 @@
-//! How `amdimctl` prints records: `-o table` (each command's own columns),
-//! `-o json` (one document) or `-o yaml` (the same document as YAML block
+//! How `amdimctl` prints records: `-o table` (each command's own columns,
+//! drawn by `table`), `-o wide` (the same with more columns), `-o json` (one document) or `-o yaml` (the same document as YAML block
 //! style, which `yq` and Kubernetes users read). The YAML writer is small
 //! on purpose: it quotes every string that YAML could read as something
 //! else, so a YAML parser gives back exactly the JSON document. Also the
@@ -12,6 +12,7 @@ use serde_json::Value;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
     Table,
+    Wide,
     Json,
     Yaml,
 }
@@ -20,7 +21,7 @@ impl Output {
     /// `value` as JSON or YAML; None for a table (the caller draws it).
     pub fn document(self, value: &Value) -> Option<String> {
         match self {
-            Self::Table => None,
+            Self::Table | Self::Wide => None,
             Self::Json => Some(value.to_string()),
             Self::Yaml => Some(to_yaml(value)),
         }
