@@ -71,7 +71,7 @@ async fn health_answers_without_a_token_for_every_service() {
     let out = ctl(addr.clone(), &["--service", "amdim.v1.WorkerService"]).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = ctl(addr.clone(), &["--service", "nope"]).await;
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "an unknown service is invalid input");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("NotFound"),
         "{}",
@@ -79,10 +79,10 @@ async fn health_answers_without_a_token_for_every_service() {
     );
     let _ = stop.send(());
     server.await.unwrap().unwrap();
-    // Nothing listening: a failure, within the timeout.
+    // Nothing listening: unreachable (exit 3), within the timeout.
     let started = std::time::Instant::now();
     let out = ctl(addr, &[]).await;
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the coordinator"));
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
 }

@@ -137,7 +137,8 @@ enum Command {
         log_dir: Option<PathBuf>,
     },
     /// Ask the coordinator's gRPC health service (grpc.health.v1, no token
-    /// needed); prints the status and exits 0 on SERVING, 1 otherwise.
+    /// needed); prints the status; exit 0 on SERVING, 1 when not serving,
+    /// 2 for an unknown service, 3 when unreachable.
     Health {
         /// The service to ask about ("" for the whole server,
         /// amdim.v1.JobService, amdim.v1.WorkerService).
@@ -268,9 +269,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Health { service, timeout_s } => {
             let timeout = std::time::Duration::from_secs(timeout_s.max(1));
             let c = conn.resolve()?;
-            let status = runtime()?
-                .block_on(health::check(&c.server, c.tls_ca_file.as_deref(), &service, timeout))
-                .exit(Exit::Unreachable)?;
+            let status = runtime()?.block_on(health::check(&c.server, c.tls_ca_file.as_deref(), &service, timeout))?;
             println!("{status}");
             Ok(if status == "SERVING" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
