@@ -97,11 +97,8 @@ pub async fn run(run: Run<'_>) -> Result<()> {
     for i in 0..run.workers {
         agents.push(spawn_agent(&bin, &server, i, &run, &log_dir)?);
     }
-    eprintln!(
-        "amdimctl local: {} worker(s); their logs: {}",
-        run.workers,
-        log_dir.join("worker-*.log").display()
-    );
+    eprintln!("amdimctl local: {} worker(s); their logs and the events in", run.workers);
+    eprintln!("  {}", log_dir.display());
     let started = Instant::now();
     let result = tokio::select! {
         r = submit_and_follow(&server, &run, &log_dir) => r,

@@ -59,6 +59,19 @@ pub(crate) fn event_line(e: &pb::Event) -> String {
     )
 }
 
+/// An event as a terminal shows it above the progress line: time of day,
+/// generation, kind, message (the job is the one being watched).
+fn event_line_short(e: &pb::Event) -> String {
+    let time = utc_time(e.unix);
+    format!(
+        "{} {:<3} {:<20} {}",
+        time.get(11..19).unwrap_or(&time),
+        generation(e),
+        event_kind_name(e.kind),
+        e.message
+    )
+}
+
 /// `amdimctl events`: a job's events as a table (or one document); with
 /// `follow`, as lines while they happen, until the job ends.
 pub async fn events(mut c: Client, id: &str, follow: bool, format: Format) -> Result<()> {
@@ -149,15 +162,16 @@ impl Progress {
         }
     }
 
-    /// Writes a lasting line above the progress line.
-    fn line(&mut self, text: &str) {
+    /// Writes a lasting line above the progress line: on a terminal
+    /// `short`, cut to the width; in a log `full`.
+    fn line(&mut self, full: &str, short: &str) {
         let mut err = std::io::stderr().lock();
         if self.terminal {
             let width = terminal_width().saturating_sub(1);
-            let _ = writeln!(err, "\r\x1b[2K{}", fit(text, width));
+            let _ = writeln!(err, "\r\x1b[2K{}", fit(short, width));
             self.drawn = false;
         } else {
-            let _ = writeln!(err, "{text}");
+            let _ = writeln!(err, "{full}");
         }
     }
 
@@ -239,7 +253,7 @@ pub(crate) async fn follow_job(
                             let _ = writeln!(log, "{}", event_json(&e));
                         }
                         match shown {
-                            Shown::Progress => progress.line(&event_line(&e)),
+                            Shown::Progress => progress.line(&event_line(&e), &event_line_short(&e)),
                             Shown::Events(output) => match output.document(&event_json(&e)) {
                                 Some(doc) if output == Output::Yaml => println!("---\n{doc}"),
                                 Some(doc) => println!("{doc}"),
@@ -268,10 +282,11 @@ pub(crate) async fn follow_job(
                 lost_since = Some(Instant::now());
                 if matches!(shown, Shown::Progress) {
                     progress.finish();
-                    progress.line(&format!(
+                    let text = format!(
                         "watch: lost the coordinator; trying again for up to {} s",
                         RECONNECT_FOR.as_secs()
-                    ));
+                    );
+                    progress.line(&text, &text);
                 }
             }
             Some(since) if since.elapsed() > RECONNECT_FOR => {
@@ -301,5 +316,18 @@ mod tests {
         }
         assert_eq!(event_kind_name(0), "unknown");
         assert_eq!(event_kind_name(99), "unknown");
+        let e = pb::Event {
+            seq: 2,
+            job_id: "job-000001".into(),
+            unix: 1_796_000_000,
+            kind: pb::EventKind::GenerationStarted as i32,
+            generation: 1,
+            message: "2 worker(s)".into(),
+        };
+        assert_eq!(
+            event_line(&e),
+            "2026-11-30T00:53:20Z job-000001 g1  generation_started   2 worker(s)"
+        );
+        assert_eq!(event_line_short(&e), "00:53:20 g1  generation_started   2 worker(s)");
     }
 }
