@@ -548,10 +548,23 @@ fn amdimctl_local_runs_a_job_on_local_worker_processes() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("SUCCEEDED") && err.contains("test accuracy"), "{err}");
+    // The progress and the summary here; the workers' output in the run's logs/.
+    assert!(err.contains("SUCCEEDED") && !err.contains("test accuracy"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCEEDED"));
+    let logs: String = (0..2)
+        .map(|i| std::fs::read_to_string(tmp.path().join(format!("logs/worker-{i}.log"))).unwrap())
+        .collect();
+    assert!(logs.contains("test accuracy"), "{logs}");
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tmp.path().join("ckpt-12/step-0000000012/manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["world_size"], 2);
+    // A job that fails (no dataset there) exits 1.
+    let out = Command::new(coordinator_bin("amdimctl"))
+        .args(["local", "-f", spec.to_str().unwrap(), "--workers", "1", "--set", "data.format=idx", "--set", "data.path=/nonexistent"])
+        .args(["--worker-bin", env!("CARGO_BIN_EXE_amdim-worker")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
