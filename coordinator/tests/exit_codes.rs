@@ -67,10 +67,18 @@ fn exit_codes_tell_failed_jobs_bad_input_unreachable_and_interrupts_apart() {
     assert!(text(&out.stderr).contains("train.batch_size"), "{}", text(&out.stderr));
     let out = run(&server, &["submit", "-f", EXAMPLE, "--set", "train.batchsize=8"], &[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("unknown field `train.batchsize`"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("unknown field `train.batchsize`"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = run(&server, &["list", "--state", "sleeping"], &[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("running") && text(&out.stderr).contains("cancelled"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("running") && text(&out.stderr).contains("cancelled"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = run(&server, &["get", "job-999999"], &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 
@@ -84,7 +92,11 @@ fn exit_codes_tell_failed_jobs_bad_input_unreachable_and_interrupts_apart() {
         "{}",
         text(&out.stderr)
     );
-    let out = run(&server, &["submit", "-f", EXAMPLE, "--set", "train.max_steps=7", "--set", "job.name=x"], &env);
+    let out = run(
+        &server,
+        &["submit", "-f", EXAMPLE, "--set", "train.max_steps=7", "--set", "job.name=x"],
+        &env,
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!text(&out.stderr).contains("AMDIM_TRAIN__MAX_STEPS"), "{}", text(&out.stderr));
     let second = text(&out.stdout).trim().to_string();
@@ -101,7 +113,10 @@ fn exit_codes_tell_failed_jobs_bad_input_unreachable_and_interrupts_apart() {
     // list: upper-case headers, --no-headers, --state and --limit.
     let out = run(&server, &["list"], &[]);
     let table = text(&out.stdout);
-    assert!(table.starts_with("ID ") && table.contains("   NAME ") && table.contains("   STATE "), "{table}");
+    assert!(
+        table.starts_with("ID ") && table.contains("   NAME ") && table.contains("   STATE "),
+        "{table}"
+    );
     assert_eq!(table.lines().count(), 3, "{table}");
     let out = run(&server, &["list", "--no-headers", "--limit", "1"], &[]);
     let table = text(&out.stdout);
@@ -122,7 +137,10 @@ fn exit_codes_tell_failed_jobs_bad_input_unreachable_and_interrupts_apart() {
     assert!(text(&watched.stderr).contains("CANCELLED"), "{}", text(&watched.stderr));
     let out = run(&server, &["list", "--state", "cancelled", "--no-headers", "-o", "wide"], &[]);
     let row = text(&out.stdout);
-    assert!(row.starts_with(&first) && row.lines().count() == 1 && row.contains("CANCELLED"), "{row}");
+    assert!(
+        row.starts_with(&first) && row.lines().count() == 1 && row.contains("CANCELLED"),
+        "{row}"
+    );
 
     // 130: Ctrl-C while watching.
     let watcher = ctl(&server, Some("client"), &["watch", &second], &[])

@@ -218,7 +218,8 @@ submit_status=${PIPESTATUS[0]}
 set -e
 say "job ended after $((SECONDS - job_start)) s, amdimctl exit $submit_status"
 check "amdimctl submit --watch exits 0" test "$submit_status" -eq 0
-job_id=$(head -n1 "$work/logs/submit.log" | tr -d '[:space:]')
+# stdout's job id, among stderr's notes of the AMDIM_* overrides it applied.
+job_id=$(grep -m1 -oE '^job-[0-9]+$' "$work/logs/submit.log" || true)
 
 # 7. What the job left behind.
 manifests() { find "$work/checkpoints" -path '*/step-*/manifest.json' -type f; }

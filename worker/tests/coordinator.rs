@@ -560,7 +560,17 @@ fn amdimctl_local_runs_a_job_on_local_worker_processes() {
     assert_eq!(manifest["world_size"], 2);
     // A job that fails (no dataset there) exits 1.
     let out = Command::new(coordinator_bin("amdimctl"))
-        .args(["local", "-f", spec.to_str().unwrap(), "--workers", "1", "--set", "data.format=idx", "--set", "data.path=/nonexistent"])
+        .args([
+            "local",
+            "-f",
+            spec.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--set",
+            "data.format=idx",
+            "--set",
+            "data.path=/nonexistent",
+        ])
         .args(["--worker-bin", env!("CARGO_BIN_EXE_amdim-worker")])
         .output()
         .unwrap();

@@ -271,7 +271,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let c = conn.resolve()?;
             let status = runtime()?.block_on(health::check(&c.server, c.tls_ca_file.as_deref(), &service, timeout))?;
             println!("{status}");
-            Ok(if status == "SERVING" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if status == "SERVING" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Dataset { command } => ok(runtime()?.block_on(async move {
             match command {
@@ -284,7 +288,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 DatasetCommand::Inspect { uri, format } => show::inspect(&uri, format).await,
             }
         })),
-        Command::Checkpoints { uri, format } => ok(conn.with_checkpoint_uri(uri, |uri| async move { show::checkpoints(&uri, format).await })),
+        Command::Checkpoints { uri, format } => {
+            ok(conn.with_checkpoint_uri(uri, |uri| async move { show::checkpoints(&uri, format).await }))
+        }
         Command::Export { uri, step, out } => ok(conn.with_checkpoint_uri(uri, |uri| async move {
             let path = checkpoints::export(&uri, step, &out).await?;
             eprintln!("{}", checkpoints::describe(&path)?);

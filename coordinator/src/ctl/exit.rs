@@ -57,10 +57,7 @@ impl std::error::Error for Tagged {
 
 /// `error` tagged with `kind`; contexts added later keep the tag.
 pub fn tagged(kind: Exit, error: impl Into<anyhow::Error>) -> anyhow::Error {
-    anyhow::Error::new(Tagged {
-        kind,
-        error: error.into(),
-    })
+    anyhow::Error::new(Tagged { kind, error: error.into() })
 }
 
 /// Tags the error of a `Result` with an exit kind.

@@ -4,9 +4,9 @@
 //! refusals are `client`'s (re-exported here for the other commands);
 //! following a job is `watch`'s.
 
-pub use super::client::{Client, checkpoint_uri, connect, is_job_id, refused};
 use super::checkpoints::human_age;
 use super::client::state_name;
+pub use super::client::{Client, checkpoint_uri, connect, is_job_id, refused};
 use super::output::utc_time;
 use super::table::{Format, Table};
 use super::watch;
@@ -80,7 +80,16 @@ fn age(unix: i64) -> String {
 /// The job table: one row per job, wide columns marked `+`.
 fn job_table(jobs: &[pb::Job]) -> Table {
     let mut t = Table::new(&[
-        "id", "name", "state", "step", "+workers", "+restarts", "+loss", "+img/s", "age", "message",
+        "id",
+        "name",
+        "state",
+        "step",
+        "+workers",
+        "+restarts",
+        "+loss",
+        "+img/s",
+        "age",
+        "message",
     ]);
     for j in jobs {
         let stats = j.stats.as_ref();
@@ -102,12 +111,7 @@ fn job_table(jobs: &[pb::Job]) -> Table {
 
 /// Submits `spec`, the effective spec read from `file` (its overrides
 /// applied, validated), so what runs is what was checked here.
-pub(crate) async fn submit_spec(
-    c: &mut Client,
-    file: &Path,
-    spec: &JobSpec,
-    (min, max): (Option<u32>, Option<u32>),
-) -> Result<pb::Job> {
+pub(crate) async fn submit_spec(c: &mut Client, file: &Path, spec: &JobSpec, (min, max): (Option<u32>, Option<u32>)) -> Result<pb::Job> {
     let spec_toml = spec.to_toml().map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     Ok(c.submit(pb::SubmitRequest {
         spec_toml,
@@ -186,7 +190,11 @@ pub async fn get(mut c: Client, id: &str, format: Format) -> Result<()> {
                 g.workers.len().to_string(),
                 utc_time(g.started_unix),
                 g.workers.join(","),
-                if g.end_reason.is_empty() { "running".into() } else { g.end_reason.clone() },
+                if g.end_reason.is_empty() {
+                    "running".into()
+                } else {
+                    g.end_reason.clone()
+                },
             ]);
         }
         t.print(format);
@@ -296,7 +304,10 @@ mod tests {
             no_headers: true,
         };
         let text = job_table(&jobs).render(wide);
-        assert!(!text.contains("STATE") && text.contains("1..2") && text.lines().count() == 2, "{text}");
+        assert!(
+            !text.contains("STATE") && text.contains("1..2") && text.lines().count() == 2,
+            "{text}"
+        );
         assert!(StateFilter::Failed.matches(pb::JobState::Failed as i32));
         assert!(!StateFilter::Running.matches(pb::JobState::Failed as i32));
     }

@@ -172,10 +172,7 @@ fn print_summary(job: &pb::Job, took: Duration, spec: &JobSpec, log_dir: &Path) 
     if let Some(t) = &job.stats {
         rows.push((
             "loss",
-            format!(
-                "{:.3} (1t5 {:.3} 1t7 {:.3} 5t5 {:.3})",
-                t.loss, t.loss_1t5, t.loss_1t7, t.loss_5t5
-            ),
+            format!("{:.3} (1t5 {:.3} 1t7 {:.3} 5t5 {:.3})", t.loss, t.loss_1t5, t.loss_1t7, t.loss_5t5),
         ));
         rows.push(("throughput", format!("{:.0} img/s", t.samples_per_second)));
         if let (Some(lin), Some(mlp)) = (t.linear_accuracy, t.mlp_accuracy) {

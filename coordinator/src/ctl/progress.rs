@@ -132,9 +132,15 @@ mod tests {
             assert!(line.starts_with("job-000001 RUNNING"), "{width}: {line}");
         }
         let at80 = progress_line(&j, 79);
-        assert!(at80.contains("30/120 25%") && at80.contains("ETA 0:00:45") && at80.contains("loss 19.500"), "{at80}");
+        assert!(
+            at80.contains("30/120 25%") && at80.contains("ETA 0:00:45") && at80.contains("loss 19.500"),
+            "{at80}"
+        );
         let at120 = progress_line(&j, 119);
-        assert!(at120.contains("acc lin 0.500") && at120.contains("[#####..............."), "{at120}");
+        assert!(
+            at120.contains("acc lin 0.500") && at120.contains("[#####..............."),
+            "{at120}"
+        );
         assert_eq!(fit("abcdef", 4), "abc…");
         assert_eq!(fit("abc", 4), "abc");
     }

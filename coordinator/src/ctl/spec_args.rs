@@ -124,12 +124,7 @@ fn field_value(spec: &JobSpec, key: &str) -> Option<Value> {
 /// The spec from TOML `text` (named `name` in errors) with the overrides
 /// of `env` and then `sets`, and a note for each variable of `env` that
 /// changed it. Pure: the caller passes the environment.
-pub(crate) fn load_with(
-    text: &str,
-    name: &str,
-    sets: &[String],
-    env: &[(String, String)],
-) -> Result<(JobSpec, Vec<String>)> {
+pub(crate) fn load_with(text: &str, name: &str, sets: &[String], env: &[(String, String)]) -> Result<(JobSpec, Vec<String>)> {
     let known = known_fields();
     let mut from_flags = Vec::new();
     for arg in sets {
@@ -147,10 +142,9 @@ pub(crate) fn load_with(
     as_env(&mut all);
     let spec = JobSpec::from_toml_with_env(text, &all).map_err(|e| {
         let blamed = match &e {
-            amdim_shared::spec::SpecError::Field { field, .. } => from_flags
-                .iter()
-                .find(|(k, _)| k == field)
-                .map(|(k, v)| format!("--set {k}={v}")),
+            amdim_shared::spec::SpecError::Field { field, .. } => {
+                from_flags.iter().find(|(k, _)| k == field).map(|(k, v)| format!("--set {k}={v}"))
+            }
             _ => None,
         };
         match blamed {
@@ -158,7 +152,11 @@ pub(crate) fn load_with(
             None if variables.is_empty() => anyhow!("{name}: {e}"),
             None => anyhow!(
                 "{name} with {}: {e}",
-                variables.iter().map(|(var, _, v)| format!("{var}={v}")).collect::<Vec<_>>().join(" ")
+                variables
+                    .iter()
+                    .map(|(var, _, v)| format!("{var}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             ),
         }
     })?;
@@ -173,11 +171,7 @@ pub(crate) fn load_with(
             let show = |v: &Option<Value>| v.as_ref().map_or_else(|| raw.clone(), Value::to_string);
             match was {
                 Some(_) if was == after => {}
-                Some(_) => notes.push(format!(
-                    "environment {var} changes {key}: {} -> {}",
-                    show(&was),
-                    show(&after)
-                )),
+                Some(_) => notes.push(format!("environment {var} changes {key}: {} -> {}", show(&was), show(&after))),
                 None => notes.push(format!(
                     "environment {var} sets {key} = {} ({name} alone is not a valid spec)",
                     show(&after)

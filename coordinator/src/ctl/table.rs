@@ -59,9 +59,7 @@ impl Table {
     /// asked), every line ending in a newline; empty cells read `<none>`
     /// and tabs or newlines inside cells become spaces.
     pub fn render(&self, format: Format) -> String {
-        let shown: Vec<usize> = (0..self.headers.len())
-            .filter(|&i| format.wide() || !self.wide_only[i])
-            .collect();
+        let shown: Vec<usize> = (0..self.headers.len()).filter(|&i| format.wide() || !self.wide_only[i]).collect();
         let mut tw = tabwriter::TabWriter::new(Vec::new()).minwidth(1).padding(3);
         let mut write_line = |cells: Vec<String>| {
             let _ = writeln!(tw, "{}", cells.join("\t"));

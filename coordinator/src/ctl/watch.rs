@@ -190,10 +190,7 @@ impl Progress {
                 self.drawn = false;
             }
             let _ = err.flush();
-        } else if (j.message.clone(), j.state) != self.last
-            || self.written.elapsed() >= Duration::from_secs(10)
-            || is_final(j.state)
-        {
+        } else if (j.message.clone(), j.state) != self.last || self.written.elapsed() >= Duration::from_secs(10) || is_final(j.state) {
             let _ = writeln!(err, "{}", progress_line(j, usize::MAX));
             self.last = (j.message.clone(), j.state);
             self.written = Instant::now();
@@ -213,12 +210,7 @@ impl Progress {
 /// returns it as it ended; every event also goes to `events_log` when
 /// given (as JSON lines). A lost stream (the coordinator restarting) is
 /// asked for again from the last event seen, for up to `RECONNECT_FOR`.
-pub(crate) async fn follow_job(
-    mut c: Client,
-    id: &str,
-    shown: Shown,
-    mut events_log: Option<&mut std::fs::File>,
-) -> Result<pb::Job> {
+pub(crate) async fn follow_job(mut c: Client, id: &str, shown: Shown, mut events_log: Option<&mut std::fs::File>) -> Result<pb::Job> {
     let mut progress = Progress::new();
     let mut after_seq = 0u64;
     let mut lost_since: Option<Instant> = None;
@@ -282,10 +274,7 @@ pub(crate) async fn follow_job(
                 lost_since = Some(Instant::now());
                 if matches!(shown, Shown::Progress) {
                     progress.finish();
-                    let text = format!(
-                        "watch: lost the coordinator; trying again for up to {} s",
-                        RECONNECT_FOR.as_secs()
-                    );
+                    let text = format!("watch: lost the coordinator; trying again for up to {} s", RECONNECT_FOR.as_secs());
                     progress.line(&text, &text);
                 }
             }
