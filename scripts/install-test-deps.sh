@@ -27,6 +27,10 @@ fi
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   apt_install prometheus
 fi
+# A real terminal for amdimctl local's progress line (worker/tests/terminal.rs).
+if ! command -v tmux >/dev/null; then
+  apt_install tmux
+fi
 if ! command -v pip >/dev/null && ! python3 -m pip --version >/dev/null 2>&1; then
   apt_install python3-pip
 fi
