@@ -89,6 +89,18 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// The log lines of a job's workers, `[rank R]` in front when several
+    /// ranks are shown (kept by the coordinator, or stored next to the
+    /// checkpoints once the job ended).
+    Logs {
+        id: String,
+        /// Only this rank's lines.
+        #[arg(long)]
+        rank: Option<u32>,
+        /// Keep printing new lines until the job ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
     /// Cancel a job.
     Cancel { id: String },
     /// Print a shell completion script (e.g. `amdimctl completions bash >
@@ -211,6 +223,7 @@ fn main() -> ExitCode {
         Command::Watch { id } => jobs_command(&conn, |c| jobs::watch(c, &id)),
         Command::Events { id, follow, output } => jobs_command(&conn, |c| jobs::events(c, &id, follow, output)),
         Command::Cancel { id } => jobs_command(&conn, |c| jobs::cancel(c, &id)),
+        Command::Logs { id, rank, follow } => jobs_command(&conn, |c| amdim_coordinator::ctl::logs::logs(c, &id, rank, follow)),
         Command::Local {
             file,
             workers,

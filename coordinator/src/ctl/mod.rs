@@ -1,5 +1,5 @@
 //! The client side of the coordinator: what `amdimctl` does (jobs over
-//! gRPC, their output formats, where the client finds its coordinator,
+//! gRPC, their log lines, their output formats, where the client finds its coordinator,
 //! dataset packing, checkpoint listing and export) and the two tools that
 //! drive a whole coordinator from outside: `local` (an `amdimctl` command
 //! that embeds a coordinator and local agents, then acts as a client of
@@ -16,5 +16,6 @@ pub mod dataset;
 pub mod health;
 pub mod jobs;
 pub mod local;
+pub mod logs;
 pub mod output;
 pub mod probe;
