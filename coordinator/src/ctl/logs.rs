@@ -119,14 +119,24 @@ async fn stored(j: &pb::Job, rank: Option<u32>, printer: &mut Printer) -> Result
     let spec = JobSpec::from_toml_with_env(&j.spec_toml, &[]).map_err(|e| anyhow::anyhow!("job {}: its spec: {e}", j.id))?;
     let uri = spec.checkpoint.uri;
     let location = amdim_shared::storage::open(&uri, "checkpoint.uri", false)?;
-    let objects = list_logs(&location).await.with_context(|| format!("job {}: its log objects", j.id))?;
+    let objects = list_logs(&location)
+        .await
+        .with_context(|| format!("job {}: its log objects", j.id))?;
     let objects: Vec<_> = objects.into_iter().filter(|o| rank.is_none_or(|r| r == o.rank)).collect();
     if objects.is_empty() {
-        eprintln!("job {}: the coordinator holds no log lines and none are stored under {uri}/logs", j.id);
+        eprintln!(
+            "job {}: the coordinator holds no log lines and none are stored under {uri}/logs",
+            j.id
+        );
     }
-    let several_generations = objects.first().zip(objects.last()).is_some_and(|(a, b)| a.generation != b.generation);
+    let several_generations = objects
+        .first()
+        .zip(objects.last())
+        .is_some_and(|(a, b)| a.generation != b.generation);
     for o in objects {
-        let text = read_log(&location, &o).await.with_context(|| format!("job {}: its log objects", j.id))?;
+        let text = read_log(&location, &o)
+            .await
+            .with_context(|| format!("job {}: its log objects", j.id))?;
         let lines: Vec<String> = String::from_utf8_lossy(&text).lines().map(str::to_string).collect();
         if several_generations {
             printer.print(o.rank, &[format!("— generation {} —", o.generation)])?;

@@ -94,7 +94,9 @@ mod tests {
         rt.block_on(async {
             for (generation, rank) in [(2, 0), (1, 1), (1, 0), (10, 0)] {
                 let object = LogObject { generation, rank };
-                put_log(&location, &object, Bytes::from(format!("g{generation} r{rank}\n"))).await.unwrap();
+                put_log(&location, &object, Bytes::from(format!("g{generation} r{rank}\n")))
+                    .await
+                    .unwrap();
             }
             // Other objects under logs/ are not log objects.
             std::fs::write(uri.join("logs/notes.txt"), "x").unwrap();

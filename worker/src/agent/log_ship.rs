@@ -252,9 +252,17 @@ pub(crate) async fn end_part(client: &WorkerClient, job_id: &str, generation: u3
         };
         parts.remove(at)
     };
-    let how = if ok { "trained to the end".to_string() } else { message.to_string() };
+    let how = if ok {
+        "trained to the end".to_string()
+    } else {
+        message.to_string()
+    };
+    let last = format!("{} part ended: {how}", timestamp());
     for lines in lock(&part.ranks).values() {
-        lock(lines).push(format!("{} part ended: {how}", timestamp()));
+        let mut lines = lock(lines);
+        for part in last.split('\n') {
+            lines.push(part.to_string());
+        }
     }
     let mut client = client.clone();
     let deadline = Instant::now() + END_TIMEOUT;
@@ -329,12 +337,18 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PartLogLayer {
         if *event.metadata().level() > tracing::Level::INFO {
             return;
         }
-        let Some(lines) = CURRENT.with(|c| c.borrow().clone()) else { return };
+        let Some(lines) = CURRENT.try_with(|c| c.borrow().clone()).ok().flatten() else {
+            return;
+        };
         let mut fields = Fields::default();
         event.record(&mut fields);
         let m = event.metadata();
         let line = format!("{} {:>5} {}: {}{}", timestamp(), m.level(), m.target(), fields.message, fields.rest);
-        lock(&lines).push(line);
+        // One entry per printed line, as the stored object will split it.
+        let mut lines = lock(&lines);
+        for part in line.split('\n') {
+            lines.push(part.to_string());
+        }
     }
 }
 
@@ -372,13 +386,22 @@ mod tests {
             {
                 let _c = part.capture(5);
                 tracing::info!(step = 7, loss = %1.5, "training");
+                tracing::warn!("two\nlines");
                 tracing::debug!("too detailed");
             }
             tracing::warn!("after");
         });
         let lines = lock(&part.rank(5)).lines.clone();
-        assert_eq!(lines.len(), 1, "{lines:?}");
-        assert!(lines[0].ends_with(" INFO amdim_worker::agent::log_ship::tests: training step=7 loss=1.5"), "{}", lines[0]);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[1].ends_with(" WARN amdim_worker::agent::log_ship::tests: two") && lines[2] == "lines",
+            "{lines:?}"
+        );
+        assert!(
+            lines[0].ends_with(" INFO amdim_worker::agent::log_ship::tests: training step=7 loss=1.5"),
+            "{}",
+            lines[0]
+        );
         assert!(lines[0].starts_with("20") && lines[0].as_bytes()[10] == b'T', "{}", lines[0]);
         lock(&PARTS).retain(|p| !Arc::ptr_eq(p, &part));
     }
