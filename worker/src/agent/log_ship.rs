@@ -195,8 +195,19 @@ impl PartLog {
                 };
                 match tokio::time::timeout(PUSH_TIMEOUT, client.push_logs(request)).await {
                     Ok(Ok(reply)) => {
+                        let next = reply.into_inner().next_seq;
                         let mut l = lock(&lines);
-                        l.acked = l.acked.max(reply.into_inner().next_seq);
+                        l.acked = l.acked.max(next);
+                        if next <= first_seq {
+                            return false; // no progress: try again later
+                        }
+                    }
+                    Ok(Err(e)) if permanent(e.code()) => {
+                        // Refused for good (no such job, a coordinator without
+                        // PushLogs): these lines are only stored, not sent.
+                        tracing::debug!(job = %self.job_id, rank, reason = %e.message(), "log lines refused");
+                        let mut l = lock(&lines);
+                        l.acked = l.end();
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(job = %self.job_id, rank, reason = %e.message(), "could not send log lines; retrying");
@@ -222,6 +233,15 @@ impl PartLog {
         }
         Ok(())
     }
+}
+
+/// A refusal that asking again will not change.
+fn permanent(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        NotFound | Unimplemented | InvalidArgument | PermissionDenied | Unauthenticated
+    )
 }
 
 /// Sends the registered parts' new lines every [`SHIP_EVERY`], for as long
@@ -260,8 +280,8 @@ pub(crate) async fn end_part(client: &WorkerClient, job_id: &str, generation: u3
     let last = format!("{} part ended: {how}", timestamp());
     for lines in lock(&part.ranks).values() {
         let mut lines = lock(lines);
-        for part in last.split('\n') {
-            lines.push(part.to_string());
+        for piece in last.split('\n') {
+            lines.push(piece.to_string());
         }
     }
     let mut client = client.clone();
@@ -346,8 +366,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PartLogLayer {
         let line = format!("{} {:>5} {}: {}{}", timestamp(), m.level(), m.target(), fields.message, fields.rest);
         // One entry per printed line, as the stored object will split it.
         let mut lines = lock(&lines);
-        for part in line.split('\n') {
-            lines.push(part.to_string());
+        for piece in line.split('\n') {
+            lines.push(piece.to_string());
         }
     }
 }
