@@ -151,7 +151,7 @@ fn of_rank(text: &str, rank: u32) -> Vec<&str> {
 fn logs_of_a_two_worker_job_live_by_rank_and_after_a_coordinator_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(tmp.path(), 2);
-    let steps = 150;
+    let steps = 400;
     let spec = job_spec(tmp.path(), steps);
     let id = cluster.ctl_ok(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
     cluster.wait_for(&id, "train on 2 workers", |j| {
