@@ -44,17 +44,20 @@ enum Command {
 }
 
 fn init_logging(json: bool) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("AMDIM_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    let lines = if json { lines.json().boxed() } else { lines.boxed() };
+    tracing_subscriber::registry()
+        .with(lines)
+        .with(filter)
+        .with(amdim_worker::agent::PartLogLayer)
+        .init();
 }
 
 /// Keeps freed tensor buffers in the heap instead of returning them to the

@@ -13,7 +13,7 @@ use amdim_coordinator::ctl::exit::{self, Exit, ExitExt, tagged};
 use amdim_coordinator::ctl::jobs::{self, StateFilter};
 use amdim_coordinator::ctl::spec_args::SpecArgs;
 use amdim_coordinator::ctl::table::Format;
-use amdim_coordinator::ctl::{checkpoints, client_config, dataset, health, local, probe, show, watch};
+use amdim_coordinator::ctl::{checkpoints, client_config, dataset, health, local, logs, probe, show, watch};
 use amdim_shared::auth::read_token;
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -104,6 +104,18 @@ enum Command {
         follow: bool,
         #[command(flatten)]
         format: Format,
+    },
+    /// The log lines of a job's workers, `[rank R]` in front when several
+    /// ranks are shown (kept by the coordinator, or stored next to the
+    /// checkpoints once the job ended).
+    Logs {
+        id: String,
+        /// Only this rank's lines.
+        #[arg(long)]
+        rank: Option<u32>,
+        /// Keep printing new lines until the job ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
     /// Cancel a job.
     Cancel {
@@ -248,6 +260,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Events { id, follow, format } => ok(conn.call(|c| async move { watch::events(c, &id, follow, format).await })),
         Command::Cancel { id, format } => ok(conn.call(|c| async move { jobs::cancel(c, &id, format).await })),
         Command::Workers { format } => ok(conn.call(|c| jobs::workers(c, format))),
+        Command::Logs { id, rank, follow } => conn.call(|c| async move { logs::logs(c, &id, rank, follow).await }),
         Command::Local {
             spec,
             workers,

@@ -1,5 +1,5 @@
 //! The client side of the coordinator: what `amdimctl` does (jobs over
-//! gRPC, their tables and output formats, its exit codes, the job spec
+//! gRPC, their log lines, their tables and output formats, its exit codes, the job spec
 //! flags, where the client finds its coordinator,
 //! dataset packing, checkpoint listing and export) and the two tools that
 //! drive a whole coordinator from outside: `local` (an `amdimctl` command
@@ -19,6 +19,7 @@ pub mod exit;
 pub mod health;
 pub mod jobs;
 pub mod local;
+pub mod logs;
 pub mod output;
 pub mod probe;
 mod progress;

@@ -57,6 +57,8 @@ pub struct Coordinator {
     /// Numbers the workers' heartbeat streams.
     pub(super) sessions: Arc<std::sync::atomic::AtomicU64>,
     pub(super) settings: Settings,
+    /// The workers' log lines, per (job, rank); in memory only.
+    pub(super) logs: Arc<super::log_buffer::LogBuffers>,
 }
 
 pub(super) fn status(e: StateError) -> Status {
@@ -87,6 +89,7 @@ impl Coordinator {
             changed: Arc::new(tokio::sync::watch::channel(0).0),
             sessions: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             settings,
+            logs: Arc::new(super::log_buffer::LogBuffers::new(super::log_buffer::LINES_PER_RANK)),
         };
         c.change(|_| ());
         Ok(c)

@@ -1,8 +1,9 @@
 //! `amdim.v1.JobService`, what `amdimctl` calls: submit, get, list,
 //! cancel, the worker list, a job's events, and the Watch stream that
 //! sends a job's new events and its changed record after every change
-//! that reached the store. The client token is checked before any of it,
-//! by the interceptor `Coordinator::serve` installs.
+//! that reached the store; the Logs stream is `log_service`'s. The client
+//! token is checked before any of it, by the interceptor
+//! `Coordinator::serve` installs.
 
 use super::convert::{event_message, job_message, worker_message};
 use super::coordinator::{Coordinator, now_unix, status};
@@ -102,5 +103,11 @@ impl JobService for Coordinator {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    type LogsStream = super::log_service::LogsStream;
+
+    async fn logs(&self, request: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        Ok(Response::new(self.logs_stream(request.into_inner())?))
     }
 }

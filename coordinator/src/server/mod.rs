@@ -4,13 +4,16 @@
 //! them (one lock, persistence before answering, ticker, recovery);
 //! `job_service` and `worker_service` the two gRPC services (tokens are
 //! checked by interceptors before a call reaches them); `convert` the
-//! mapping to gRPC messages; `metrics` the `/metrics` text. Only
+//! mapping to gRPC messages; `metrics` the `/metrics` text; `log_buffer`
+//! and `log_service` the workers' log lines and their two RPCs. Only
 //! [`Coordinator`] and its [`Settings`] are public: the binaries and
 //! `amdimctl local` start a coordinator through them.
 
 mod convert;
 mod coordinator;
 mod job_service;
+mod log_buffer;
+mod log_service;
 mod metrics;
 mod state;
 mod store;

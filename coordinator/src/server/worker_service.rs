@@ -1,6 +1,7 @@
 //! `amdim.v1.WorkerService`, what worker agents call: register, the
 //! heartbeat (single calls or the session stream, whose closing makes the
-//! worker lost at once), the end of a rank's part and checkpoint commits.
+//! worker lost at once), the end of a rank's part, checkpoint commits and
+//! log lines (`log_service`).
 //! The join token is checked before any of it, by the interceptor
 //! `Coordinator::serve` installs.
 
@@ -117,5 +118,9 @@ impl WorkerService for Coordinator {
             tracing::info!(job = %r.job_id, step = r.step, bytes = r.bytes, "checkpoint registered");
         }
         Ok(Response::new(pb::CommitCheckpointResponse {}))
+    }
+
+    async fn push_logs(&self, request: Request<pb::PushLogsRequest>) -> Result<Response<pb::PushLogsResponse>, Status> {
+        Ok(Response::new(self.accept_logs(request.into_inner())?))
     }
 }

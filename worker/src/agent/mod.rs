@@ -10,9 +10,11 @@
 //! bounded ([`stopping`]): a part still running `--stop-grace-s` after it
 //! has its collectives cancelled, and one that outlives that is given up
 //! (reported failed, then the agent exits). Which devices a part runs on
-//! is [`devices`]'.
+//! is [`devices`]'. Each part's log lines go to the coordinator and to a
+//! stored object through [`log_ship`].
 
 mod devices;
+mod log_ship;
 mod observer;
 mod stopping;
 
@@ -33,6 +35,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use stopping::{Overdue, PartStop};
+
+pub use log_ship::PartLogLayer;
 
 /// Who this agent is and where its coordinator is.
 #[derive(Clone, Debug)]
@@ -113,12 +117,14 @@ fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::r
         commits: Arc::new(CheckpointCommits::new(tx)),
         sample_log_dir: settings.sample_log_dir.clone(),
     };
+    let logs = log_ship::PartLog::start(&a.job_id, a.generation, &spec.checkpoint.uri);
     let handle = std::thread::Builder::new()
         .name(format!("train-{}-g{}", a.job_id, a.generation))
         .spawn(move || -> Result<bool> {
             // One thread per local rank, each on its own device; the first
             // reports progress (every rank is at the same step).
             let done = layout.launch(&spec, |LocalRank { rank, spec, comm }| {
+                let _log = logs.capture(rank);
                 if let Some(comm) = &comm {
                     stop2.register(comm);
                 }
@@ -228,6 +234,7 @@ async fn report(client: &mut WorkerClient, worker_id: &str, t: Training) -> Resu
     // The run has ended: every checkpoint it completed is in the channel.
     commit_checkpoints(client, worker_id, &job_id, generation, &written).await;
     tracing::info!(job = %job_id, generation, ok, message = %message, "part ended");
+    log_ship::end_part(client, &job_id, generation, ok, &message).await;
     let request = pb::FinishRequest {
         worker_id: worker_id.to_string(),
         job_id,
@@ -252,6 +259,7 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
     let token = BearerToken::new(settings.join_token.as_deref()).map_err(|e| anyhow::anyhow!("join token: {e}"))?;
     runtime.block_on(async {
         let mut client = connect(&settings, &token).await?;
+        let _shipper = log_ship::spawn_shipper(client.clone());
         let mut current: Option<Training> = None;
         loop {
             if settings.shutdown.load(Ordering::Relaxed) {
