@@ -82,7 +82,9 @@ async fn examine_job(client: &Client, s3: &WeedServer, samples_dir: &Path, j: pb
     let registered: Vec<(u32, u64)> = j.checkpoints.iter().map(|c| (c.generation, c.step)).collect();
     for (generation, step) in &registered {
         if !complete.contains(step) {
-            checkpoint_problems.push(format!("registered checkpoint step {step} (g{generation}) is not complete in storage"));
+            checkpoint_problems.push(format!(
+                "registered checkpoint step {step} (g{generation}) is not complete in storage"
+            ));
         }
     }
     let state = pb::JobState::try_from(j.state).unwrap_or(pb::JobState::Unspecified);
@@ -119,7 +121,11 @@ async fn examine_job(client: &Client, s3: &WeedServer, samples_dir: &Path, j: pb
         total_steps: total,
         restarts: j.restarts,
         message: j.message,
-        end_reasons: j.generations.iter().filter_map(|g| Some(g.end_reason.clone()).filter(|r| r != "completed" && !r.is_empty())).collect(),
+        end_reasons: j
+            .generations
+            .iter()
+            .filter_map(|g| Some(g.end_reason.clone()).filter(|r| r != "completed" && !r.is_empty()))
+            .collect(),
         samples: verdict,
         checkpoints: complete.len(),
         checkpoints_verified: verified,

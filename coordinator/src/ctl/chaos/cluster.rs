@@ -10,6 +10,7 @@ use amdim_shared::auth::BearerToken;
 use amdim_shared::proto::v1 as pb;
 use anyhow::{Context, Result, bail};
 use pb::job_service_client::JobServiceClient;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -112,7 +113,10 @@ impl Cluster {
                 return Ok(());
             }
             if started.elapsed() > Duration::from_secs(60) {
-                bail!("the coordinator did not answer within 60 s; see {}", self.dir.join("coordinator.log").display());
+                bail!(
+                    "the coordinator did not answer within 60 s; see {}",
+                    self.dir.join("coordinator.log").display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -192,5 +196,20 @@ impl Cluster {
     /// The log file of agent `name`.
     pub(crate) fn agent_log(&self, name: &str) -> PathBuf {
         self.dir.join("agents").join(format!("{name}.log"))
+    }
+}
+
+/// Worker name → the job it trains, for the workers busy now (empty when
+/// the coordinator does not answer).
+pub(crate) async fn busy_workers(client: &Client) -> BTreeMap<String, String> {
+    match client.clone().workers(pb::ListWorkersRequest {}).await {
+        Ok(r) => r
+            .into_inner()
+            .workers
+            .into_iter()
+            .filter(|w| !w.lost && !w.job_id.is_empty())
+            .map(|w| (w.name, w.job_id))
+            .collect(),
+        Err(_) => BTreeMap::new(),
     }
 }

@@ -20,13 +20,7 @@ pub(crate) struct Spawned {
 
 /// Starts `program args` with `env` and the marker, stdout and stderr
 /// appended to `log`.
-pub(crate) fn spawn_marked(
-    program: &Path,
-    args: &[String],
-    env: &[(String, String)],
-    log: &Path,
-    marker: &str,
-) -> Result<Spawned> {
+pub(crate) fn spawn_marked(program: &Path, args: &[String], env: &[(String, String)], log: &Path, marker: &str) -> Result<Spawned> {
     let open = || {
         std::fs::OpenOptions::new()
             .create(true)

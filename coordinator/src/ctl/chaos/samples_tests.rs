@@ -106,14 +106,12 @@ fn ranks_that_resume_from_different_steps_fail() {
 #[test]
 fn a_start_without_a_checkpoint_or_before_a_registered_one_fails() {
     let v = judge(&restarted(), &expected(10, &[10], &[]));
-    assert!(
-        v.problems.iter().any(|p| p.contains("no complete checkpoint")),
-        "{:?}",
-        v.problems
-    );
+    assert!(v.problems.iter().any(|p| p.contains("no complete checkpoint")), "{:?}", v.problems);
     let v = judge(&restarted(), &expected(10, &[5, 6, 10], &[(1, 6)]));
     assert!(
-        v.problems.iter().any(|p| p.contains("before the newest checkpoint registered earlier (step 6)")),
+        v.problems
+            .iter()
+            .any(|p| p.contains("before the newest checkpoint registered earlier (step 6)")),
         "{:?}",
         v.problems
     );

@@ -5,7 +5,7 @@
 //! end, run the checks, stop everything and look for leftovers.
 
 use super::checks;
-use super::cluster::{Client, Cluster};
+use super::cluster::{Client, Cluster, busy_workers};
 use super::procs;
 use super::report::{Faults, Report};
 use super::s3::{BUCKET, WeedServer};
@@ -28,7 +28,10 @@ pub async fn run(options: ChaosOptions) -> Result<ExitCode> {
             (d.clone(), None)
         }
         None => {
-            let t = tempfile::Builder::new().prefix("amdim-chaos-").tempdir().context("a folder for the soak")?;
+            let t = tempfile::Builder::new()
+                .prefix("amdim-chaos-")
+                .tempdir()
+                .context("a folder for the soak")?;
             (t.path().to_path_buf(), Some(t))
         }
     };
@@ -56,6 +59,7 @@ pub async fn run(options: ChaosOptions) -> Result<ExitCode> {
         faults: Faults::default(),
         started: Instant::now(),
         submitted: 0,
+        deck: Vec::new(),
         options: &options,
     };
     let outcome = soak.drive(&mut cluster, &mut s3, &client).await;
@@ -106,6 +110,7 @@ struct Soak<'a> {
     faults: Faults,
     started: Instant,
     submitted: usize,
+    deck: Vec<Fault>,
     options: &'a ChaosOptions,
 }
 
@@ -115,6 +120,9 @@ enum Fault {
     TermWorker,
     KillCoordinator,
     RestartS3,
+    /// The S3 server down, then a training worker killed: the restart
+    /// resumes while the checkpoints cannot be read.
+    KillWorkerDuringS3Outage,
 }
 
 impl Soak<'_> {
@@ -202,24 +210,55 @@ impl Soak<'_> {
              [scheduling]\nmin_workers = 1\nmax_workers = {max_workers}\nmax_restarts = 1000\n",
             self.options.seed
         );
-        match client.clone().submit(pb::SubmitRequest { spec_toml: spec, min_workers: 0, max_workers: 0 }).await {
+        match client
+            .clone()
+            .submit(pb::SubmitRequest {
+                spec_toml: spec,
+                min_workers: 0,
+                max_workers: 0,
+            })
+            .await
+        {
             Ok(job) => {
                 self.submitted += 1;
                 self.faults.jobs_submitted += 1;
-                self.say(&format!("submitted {} ({steps} steps, up to {max_workers} workers)", job.into_inner().id));
+                self.say(&format!(
+                    "submitted {} ({steps} steps, up to {max_workers} workers)",
+                    job.into_inner().id
+                ));
                 true
             }
             Err(_) => false,
         }
     }
 
+    /// The next fault: drawn from a shuffled deck of twelve (3 worker
+    /// kills, 3 worker SIGTERMs, 2 coordinator kills, 2 S3 kills, 2 worker
+    /// kills while S3 is down), so that even a short soak meets every kind
+    /// in these proportions.
     fn pick_fault(&mut self) -> Fault {
-        match self.rng.below(10) {
-            0..=2 => Fault::KillWorker,
-            3..=5 => Fault::TermWorker,
-            6..=7 => Fault::KillCoordinator,
-            _ => Fault::RestartS3,
+        if self.deck.is_empty() {
+            use Fault::*;
+            self.deck = vec![
+                KillWorker,
+                KillWorker,
+                KillWorker,
+                TermWorker,
+                TermWorker,
+                TermWorker,
+                KillCoordinator,
+                KillCoordinator,
+                RestartS3,
+                RestartS3,
+                KillWorkerDuringS3Outage,
+                KillWorkerDuringS3Outage,
+            ];
+            for i in (1..self.deck.len()).rev() {
+                let j = self.rng.below(i + 1);
+                self.deck.swap(i, j);
+            }
         }
+        self.deck.pop().unwrap_or(Fault::KillWorker)
     }
 
     async fn inject(&mut self, cluster: &mut Cluster, s3: &mut WeedServer, client: &Client) -> Result<()> {
@@ -258,10 +297,28 @@ impl Soak<'_> {
                 self.faults.coordinator_kills += 1;
                 self.faults.coordinator_down_s += down + back.elapsed().as_secs_f64();
             }
-            Fault::RestartS3 => {
+            Fault::RestartS3 | Fault::KillWorkerDuringS3Outage => {
                 let down = self.rng.uniform(1.0, 8.0);
                 self.say(&format!("kill -9 S3 server (down {down:.1} s)"));
                 s3.kill().await;
+                if let Fault::KillWorkerDuringS3Outage = fault {
+                    let busy = busy_workers(client).await;
+                    let training: Vec<String> = cluster
+                        .live_agents()
+                        .map(|a| a.name.clone())
+                        .filter(|n| busy.contains_key(n))
+                        .collect();
+                    if !training.is_empty() {
+                        let name = training[self.rng.below(training.len())].clone();
+                        let job = busy.get(&name).cloned().unwrap_or_default();
+                        tokio::time::sleep(Duration::from_secs_f64(down.min(1.0) / 2.0)).await;
+                        if let Some(agent) = cluster.take_agent(&name) {
+                            agent.process.kill_and_reap().await;
+                        }
+                        self.faults.worker_kills_s3_down += 1;
+                        self.say(&format!("kill -9 worker {name} (busy on {job}) while S3 is down"));
+                    }
+                }
                 tokio::time::sleep(Duration::from_secs_f64(down)).await;
                 let back = Instant::now();
                 s3.restart().await?;
@@ -310,21 +367,6 @@ fn is_final(state: i32) -> bool {
         pb::JobState::try_from(state),
         Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
     )
-}
-
-/// Worker name → the job it trains, for the workers busy now (empty when
-/// the coordinator does not answer).
-async fn busy_workers(client: &Client) -> BTreeMap<String, String> {
-    match client.clone().workers(pb::ListWorkersRequest {}).await {
-        Ok(r) => r
-            .into_inner()
-            .workers
-            .into_iter()
-            .filter(|w| !w.lost && !w.job_id.is_empty())
-            .map(|w| (w.name, w.job_id))
-            .collect(),
-        Err(_) => BTreeMap::new(),
-    }
 }
 
 /// SIGTERM to every agent (60 s to exit), then the coordinator and the S3
