@@ -2,13 +2,15 @@
 //! amdim installation (gRPC, default 0.0.0.0:7070), with its state in a
 //! local SQLite file so that a restart carries on. A thin shell over
 //! `amdim_coordinator::server`. `amdim-coordinator bench` is the scale
-//! benchmark (`amdim_coordinator::ctl::bench`).
+//! benchmark (`amdim_coordinator::ctl::bench`), `amdim-coordinator chaos`
+//! the fault soak (`amdim_coordinator::ctl::chaos`).
 
 use amdim_coordinator::server::{Coordinator, Settings};
 use amdim_shared::auth::read_token;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -75,6 +77,44 @@ enum Tool {
         #[arg(long, default_value_t = 1000)]
         heartbeat_ms: u64,
     },
+    /// Chaos soak: this coordinator, `amdim-worker agent` processes and a
+    /// SeaweedFS S3 server on this machine; for N minutes random workers
+    /// are killed or SIGTERMed and the coordinator and S3 server killed
+    /// and restarted, while tiny jobs keep coming; then every job must
+    /// succeed, train each sample once per epoch, and leave checkpoints
+    /// that verify. Prints a report and a JSON line; exit 1 if a check fails.
+    Chaos {
+        /// Minutes of faults (then it waits for the jobs to end).
+        #[arg(long, default_value_t = 3.0)]
+        minutes: f64,
+        /// Seed of the fault schedule (default: from the clock; printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Jobs kept submitted at once.
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        /// Worker agents kept running.
+        #[arg(long, default_value_t = 3)]
+        workers: usize,
+        /// Mean seconds between faults.
+        #[arg(long, default_value_t = 8.0)]
+        fault_every_s: f64,
+        /// Shortest and longest job, in steps.
+        #[arg(long, default_value_t = 150)]
+        min_steps: u64,
+        #[arg(long, default_value_t = 500)]
+        max_steps: u64,
+        /// Seconds allowed after the faults for every job to end.
+        #[arg(long, default_value_t = 600)]
+        drain_timeout_s: u64,
+        /// `amdim-worker` (default: next to this binary, else on PATH).
+        #[arg(long)]
+        worker_bin: Option<PathBuf>,
+        /// Keep the logs, store, S3 data and sample logs here (default: a
+        /// temporary folder, kept only when a check fails).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn bench(workers: usize, jobs: usize, seconds: u64, heartbeat_ms: u64) -> Result<()> {
@@ -90,16 +130,48 @@ fn bench(workers: usize, jobs: usize, seconds: u64, heartbeat_ms: u64) -> Result
     runtime.block_on(amdim_coordinator::ctl::bench::run(options, dir.path()))
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
-    if let Some(Tool::Bench {
-        workers,
-        jobs,
-        seconds,
-        heartbeat_ms,
-    }) = cli.command
-    {
-        return bench(workers, jobs, seconds, heartbeat_ms);
+    match cli.command {
+        Some(Tool::Bench {
+            workers,
+            jobs,
+            seconds,
+            heartbeat_ms,
+        }) => return bench(workers, jobs, seconds, heartbeat_ms).map(|()| ExitCode::SUCCESS),
+        Some(Tool::Chaos {
+            minutes,
+            seed,
+            jobs,
+            workers,
+            fault_every_s,
+            min_steps,
+            max_steps,
+            drain_timeout_s,
+            worker_bin,
+            dir,
+        }) => {
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64 % 1_000_000)
+            });
+            let options = amdim_coordinator::ctl::chaos::ChaosOptions {
+                minutes: minutes.max(0.0),
+                seed,
+                jobs: jobs.max(1),
+                workers: workers.max(1),
+                fault_every_s,
+                steps: (min_steps.max(1), max_steps.max(min_steps.max(1))),
+                drain_timeout_s,
+                coordinator_bin: std::env::current_exe().context("finding this binary")?,
+                worker_bin: amdim_coordinator::ctl::local::worker_binary(worker_bin),
+                dir,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            return runtime.block_on(amdim_coordinator::ctl::chaos::run(options));
+        }
+        None => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AMDIM_LOG").unwrap_or_else(|_| "info".into()))
@@ -144,5 +216,6 @@ fn main() -> Result<()> {
         ready.store(false, Ordering::Relaxed);
         probes.abort();
         served
-    })
+    })?;
+    Ok(ExitCode::SUCCESS)
 }

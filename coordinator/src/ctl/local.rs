@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// `amdim-worker`: `explicit`, else next to this executable, else on PATH.
-pub(crate) fn worker_binary(explicit: Option<PathBuf>) -> PathBuf {
+pub fn worker_binary(explicit: Option<PathBuf>) -> PathBuf {
     explicit.unwrap_or_else(|| {
         std::env::current_exe()
             .ok()

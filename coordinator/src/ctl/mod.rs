@@ -1,16 +1,19 @@
 //! The client side of the coordinator: what `amdimctl` does (jobs over
 //! gRPC, their log lines, their tables and output formats, its exit codes, the job spec
 //! flags, where the client finds its coordinator,
-//! dataset packing, checkpoint listing and export) and the two tools that
+//! dataset packing, checkpoint listing and export) and the three tools that
 //! drive a whole coordinator from outside: `local` (an `amdimctl` command
 //! that embeds a coordinator and local agents, then acts as a client of
 //! them) and `bench` (`amdim-coordinator bench`, which starts a real
 //! coordinator process and talks to it only over the network, through the
-//! same client code). Nothing here touches the coordinator's state
+//! same client code) and `chaos` (`amdim-coordinator chaos`, the soak that
+//! runs a coordinator, agents and an S3 server as processes and injects
+//! faults into them). Nothing here touches the coordinator's state
 //! directly: `local` starts it through `server::Coordinator` and then only
 //! calls it, as any client does.
 
 pub mod bench;
+pub mod chaos;
 pub mod checkpoints;
 pub mod client;
 pub mod client_config;
