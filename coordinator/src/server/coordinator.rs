@@ -57,6 +57,8 @@ pub struct Coordinator {
     /// Numbers the workers' heartbeat streams.
     pub(super) sessions: Arc<std::sync::atomic::AtomicU64>,
     pub(super) settings: Settings,
+    /// The registration rate limit (`admission`).
+    pub(super) admission: Arc<super::admission::Admission>,
 }
 
 pub(super) fn status(e: StateError) -> Status {
@@ -87,6 +89,7 @@ impl Coordinator {
             changed: Arc::new(tokio::sync::watch::channel(0).0),
             sessions: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             settings,
+            admission: Arc::new(super::admission::Admission::new(super::admission::DEFAULT_REGISTRATIONS_PER_S)),
         };
         c.change(|_| ());
         Ok(c)

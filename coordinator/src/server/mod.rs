@@ -2,12 +2,14 @@
 //! `amdim-coordinator` process. `state` holds the rules, pure and without
 //! I/O; `store` the SQLite persistence; `coordinator` the process around
 //! them (one lock, persistence before answering, ticker, recovery);
+//! `admission` the registration rate limit (load shedding);
 //! `job_service` and `worker_service` the two gRPC services (tokens are
 //! checked by interceptors before a call reaches them); `convert` the
 //! mapping to gRPC messages; `metrics` the `/metrics` text. Only
 //! [`Coordinator`] and its [`Settings`] are public: the binaries and
 //! `amdimctl local` start a coordinator through them.
 
+mod admission;
 mod convert;
 mod coordinator;
 mod job_service;
