@@ -180,6 +180,8 @@ fn main() -> Result<()> {
             tls,
         })?
         .limit_registrations(cli.max_registrations_per_s);
+        // The log's fsyncs happen here, never inside a state change.
+        amdim_coordinator::server::spawn_wal_checkpointer(cli.store.clone(), Duration::from_secs(1)).context("starting the store checkpointer")?;
         let listener = listen(&cli.listen).await?;
         let http = tokio::net::TcpListener::bind(&cli.http_listen)
             .await
