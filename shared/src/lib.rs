@@ -4,7 +4,8 @@
 //! validation), the deterministic random streams and the global sample order
 //! (pure functions), the checkpoint layout, manifest and folder I/O, storage
 //! URIs, the packed-dataset format, the client end of a worker's heartbeat
-//! stream, and the metrics registry with the
+//! stream, the retry policy (backoff with jitter, the server's
+//! retry-after hint), and the metrics registry with the
 //! HTTP endpoints (health, readiness, metrics) both processes serve. It must stay free
 //! of ML dependencies: the coordinator links it without burn.
 
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod order;
 pub mod procfs;
 pub mod proto;
+pub mod retry;
 pub mod rng;
 pub mod session;
 pub mod shards;

@@ -51,6 +51,10 @@ struct Cli {
     /// Token worker agents must present (or AMDIM_JOIN_TOKEN).
     #[arg(long)]
     join_token_file: Option<PathBuf>,
+    /// Registrations admitted a second; more are answered RESOURCE_EXHAUSTED
+    /// with a retry-after hint, which agents follow (0: no limit).
+    #[arg(long, env = "AMDIM_MAX_REGISTRATIONS_PER_S", default_value_t = 1000)]
+    max_registrations_per_s: u32,
     /// Serve gRPC over TLS with this certificate chain (PEM; with --tls-key-file).
     #[arg(long, env = "AMDIM_TLS_CERT_FILE", requires = "tls_key_file")]
     tls_cert_file: Option<PathBuf>,
@@ -76,6 +80,16 @@ enum Tool {
         seconds: u64,
         #[arg(long, default_value_t = 1000)]
         heartbeat_ms: u64,
+        /// Run the coordinator alone on this core and the simulated
+        /// workers on the others (default: they share the cores).
+        #[arg(long)]
+        coordinator_cpu: Option<usize>,
+        /// The coordinator binary to measure (default: this one).
+        #[arg(long)]
+        coordinator_bin: Option<PathBuf>,
+        /// Passed to the coordinator as --max-registrations-per-s.
+        #[arg(long)]
+        registrations_per_s: Option<u32>,
     },
     /// Chaos soak: this coordinator, `amdim-worker agent` processes and a
     /// SeaweedFS S3 server on this machine; for N minutes random workers
@@ -117,17 +131,34 @@ enum Tool {
     },
 }
 
-fn bench(workers: usize, jobs: usize, seconds: u64, heartbeat_ms: u64) -> Result<()> {
+fn bench(options: amdim_coordinator::ctl::bench::BenchOptions) -> Result<()> {
     let dir = tempfile::tempdir().context("a temporary folder for the store")?;
-    let options = amdim_coordinator::ctl::bench::BenchOptions {
-        workers,
-        jobs,
-        seconds,
-        heartbeat_ms: heartbeat_ms.max(50),
-        coordinator_bin: std::env::current_exe().context("finding this binary")?,
-    };
+    if let Some(cpu) = options.coordinator_cpu {
+        amdim_coordinator::ctl::bench::pin_simulator(cpu)?;
+    }
+    // Built after pinning: its threads inherit the simulator's cores.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(amdim_coordinator::ctl::bench::run(options, dir.path()))
+}
+
+/// The gRPC listener, with an accept queue deep enough for thousands of
+/// agents connecting at once (after a coordinator restart); the kernel
+/// caps it at `net.core.somaxconn`.
+async fn listen(addr: &str) -> Result<tokio::net::TcpListener> {
+    let at = tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("--listen {addr}"))?
+        .next()
+        .with_context(|| format!("--listen {addr}: no address"))?;
+    let socket = if at.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .with_context(|| format!("--listen {addr}"))?;
+    socket.set_reuseaddr(true).with_context(|| format!("--listen {addr}"))?;
+    socket.bind(at).with_context(|| format!("--listen {addr}"))?;
+    socket.listen(16_384).with_context(|| format!("--listen {addr}"))
 }
 
 fn main() -> Result<ExitCode> {
@@ -138,7 +169,25 @@ fn main() -> Result<ExitCode> {
             jobs,
             seconds,
             heartbeat_ms,
-        }) => return bench(workers, jobs, seconds, heartbeat_ms).map(|()| ExitCode::SUCCESS),
+            coordinator_cpu,
+            coordinator_bin,
+            registrations_per_s,
+        }) => {
+            let coordinator_bin = match coordinator_bin {
+                Some(bin) => bin,
+                None => std::env::current_exe().context("finding this binary")?,
+            };
+            return bench(amdim_coordinator::ctl::bench::BenchOptions {
+                workers,
+                jobs,
+                seconds,
+                heartbeat_ms: heartbeat_ms.max(50),
+                coordinator_bin,
+                coordinator_cpu,
+                registrations_per_s,
+            })
+            .map(|()| ExitCode::SUCCESS);
+        }
         Some(Tool::Chaos {
             minutes,
             seed,
@@ -177,7 +226,14 @@ fn main() -> Result<ExitCode> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AMDIM_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // One thread per core it may use (taskset, CPU quota), at most two: one
+    // state lock serialises the work anyway, and a second thread on one core
+    // would only be preempted while holding it.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(2));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
     let token = |env: &str, file: &Option<PathBuf>, flag: &str| {
         read_token(std::env::var(env).ok(), file.as_deref(), flag).map_err(anyhow::Error::msg)
     };
@@ -197,10 +253,11 @@ fn main() -> Result<ExitCode> {
             client_token,
             join_token,
             tls,
-        })?;
-        let listener = tokio::net::TcpListener::bind(&cli.listen)
-            .await
-            .with_context(|| format!("--listen {}", cli.listen))?;
+        })?
+        .limit_registrations(cli.max_registrations_per_s);
+        // The log's fsyncs happen here, never inside a state change.
+        amdim_coordinator::server::spawn_wal_checkpointer(cli.store.clone(), Duration::from_secs(1)).context("starting the store checkpointer")?;
+        let listener = listen(&cli.listen).await?;
         let http = tokio::net::TcpListener::bind(&cli.http_listen)
             .await
             .with_context(|| format!("--http-listen {}", cli.http_listen))?;

@@ -4,7 +4,7 @@
 //! dataset packing, checkpoint listing and export) and the three tools that
 //! drive a whole coordinator from outside: `local` (an `amdimctl` command
 //! that embeds a coordinator and local agents, then acts as a client of
-//! them) and `bench` (`amdim-coordinator bench`, which starts a real
+//! them), `bench` (`amdim-coordinator bench`, which starts a real
 //! coordinator process and talks to it only over the network, through the
 //! same client code) and `chaos` (`amdim-coordinator chaos`, the soak that
 //! runs a coordinator, agents and an S3 server as processes and injects

@@ -59,6 +59,8 @@ pub struct Coordinator {
     pub(super) settings: Settings,
     /// The workers' log lines, per (job, rank); in memory only.
     pub(super) logs: Arc<super::log_buffer::LogBuffers>,
+    /// The registration rate limit (`admission`).
+    pub(super) admission: Arc<super::admission::Admission>,
 }
 
 pub(super) fn status(e: StateError) -> Status {
@@ -90,6 +92,7 @@ impl Coordinator {
             sessions: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             settings,
             logs: Arc::new(super::log_buffer::LogBuffers::new(super::log_buffer::LINES_PER_RANK)),
+            admission: Arc::new(super::admission::Admission::new(super::admission::DEFAULT_REGISTRATIONS_PER_S)),
         };
         c.change(|_| ());
         Ok(c)

@@ -50,6 +50,7 @@ impl WorkerService for Coordinator {
         if r.rendezvous_addr.is_empty() {
             return Err(Status::invalid_argument("rendezvous_addr is empty"));
         }
+        self.admit_registration()?;
         let w = self.change(|s| s.register(&r.name, r.devices.max(1), &r.rendezvous_addr, now_unix()));
         tracing::info!(worker = %w.id, name = %w.name, rendezvous = %w.rendezvous_addr, "worker registered");
         Ok(Response::new(pb::RegisterResponse {

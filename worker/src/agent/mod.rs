@@ -16,6 +16,7 @@
 mod devices;
 mod log_ship;
 mod observer;
+mod registration;
 mod stopping;
 
 use crate::collective::launch::{LocalRank, WorldLayout};
@@ -265,27 +266,8 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
             if settings.shutdown.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            let registered = client
-                .register(pb::RegisterRequest {
-                    name: settings.name.clone(),
-                    devices: settings.devices,
-                    rendezvous_addr: rendezvous_addr.clone(),
-                })
-                .await;
-            let reg = match registered {
-                Ok(r) => r.into_inner(),
-                Err(e) if e.code() == tonic::Code::Unauthenticated => {
-                    anyhow::bail!(
-                        "the coordinator refused to register this worker: {} (--join-token-file or AMDIM_JOIN_TOKEN)",
-                        e.message()
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(reason = %e.message(), "register failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    client = connect(&settings, &token).await?;
-                    continue;
-                }
+            let Some(reg) = registration::register(&mut client, &settings, &token, &rendezvous_addr).await? else {
+                return Ok(());
             };
             let worker_id = reg.worker_id;
             let interval = Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(50)));

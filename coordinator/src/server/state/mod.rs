@@ -10,7 +10,7 @@
 //! of the job (what `amdimctl events` and `watch` show). Each rule notes
 //! which jobs and workers it changed in [`Changes`], so the store writes
 //! only those rows; a heartbeat that only proves liveness changes nothing
-//! durable. Time is passed in, so every rule is testable without clocks;
+//! durable, and rank 0's progress is written with the next tick. Time is passed in, so every rule is testable without clocks;
 //! the gRPC services own the RPCs, `store` the persistence. The rules are split by
 //! concern: `jobs` (jobs and generations), `workers` (registration and
 //! liveness), `scheduling` (gang size, queue, ticks, recovery) and
@@ -69,6 +69,11 @@ pub(crate) struct State {
     pub(crate) last_event: u64,
     /// Not yet written to the store.
     pub(crate) changes: Changes,
+    /// Jobs whose rank 0 reported progress since the last tick: soft
+    /// state, written with the tick's change (at most a quarter heartbeat
+    /// interval later, all of them in one transaction) instead of one
+    /// write per heartbeat; nothing is answered on it.
+    pub(crate) progress: BTreeSet<String>,
 }
 
 /// A lost worker is forgotten this long after it was last seen.

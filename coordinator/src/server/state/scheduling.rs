@@ -2,7 +2,7 @@
 //! least `min_workers` are free and takes as many as it may, up to
 //! `max_workers`, whose ranks divide the global batch), the queue
 //! (priority, then first come), rank assignment and rendezvous, the tick
-//! that applies heartbeat deadlines, and recovery after a coordinator
+//! that applies heartbeat deadlines (and writes the progress heartbeats reported), and recovery after a coordinator
 //! restart.
 
 use super::events::EventKind;
@@ -19,10 +19,13 @@ pub(crate) fn gang_size(min: u32, max: u32, free: usize, global_batch: usize, de
 }
 
 impl State {
-    /// Marks workers silent for longer than `deadline_s` as lost (ending
+    /// Hands the progress reported since the last tick to the store,
+    /// marks workers silent for longer than `deadline_s` as lost (ending
     /// their generations), forgets workers lost for an hour, then starts
     /// every job that can start.
     pub(crate) fn tick(&mut self, now: i64, deadline_s: i64) {
+        let progress = std::mem::take(&mut self.progress);
+        self.changes.jobs.extend(progress);
         let silent: Vec<String> = self
             .workers
             .values()

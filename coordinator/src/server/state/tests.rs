@@ -203,3 +203,29 @@ fn bad_specs_are_refused_naming_the_field_and_priority_goes_first() {
     assert_eq!(assignment(s.heartbeat(&a, None, 1).unwrap()).job_id, high.id);
     assert_eq!(s.jobs[&low.id].state, JobState::Pending);
 }
+
+#[test]
+fn rank_0_progress_is_written_with_the_next_tick_not_with_each_heartbeat() {
+    let mut s = State::default();
+    let job = s.submit(SPEC, 1, 1, 0).unwrap();
+    let a = s.register("a", 1, "h:1", 0).id;
+    s.tick(1, 10);
+    assignment(s.heartbeat(&a, None, 1).unwrap());
+    s.take_changes();
+    for step in 1..=3 {
+        let report = Report {
+            step,
+            total: 10,
+            ..Default::default()
+        };
+        assert_eq!(s.heartbeat(&a, Some(report), 2).unwrap(), Command::Continue);
+        assert!(s.changes.is_empty(), "step {step}: a progress heartbeat writes nothing at once");
+    }
+    assert_eq!(s.jobs[&job.id].step, 3, "but is seen at once");
+    s.tick(2, 10);
+    assert!(s.changes.jobs.contains(&job.id), "the tick writes the job with its progress");
+    assert!(s.progress.is_empty());
+    s.take_changes();
+    s.tick(3, 10);
+    assert!(s.changes.is_empty(), "and only once");
+}

@@ -85,7 +85,8 @@ impl State {
 
     /// A worker's heartbeat with its progress; returns its next command.
     /// Liveness alone is not durable (a restarted coordinator waits for
-    /// every worker to register again), so only rank 0's progress is a change.
+    /// every worker to register again), and rank 0's progress is written
+    /// with the next tick ([`State::progress`]).
     pub(crate) fn heartbeat(&mut self, worker: &str, report: Option<Report>, now: i64) -> Result<Command, StateError> {
         let w = self.workers.get_mut(worker).ok_or_else(|| StateError::NoWorker(worker.into()))?;
         if w.lost {
@@ -111,7 +112,7 @@ impl State {
                     job.total_steps = r.total;
                     job.stats = r.stats.or(job.stats);
                     job.updated_unix = now;
-                    self.changes.jobs.insert(job_id);
+                    self.progress.insert(job_id);
                 }
                 Ok(Command::Continue)
             }
