@@ -3,7 +3,7 @@
 //! This crate owns the job spec (parsing, environment overrides, field-named
 //! validation), the deterministic random streams and the global sample order
 //! (pure functions), the checkpoint layout, manifest and folder I/O, storage
-//! URIs, the packed-dataset format, the client end of a worker's heartbeat
+//! URIs and the retrying of storage requests, the packed-dataset format, the client end of a worker's heartbeat
 //! stream, and the metrics registry with the
 //! HTTP endpoints (health, readiness, metrics) both processes serve. It must stay free
 //! of ML dependencies: the coordinator links it without burn.
@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod order;
 pub mod procfs;
 pub mod proto;
+pub mod retry;
 pub mod rng;
 pub mod session;
 pub mod shards;
