@@ -141,7 +141,11 @@ fn classify_generic(store: &str, source: &(dyn std::error::Error + Send + Sync +
         return ErrorKind::Transient;
     }
     // A remote store's error we do not recognise: retried, within the budget.
-    if store == "LocalFileSystem" { ErrorKind::Permanent } else { ErrorKind::Transient }
+    if store == "LocalFileSystem" {
+        ErrorKind::Permanent
+    } else {
+        ErrorKind::Transient
+    }
 }
 
 /// An operation that failed for good: its last error, what kind it is, and
@@ -283,7 +287,9 @@ mod tests {
         assert!(e.to_string().starts_with("unreachable after"), "{e}");
         // Something that is not transient is not retried.
         let e = rt
-            .block_on(retry(&policy, &"nope", &count, || async { fs.get(&"nope".into()).await?.bytes().await }))
+            .block_on(retry(&policy, &"nope", &count, || async {
+                fs.get(&"nope".into()).await?.bytes().await
+            }))
             .unwrap_err();
         assert_eq!((e.kind, e.attempts), (ErrorKind::Absent, 1));
     }

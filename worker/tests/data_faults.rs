@@ -44,7 +44,7 @@ fn job(dir: &Path, data: &str, ckpt: &Path) -> PathBuf {
         &spec,
         format!(
             "[job]\nname = \"data-faults\"\nseed = 9\n[data]\nformat = \"image_folder\"\npath = \"{data}\"\nworkers = 1\n\
-             [model]\nimage_size = 64\nndf = 8\nn_rkhs = 32\ndepth = 1\n\
+             [model]\nimage_size = 64\nndf = 8\nn_rkhs = 64\ndepth = 1\n\
              [train]\nbatch_size = 4\nmax_steps = {STEPS}\nlog_every = 1\n[eval]\nenabled = false\n\
              [checkpoint]\nuri = \"{}\"\nevery_steps = 0\nkeep = 0\n",
             ckpt.display()
@@ -122,7 +122,10 @@ fn s3_outages_during_data_reads_are_retried_within_the_budget_and_fail_the_run_b
     s3.restart();
     let (summary, weights) = finish(child, &log, &ckpt);
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(summary["data_read_retries"].as_u64().unwrap() > 0, "no read retried:\n{summary}\n{text}");
+    assert!(
+        summary["data_read_retries"].as_u64().unwrap() > 0,
+        "no read retried:\n{summary}\n{text}"
+    );
     assert_eq!(summary["skipped_samples"].as_u64(), Some(skipped), "{summary}\n{text}");
     assert!(weights == reference_weights, "an S3 outage changed training:\n{text}");
     assert!(text.contains("undecodable sample(s) skipped"), "{text}");

@@ -90,7 +90,10 @@ fn resume_from_s3_fails_on_refused_reads_and_waits_out_an_outage_but_never_start
     std::thread::sleep(std::time::Duration::from_secs(3));
     s3.restart();
     let text = ok(child.wait_with_output().unwrap());
-    assert!(text.contains("storage request failed; retrying"), "S3 was down, nothing retried:\n{text}");
+    assert!(
+        text.contains("storage request failed; retrying"),
+        "S3 was down, nothing retried:\n{text}"
+    );
     assert!(text.contains("resumed from checkpoint step=4"), "{text}");
 }
 
@@ -150,7 +153,10 @@ fn a_rank_that_cannot_read_the_checkpoint_rank_0_chose_fails_the_generation() {
     );
     assert!(rank0.contains("rank(s) [1] could not read"), "{rank0}");
     for text in [&rank0, &rank1] {
-        assert!(!text.contains("resumed from checkpoint") && !text.contains("skipping checkpoint"), "{text}");
+        assert!(
+            !text.contains("resumed from checkpoint") && !text.contains("skipping checkpoint"),
+            "{text}"
+        );
     }
     // Both ranks reading the good copy resume together.
     for out in two_ranks(&spec, 6, [&good, &good]) {

@@ -158,7 +158,9 @@ impl CheckpointStore {
         let listed = self.complete_steps();
         match &listed {
             Ok(complete) => todo.extend(keep.to_delete(complete)),
-            Err(e) => tracing::warn!(uri = %self.uri, reason = %format!("{e:#}"), "cannot list checkpoints to prune; pruning again after the next checkpoint"),
+            Err(e) => {
+                tracing::warn!(uri = %self.uri, reason = %format!("{e:#}"), "cannot list checkpoints to prune; pruning again after the next checkpoint")
+            }
         }
         let mut failed = BTreeSet::new();
         for step in todo {

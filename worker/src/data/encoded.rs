@@ -173,7 +173,9 @@ impl EncodedSource {
         let policy = RetryPolicy::from_env();
         let read = |file: &str| {
             let path = location.path(&[name, file]);
-            runtime.block_on(retry(&policy, &path, &no_count, || async { location.store.get(&path).await?.bytes().await }))
+            runtime.block_on(retry(&policy, &path, &no_count, || async {
+                location.store.get(&path).await?.bytes().await
+            }))
         };
         let manifest = match read(MANIFEST_FILE) {
             Ok(bytes) => bytes,
@@ -239,7 +241,13 @@ impl EncodedSource {
         } else {
             let prefix = location.path(&[name]);
             runtime.block_on(retry(&policy, &prefix, &no_count, || async {
-                location.store.list(Some(&prefix)).next().await.transpose().map(|first| first.is_some())
+                location
+                    .store
+                    .list(Some(&prefix))
+                    .next()
+                    .await
+                    .transpose()
+                    .map(|first| first.is_some())
             }))
         };
         found.map_err(|e| location_err(root, split, format!("cannot tell whether this split exists: {e}")))
@@ -291,9 +299,7 @@ impl EncodedSource {
     /// The bytes of sample `i`.
     pub fn read(&self, i: usize) -> Fetched {
         match &self.items {
-            Items::Files(files) => std::fs::read(&files[i])
-                .map(Bytes::from)
-                .map_err(|e| ReadError::Bad(e.to_string())),
+            Items::Files(files) => std::fs::read(&files[i]).map(Bytes::from).map_err(|e| ReadError::Bad(e.to_string())),
             _ => self
                 .read_many(&[i])
                 .into_iter()

@@ -60,7 +60,12 @@ pub fn resume_agreed<B: Kernels>(t: &mut Trainer<B>, store: &CheckpointStore, co
     let rank = comm.rank();
     let loaded = if rank == 0 {
         let chosen = store.load_latest();
-        let mut msg = encode(&chosen.as_ref().map(|c| c.as_ref().map(|c| c.manifest.step)).map_err(|e| anyhow!("{e}")));
+        let mut msg = encode(
+            &chosen
+                .as_ref()
+                .map(|c| c.as_ref().map(|c| c.manifest.step))
+                .map_err(|e| anyhow!("{e}")),
+        );
         comm.run(Exchange::AllReduce, msg.len(), |c| c.broadcast(&mut msg, 0))
             .context("rank 0: telling the other ranks which checkpoint to resume from")?;
         chosen
