@@ -3,13 +3,14 @@
 //! This crate owns the job spec (parsing, environment overrides, field-named
 //! validation), the deterministic random streams and the global sample order
 //! (pure functions), the checkpoint layout, manifest and folder I/O, storage
-//! URIs, the packed-dataset format, the client end of a worker's heartbeat
-//! stream, the retry policy (backoff with jitter, the server's
-//! retry-after hint), and the metrics registry with the
+//! URIs and the retrying of storage requests, the packed-dataset format, the
+//! client end of a worker's heartbeat stream, the backoff policy of RPC
+//! clients (jitter, the server's retry-after hint), and the metrics registry with the
 //! HTTP endpoints (health, readiness, metrics) both processes serve. It must stay free
 //! of ML dependencies: the coordinator links it without burn.
 
 pub mod auth;
+pub mod backoff;
 pub mod checkpoint;
 pub mod http;
 pub mod imagefolder;

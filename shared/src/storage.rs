@@ -6,7 +6,7 @@
 //! from a mounted credentials file (`AWS_SHARED_CREDENTIALS_FILE`, INI,
 //! profile `AWS_PROFILE` or `default`) — never from a job spec, and never
 //! put in a message. Owns parsing and error messages that name the config
-//! field; no reading or writing here.
+//! field; no reading or writing here (retrying requests is `retry`'s).
 
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
@@ -117,6 +117,13 @@ pub fn open(uri: &str, field: &str, create: bool) -> Result<Location, StorageErr
                     .with_allow_http(endpoint.starts_with("http://"))
                     .with_virtual_hosted_style_request(false);
             }
+            // A few quick retries per HTTP request here; whole operations are
+            // retried, within a time budget, by `crate::retry`.
+            builder = builder.with_retry(object_store::RetryConfig {
+                max_retries: 2,
+                retry_timeout: std::time::Duration::from_secs(10),
+                ..Default::default()
+            });
             let store = builder.build().map_err(|e| err(e.to_string()))?;
             let prefix = ObjPath::from_url_path(url.path()).map_err(|e| err(e.to_string()))?;
             Ok(Location {

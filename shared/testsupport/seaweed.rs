@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 pub(crate) const ACCESS_KEY: &str = "amdimtest";
 pub(crate) const SECRET_KEY: &str = "amdimtestsecret";
+/// Keys of a second identity that may only list the bucket (its reads are
+/// refused with 403): a store that answers, but not with the objects.
+pub(crate) const LIST_ONLY_KEY: &str = "amdimlister";
+pub(crate) const LIST_ONLY_SECRET: &str = "amdimlistersecret";
 
 pub(crate) struct SeaweedS3 {
     child: Option<Child>,
@@ -37,7 +41,7 @@ impl SeaweedS3 {
         std::fs::write(
             &creds,
             format!(
-                r#"{{"identities":[{{"name":"amdim","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+                r#"{{"identities":[{{"name":"amdim","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}},{{"name":"lister","credentials":[{{"accessKey":"{LIST_ONLY_KEY}","secretKey":"{LIST_ONLY_SECRET}"}}],"actions":["List"]}}]}}"#
             ),
         )
         .unwrap();

@@ -47,11 +47,13 @@ pub struct WorkerMetrics {
     allgather_bytes: Arc<Family<Counter>>,
     loader_wait: Arc<Family<Histogram>>,
     decode_errors: Arc<Family<Counter>>,
+    read_retries: Arc<Family<Counter>>,
     lag: Arc<Family<Gauge>>,
     checkpoint_duration: Arc<Family<Histogram>>,
     checkpoint_bytes: Arc<Family<Counter>>,
     checkpoint_failures: Arc<Family<Counter>>,
     checkpoint_deferred: Arc<Family<Counter>>,
+    checkpoint_prune_failures: Arc<Family<Counter>>,
     checkpoint_last_step: Arc<Family<Gauge>>,
 }
 
@@ -121,7 +123,12 @@ impl WorkerMetrics {
             ),
             decode_errors: r.counter(
                 "amdim_decode_errors_total",
-                "Samples skipped because they could not be read or decoded.",
+                "Training samples skipped because their bytes could not be decoded (or were missing from the dataset); store outages are retried, not counted here.",
+                &RUN,
+            ),
+            read_retries: r.counter(
+                "amdim_data_read_retries_total",
+                "Reads of training data from object storage retried because the store did not answer.",
                 &RUN,
             ),
             lag: r.gauge(
@@ -144,6 +151,11 @@ impl WorkerMetrics {
             checkpoint_deferred: r.counter(
                 "amdim_checkpoint_deferred_total",
                 "Checkpoints taken late because the previous upload was still running.",
+                &RUN,
+            ),
+            checkpoint_prune_failures: r.counter(
+                "amdim_checkpoint_prune_failures_total",
+                "Old checkpoints that could not be deleted after a new one was written (retried at the next checkpoint).",
                 &RUN,
             ),
             checkpoint_last_step: r.gauge("amdim_checkpoint_last_step", "Step of the newest complete checkpoint.", &RUN),
@@ -184,15 +196,18 @@ impl WorkerMetrics {
             allgather_bytes: self.allgather_bytes.with(&l),
             loader_wait: self.loader_wait.with(&l),
             decode_errors: self.decode_errors.with(&l),
+            read_retries: self.read_retries.with(&l),
             lag: self.lag.with(&l),
             checkpoint: Arc::new(CheckpointMetrics {
                 duration: self.checkpoint_duration.with(&l),
                 bytes: self.checkpoint_bytes.with(&l),
                 failures: self.checkpoint_failures.with(&l),
                 deferred: self.checkpoint_deferred.with(&l),
+                prune_failures: self.checkpoint_prune_failures.with(&l),
                 last_step: self.checkpoint_last_step.with(&l),
             }),
             decode_errors_seen: AtomicU64::new(0),
+            read_retries_seen: AtomicU64::new(0),
         }
     }
 }
@@ -230,10 +245,13 @@ pub struct RunMetrics {
     allgather_bytes: Arc<Counter>,
     loader_wait: Arc<Histogram>,
     decode_errors: Arc<Counter>,
+    read_retries: Arc<Counter>,
     lag: Arc<Gauge>,
     pub checkpoint: Arc<CheckpointMetrics>,
     /// Skipped samples already counted in `decode_errors`.
     decode_errors_seen: AtomicU64,
+    /// Read retries already counted in `read_retries`.
+    read_retries_seen: AtomicU64,
 }
 
 impl RunMetrics {
@@ -299,6 +317,8 @@ impl RunObserver for RunMetrics {
         self.record_step(report.metrics, report.timing);
         let seen = self.decode_errors_seen.swap(report.skipped_samples, Ordering::Relaxed);
         self.decode_errors(report.skipped_samples.saturating_sub(seen));
+        let seen = self.read_retries_seen.swap(report.read_retries, Ordering::Relaxed);
+        self.read_retries.add(report.read_retries.saturating_sub(seen) as f64);
     }
 
     fn on_checkpoint_committed(&self, step: u64, bytes: u64, seconds: f64) {
@@ -308,6 +328,10 @@ impl RunObserver for RunMetrics {
     fn on_checkpoint_abandoned(&self, _step: u64) {
         self.checkpoint.abandoned();
     }
+
+    fn on_checkpoint_prune_failed(&self, _step: u64, failures: usize) {
+        self.checkpoint.prune_failed(failures);
+    }
 }
 
 /// The checkpoint writer's series.
@@ -316,6 +340,7 @@ pub struct CheckpointMetrics {
     bytes: Arc<Counter>,
     failures: Arc<Counter>,
     deferred: Arc<Counter>,
+    prune_failures: Arc<Counter>,
     last_step: Arc<Gauge>,
 }
 
@@ -332,6 +357,10 @@ impl CheckpointMetrics {
 
     pub fn deferred(&self) {
         self.deferred.inc();
+    }
+
+    pub fn prune_failed(&self, failures: usize) {
+        self.prune_failures.add(failures as f64);
     }
 }
 

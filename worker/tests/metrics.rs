@@ -236,6 +236,8 @@ fn a_local_job_is_scraped_by_a_real_prometheus() {
         "amdim_allgather_bytes_total counter",
         "amdim_dataloader_wait_seconds histogram",
         "amdim_decode_errors_total counter",
+        "amdim_data_read_retries_total counter",
+        "amdim_checkpoint_prune_failures_total counter",
         "amdim_checkpoint_duration_seconds histogram",
         "amdim_rank_step_lag_seconds gauge",
         "amdim_eval_accuracy_ratio gauge",

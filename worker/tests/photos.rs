@@ -140,7 +140,7 @@ fn torture_set_is_skipped_counted_and_replaced_deterministically() {
     let aug = AugmentSpec::default();
     let pipeline = Pipeline::new(source, 128, aug.clone(), 7, spec.max_pixels, 2).unwrap();
     let all: Vec<u32> = (0..12).collect();
-    let batch = pipeline.train_batch(&all, 0);
+    let batch = pipeline.train_batch(&all, 0).unwrap();
     assert_eq!(pipeline.health.skipped(), bad.len() as u64, "skipped: {bad:?}");
     assert!(batch.view1.iter().chain(&batch.view2).all(|v| v.is_finite()));
     assert_eq!(batch.labels.as_deref(), Some(&[0u32, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1][..]));
@@ -158,7 +158,7 @@ fn torture_set_is_skipped_counted_and_replaced_deterministically() {
         assert_eq!(&batch.view2[i * per..(i + 1) * per], &v2[..], "{name}");
     }
     // The same batch again: identical, and each bad file counted again but logged once.
-    let again = pipeline.train_batch(&all, 0);
+    let again = pipeline.train_batch(&all, 0).unwrap();
     assert_eq!(again.view1, batch.view1);
     assert_eq!(pipeline.health.skipped(), 2 * bad.len() as u64);
 }
@@ -258,10 +258,10 @@ fn packed_shards_give_the_same_samples_labels_and_views_as_the_folder() {
     assert_eq!(a.source.len(), b.source.len());
     assert_eq!(a.source.n_classes(), b.source.n_classes());
     let all: Vec<u32> = (0..a.source.len() as u32).rev().collect();
-    let (x, y) = (a.train_batch(&all, 1), b.train_batch(&all, 1));
+    let (x, y) = (a.train_batch(&all, 1).unwrap(), b.train_batch(&all, 1).unwrap());
     assert_eq!(x.labels, y.labels);
     assert!(x.view1 == y.view1 && x.view2 == y.view2, "views differ");
-    assert_eq!(a.eval_batch(3..11), b.eval_batch(3..11));
+    assert_eq!(a.eval_batch(3..11).unwrap(), b.eval_batch(3..11).unwrap());
     assert_eq!(b.health.skipped(), 0);
     // Truncating a shard makes its samples unreadable: skipped and replaced, never a crash.
     let shard = packed.join("train/shard-000001.tar");
@@ -273,7 +273,7 @@ fn packed_shards_give_the_same_samples_labels_and_views_as_the_folder() {
         .set_len(len / 3)
         .unwrap();
     let c = pipeline_for(DataFormat::Shards, &packed, &runtime);
-    let z = c.train_batch(&all, 1);
+    let z = c.train_batch(&all, 1).unwrap();
     assert!(c.health.skipped() > 0);
     assert!(z.view1.iter().all(|v| v.is_finite()));
     // A folder that is not a packed dataset is refused at start, naming the file.
@@ -364,7 +364,7 @@ fn embed_of_a_folder_equals_the_online_evaluation_features() {
         let pipeline = Pipeline::for_job(source, &spec).unwrap();
         let n = pipeline.source.len();
         assert_eq!(embedded.len(), n, "{tree}: one row per image");
-        let x = images::<Cpu>(&pipeline.eval_batch(0..n), n, size, &device);
+        let x = images::<Cpu>(&pipeline.eval_batch(0..n).unwrap(), n, size, &device);
         let r1 = to_vec(Forward::new(&params.values, BnMode::Eval).encode(&plan.encoder, x).r1);
         let Source::Encoded(folder) = &pipeline.source else {
             panic!("{tree}: not a photo source")

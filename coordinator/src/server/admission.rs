@@ -65,7 +65,7 @@ impl Coordinator {
     /// wait after which the next would be admitted.
     pub(super) fn admit_registration(&self) -> Result<(), Status> {
         self.admission.admit_at(Instant::now()).map_err(|wait| {
-            amdim_shared::retry::shed(
+            amdim_shared::backoff::shed(
                 format!(
                     "the coordinator is admitting registrations at its limit (--max-registrations-per-s); retry in {} ms",
                     wait.as_millis().max(1)

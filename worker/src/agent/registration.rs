@@ -9,7 +9,7 @@
 use super::{AgentSettings, connect};
 use amdim_shared::auth::BearerToken;
 use amdim_shared::proto::v1 as pb;
-use amdim_shared::retry::{self, Backoff};
+use amdim_shared::backoff::{self, Backoff};
 use amdim_shared::session::WorkerClient;
 use anyhow::Result;
 use std::sync::atomic::Ordering;
@@ -44,8 +44,8 @@ pub(super) async fn register(
                 e.message()
             );
         }
-        let shed = retry::is_shed(&e);
-        let wait = backoff.wait(retry::retry_after(&e));
+        let shed = backoff::is_shed(&e);
+        let wait = backoff.wait(backoff::retry_after(&e));
         tracing::warn!(code = ?e.code(), reason = %e.message(), retry_ms = wait.as_millis() as u64, attempt = backoff.failures(), "register failed; retrying");
         tokio::time::sleep(wait).await;
         if !shed {

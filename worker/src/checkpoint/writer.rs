@@ -10,8 +10,8 @@
 //! (`checkpoint.when_busy = "defer"`, the default: storage that is slow or
 //! down never stalls training) or waits for it (`"wait"`; the wait is
 //! measured and logged); [`AsyncCheckpointer::busy`] tells which case it is.
-//! A failed upload is retried as a whole (after object_store's own
-//! per-request retries with exponential backoff and jitter); if it still
+//! A failed upload is retried as a whole (after the per-file retries with
+//! exponential backoff and jitter of `amdim_shared::retry`); if it still
 //! fails, that checkpoint is abandoned — its manifest was never written, so
 //! nobody can load it half-written — and training continues. How each
 //! upload ended is told to one [`OnUpload`] callback (metrics, the
@@ -75,6 +75,10 @@ pub enum UploadEvent {
     Written { step: u64, bytes: u64, seconds: f64 },
     /// Given up after every attempt (or never started); never registered.
     Abandoned { step: u64 },
+    /// Written, but pruning older checkpoints failed `failures` times after
+    /// its manifest (retried after the next checkpoint). Told before
+    /// `Written`.
+    PruneFailed { step: u64, failures: usize },
 }
 
 /// Told how every upload ended, on the uploader thread (or, for an upload
@@ -137,7 +141,13 @@ fn write<B: Backend>(
             std::thread::sleep(wait);
         }
         match store.save(&manifest, &files, keep) {
-            Ok(()) => {
+            Ok(prune_failures) => {
+                if let (Some(f), true) = (&on_upload, prune_failures > 0) {
+                    f(UploadEvent::PruneFailed {
+                        step: manifest.step,
+                        failures: prune_failures,
+                    });
+                }
                 let bytes = manifest.files.iter().map(|e| e.size).sum();
                 let seconds = started.elapsed().as_secs_f64();
                 if let Some(f) = &on_upload {

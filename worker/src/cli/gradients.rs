@@ -123,7 +123,7 @@ pub fn gradients<B: Kernels>(
         t.step = step;
     }
     let (pos, samples) = samples_for_step(n, g, spec.data.last_batch, spec.job.seed, t.step, rank, world);
-    let batch = train.train_batch(&samples, pos.epoch);
+    let batch = train.train_batch(&samples, pos.epoch)?;
     let out = t.gradients(&batch, pos.epoch).with_context(|| format!("rank {rank} of {world}"))?;
     let shapes: Vec<usize> = t.params.values.iter().map(|v| v.dims()[0]).collect();
     let values = out

@@ -12,6 +12,10 @@ use std::path::{Path, PathBuf};
 pub enum DataError {
     #[error("dataset file {path}: {message}")]
     File { path: PathBuf, message: String },
+    /// The store holding the dataset did not answer within the retry
+    /// budget, or refused access: the run cannot go on.
+    #[error("dataset object {object}: {message}")]
+    Unreadable { object: String, message: String },
 }
 
 fn file_err(path: &Path, message: impl Into<String>) -> DataError {

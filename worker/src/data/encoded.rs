@@ -7,11 +7,16 @@
 //!   shard is ever held whole.
 //!
 //! Owns listing, opening and reading bytes (object-store reads run on the
-//! given tokio runtime; a batch's reads are issued concurrently). Decoding
+//! given tokio runtime; a batch's reads are issued concurrently). A read
+//! the store does not answer is retried (`amdim_shared::retry`, counted);
+//! when the budget is spent, or access is refused, the read is
+//! [`ReadError::Unavailable`] and the run must stop; only a sample whose
+//! bytes are missing from the dataset is [`ReadError::Bad`]. Decoding
 //! is `photo`'s; choosing samples is `amdim_shared::order`'s.
 
 use crate::data::dataset::{DataError, Split};
 use amdim_shared::imagefolder;
+use amdim_shared::retry::{ErrorKind, RetryError, RetryPolicy, no_count, retry};
 use amdim_shared::shards::{self, INDEX_FILE, IndexEntry, MANIFEST_FILE, ShardManifest};
 use amdim_shared::storage;
 use bytes::Bytes;
@@ -21,13 +26,39 @@ use object_store::path::Path as ObjPath;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::runtime::Handle;
 
 /// Object-store requests in flight for one batch.
 const CONCURRENT_REQUESTS: usize = 32;
 
+/// Why a sample's bytes could not be read.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ReadError {
+    /// This sample's bytes are missing or cut short: skip it.
+    #[error("{0}")]
+    Bad(String),
+    /// The store did not answer within the retry budget, or refused
+    /// access (names the object): the run cannot go on.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// One sample's bytes, or why they could not be read.
-pub type Fetched = Result<Bytes, String>;
+pub type Fetched = Result<Bytes, ReadError>;
+
+/// What a failed (and retried) read of `object` means for its sample.
+fn read_error(object: &ObjPath, e: RetryError) -> ReadError {
+    let refused = matches!(
+        e.error,
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+    );
+    if e.kind == ErrorKind::Transient || refused {
+        ReadError::Unavailable(format!("{object}: {e}"))
+    } else {
+        ReadError::Bad(e.to_string())
+    }
+}
 
 /// The config field a dataset location comes from, for error messages.
 const FIELD: &str = "data.path";
@@ -68,6 +99,9 @@ pub struct EncodedSource {
     pub classes: Vec<String>,
     pub labels: Vec<u32>,
     items: Items,
+    retry: RetryPolicy,
+    /// Object-store reads retried so far.
+    retries: AtomicU64,
 }
 
 fn data_err(path: impl Into<PathBuf>, message: impl Into<String>) -> DataError {
@@ -90,16 +124,15 @@ impl EncodedSource {
     pub fn open_folder(root: &str, split: Split, runtime: &Handle) -> Result<Self, DataError> {
         if !is_uri(root) {
             let listing = imagefolder::list(&split_dir(Path::new(root), split)).map_err(|e| data_err(e.path, e.message))?;
-            return Ok(Self {
-                classes: listing.classes,
-                labels: listing.labels,
-                items: Items::Files(listing.files),
-            });
+            return Ok(Self::new(listing.classes, listing.labels, Items::Files(listing.files)));
         }
         let location = storage::open(root, FIELD, false).map_err(storage_err)?;
         let prefix = location.path(&[split_name(split)]);
+        let policy = RetryPolicy::from_env();
         let objects: Vec<ObjPath> = runtime
-            .block_on(location.store.list(Some(&prefix)).map_ok(|m| m.location).try_collect())
+            .block_on(retry(&policy, &prefix, &no_count, || {
+                location.store.list(Some(&prefix)).map_ok(|m| m.location).try_collect()
+            }))
             .map_err(|e| location_err(root, split, format!("cannot list: {e}")))?;
         // Keep `<class>/<image>` directly under the split, ordered like the local listing.
         let mut by_class: BTreeMap<String, Vec<ObjPath>> = BTreeMap::new();
@@ -117,11 +150,7 @@ impl EncodedSource {
                 "no images (expected <class>/<image>.jpg|jpeg|png objects under this prefix)",
             ));
         }
-        let mut source = Self {
-            classes: Vec::new(),
-            labels: Vec::new(),
-            items: Items::Files(Vec::new()),
-        };
+        let mut source = Self::new(Vec::new(), Vec::new(), Items::Files(Vec::new()));
         let mut paths = Vec::new();
         for (label, (class, mut objects)) in by_class.into_iter().enumerate() {
             objects.sort();
@@ -141,10 +170,16 @@ impl EncodedSource {
     pub fn open_shards(root: &str, split: Split, runtime: &Handle) -> Result<Self, DataError> {
         let location = storage::open(root, FIELD, false).map_err(storage_err)?;
         let name = split_name(split);
-        let read = |file: &str| runtime.block_on(async { location.store.get(&location.path(&[name, file])).await?.bytes().await });
+        let policy = RetryPolicy::from_env();
+        let read = |file: &str| {
+            let path = location.path(&[name, file]);
+            runtime.block_on(retry(&policy, &path, &no_count, || async {
+                location.store.get(&path).await?.bytes().await
+            }))
+        };
         let manifest = match read(MANIFEST_FILE) {
             Ok(bytes) => bytes,
-            Err(object_store::Error::NotFound { .. }) => {
+            Err(e) if e.is_absent() => {
                 return Err(location_err(
                     root,
                     split,
@@ -160,34 +195,62 @@ impl EncodedSource {
         if entries.is_empty() {
             return Err(location_err(root, split, "the packed dataset holds no samples"));
         }
-        Ok(Self {
-            classes: manifest.classes,
-            labels: entries.iter().map(|e| e.label).collect(),
-            items: Items::Shards {
-                shards: manifest.shards.iter().map(|s| location.path(&[name, &s.name])).collect(),
-                store: location.store,
-                entries,
-                runtime: runtime.clone(),
-            },
-        })
+        let labels = entries.iter().map(|e| e.label).collect();
+        let items = Items::Shards {
+            shards: manifest.shards.iter().map(|s| location.path(&[name, &s.name])).collect(),
+            store: location.store,
+            entries,
+            runtime: runtime.clone(),
+        };
+        Ok(Self::new(manifest.classes, labels, items))
     }
 
-    /// Whether the dataset at `root` has `split` (`val` is optional).
-    pub fn has_split(root: &str, packed: bool, split: Split, runtime: &Handle) -> bool {
+    fn new(classes: Vec<String>, labels: Vec<u32>, items: Items) -> Self {
+        Self {
+            classes,
+            labels,
+            items,
+            retry: RetryPolicy::from_env(),
+            retries: AtomicU64::new(0),
+        }
+    }
+
+    /// Object-store reads retried so far because the store did not answer.
+    pub fn read_retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Whether the dataset at `root` has `split` (`val` is optional); a
+    /// store that cannot be read is an error, not a missing split.
+    pub fn has_split(root: &str, packed: bool, split: Split, runtime: &Handle) -> Result<bool, DataError> {
         if !is_uri(root) && !packed {
-            return split_dir(Path::new(root), split).is_dir();
+            return Ok(split_dir(Path::new(root), split).is_dir());
         }
         let Ok(location) = storage::open(root, FIELD, false) else {
-            return false;
+            return Ok(false);
         };
         let name = split_name(split);
-        runtime.block_on(async {
-            if packed {
-                location.store.head(&location.path(&[name, MANIFEST_FILE])).await.is_ok()
-            } else {
-                matches!(location.store.list(Some(&location.path(&[name]))).next().await, Some(Ok(_)))
+        let policy = RetryPolicy::from_env();
+        let found = if packed {
+            let path = location.path(&[name, MANIFEST_FILE]);
+            match runtime.block_on(retry(&policy, &path, &no_count, || location.store.head(&path))) {
+                Ok(_) => Ok(true),
+                Err(e) if e.is_absent() => Ok(false),
+                Err(e) => Err(e),
             }
-        })
+        } else {
+            let prefix = location.path(&[name]);
+            runtime.block_on(retry(&policy, &prefix, &no_count, || async {
+                location
+                    .store
+                    .list(Some(&prefix))
+                    .next()
+                    .await
+                    .transpose()
+                    .map(|first| first.is_some())
+            }))
+        };
+        found.map_err(|e| location_err(root, split, format!("cannot tell whether this split exists: {e}")))
     }
 
     pub fn len(&self) -> usize {
@@ -236,12 +299,12 @@ impl EncodedSource {
     /// The bytes of sample `i`.
     pub fn read(&self, i: usize) -> Fetched {
         match &self.items {
-            Items::Files(files) => std::fs::read(&files[i]).map(Bytes::from).map_err(|e| e.to_string()),
+            Items::Files(files) => std::fs::read(&files[i]).map(Bytes::from).map_err(|e| ReadError::Bad(e.to_string())),
             _ => self
                 .read_many(&[i])
                 .into_iter()
                 .next()
-                .unwrap_or_else(|| Err(format!("no read issued for {}", self.name(i)))),
+                .unwrap_or_else(|| Err(ReadError::Bad(format!("no read issued for {}", self.name(i))))),
         }
     }
 
@@ -249,13 +312,20 @@ impl EncodedSource {
     /// same shard go in one request per shard (object_store merges nearby
     /// ranges). Local files are read one by one.
     pub fn read_many(&self, indices: &[usize]) -> Vec<Fetched> {
+        let policy = &self.retry;
+        let count = || {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        };
+        let count: &(dyn Fn() + Sync) = &count;
         match &self.items {
             Items::Files(_) => indices.iter().map(|&i| self.read(i)).collect(),
             Items::Objects { store, paths, runtime } => runtime.block_on(
                 futures::stream::iter(indices)
                     .map(|&i| async move {
-                        let got = async { store.get(&paths[i]).await?.bytes().await };
-                        got.await.map_err(|e| e.to_string())
+                        let path = &paths[i];
+                        retry(policy, path, count, || async { store.get(path).await?.bytes().await })
+                            .await
+                            .map_err(|e| read_error(path, e))
                     })
                     .buffered(CONCURRENT_REQUESTS)
                     .collect(),
@@ -281,25 +351,30 @@ impl EncodedSource {
                                 })
                                 .collect();
                             let path = &shards[shard as usize];
-                            let got = match store.get_ranges(path, &ranges).await {
+                            let got = match retry(policy, path, count, || store.get_ranges(path, &ranges)).await {
                                 Ok(parts) => parts.into_iter().map(Ok).collect(),
-                                // One bad range fails the merged request: read each
-                                // alone so that only the bad samples are skipped,
-                                // whatever else shares the batch.
-                                Err(_) => {
-                                    let mut each = Vec::with_capacity(ranges.len());
-                                    for range in ranges {
-                                        each.push(store.get_range(path, range).await.map_err(|e| e.to_string()));
+                                Err(e) => match read_error(path, e) {
+                                    // The store is not answering: every sample of this shard fails the run.
+                                    unavailable @ ReadError::Unavailable(_) => vec![Err(unavailable); ranges.len()],
+                                    // One bad range fails the merged request: read each
+                                    // alone so that only the bad samples are skipped,
+                                    // whatever else shares the batch.
+                                    ReadError::Bad(_) => {
+                                        let mut each = Vec::with_capacity(ranges.len());
+                                        for range in ranges {
+                                            let got = retry(policy, path, count, || store.get_range(path, range.clone())).await;
+                                            each.push(got.map_err(|e| read_error(path, e)));
+                                        }
+                                        each
                                     }
-                                    each
-                                }
+                                },
                             };
                             (positions, got)
                         })
                         .buffer_unordered(CONCURRENT_REQUESTS)
                         .collect(),
                 );
-                let mut out: Vec<Fetched> = vec![Err(String::new()); indices.len()];
+                let mut out: Vec<Fetched> = vec![Err(ReadError::Bad(String::new())); indices.len()];
                 for (positions, got) in fetched {
                     positions.into_iter().zip(got).for_each(|(k, b)| out[k] = b);
                 }

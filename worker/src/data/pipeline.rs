@@ -2,15 +2,18 @@
 //! views on a dedicated thread pool (separate from the one running the
 //! model's matrix products), and survives bad files.
 //!
-//! A sample that cannot be read or decoded is skipped, counted, logged once
-//! with its path, and replaced by the next readable sample (i+1, i+2, … mod
-//! N); its views keep the original index's random stream, so the
-//! replacement is the same on every run, rank and thread. The order of
-//! samples comes from `amdim_shared::order`; this module never picks indices.
+//! A sample whose bytes cannot be decoded (or are missing from the dataset)
+//! is skipped, counted, logged once with its path, and replaced by the next
+//! good sample (i+1, i+2, … mod N); its views keep the original index's
+//! random stream, so the replacement is the same on every run, rank and
+//! thread. A store that does not answer is not a bad sample: its reads are
+//! retried (counted), and once the retry budget is spent the batch fails
+//! with an error naming the object. The order of samples comes from
+//! `amdim_shared::order`; this module never picks indices.
 
 use crate::data::augment;
 use crate::data::dataset::{DataError, Dataset, Split};
-use crate::data::encoded::{EncodedSource, Fetched};
+use crate::data::encoded::{EncodedSource, Fetched, ReadError};
 use crate::data::photo::{self, Rgb};
 use amdim_shared::spec::{AugmentSpec, DataFormat, DataSpec};
 use rayon::prelude::*;
@@ -19,7 +22,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::runtime::Handle;
 
-/// Consecutive unreadable samples after which a mid-gray image stands in.
+/// Consecutive undecodable samples after which the dataset is taken to be broken.
 const MAX_REPLACEMENTS: usize = 64;
 
 /// Where samples come from.
@@ -42,12 +45,13 @@ impl Source {
         }
     }
 
-    /// Whether the dataset has this split (a photo dataset's `val` is optional).
-    pub fn has_split(spec: &DataSpec, split: Split, runtime: &Handle) -> bool {
+    /// Whether the dataset has this split (a photo dataset's `val` is
+    /// optional); Err when the store cannot tell.
+    pub fn has_split(spec: &DataSpec, split: Split, runtime: &Handle) -> Result<bool, DataError> {
         match spec.format {
             DataFormat::ImageFolder => EncodedSource::has_split(&spec.path, false, split, runtime),
             DataFormat::Shards => EncodedSource::has_split(&spec.path, true, split, runtime),
-            _ => true,
+            _ => Ok(true),
         }
     }
 
@@ -84,8 +88,8 @@ impl Source {
     }
 }
 
-/// Unreadable samples requested so far (exported as a metric by the metrics
-/// issue); each bad file is logged once.
+/// Undecodable samples requested so far (`amdim_decode_errors_total`);
+/// each bad file is logged once.
 #[derive(Default)]
 pub struct Health {
     skipped: AtomicU64,
@@ -171,8 +175,9 @@ impl Pipeline {
 
     /// Decoded photo of sample `i` of an encoded source, or its
     /// deterministic replacement; `fetched` is sample i's bytes when a
-    /// batched read already got them.
-    fn photo(&self, source: &EncodedSource, i: usize, fetched: Option<&Fetched>) -> Rgb {
+    /// batched read already got them. Err when the store cannot be read, or
+    /// when no sample near `i` decodes.
+    fn photo(&self, source: &EncodedSource, i: usize, fetched: Option<&Fetched>) -> Result<Rgb, DataError> {
         let n = source.len();
         for k in 0..MAX_REPLACEMENTS.min(n) {
             let j = (i + k) % n;
@@ -180,16 +185,35 @@ impl Pipeline {
                 Some(got) if k == 0 => got.clone(),
                 _ => source.read(j),
             };
-            match bytes.and_then(|b| photo::decode(&b, self.max_pixels).map_err(|e| e.to_string())) {
-                Ok(img) => return img,
-                Err(reason) => self.health.record(j, &source.name(j), &reason, k == 0),
-            }
+            let reason = match bytes {
+                Ok(b) => match photo::decode(&b, self.max_pixels) {
+                    Ok(img) => return Ok(img),
+                    Err(e) => e.to_string(),
+                },
+                Err(ReadError::Bad(reason)) => reason,
+                Err(ReadError::Unavailable(message)) => {
+                    return Err(DataError::Unreadable {
+                        object: source.name(j),
+                        message,
+                    });
+                }
+            };
+            self.health.record(j, &source.name(j), &reason, k == 0);
         }
-        tracing::error!(sample = i, "{MAX_REPLACEMENTS} consecutive unreadable samples; using a gray image");
-        Rgb {
-            width: self.size as u32,
-            height: self.size as u32,
-            pixels: vec![128; 3 * self.size * self.size],
+        Err(DataError::File {
+            path: source.name(i).into(),
+            message: format!(
+                "this sample and the {} after it cannot be decoded: the dataset looks broken",
+                MAX_REPLACEMENTS.min(n) - 1
+            ),
+        })
+    }
+
+    /// Reads of this source retried so far because the store did not answer.
+    pub fn read_retries(&self) -> u64 {
+        match &self.source {
+            Source::Encoded(e) => e.read_retries(),
+            Source::Memory(_) => 0,
         }
     }
 
@@ -203,39 +227,39 @@ impl Pipeline {
     }
 
     /// The two training views of sample `i` in `epoch`.
-    pub fn views(&self, i: usize, epoch: u64) -> (Vec<f32>, Vec<f32>) {
+    pub fn views(&self, i: usize, epoch: u64) -> Result<(Vec<f32>, Vec<f32>), DataError> {
         self.views_fetched(i, epoch, None)
     }
 
-    fn views_fetched(&self, i: usize, epoch: u64, fetched: Option<&Fetched>) -> (Vec<f32>, Vec<f32>) {
-        match &self.source {
+    fn views_fetched(&self, i: usize, epoch: u64, fetched: Option<&Fetched>) -> Result<(Vec<f32>, Vec<f32>), DataError> {
+        Ok(match &self.source {
             Source::Memory(d) => augment::two_views(d.image(i), &self.augment, self.seed, epoch, i as u64),
-            Source::Encoded(e) => photo::two_views(&self.photo(e, i, fetched), self.size, &self.augment, self.seed, epoch, i as u64),
-        }
+            Source::Encoded(e) => photo::two_views(&self.photo(e, i, fetched)?, self.size, &self.augment, self.seed, epoch, i as u64),
+        })
     }
 
     /// The evaluation view of sample `i`.
-    pub fn eval_view(&self, i: usize) -> Vec<f32> {
+    pub fn eval_view(&self, i: usize) -> Result<Vec<f32>, DataError> {
         self.eval_view_fetched(i, None)
     }
 
-    fn eval_view_fetched(&self, i: usize, fetched: Option<&Fetched>) -> Vec<f32> {
-        match &self.source {
+    fn eval_view_fetched(&self, i: usize, fetched: Option<&Fetched>) -> Result<Vec<f32>, DataError> {
+        Ok(match &self.source {
             Source::Memory(d) => augment::eval_view(d.image(i), &self.augment),
-            Source::Encoded(e) => photo::eval_view(&self.photo(e, i, fetched), self.size, self.augment.normalize),
-        }
+            Source::Encoded(e) => photo::eval_view(&self.photo(e, i, fetched)?, self.size, self.augment.normalize),
+        })
     }
 
     /// Builds the batch of `indices` for `epoch`, samples in parallel.
-    pub fn train_batch(&self, indices: &[u32], epoch: u64) -> TrainBatch {
+    pub fn train_batch(&self, indices: &[u32], epoch: u64) -> Result<TrainBatch, DataError> {
         let fetched = self.fetch(indices.iter().map(|&i| i as usize));
         let views: Vec<(Vec<f32>, Vec<f32>)> = self.pool.install(|| {
             indices
                 .par_iter()
                 .enumerate()
                 .map(|(k, &i)| self.views_fetched(i as usize, epoch, fetched.as_ref().map(|f| &f[k])))
-                .collect()
-        });
+                .collect::<Result<_, _>>()
+        })?;
         let per = 3 * self.size * self.size;
         let n = indices.len();
         let mut b = TrainBatch {
@@ -254,20 +278,20 @@ impl Pipeline {
             b.loc1.push(l1);
             b.loc2.push(l2);
         }
-        b
+        Ok(b)
     }
 
     /// Evaluation views of samples `range`, [n, 3, size, size].
-    pub fn eval_batch(&self, range: std::ops::Range<usize>) -> Vec<f32> {
+    pub fn eval_batch(&self, range: std::ops::Range<usize>) -> Result<Vec<f32>, DataError> {
         let fetched = self.fetch(range.clone());
         let start = range.start;
         let views: Vec<Vec<f32>> = self.pool.install(|| {
             range
                 .into_par_iter()
                 .map(|i| self.eval_view_fetched(i, fetched.as_ref().map(|f| &f[i - start])))
-                .collect()
-        });
-        views.concat()
+                .collect::<Result<_, _>>()
+        })?;
+        Ok(views.concat())
     }
 }
 
@@ -281,7 +305,7 @@ mod tests {
         let one = Pipeline::new(Source::Memory(data.clone()), 32, AugmentSpec::default(), 5, 1 << 20, 1).unwrap();
         let three = Pipeline::new(Source::Memory(data), 32, AugmentSpec::default(), 5, 1 << 20, 3).unwrap();
         let idx = [3u32, 9, 0, 15, 7];
-        let (a, b) = (one.train_batch(&idx, 2), three.train_batch(&idx, 2));
+        let (a, b) = (one.train_batch(&idx, 2).unwrap(), three.train_batch(&idx, 2).unwrap());
         assert_eq!((a.view1, a.view2, a.loc1, a.loc2), (b.view1, b.view2, b.loc1, b.loc2));
     }
 }

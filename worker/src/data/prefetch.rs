@@ -3,8 +3,10 @@
 //! rank's slice of each global batch, and hands finished batches, in step
 //! order, through a bounded queue. A full queue
 //! blocks the producer (back-pressure, bounded memory); dropping the
-//! receiver or raising the stop flag ends it.
+//! receiver or raising the stop flag ends it. A batch that cannot be built
+//! (the dataset's store is unreachable) is sent as its error, and ends it.
 
+use crate::data::dataset::DataError;
 use crate::data::pipeline::{Pipeline, TrainBatch};
 use amdim_shared::order::{epoch_permutation, global_batch, rank_slice, step_position};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +27,9 @@ pub struct StepRange {
     pub world: usize,
 }
 
+/// One step's (epoch, batch), or why it could not be built.
+pub type Batch = Result<(u64, TrainBatch), DataError>;
+
 /// Starts the producer on `scope`; receives (epoch, batch) per step.
 pub fn spawn_batches<'scope>(
     scope: &'scope Scope<'scope, '_>,
@@ -32,7 +37,7 @@ pub fn spawn_batches<'scope>(
     steps: StepRange,
     queue: usize,
     stop: &'scope AtomicBool,
-) -> Receiver<(u64, TrainBatch)> {
+) -> Receiver<Batch> {
     let (tx, rx) = sync_channel(queue);
     let n = pipeline.source.len();
     scope.spawn(move || {
@@ -46,7 +51,8 @@ pub fn spawn_batches<'scope>(
             }
             let indices = global_batch(&perm, pos.step_in_epoch, steps.global_batch);
             let batch = pipeline.train_batch(rank_slice(&indices, steps.rank, steps.world), pos.epoch);
-            if tx.send((pos.epoch, batch)).is_err() || stop.load(Ordering::Relaxed) {
+            let failed = batch.is_err();
+            if tx.send(batch.map(|b| (pos.epoch, b))).is_err() || failed || stop.load(Ordering::Relaxed) {
                 break;
             }
         }

@@ -4,6 +4,7 @@
 //! its running statistics), whose r1 vector is the feature. Reads images
 //! through the data pipeline; never trains or changes the encoder.
 
+use crate::data::dataset::DataError;
 use crate::data::pipeline::Pipeline;
 use crate::model::encoder::Forward;
 use crate::model::kernels::Kernels;
@@ -32,14 +33,20 @@ pub(crate) enum Extractor<'a, B: Kernels> {
 }
 
 /// Features of the first `n` samples of `pipeline`, `batch` images at a time.
-pub(crate) fn extract<B: Kernels>(pipeline: &Pipeline, n: usize, batch: usize, how: &Extractor<'_, B>, label: &str) -> Features {
+pub(crate) fn extract<B: Kernels>(
+    pipeline: &Pipeline,
+    n: usize,
+    batch: usize,
+    how: &Extractor<'_, B>,
+    label: &str,
+) -> Result<Features, DataError> {
     let size = pipeline.size;
     let mut progress = Progress::new(label, n);
     let mut data = Vec::new();
     let mut dim = 3 * size * size;
     for start in (0..n).step_by(batch.max(1)) {
         let end = (start + batch.max(1)).min(n);
-        let pixels = pipeline.eval_batch(start..end);
+        let pixels = pipeline.eval_batch(start..end)?;
         match how {
             Extractor::Pixels => data.extend(pixels),
             Extractor::Encoder { plan, params, device } => {
@@ -53,5 +60,5 @@ pub(crate) fn extract<B: Kernels>(pipeline: &Pipeline, n: usize, batch: usize, h
         progress.advance(end - start);
     }
     progress.finish();
-    Features { data, dim }
+    Ok(Features { data, dim })
 }

@@ -35,7 +35,7 @@ pub struct ProbeRequest {
 /// its evaluation transform.
 fn open_splits(spec: &JobSpec, request: &ProbeRequest, runtime: &tokio::runtime::Handle) -> Result<(Pipeline, Pipeline)> {
     let d = &spec.data;
-    if !Source::has_split(d, Split::Test, runtime) {
+    if !Source::has_split(d, Split::Test, runtime)? {
         bail!(
             "data.path = {}: the probe needs a labelled test split (idx t10k-*, cifar test batch, or val/ for image_folder and shards)",
             d.path
@@ -103,8 +103,8 @@ pub fn probe<B: Kernels>(spec: &JobSpec, request: &ProbeRequest, device: B::Devi
             },
         };
         let name = format!("{kind:?}").to_lowercase();
-        let f_train = extract(&train, n_train, request.batch, &how, &format!("{name}: training split"));
-        let f_test = extract(&test, n_test, request.batch, &how, &format!("{name}: test split"));
+        let f_train = extract(&train, n_train, request.batch, &how, &format!("{name}: training split"))?;
+        let f_test = extract(&test, n_test, request.batch, &how, &format!("{name}: test split"))?;
         let dim = f_train.dim;
         tracing::info!(features = name, dim, "fitting the linear probe (and k-NN)");
         let (linear_test, linear_train, knn_test) = score(f_train, f_test, &train_labels, &test_labels, classes, request.knn);

@@ -4,7 +4,6 @@
 //! same statistics (identical weights, identical batches) and evaluates
 //! every W-th test batch; the hit counts are summed over ranks.
 
-use crate::collective::CollectiveError;
 use crate::collective::ops::Exchange;
 use crate::data::pipeline::Pipeline;
 use crate::loss::classifier::correct;
@@ -25,7 +24,7 @@ pub struct EvalResult {
 /// Refreshes BN statistics on a copy of the model and evaluates; None
 /// without classifiers or labels. The trainer's own state is untouched, so
 /// evaluating (or not) never changes the course of training or a resume.
-pub fn evaluate<B: Kernels>(t: &Trainer<B>, test: &Pipeline) -> Result<Option<EvalResult>, CollectiveError> {
+pub fn evaluate<B: Kernels>(t: &Trainer<B>, test: &Pipeline) -> anyhow::Result<Option<EvalResult>> {
     let mut params = t.params.clone();
     let (Some(cls), Some(labels)) = (t.plan.classifier.clone(), test.source.labels()) else {
         return Ok(None);
@@ -44,7 +43,7 @@ pub fn evaluate<B: Kernels>(t: &Trainer<B>, test: &Pipeline) -> Result<Option<Ev
         if end - start < 2 {
             break;
         }
-        let x = images::<B>(&test.eval_batch(start..end), end - start, size, &t.device);
+        let x = images::<B>(&test.eval_batch(start..end)?, end - start, size, &t.device);
         let mut fwd = Forward::new(&params.values, BnMode::Train);
         let e = fwd.encode(&t.plan.encoder, x);
         let _ = fwd.classify(&cls, e.r1, None);
@@ -54,7 +53,7 @@ pub fn evaluate<B: Kernels>(t: &Trainer<B>, test: &Pipeline) -> Result<Option<Ev
     let (mut hit_lin, mut hit_mlp) = (0, 0);
     for start in (0..limit).step_by(batch).skip(rank).step_by(world) {
         let end = (start + batch).min(limit);
-        let x = images::<B>(&test.eval_batch(start..end), end - start, size, &t.device);
+        let x = images::<B>(&test.eval_batch(start..end)?, end - start, size, &t.device);
         let mut fwd = Forward::new(&params.values, BnMode::Eval);
         let e = fwd.encode(&t.plan.encoder, x);
         let (lin, mlp) = fwd.classify(&cls, e.r1, None);

@@ -1,6 +1,7 @@
 //! Training: one optimisation step ([`step`]), evaluation of the online
 //! classifiers ([`eval`]), and the loop over the global sample order with
-//! checkpoints and clean stops ([`run`]). Around the loop: when checkpoints
+//! checkpoints and clean stops ([`run`]), starting where the ranks agree to
+//! resume ([`resume`]). Around the loop: when checkpoints
 //! fall due ([`checkpoint_policy`]), the step log line ([`log_window`]), the
 //! events a run reports ([`observer`]) and the test-only [`sample_log`].
 
@@ -8,6 +9,7 @@ pub mod checkpoint_policy;
 pub mod eval;
 pub mod log_window;
 pub mod observer;
+pub mod resume;
 pub mod run;
 pub mod sample_log;
 pub mod step;

@@ -38,9 +38,11 @@ pub struct StepReport<'a> {
     pub world: usize,
     /// The run's newest evaluation, if one has run.
     pub last_eval: Option<&'a EvalResult>,
-    /// Training samples skipped so far because they could not be read or
-    /// decoded.
+    /// Training samples skipped so far because their bytes could not be
+    /// decoded (or were missing from the dataset).
     pub skipped_samples: u64,
+    /// Reads of training data retried so far because the store did not answer.
+    pub read_retries: u64,
 }
 
 /// The events of one rank's run, in the order a step raises them. Called
@@ -71,6 +73,9 @@ pub trait RunObserver: Send + Sync {
     fn on_checkpoint_committed(&self, step: u64, bytes: u64, seconds: f64) {}
     /// The checkpoint of `step` was given up (uploader thread).
     fn on_checkpoint_abandoned(&self, step: u64) {}
+    /// After the checkpoint of `step` was written, deleting `failures` older
+    /// ones failed (uploader thread); pruning is tried again later.
+    fn on_checkpoint_prune_failed(&self, step: u64, failures: usize) {}
 }
 
 /// Several observers, told in order; empty: nobody listens.
@@ -108,6 +113,9 @@ impl RunObserver for Observers {
     fn on_checkpoint_abandoned(&self, step: u64) {
         self.0.iter().for_each(|o| o.on_checkpoint_abandoned(step));
     }
+    fn on_checkpoint_prune_failed(&self, step: u64, failures: usize) {
+        self.0.iter().for_each(|o| o.on_checkpoint_prune_failed(step, failures));
+    }
 }
 
 /// The checkpoint writer's upload events, passed on to `observer`.
@@ -115,5 +123,6 @@ pub fn upload_events(observer: Arc<dyn RunObserver>) -> OnUpload {
     Arc::new(move |event| match event {
         UploadEvent::Written { step, bytes, seconds } => observer.on_checkpoint_committed(step, bytes, seconds),
         UploadEvent::Abandoned { step } => observer.on_checkpoint_abandoned(step),
+        UploadEvent::PruneFailed { step, failures } => observer.on_checkpoint_prune_failed(step, failures),
     })
 }

@@ -1,6 +1,7 @@
 //! The training loop of one rank: global sample order (this rank's slice), a
 //! prefetching batch builder, logging with the step's time split, per-epoch
-//! evaluation, checkpoints every N steps (written by rank 0), exact resume,
+//! evaluation, checkpoints every N steps (written by rank 0), exact resume
+//! from the checkpoint rank 0 chooses (`resume`),
 //! and a clean stop (checkpoint first) on Ctrl-C. With one rank it is the
 //! single-process loop.
 //!
@@ -11,7 +12,6 @@
 //! commits, the sample log) goes through one [`RunObserver`].
 
 use crate::checkpoint::CheckpointStore;
-use crate::checkpoint::format::{read_model, read_optimizer, weights_info};
 use crate::checkpoint::writer::{AsyncCheckpointer, Snapshot};
 use crate::collective::ops::{Comm, excess_over_min};
 use crate::data::Split;
@@ -23,8 +23,10 @@ use crate::train::checkpoint_policy::{CheckpointDecision, CheckpointPolicy};
 use crate::train::eval::{EvalResult, evaluate};
 use crate::train::log_window::StepWindow;
 use crate::train::observer::{RunObserver, StepReport, StepTiming, upload_events};
+pub use crate::train::resume::resume;
+use crate::train::resume::resume_agreed;
 use crate::train::step::{StepMetrics, Trainer};
-use amdim_shared::checkpoint::{MANIFEST_FORMAT, MODEL_FILE, Manifest, OPTIMIZER_FILE};
+use amdim_shared::checkpoint::{MANIFEST_FORMAT, Manifest};
 use amdim_shared::order::{step_position, steps_per_epoch};
 use amdim_shared::spec::JobSpec;
 use anyhow::{Context, Result, bail};
@@ -43,6 +45,10 @@ pub struct RunSummary {
     /// for a previous upload); the uploads themselves run in the background.
     pub checkpoint_blocked_s: f64,
     pub last_eval: Option<EvalResult>,
+    /// Training samples skipped because their bytes could not be decoded.
+    pub skipped_samples: u64,
+    /// Reads of training data retried because the store did not answer.
+    pub data_read_retries: u64,
 }
 
 /// Options of `amdim-worker train` beyond the job spec.
@@ -109,48 +115,12 @@ fn checkpoint<B: Kernels>(t: &Trainer<B>, writer: &mut AsyncCheckpointer<B>, epo
     blocked
 }
 
-/// Restores the newest verified checkpoint; returns whether one was found.
-pub fn resume<B: Kernels>(t: &mut Trainer<B>, store: &CheckpointStore) -> Result<bool> {
-    let Some(ckpt) = store.load_latest()? else { return Ok(false) };
-    let m = &ckpt.manifest;
-    if m.global_batch != t.spec.train.batch_size {
-        bail!(
-            "checkpoint step {} was trained with global batch {} but train.batch_size = {}; the sample order would change",
-            m.step,
-            m.global_batch,
-            t.spec.train.batch_size
-        );
-    }
-    if m.seed != t.spec.job.seed {
-        bail!(
-            "checkpoint step {} was trained with job.seed {} but the spec says {}",
-            m.step,
-            m.seed,
-            t.spec.job.seed
-        );
-    }
-    if m.config_hash != t.spec.config_hash() {
-        tracing::warn!(step = m.step, "the job spec differs from the one this checkpoint was written with");
-    }
-    let model = ckpt.file(MODEL_FILE).context("checkpoint has no model file")?;
-    let optim = ckpt.file(OPTIMIZER_FILE).context("checkpoint has no optimizer file")?;
-    if let Some(info) = weights_info(model, MODEL_FILE)? {
-        info.check(&t.spec)
-            .with_context(|| format!("checkpoint step {} does not fit the job spec", m.step))?;
-    }
-    let state = read_model(&t.plan, model, MODEL_FILE, &t.host_state(), true)?;
-    let adam = read_optimizer(&t.plan, optim, OPTIMIZER_FILE)?;
-    t.restore(state, adam, m.step);
-    tracing::info!(step = m.step, epoch = m.epoch, "resumed from checkpoint");
-    Ok(true)
-}
-
 /// The training pipeline and, when evaluation can run, the test pipeline.
 pub fn open_pipelines(spec: &JobSpec, runtime: &tokio::runtime::Handle) -> Result<(Pipeline, Option<Pipeline>)> {
     let d = &spec.data;
     let pipeline = |source: Source| -> Result<Pipeline> { Ok(Pipeline::for_job(source, spec)?) };
     let train = pipeline(Source::open(d, Split::Train, runtime)?.truncate(d.max_train_samples))?;
-    let test = if spec.eval.enabled && train.source.labels().is_some() && Source::has_split(d, Split::Test, runtime) {
+    let test = if spec.eval.enabled && train.source.labels().is_some() && Source::has_split(d, Split::Test, runtime)? {
         Some(pipeline(Source::open(d, Split::Test, runtime)?)?)
     } else {
         None
@@ -238,7 +208,7 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
     if let Some(comm) = &options.comm {
         t = t.with_comm(comm.clone());
     }
-    if options.resume && !resume(&mut t, &store)? {
+    if options.resume && !resume_agreed(&mut t, &store, options.comm.as_deref())? {
         tracing::info!(uri = %spec.checkpoint.uri, "no checkpoint to resume from; starting at step 0");
     }
     tracing::info!(
@@ -277,7 +247,8 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
                 break;
             }
             let waiting = Instant::now();
-            let Ok((epoch, batch)) = rx.recv() else { break };
+            let Ok(next) = rx.recv() else { break };
+            let (epoch, batch) = next.with_context(|| format!("rank {rank}: building the batch of step {}", t.step + 1))?;
             let waited = waiting.elapsed().as_secs_f64();
             total_wait += waited;
             observer.on_batch(t.step, epoch, &batch.indices)?;
@@ -322,6 +293,7 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
                 world,
                 last_eval: last_eval.as_ref(),
                 skipped_samples: train.health.skipped(),
+                read_retries: train.read_retries(),
             });
         }
         drop(rx);
@@ -335,11 +307,19 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
     if stopped_early {
         tracing::info!(step = t.step, "stopped on request after writing a checkpoint; resume with --resume");
     }
+    let (skipped_samples, data_read_retries) = (train.health.skipped(), train.read_retries());
+    tracing::info!(
+        skipped_samples,
+        data_read_retries,
+        "training data: {skipped_samples} undecodable sample(s) skipped, {data_read_retries} read(s) retried"
+    );
     Ok(RunSummary {
         steps: t.step,
         stopped_early,
         data_wait_s: total_wait,
         checkpoint_blocked_s: checkpoint_blocked,
         last_eval,
+        skipped_samples,
+        data_read_retries,
     })
 }

@@ -417,7 +417,7 @@ mod tests {
     fn synthetic_batch(spec: &JobSpec, n: u32) -> TrainBatch {
         let data = synthetic(16, 32, 10, Split::Train);
         let pipeline = Pipeline::new(Source::Memory(data), 32, spec.augment.clone(), 1, 1 << 20, 1).unwrap();
-        pipeline.train_batch(&(0..n).collect::<Vec<u32>>(), 0)
+        pipeline.train_batch(&(0..n).collect::<Vec<u32>>(), 0).unwrap()
     }
     use amdim_shared::spec::{LossSpec, MixtureSpec, ModelSpec, OptimSpec};
     use burn::backend::Flex;

@@ -9,7 +9,7 @@
 use super::usage::Samples;
 use amdim_shared::auth::BearerToken;
 use amdim_shared::proto::v1 as pb;
-use amdim_shared::retry::{self, Backoff};
+use amdim_shared::backoff::{self, Backoff};
 use amdim_shared::session::{HeartbeatSession, WorkerClient};
 use anyhow::{Context, Result, bail};
 use pb::worker_service_client::WorkerServiceClient;
@@ -119,11 +119,11 @@ async fn register(fleet: &Fleet, index: usize) -> Result<(WorkerClient, String)>
             bail!("worker {index}: register: {:?} {}", status.code(), status.message());
         }
         fleet.retries.fetch_add(1, Ordering::Relaxed);
-        let shed = retry::is_shed(&status);
+        let shed = backoff::is_shed(&status);
         if shed {
             fleet.shed.fetch_add(1, Ordering::Relaxed);
         }
-        tokio::time::sleep(backoff.wait(retry::retry_after(&status))).await;
+        tokio::time::sleep(backoff.wait(backoff::retry_after(&status))).await;
         if !shed {
             // The connection itself may be what failed.
             client = connect(fleet, &mut backoff, until).await?;
