@@ -72,6 +72,7 @@ pub(crate) fn job_json(j: &pb::Job) -> serde_json::Value {
         "devices_per_worker": j.devices_per_worker,
         "restarts": j.restarts,
         "max_restarts": j.max_restarts,
+        "preemptions": j.preemptions,
         "step": j.step,
         "total_steps": j.total_steps,
         "message": j.message,
@@ -156,13 +157,14 @@ pub async fn get(mut c: Client, id: &str, output: Output) -> Result<ExitCode> {
     }
     println!("{}", line(&j));
     println!(
-        "workers {}..{} × {} device(s), priority {}, restarts {}/{}",
+        "workers {}..{} × {} device(s), priority {}, restarts {}/{}, preemptions {}",
         j.min_workers,
         j.max_workers,
         j.devices_per_worker.max(1),
         j.priority,
         j.restarts,
-        j.max_restarts
+        j.max_restarts,
+        j.preemptions
     );
     for g in &j.generations {
         let end = if g.end_reason.is_empty() { "running" } else { &g.end_reason };

@@ -5,7 +5,9 @@
 //! `sqlite3` users); events are rows numbered in the order they happened.
 //! Each save writes only the rows the state's [`Changes`] name, in one
 //! transaction, so a crash leaves the previous or the next state, never a
-//! mix, and a heartbeat costs no write. The file runs in WAL mode with
+//! mix, and a heartbeat costs no write. When a save fails (a full disk),
+//! [`Store::roll_back`] reads those rows back so that memory matches the
+//! file again. The file runs in WAL mode with
 //! `synchronous = NORMAL`: a killed process loses nothing committed; a
 //! power cut may lose the last moments but never corrupts the file.
 //! No rules here: what the state means is `state`'s.
@@ -229,6 +231,101 @@ impl Store {
         }
         tx.commit().map_err(sqlite)
     }
+
+    /// Puts back into `state` what the store holds for the rows `changes`
+    /// names (after a save of them failed), so that memory is never ahead
+    /// of the file: those jobs with their events, those workers (keeping
+    /// what is not durable: when each was last seen, its heartbeat stream)
+    /// and the id counters. Reading needs no free space, so this works on
+    /// a full disk.
+    pub(crate) fn roll_back(&self, state: &mut State, changes: &Changes) -> Result<(), StoreError> {
+        for id in &changes.jobs {
+            let record: Option<String> = self
+                .conn
+                .query_row("SELECT record FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+                .optional()
+                .map_err(|e| self.sqlite(e))?;
+            let Some(record) = record else {
+                state.jobs.remove(id);
+                continue;
+            };
+            let mut job: Job = serde_json::from_str(&record).map_err(|e| self.corrupt(format!("job {id}: {e}")))?;
+            job.events = self.events_of(id)?;
+            state.jobs.insert(id.clone(), job);
+        }
+        for id in &changes.workers {
+            let record: Option<String> = self
+                .conn
+                .query_row("SELECT record FROM workers WHERE id = ?1", [id], |r| r.get(0))
+                .optional()
+                .map_err(|e| self.sqlite(e))?;
+            let stored: Option<Worker> = match record {
+                Some(r) => Some(serde_json::from_str(&r).map_err(|e| self.corrupt(format!("worker {id}: {e}")))?),
+                None => None,
+            };
+            match (stored, state.workers.get(id)) {
+                (Some(mut w), Some(now)) => {
+                    w.last_seen_unix = w.last_seen_unix.max(now.last_seen_unix);
+                    w.session = now.session;
+                    state.workers.insert(id.clone(), w);
+                }
+                (Some(w), None) => {
+                    state.workers.insert(id.clone(), w);
+                }
+                (None, _) => {
+                    state.workers.remove(id);
+                }
+            }
+        }
+        let meta = |key: &str| -> Result<u64, StoreError> {
+            let v: Option<i64> = self
+                .conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+                .map_err(|e| self.sqlite(e))?;
+            Ok(v.unwrap_or(0).max(0) as u64)
+        };
+        state.last_job = meta("last_job")?;
+        state.last_worker = meta("last_worker")?;
+        let last_event: Option<i64> = self
+            .conn
+            .query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))
+            .map_err(|e| self.sqlite(e))?;
+        state.last_event = last_event.unwrap_or(0).max(0) as u64;
+        Ok(())
+    }
+
+    fn events_of(&self, job_id: &str) -> Result<Vec<Event>, StoreError> {
+        let mut rows = self
+            .conn
+            .prepare_cached("SELECT seq, unix, kind, generation, message FROM events WHERE job_id = ?1 ORDER BY seq")
+            .map_err(|e| self.sqlite(e))?;
+        let rows = rows
+            .query_map([job_id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })
+            .map_err(|e| self.sqlite(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, unix, kind, generation, message) = row.map_err(|e| self.sqlite(e))?;
+            let kind = EventKind::from_name(&kind).ok_or_else(|| self.corrupt(format!("event {seq}: unknown kind {kind:?}")))?;
+            out.push(Event {
+                seq: seq as u64,
+                job_id: job_id.to_string(),
+                unix,
+                kind,
+                generation: generation as u32,
+                message,
+            });
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -258,6 +355,8 @@ mod tests {
         s.heartbeat(
             &a,
             Some(Report {
+                job_id: job.id.clone(),
+                generation: 1,
                 step: 7,
                 total: 40,
                 stats: None,
