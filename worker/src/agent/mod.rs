@@ -33,9 +33,9 @@ use amdim_shared::spec::BackendKind;
 use amdim_shared::spec::JobSpec;
 use anyhow::{Context, Result, bail};
 use observer::{CheckpointCommits, PartObservers, Progress};
-use reporting::{Commits, RETRY_FOR, RETRY_FOR_SHUTDOWN};
 use pb::heartbeat_response::Command;
 use pb::worker_service_client::WorkerServiceClient;
+use reporting::{Commits, RETRY_FOR, RETRY_FOR_SHUTDOWN};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -188,7 +188,10 @@ async fn connect(settings: &AgentSettings, token: &BearerToken) -> Result<Worker
 /// One attempt to connect to the coordinator of `settings`.
 async fn try_connect(settings: &AgentSettings, token: &BearerToken) -> Result<WorkerClient> {
     let endpoint = amdim_shared::tls::endpoint("--coordinator", &settings.coordinator, settings.tls_ca_file.as_deref())?;
-    let channel = endpoint.connect().await.with_context(|| format!("coordinator {}", settings.coordinator))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("coordinator {}", settings.coordinator))?;
     Ok(WorkerServiceClient::with_interceptor(channel, token.clone()))
 }
 
@@ -285,7 +288,13 @@ enum Served {
 }
 
 /// Serves one registration as `worker_id`: heartbeats, parts, reports.
-async fn serve(settings: &AgentSettings, token: &BearerToken, client: &mut WorkerClient, worker_id: &str, interval: Duration) -> Result<Served> {
+async fn serve(
+    settings: &AgentSettings,
+    token: &BearerToken,
+    client: &mut WorkerClient,
+    worker_id: &str,
+    interval: Duration,
+) -> Result<Served> {
     let mut current: Option<Training> = None;
     // An assignment that waits for the current part to end.
     let mut next: Option<pb::Assignment> = None;

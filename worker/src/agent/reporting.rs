@@ -32,7 +32,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 fn transient(code: Code) -> bool {
     matches!(
         code,
-        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled | Code::Internal | Code::ResourceExhausted | Code::Aborted
+        Code::Unavailable
+            | Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Internal
+            | Code::ResourceExhausted
+            | Code::Aborted
     )
 }
 
@@ -169,7 +175,10 @@ mod tests {
         let got: Result<(), Status> = retried("t", Duration::from_secs(1), || async { Err(Status::unavailable("down")) }).await;
         assert_eq!(got.unwrap_err().code(), Code::Unavailable);
         let took = started.elapsed();
-        assert!(took >= Duration::from_millis(550) && took < Duration::from_secs(1), "gave up after {took:?}");
+        assert!(
+            took >= Duration::from_millis(550) && took < Duration::from_secs(1),
+            "gave up after {took:?}"
+        );
     }
 
     #[test]
@@ -180,7 +189,10 @@ mod tests {
         }
         let (ok, message) = outcome(handle);
         assert!(!ok);
-        assert!(message.contains("panicked") && message.contains("index 7 out of range"), "{message}");
+        assert!(
+            message.contains("panicked") && message.contains("index 7 out of range"),
+            "{message}"
+        );
         let failed = std::thread::spawn(|| -> Result<bool> { anyhow::bail!("lost rank 1") });
         assert_eq!(outcome(failed), (false, "lost rank 1".to_string()));
     }

@@ -86,7 +86,10 @@ impl WorldLayout {
             let handles: Vec<_> = ranks.map(|r| (r, scope.spawn(move || start(r)))).collect();
             handles
                 .into_iter()
-                .map(|(r, h)| h.join().unwrap_or_else(|p| bail!("rank {r}'s thread panicked: {}", panic_message(p.as_ref()))))
+                .map(|(r, h)| {
+                    h.join()
+                        .unwrap_or_else(|p| bail!("rank {r}'s thread panicked: {}", panic_message(p.as_ref())))
+                })
                 .collect()
         })
     }
@@ -194,4 +197,3 @@ mod tests {
         assert_eq!(out, vec![(0, true)]);
     }
 }
-

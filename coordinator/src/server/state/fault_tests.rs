@@ -54,7 +54,10 @@ fn a_worker_that_trains_nothing_ends_the_generation_it_belongs_to() {
     assert_eq!(j.state, JobState::Failed, "max_restarts = 0: {}", j.message);
     assert!(j.message.contains("not training its part"), "{}", j.message);
     assert_eq!(s.workers[&a].job, None, "the worker is free again");
-    assert!(s.changes.workers.contains(&a) && s.changes.jobs.contains(&job), "and that is written");
+    assert!(
+        s.changes.workers.contains(&a) && s.changes.jobs.contains(&job),
+        "and that is written"
+    );
 }
 
 #[test]
