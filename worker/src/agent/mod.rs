@@ -231,10 +231,10 @@ async fn report(client: &WorkerClient, worker_id: &str, t: Training, bound: Dura
         None => reporting::outcome(handle),
     };
     let step = progress.step.load(Ordering::Relaxed);
-    // The run has ended: every checkpoint it completed is in the channel.
-    commits.send(client, Some(bound)).await;
     let preempted = preempted && !ok;
     tracing::info!(job = %job_id, generation, ok, preempted, message = %message, "part ended");
+    // The run has ended: every checkpoint it completed is in the channel.
+    commits.send(client, Some(bound)).await;
     let request = pb::FinishRequest {
         worker_id: worker_id.to_string(),
         job_id,

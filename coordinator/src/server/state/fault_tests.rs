@@ -83,7 +83,7 @@ fn a_preempted_generation_resumes_without_spending_a_restart() {
     assert_eq!((j.state, j.restarts, j.preemptions), (JobState::Succeeded, 0, 1));
     let kinds: Vec<&str> = j.events.iter().map(|e| e.kind.name()).collect();
     assert!(kinds.contains(&"preempted") && !kinds.contains(&"restarting"), "{kinds:?}");
-    let started = j.events.iter().filter(|e| e.kind == EventKind::GenerationStarted).last().unwrap();
+    let started = j.events.iter().rfind(|e| e.kind == EventKind::GenerationStarted).unwrap();
     assert!(started.message.contains("checkpoint of step 12"), "{}", started.message);
     assert!(s.preempt(&b, "job-999999", 1, 7).is_err());
 }
