@@ -35,7 +35,7 @@ use anyhow::{Context, Result, bail};
 use observer::{CheckpointCommits, PartObservers, Progress};
 use pb::heartbeat_response::Command;
 use pb::worker_service_client::WorkerServiceClient;
-use reporting::{Commits, RETRY_FOR, RETRY_FOR_SHUTDOWN};
+use reporting::{Commits, RETRY_FOR, RETRY_FOR_SHUTDOWN, refuse, report};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -208,49 +208,6 @@ async fn stop_within_bound(t: &Training, reason: &str) {
     }
 }
 
-/// Reports the end of `t`'s part, its checkpoints first, each retried
-/// within `bound`. A thread still running is given up, never joined: the
-/// error returned says why, and the agent must exit (the thread may hold
-/// its devices).
-async fn report(client: &WorkerClient, worker_id: &str, t: Training, bound: Duration) -> Result<()> {
-    let Training {
-        job_id,
-        generation,
-        stop,
-        progress,
-        mut commits,
-        handle,
-        preempted,
-    } = t;
-    let abandoned = (!handle.is_finished()).then(|| match stop.check(Instant::now()) {
-        Overdue::Abandon(why) => why,
-        _ => "the part's thread still runs after its stop".to_string(),
-    });
-    let (ok, message) = match &abandoned {
-        Some(why) => (false, why.clone()),
-        None => reporting::outcome(handle),
-    };
-    let step = progress.step.load(Ordering::Relaxed);
-    let preempted = preempted && !ok;
-    tracing::info!(job = %job_id, generation, ok, preempted, message = %message, "part ended");
-    // The run has ended: every checkpoint it completed is in the channel.
-    commits.send(client, Some(bound)).await;
-    let request = pb::FinishRequest {
-        worker_id: worker_id.to_string(),
-        job_id,
-        generation,
-        ok,
-        message,
-        step,
-        preempted,
-    };
-    reporting::finish(client, request, bound).await;
-    match abandoned {
-        Some(why) => Err(anyhow::anyhow!(why)),
-        None => Ok(()),
-    }
-}
-
 /// Starts the part `a`; one that cannot start is reported failed at once.
 async fn start(a: pb::Assignment, worker_id: &str, settings: &AgentSettings, client: &WorkerClient) -> Option<Training> {
     let (job_id, generation) = (a.job_id.clone(), a.generation);
@@ -261,22 +218,6 @@ async fn start(a: pb::Assignment, worker_id: &str, settings: &AgentSettings, cli
             None
         }
     }
-}
-
-/// Reports a part that never started (it could not, or the agent exits).
-async fn refuse(client: &WorkerClient, worker_id: &str, job_id: String, generation: u32, message: String, preempted: bool) {
-    tracing::warn!(job = %job_id, generation, reason = %message, "part not started");
-    let request = pb::FinishRequest {
-        worker_id: worker_id.to_string(),
-        job_id,
-        generation,
-        ok: false,
-        message,
-        step: 0,
-        preempted,
-    };
-    let bound = if preempted { RETRY_FOR_SHUTDOWN } else { RETRY_FOR };
-    reporting::finish(client, request, bound).await;
 }
 
 /// How one registration ended.

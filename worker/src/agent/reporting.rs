@@ -12,11 +12,14 @@
 //! This file owns the calls and their retries; when to report and what the
 //! heartbeat loop does meanwhile is the agent's (`agent/mod.rs`).
 
+use super::Training;
+use super::stopping::Overdue;
 use crate::collective::launch::panic_message;
 use amdim_shared::proto::v1 as pb;
 use amdim_shared::session::WorkerClient;
 use anyhow::Result;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tonic::{Code, Status};
@@ -145,6 +148,65 @@ pub(crate) async fn finish(client: &WorkerClient, request: pb::FinishRequest, bo
         tracing::error!(job = %job, generation, code = ?s.code(), reason = %s.message(),
             "the end of a part never reached the coordinator (it ends the generation when it next hears from this worker)");
     }
+}
+
+/// Reports the end of `t`'s part, its checkpoints first, each retried
+/// within `bound`. A thread still running is given up, never joined: the
+/// error returned says why, and the agent must exit (the thread may hold
+/// its devices).
+pub(super) async fn report(client: &WorkerClient, worker_id: &str, t: Training, bound: Duration) -> Result<()> {
+    let Training {
+        job_id,
+        generation,
+        stop,
+        progress,
+        mut commits,
+        handle,
+        preempted,
+    } = t;
+    let abandoned = (!handle.is_finished()).then(|| match stop.check(Instant::now()) {
+        Overdue::Abandon(why) => why,
+        _ => "the part's thread still runs after its stop".to_string(),
+    });
+    let (ok, message) = match &abandoned {
+        Some(why) => (false, why.clone()),
+        None => outcome(handle),
+    };
+    let step = progress.step.load(Ordering::Relaxed);
+    let preempted = preempted && !ok;
+    tracing::info!(job = %job_id, generation, ok, preempted, message = %message, "part ended");
+    // The run has ended: every checkpoint it completed is in the channel.
+    commits.send(client, Some(bound)).await;
+    let request = pb::FinishRequest {
+        worker_id: worker_id.to_string(),
+        job_id,
+        generation,
+        ok,
+        message,
+        step,
+        preempted,
+    };
+    finish(client, request, bound).await;
+    match abandoned {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
+    }
+}
+
+/// Reports a part that never started (it could not, or the agent exits).
+pub(super) async fn refuse(client: &WorkerClient, worker_id: &str, job_id: String, generation: u32, message: String, preempted: bool) {
+    tracing::warn!(job = %job_id, generation, reason = %message, "part not started");
+    let request = pb::FinishRequest {
+        worker_id: worker_id.to_string(),
+        job_id,
+        generation,
+        ok: false,
+        message,
+        step: 0,
+        preempted,
+    };
+    let bound = if preempted { RETRY_FOR_SHUTDOWN } else { RETRY_FOR };
+    finish(client, request, bound).await;
 }
 
 #[cfg(test)]
