@@ -45,6 +45,7 @@ pub(crate) fn job_json(j: &pb::Job) -> serde_json::Value {
         "devices_per_worker": j.devices_per_worker,
         "restarts": j.restarts,
         "max_restarts": j.max_restarts,
+        "preemptions": j.preemptions,
         "step": j.step,
         "total_steps": j.total_steps,
         "message": j.message,
@@ -173,13 +174,14 @@ pub async fn get(mut c: Client, id: &str, format: Format) -> Result<()> {
         return Ok(());
     }
     println!(
-        "\nworkers {}..{} x {} device(s), priority {}, restarts {}/{}",
+        "\nworkers {}..{} x {} device(s), priority {}, restarts {}/{}, preemptions {}",
         j.min_workers,
         j.max_workers,
         j.devices_per_worker.max(1),
         j.priority,
         j.restarts,
-        j.max_restarts
+        j.max_restarts,
+        j.preemptions
     );
     if !j.generations.is_empty() {
         println!();

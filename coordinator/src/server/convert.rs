@@ -36,6 +36,7 @@ pub(super) fn job_message(j: &Job) -> pb::Job {
         priority: j.priority,
         max_restarts: j.max_restarts,
         restarts: j.restarts,
+        preemptions: j.preemptions,
         generations: j.generations.iter().map(generation).collect(),
         step: j.step,
         total_steps: j.total_steps,
@@ -68,6 +69,7 @@ pub(crate) fn event_kind(k: EventKind) -> pb::EventKind {
         EventKind::Succeeded => pb::EventKind::Succeeded,
         EventKind::Failed => pb::EventKind::Failed,
         EventKind::Cancelled => pb::EventKind::Cancelled,
+        EventKind::Preempted => pb::EventKind::Preempted,
     }
 }
 

@@ -1,7 +1,8 @@
 //! The coordinator process around the pure [`State`]: one lock over the
 //! state and its [`Store`], the one path by which anything changes (rule,
-//! then the changed rows to the store before the call answers, then the
-//! watchers wake), recovery on start (docs/architecture.md §8), the ticker that applies
+//! then the changed rows to the store before the call answers — or, when
+//! the store cannot be written, the change taken back and the call
+//! refused — then the watchers wake), recovery on start (docs/architecture.md §8), the ticker that applies
 //! heartbeat deadlines and schedules, the HTTP endpoints, and serving both
 //! gRPC services, each behind its token interceptor. The RPCs themselves
 //! are `job_service`'s and `worker_service`'s.
@@ -94,7 +95,7 @@ impl Coordinator {
             logs: Arc::new(super::log_buffer::LogBuffers::new(super::log_buffer::LINES_PER_RANK)),
             admission: Arc::new(super::admission::Admission::new(super::admission::DEFAULT_REGISTRATIONS_PER_S)),
         };
-        c.change(|_| ());
+        c.change(|_| ()).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
         Ok(c)
     }
 
@@ -103,27 +104,34 @@ impl Coordinator {
     }
 
     /// Runs `f` on the state, writes what it changed and wakes watchers.
-    /// A store that cannot be written is logged and retried with the next
-    /// change (the changes are kept); the call itself still answers.
-    pub(super) fn change<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+    /// A store that cannot be written (a full disk) takes the change back —
+    /// the rows it touched are read back from the file — and the call
+    /// answers UNAVAILABLE naming the file: nothing is answered as done
+    /// that is not on disk, and memory never runs ahead of the file.
+    pub(super) fn change<T>(&self, f: impl FnOnce(&mut State) -> T) -> Result<T, Status> {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let out = f(&mut inner.state);
         if inner.state.changes.is_empty() {
-            return out;
+            return Ok(out);
         }
-        let saved = match &mut inner.store {
-            Some(store) => store.save(&inner.state, &inner.state.changes).map_err(|e| {
-                tracing::error!(store = %store.path().display(), reason = %e, "cannot write the coordinator store; retrying with the next change");
-            }),
-            None => Ok(()),
-        };
-        if saved.is_ok() {
-            inner.state.take_changes();
+        let changes = inner.state.take_changes();
+        if let Some(store) = &mut inner.store
+            && let Err(e) = store.save(&inner.state, &changes)
+        {
+            let path = store.path().display().to_string();
+            tracing::error!(store = %path, reason = %e, "cannot write the coordinator store: the change is taken back");
+            if let Err(back) = store.roll_back(&mut inner.state, &changes) {
+                // Memory may now be ahead of the file: a restart reads the file.
+                tracing::error!(store = %path, reason = %back, "cannot read the coordinator store back either");
+            }
+            return Err(Status::unavailable(format!(
+                "the coordinator could not write its state ({e}); nothing was changed, try again"
+            )));
         }
         drop(guard);
         self.changed.send_modify(|v| *v += 1);
-        out
+        Ok(out)
     }
 
     /// The job `id` and its events after `after_seq`.
@@ -162,7 +170,8 @@ impl Coordinator {
                 every.tick().await;
                 let deadline = me.settings.heartbeat_timeout.as_secs().max(1) as i64;
                 let keep = me.settings.keep_finished_jobs.as_secs() as i64;
-                me.change(|s| {
+                // A failed write is logged by `change` and tried again next tick.
+                let _ = me.change(|s| {
                     s.tick(now_unix(), deadline);
                     s.forget_finished_jobs(now_unix(), keep);
                 });

@@ -18,7 +18,7 @@ impl JobService for Coordinator {
     async fn submit(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::Job>, Status> {
         let r = request.into_inner();
         let job = self
-            .change(|s| s.submit(&r.spec_toml, r.min_workers, r.max_workers, now_unix()))
+            .change(|s| s.submit(&r.spec_toml, r.min_workers, r.max_workers, now_unix()))?
             .map_err(status)?;
         tracing::info!(job = %job.id, name = %job.name, "job submitted");
         Ok(Response::new(job_message(&job)))
@@ -40,7 +40,7 @@ impl JobService for Coordinator {
 
     async fn cancel(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().id;
-        let job = self.change(|s| s.cancel(&id, now_unix())).map_err(status)?;
+        let job = self.change(|s| s.cancel(&id, now_unix()))?.map_err(status)?;
         tracing::info!(job = %id, "job cancelled");
         Ok(Response::new(job_message(&job)))
     }

@@ -1,5 +1,5 @@
 //! The coordinator's `/metrics` (docs/architecture.md §9): jobs and workers by state, and
-//! per job its step, generation, restarts and committed checkpoints. Every
+//! per job its step, generation, restarts, preemptions and committed checkpoints. Every
 //! value is derived from the durable state at scrape time, so the numbers
 //! survive a coordinator restart and never disagree with `amdimctl get`.
 //! Label sets stay bounded: per-job series exist for unfinished jobs and
@@ -43,6 +43,11 @@ pub(crate) fn encode(state: &State, now_unix: i64) -> String {
         "Generations a job started after a failure.",
         &["job_id"],
     );
+    let preemptions = r.counter(
+        "amdim_job_preemptions_total",
+        "Generations of a job ended by a graceful stop of a worker (SIGTERM); not counted as restarts.",
+        &["job_id"],
+    );
     let step = r.gauge("amdim_job_step", "The latest step a job's workers reported.", &["job_id"]);
     let total = r.gauge("amdim_job_total_steps", "Steps a job trains for.", &["job_id"]);
     let generation = r.gauge("amdim_job_generation", "A job's current generation number.", &["job_id"]);
@@ -63,6 +68,7 @@ pub(crate) fn encode(state: &State, now_unix: i64) -> String {
     for j in shown {
         let id = [j.id.as_str()];
         restarts.with(&id).add(f64::from(j.restarts));
+        preemptions.with(&id).add(f64::from(j.preemptions));
         step.with(&id).set(j.step as f64);
         total.with(&id).set(j.total_steps as f64);
         generation.with(&id).set(j.current().map_or(0.0, |g| f64::from(g.number)));
@@ -89,6 +95,7 @@ mod tests {
             priority: 0,
             max_restarts: 3,
             restarts: 2,
+            preemptions: 1,
             global_batch: 8,
             devices_per_worker: 1,
             generations: Vec::new(),
@@ -137,6 +144,7 @@ mod tests {
             "amdim_workers{state=\"idle\"} 1",
             "amdim_workers{state=\"lost\"} 1",
             "amdim_job_restarts_total{job_id=\"a\"} 2",
+            "amdim_job_preemptions_total{job_id=\"a\"} 1",
             "amdim_job_step{job_id=\"b\"} 7",
             "amdim_job_total_steps{job_id=\"a\"} 10",
             format!("amdim_build_info{{version=\"{}\",backend=\"none\"}} 1", env!("CARGO_PKG_VERSION")).as_str(),

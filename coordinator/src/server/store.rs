@@ -5,7 +5,9 @@
 //! `sqlite3` users); events are rows numbered in the order they happened.
 //! Each save writes only the rows the state's [`Changes`] name, in one
 //! transaction, so a crash leaves the previous or the next state, never a
-//! mix, and a heartbeat costs no write. The file runs in WAL mode with
+//! mix, and a heartbeat costs no write. When a save fails (a full disk),
+//! [`Store::roll_back`] reads those rows back so that memory matches the
+//! file again. The file runs in WAL mode with
 //! `synchronous = NORMAL`: a killed process loses nothing committed; a
 //! power cut may lose the last moments but never corrupts the file.
 //! No rules here: what the state means is `state`'s.
@@ -229,121 +231,102 @@ impl Store {
         }
         tx.commit().map_err(sqlite)
     }
+
+    /// Puts back into `state` what the store holds for the rows `changes`
+    /// names (after a save of them failed), so that memory is never ahead
+    /// of the file: those jobs with their events, those workers (keeping
+    /// what is not durable: when each was last seen, its heartbeat stream)
+    /// and the id counters. Reading needs no free space, so this works on
+    /// a full disk.
+    pub(crate) fn roll_back(&self, state: &mut State, changes: &Changes) -> Result<(), StoreError> {
+        for id in &changes.jobs {
+            let record: Option<String> = self
+                .conn
+                .query_row("SELECT record FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+                .optional()
+                .map_err(|e| self.sqlite(e))?;
+            let Some(record) = record else {
+                state.jobs.remove(id);
+                continue;
+            };
+            let mut job: Job = serde_json::from_str(&record).map_err(|e| self.corrupt(format!("job {id}: {e}")))?;
+            job.events = self.events_of(id)?;
+            state.jobs.insert(id.clone(), job);
+        }
+        for id in &changes.workers {
+            let record: Option<String> = self
+                .conn
+                .query_row("SELECT record FROM workers WHERE id = ?1", [id], |r| r.get(0))
+                .optional()
+                .map_err(|e| self.sqlite(e))?;
+            let stored: Option<Worker> = match record {
+                Some(r) => Some(serde_json::from_str(&r).map_err(|e| self.corrupt(format!("worker {id}: {e}")))?),
+                None => None,
+            };
+            match (stored, state.workers.get(id)) {
+                (Some(mut w), Some(now)) => {
+                    w.last_seen_unix = w.last_seen_unix.max(now.last_seen_unix);
+                    w.session = now.session;
+                    state.workers.insert(id.clone(), w);
+                }
+                (Some(w), None) => {
+                    state.workers.insert(id.clone(), w);
+                }
+                (None, _) => {
+                    state.workers.remove(id);
+                }
+            }
+        }
+        let meta = |key: &str| -> Result<u64, StoreError> {
+            let v: Option<i64> = self
+                .conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+                .map_err(|e| self.sqlite(e))?;
+            Ok(v.unwrap_or(0).max(0) as u64)
+        };
+        state.last_job = meta("last_job")?;
+        state.last_worker = meta("last_worker")?;
+        let last_event: Option<i64> = self
+            .conn
+            .query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))
+            .map_err(|e| self.sqlite(e))?;
+        state.last_event = last_event.unwrap_or(0).max(0) as u64;
+        Ok(())
+    }
+
+    fn events_of(&self, job_id: &str) -> Result<Vec<Event>, StoreError> {
+        let mut rows = self
+            .conn
+            .prepare_cached("SELECT seq, unix, kind, generation, message FROM events WHERE job_id = ?1 ORDER BY seq")
+            .map_err(|e| self.sqlite(e))?;
+        let rows = rows
+            .query_map([job_id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })
+            .map_err(|e| self.sqlite(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, unix, kind, generation, message) = row.map_err(|e| self.sqlite(e))?;
+            let kind = EventKind::from_name(&kind).ok_or_else(|| self.corrupt(format!("event {seq}: unknown kind {kind:?}")))?;
+            out.push(Event {
+                seq: seq as u64,
+                job_id: job_id.to_string(),
+                unix,
+                kind,
+                generation: generation as u32,
+                message,
+            });
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::server::state::{JobState, Report};
-
-    const SPEC: &str =
-        "[job]\nname = \"t\"\n[data]\nformat = \"synthetic\"\n[train]\nbatch_size = 8\n[scheduling]\nmin_workers = 1\nmax_workers = 2\n";
-
-    fn save(store: &mut Store, state: &mut State) {
-        let changes = state.take_changes();
-        store.save(state, &changes).unwrap();
-    }
-
-    #[test]
-    fn a_reopened_store_gives_back_jobs_workers_events_and_counters() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("coordinator.db");
-        let mut store = Store::open(&path).unwrap();
-        let mut s = State::default();
-        let job = s.submit(SPEC, 1, 1, 10).unwrap();
-        let a = s.register("a", 1, "h:1", 10).id;
-        s.tick(11, 5);
-        save(&mut store, &mut s);
-        s.heartbeat(&a, None, 12).unwrap();
-        s.heartbeat(
-            &a,
-            Some(Report {
-                step: 7,
-                total: 40,
-                stats: None,
-            }),
-            13,
-        )
-        .unwrap();
-        s.commit_checkpoint(&a, &job.id, 1, 5, 1234, 13).unwrap();
-        save(&mut store, &mut s);
-        drop(store);
-
-        let back = Store::open(&path).unwrap().load().unwrap();
-        assert_eq!(back.jobs, s.jobs, "jobs with their events");
-        assert_eq!((back.last_job, back.last_worker), (1, 1), "job and worker ids count apart");
-        assert_eq!(back.last_event, s.last_event);
-        assert_eq!(back.workers[&a].job, s.workers[&a].job);
-        let kinds: Vec<&str> = back.jobs[&job.id].events.iter().map(|e| e.kind.name()).collect();
-        assert_eq!(kinds, ["submitted", "generation_started", "checkpoint_committed"]);
-        assert_eq!(back.jobs[&job.id].step, 7);
-        assert!(back.changes.is_empty());
-    }
-
-    #[test]
-    fn liveness_heartbeats_write_nothing_and_forgotten_workers_are_deleted() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.db");
-        let mut store = Store::open(&path).unwrap();
-        let mut s = State::default();
-        let a = s.register("a", 1, "h:1", 0).id;
-        let b = s.register("b", 1, "h:2", 0).id;
-        save(&mut store, &mut s);
-        s.heartbeat(&a, None, 1).unwrap();
-        assert!(s.changes.is_empty(), "an idle worker's heartbeat is not durable");
-        s.tick(20, 5);
-        assert!(s.workers[&a].lost && s.changes.workers.contains(&a));
-        save(&mut store, &mut s);
-        s.tick(20 + crate::server::state::FORGET_LOST_WORKERS_S + 1, 5);
-        save(&mut store, &mut s);
-        let back = Store::open(&path).unwrap().load().unwrap();
-        assert!(back.workers.is_empty(), "{:?}", back.workers.keys().collect::<Vec<_>>());
-        assert!(!s.workers.contains_key(&b));
-    }
-
-    #[test]
-    fn jobs_that_ended_long_ago_leave_the_store_with_their_events() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.db");
-        let mut store = Store::open(&path).unwrap();
-        let mut s = State::default();
-        let old = s.submit(SPEC, 1, 1, 0).unwrap();
-        let young = s.submit(SPEC, 1, 1, 0).unwrap();
-        s.cancel(&old.id, 10).unwrap();
-        s.cancel(&young.id, 500).unwrap();
-        let running = s.submit(SPEC, 1, 1, 0).unwrap();
-        save(&mut store, &mut s);
-        s.forget_finished_jobs(1000, 600);
-        save(&mut store, &mut s);
-        let back = Store::open(&path).unwrap().load().unwrap();
-        let ids: Vec<&String> = back.jobs.keys().collect();
-        assert_eq!(ids, [&young.id, &running.id]);
-        let events: i64 = store
-            .conn
-            .query_row("SELECT COUNT(*) FROM events WHERE job_id = ?1", [&old.id], |r| r.get(0))
-            .unwrap();
-        assert_eq!(events, 0);
-        assert_eq!(back.last_job, 3, "ids are never reused");
-    }
-
-    #[test]
-    fn a_store_from_a_newer_coordinator_or_with_a_bad_row_is_refused_by_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.db");
-        let mut store = Store::open(&path).unwrap();
-        let mut s = State::default();
-        let job = s.submit(SPEC, 1, 1, 0).unwrap();
-        save(&mut store, &mut s);
-        store
-            .conn
-            .execute("UPDATE jobs SET record = '{\"id\": 3}' WHERE id = ?1", [&job.id])
-            .unwrap();
-        let e = store.load().unwrap_err().to_string();
-        assert!(e.contains("c.db") && e.contains(&format!("job {}", job.id)), "{e}");
-        store.conn.execute_batch("PRAGMA user_version = 99").unwrap();
-        drop(store);
-        let e = Store::open(&path).err().unwrap().to_string();
-        assert!(e.contains("newer coordinator"), "{e}");
-        assert_eq!(s.jobs[&job.id].state, JobState::Pending);
-    }
-}
+mod tests;

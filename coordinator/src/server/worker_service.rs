@@ -1,7 +1,8 @@
 //! `amdim.v1.WorkerService`, what worker agents call: register, the
 //! heartbeat (single calls or the session stream, whose closing makes the
-//! worker lost at once), the end of a rank's part, checkpoint commits and
-//! log lines (`log_service`).
+//! worker lost at once; one that says the worker got SIGTERM ends its
+//! generation as preempted), the end of a rank's part (a preempted one is
+//! no failure), checkpoint commits and log lines (`log_service`).
 //! The join token is checked before any of it, by the interceptor
 //! `Coordinator::serve` installs.
 
@@ -14,12 +15,23 @@ use tonic::{Request, Response, Status};
 impl Coordinator {
     /// A heartbeat's answer: the worker's next command.
     fn answer(&self, r: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse, Status> {
-        let report = (!r.job_id.is_empty()).then_some(Report {
+        let report = (!r.job_id.is_empty()).then(|| Report {
+            job_id: r.job_id.clone(),
+            generation: r.generation,
             step: r.step,
             total: r.total_steps,
             stats: r.stats,
         });
-        let command = self.change(|s| s.heartbeat(&r.worker_id, report, now_unix())).map_err(status)?;
+        let preempting = r.preempting && !r.job_id.is_empty();
+        let command = self
+            .change(|s| {
+                if preempting {
+                    // An unknown job changes nothing here: the heartbeat answers for it.
+                    let _ = s.preempt(&r.worker_id, &r.job_id, r.generation, now_unix());
+                }
+                s.heartbeat(&r.worker_id, report, now_unix())
+            })?
+            .map_err(status)?;
         use pb::heartbeat_response::Command as C;
         let command = match command {
             Command::Idle => C::Idle(pb::Idle {}),
@@ -51,7 +63,7 @@ impl WorkerService for Coordinator {
             return Err(Status::invalid_argument("rendezvous_addr is empty"));
         }
         self.admit_registration()?;
-        let w = self.change(|s| s.register(&r.name, r.devices.max(1), &r.rendezvous_addr, now_unix()));
+        let w = self.change(|s| s.register(&r.name, r.devices.max(1), &r.rendezvous_addr, now_unix()))?;
         tracing::info!(worker = %w.id, name = %w.name, rendezvous = %w.rendezvous_addr, "worker registered");
         Ok(Response::new(pb::RegisterResponse {
             worker_id: w.id,
@@ -79,8 +91,8 @@ impl WorkerService for Coordinator {
                 };
                 if worker.as_deref() != Some(beat.worker_id.as_str()) {
                     let id = beat.worker_id.clone();
-                    if let Err(e) = me.change(|s| s.connected(&id, session)) {
-                        let _ = tx.send(Err(status(e))).await;
+                    if let Err(e) = me.change(|s| s.connected(&id, session)).and_then(|r| r.map_err(status)) {
+                        let _ = tx.send(Err(e)).await;
                         return;
                     }
                     worker = Some(id);
@@ -92,7 +104,8 @@ impl WorkerService for Coordinator {
                 }
             }
             if let Some(id) = worker {
-                me.change(|s| s.disconnected(&id, session, now_unix()));
+                // A failed write is logged by `change`; the heartbeat deadline loses it later.
+                let _ = me.change(|s| s.disconnected(&id, session, now_unix()));
                 tracing::info!(worker = %id, "heartbeat stream closed");
             }
         });
@@ -101,9 +114,14 @@ impl WorkerService for Coordinator {
 
     async fn finish(&self, request: Request<pb::FinishRequest>) -> Result<Response<pb::FinishResponse>, Status> {
         let r = request.into_inner();
-        self.change(|s| s.finish(&r.worker_id, &r.job_id, r.generation, r.ok, &r.message, now_unix()))
-            .map_err(status)?;
-        tracing::info!(worker = %r.worker_id, job = %r.job_id, generation = r.generation, ok = r.ok, message = %r.message, "part finished");
+        self.change(|s| {
+            if r.preempted && !r.ok {
+                s.preempt(&r.worker_id, &r.job_id, r.generation, now_unix())?;
+            }
+            s.finish(&r.worker_id, &r.job_id, r.generation, r.ok, &r.message, now_unix())
+        })?
+        .map_err(status)?;
+        tracing::info!(worker = %r.worker_id, job = %r.job_id, generation = r.generation, ok = r.ok, preempted = r.preempted, message = %r.message, "part finished");
         Ok(Response::new(pb::FinishResponse {}))
     }
 
@@ -113,7 +131,7 @@ impl WorkerService for Coordinator {
     ) -> Result<Response<pb::CommitCheckpointResponse>, Status> {
         let r = request.into_inner();
         let recorded = self
-            .change(|s| s.commit_checkpoint(&r.worker_id, &r.job_id, r.generation, r.step, r.bytes, now_unix()))
+            .change(|s| s.commit_checkpoint(&r.worker_id, &r.job_id, r.generation, r.step, r.bytes, now_unix()))?
             .map_err(status)?;
         if recorded {
             tracing::info!(job = %r.job_id, step = r.step, bytes = r.bytes, "checkpoint registered");

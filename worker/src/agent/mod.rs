@@ -2,21 +2,28 @@
 //! registers (its devices and the address where it listens when it is rank
 //! 0), heartbeats with its progress, and obeys the reply: train an assigned
 //! generation (rank, world, rendezvous, resume), stop it, or wait. When its
-//! part ends it reports how (finished, stopped, or the error — e.g. a lost
-//! peer). It survives the coordinator going away: it retries with backoff,
-//! and registers again when the coordinator no longer knows it (stopping
-//! any training first). Training itself is `train::run`'s; what the agent
-//! learns from it comes through the observers of [`observer`]. A stop is
-//! bounded ([`stopping`]): a part still running `--stop-grace-s` after it
-//! has its collectives cancelled, and one that outlives that is given up
-//! (reported failed, then the agent exits). Which devices a part runs on
-//! is [`devices`]'. Each part's log lines go to the coordinator and to a
-//! stored object through [`log_ship`].
+//! part ends it reports how (finished, stopped, preempted, or the error —
+//! e.g. a lost peer, a panic), and rank 0's checkpoints are registered;
+//! both are retried until the coordinator has them ([`reporting`]). The
+//! loop never blocks on a part: a part told to stop (or to make way for a
+//! new assignment) ends while heartbeats go on. On SIGTERM the agent first
+//! tells the coordinator it is being preempted (which ends the generation
+//! without spending a restart), then stops its part — rank 0 writes a
+//! final checkpoint — reports it, and exits. It survives the coordinator
+//! going away: it retries with backoff, and registers again when the
+//! coordinator no longer knows it (stopping any training first). Training
+//! itself is `train::run`'s; what the agent learns from it comes through
+//! the observers of [`observer`]. A stop is bounded ([`stopping`]): a part
+//! still running `--stop-grace-s` after it has its collectives cancelled,
+//! and one that outlives that is given up (reported failed, then the agent
+//! exits). Which devices a part runs on is [`devices`]'. Each part's log
+//! lines go to the coordinator and to a stored object through [`log_ship`].
 
 mod devices;
 mod log_ship;
 mod observer;
 mod registration;
+mod reporting;
 mod stopping;
 
 use crate::collective::launch::{LocalRank, WorldLayout};
@@ -31,6 +38,7 @@ use anyhow::{Context, Result, bail};
 use observer::{CheckpointCommits, PartObservers, Progress};
 use pb::heartbeat_response::Command;
 use pb::worker_service_client::WorkerServiceClient;
+use reporting::{Commits, RETRY_FOR, RETRY_FOR_SHUTDOWN, refuse, report};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -71,10 +79,15 @@ struct Training {
     generation: u32,
     stop: Arc<PartStop>,
     progress: Arc<Progress>,
-    /// Complete checkpoints (step, bytes) not yet committed to the coordinator.
-    written: std::sync::mpsc::Receiver<(u64, u64)>,
+    /// Complete checkpoints not yet committed to the coordinator.
+    commits: Commits,
     handle: JoinHandle<Result<bool>>,
+    /// Stopped because the agent got SIGTERM (told to the coordinator first).
+    preempted: bool,
 }
+
+/// Why a part stops when its agent got SIGTERM.
+const PREEMPTED: &str = "preempted: the agent got SIGTERM";
 
 /// A port free now on `host`, for the rendezvous this worker hosts as rank 0.
 fn free_port(host: &str) -> Result<u16> {
@@ -82,7 +95,7 @@ fn free_port(host: &str) -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::runtime::Handle) -> Result<Training> {
+fn start_training(a: pb::Assignment, worker_id: &str, settings: &AgentSettings, runtime: tokio::runtime::Handle) -> Result<Training> {
     let mut spec = JobSpec::from_toml_with_env(&a.spec_toml, &[]).with_context(|| format!("job {}: spec", a.job_id))?;
     let local_ranks = a.local_ranks.max(1);
     if local_ranks > settings.devices {
@@ -142,35 +155,20 @@ fn start_training(a: pb::Assignment, settings: &AgentSettings, runtime: tokio::r
         })?;
     tracing::info!(job = %a.job_id, generation = a.generation, rank = a.rank, local_ranks, world = a.world_size, device, resume = a.resume, "training started");
     Ok(Training {
+        commits: Commits {
+            worker_id: worker_id.to_string(),
+            job_id: a.job_id.clone(),
+            generation: a.generation,
+            written,
+            pending: Vec::new(),
+        },
         job_id: a.job_id,
         generation: a.generation,
         stop,
         progress,
-        written,
         handle,
+        preempted: false,
     })
-}
-
-/// Registers the checkpoints of (job, generation) completed since the last call.
-async fn commit_checkpoints(
-    client: &mut WorkerClient,
-    worker_id: &str,
-    job_id: &str,
-    generation: u32,
-    written: &std::sync::mpsc::Receiver<(u64, u64)>,
-) {
-    while let Ok((step, bytes)) = written.try_recv() {
-        let request = pb::CommitCheckpointRequest {
-            worker_id: worker_id.to_string(),
-            job_id: job_id.to_string(),
-            generation,
-            step,
-            bytes,
-        };
-        if let Err(e) = client.commit_checkpoint(request).await {
-            tracing::warn!(step, reason = %e.message(), "could not register a checkpoint with the coordinator");
-        }
-    }
 }
 
 /// Connects to the coordinator of `settings`, retrying with backoff until
@@ -194,8 +192,19 @@ async fn connect(settings: &AgentSettings, token: &BearerToken) -> Result<Worker
     }
 }
 
+/// One attempt to connect to the coordinator of `settings`.
+async fn try_connect(settings: &AgentSettings, token: &BearerToken) -> Result<WorkerClient> {
+    let endpoint = amdim_shared::tls::endpoint("--coordinator", &settings.coordinator, settings.tls_ca_file.as_deref())?;
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("coordinator {}", settings.coordinator))?;
+    Ok(WorkerServiceClient::with_interceptor(channel, token.clone()))
+}
+
 /// Stops `t` and waits (polling, never blocking the runtime) until its
-/// thread has ended or the stop's bound has passed.
+/// thread has ended or the stop's bound has passed. Only where no
+/// heartbeat is due: the coordinator no longer knows this worker.
 async fn stop_within_bound(t: &Training, reason: &str) {
     t.stop.request(reason);
     while !t.handle.is_finished() {
@@ -206,50 +215,141 @@ async fn stop_within_bound(t: &Training, reason: &str) {
     }
 }
 
-/// Reports the end of `t`'s part to the coordinator (best effort). A
-/// thread still running is given up, never joined: the error returned
-/// says why, and the agent must exit (the thread may hold its devices).
-async fn report(client: &mut WorkerClient, worker_id: &str, t: Training) -> Result<()> {
-    let Training {
-        job_id,
-        generation,
-        stop,
-        progress,
-        written,
-        handle,
-    } = t;
-    let abandoned = match stop.check(Instant::now()) {
-        Overdue::Abandon(why) if !handle.is_finished() => Some(why),
-        _ => None,
-    };
-    let (ok, message) = match &abandoned {
-        Some(why) => (false, why.clone()),
-        None => match handle.join() {
-            Ok(Ok(true)) => (true, String::new()),
-            Ok(Ok(false)) => (false, "stopped".to_string()),
-            Ok(Err(e)) => (false, format!("{e:#}")),
-            Err(_) => (false, "the training thread panicked".to_string()),
-        },
-    };
-    let step = progress.step.load(Ordering::Relaxed);
-    // The run has ended: every checkpoint it completed is in the channel.
-    commit_checkpoints(client, worker_id, &job_id, generation, &written).await;
-    tracing::info!(job = %job_id, generation, ok, message = %message, "part ended");
-    log_ship::end_part(client, &job_id, generation, ok, &message).await;
-    let request = pb::FinishRequest {
-        worker_id: worker_id.to_string(),
-        job_id,
-        generation,
-        ok,
-        message,
-        step,
-    };
-    if let Err(e) = client.finish(request).await {
-        tracing::warn!(reason = %e.message(), "could not report the end of a part");
+/// Starts the part `a`; one that cannot start is reported failed at once.
+async fn start(a: pb::Assignment, worker_id: &str, settings: &AgentSettings, client: &WorkerClient) -> Option<Training> {
+    let (job_id, generation) = (a.job_id.clone(), a.generation);
+    match start_training(a, worker_id, settings, tokio::runtime::Handle::current()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            refuse(client, worker_id, job_id, generation, format!("{e:#}"), false).await;
+            None
+        }
     }
-    match abandoned {
-        Some(why) => Err(anyhow::anyhow!(why)),
-        None => Ok(()),
+}
+
+/// How one registration ended.
+enum Served {
+    /// Stopped by a signal: the agent exits.
+    Exit,
+    /// The coordinator no longer knows this worker: register again.
+    RegisterAgain,
+}
+
+/// Serves one registration as `worker_id`: heartbeats, parts, reports.
+async fn serve(
+    settings: &AgentSettings,
+    token: &BearerToken,
+    client: &mut WorkerClient,
+    worker_id: &str,
+    interval: Duration,
+) -> Result<Served> {
+    let mut current: Option<Training> = None;
+    // An assignment that waits for the current part to end.
+    let mut next: Option<pb::Assignment> = None;
+    let mut session: Option<HeartbeatSession> = None;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let shutting_down = settings.shutdown.load(Ordering::Relaxed);
+        if shutting_down {
+            settings.ready.store(false, Ordering::Relaxed);
+            match current.as_mut() {
+                // Told to the coordinator with the next heartbeat, then stopped.
+                Some(t) => t.preempted = true,
+                None => {
+                    if let Some(a) = next.take() {
+                        refuse(client, worker_id, a.job_id, a.generation, PREEMPTED.into(), true).await;
+                    }
+                    tracing::info!(worker = %worker_id, "agent stopped");
+                    return Ok(Served::Exit);
+                }
+            }
+        }
+        if let Some(t) = current.as_mut() {
+            t.commits.send(client, None).await;
+        }
+        // A part whose thread ended, or that outlived every bound of its stop, is reported.
+        let ended = current
+            .as_ref()
+            .is_some_and(|t| t.handle.is_finished() || matches!(t.stop.check(Instant::now()), Overdue::Abandon(_)));
+        if ended && let Some(t) = current.take() {
+            report(client, worker_id, t, if shutting_down { RETRY_FOR_SHUTDOWN } else { RETRY_FOR }).await?;
+            if let Some(a) = next.take() {
+                current = start(a, worker_id, settings, client).await;
+            }
+            continue;
+        }
+        let beat = pb::HeartbeatRequest {
+            worker_id: worker_id.to_string(),
+            job_id: current.as_ref().map(|t| t.job_id.clone()).unwrap_or_default(),
+            generation: current.as_ref().map_or(0, |t| t.generation),
+            step: current.as_ref().map_or(0, |t| t.progress.step.load(Ordering::Relaxed)),
+            total_steps: current.as_ref().map_or(0, |t| t.progress.total.load(Ordering::Relaxed)),
+            stats: current
+                .as_ref()
+                .and_then(|t| *t.progress.stats.lock().unwrap_or_else(|e| e.into_inner())),
+            preempting: current.as_ref().is_some_and(|t| t.preempted),
+        };
+        let reply = HeartbeatSession::beat_on(client, &mut session, beat).await;
+        // On SIGTERM the coordinator hears first (the generation ends as
+        // preempted before a peer fails on the missing rank), then the part stops.
+        if let Some(t) = &current
+            && t.preempted
+            && t.stop.request(PREEMPTED)
+        {
+            tracing::warn!(job = %t.job_id, "stopping the current part after a final checkpoint: {PREEMPTED}");
+        }
+        match reply {
+            Ok(reply) => {
+                backoff = Duration::from_millis(200);
+                let stop_current = |reason: &str| {
+                    if let Some(t) = &current
+                        && t.stop.request(reason)
+                    {
+                        tracing::warn!(job = %t.job_id, reason, "stopping the current part");
+                    }
+                };
+                match reply.command {
+                    Some(Command::Assign(a)) if current.is_some() => {
+                        stop_current("a new assignment");
+                        if let Some(old) = next.replace(a) {
+                            let why = "superseded by a newer assignment before it started".to_string();
+                            refuse(client, worker_id, old.job_id, old.generation, why, false).await;
+                        }
+                    }
+                    Some(Command::Assign(a)) => current = start(a, worker_id, settings, client).await,
+                    Some(Command::Stop(s)) => stop_current(&s.reason),
+                    // The coordinator does not count the part as this worker's.
+                    Some(Command::Idle(_)) => stop_current("the coordinator does not know this part"),
+                    Some(Command::Continue(_)) | None => {}
+                }
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                tracing::warn!(reason = %s.message(), "the coordinator does not know this worker: registering again");
+                if let Some(t) = current.take() {
+                    stop_within_bound(&t, "the coordinator no longer knows this worker").await;
+                    if !t.handle.is_finished() {
+                        bail!(
+                            "job {}: the part did not end after a stop; exiting so that its devices are freed",
+                            t.job_id
+                        );
+                    }
+                    let (ok, message) = reporting::outcome(t.handle);
+                    tracing::info!(job = %t.job_id, generation = t.generation, ok, message = %message, "part ended (not reported: the coordinator no longer knows this worker)");
+                }
+                return Ok(Served::RegisterAgain);
+            }
+            Err(s) => {
+                tracing::warn!(reason = %s.message(), retry_s = backoff.as_secs_f64(), "heartbeat failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                match try_connect(settings, token).await {
+                    Ok(c) => *client = c,
+                    Err(e) => tracing::warn!(reason = %format!("{e:#}"), "coordinator unreachable"),
+                }
+                continue;
+            }
+        }
+        tokio::time::sleep(interval).await;
     }
 }
 
@@ -261,7 +361,6 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
     runtime.block_on(async {
         let mut client = connect(&settings, &token).await?;
         let _shipper = log_ship::spawn_shipper(client.clone());
-        let mut current: Option<Training> = None;
         loop {
             if settings.shutdown.load(Ordering::Relaxed) {
                 return Ok(());
@@ -273,109 +372,10 @@ pub fn run_agent(settings: AgentSettings, runtime: &tokio::runtime::Runtime) -> 
             let interval = Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(50)));
             tracing::info!(worker = %worker_id, coordinator = %settings.coordinator, rendezvous = %rendezvous_addr, "registered");
             settings.ready.store(true, Ordering::Relaxed);
-            let mut session: Option<HeartbeatSession> = None;
-            loop {
-                if settings.shutdown.load(Ordering::Relaxed) {
-                    settings.ready.store(false, Ordering::Relaxed);
-                    if let Some(t) = current.take() {
-                        stop_within_bound(&t, "the agent is shutting down").await;
-                        report(&mut client, &worker_id, t).await?;
-                    }
-                    tracing::info!(worker = %worker_id, "agent stopped");
-                    return Ok(());
-                }
-                if let Some(t) = &current {
-                    commit_checkpoints(&mut client, &worker_id, &t.job_id, t.generation, &t.written).await;
-                }
-                // A stop that is overdue cancels the part's collectives, then gives it up.
-                let overdue = current
-                    .as_ref()
-                    .filter(|t| !t.handle.is_finished())
-                    .map(|t| t.stop.check(Instant::now()));
-                if (current.as_ref().is_some_and(|t| t.handle.is_finished()) || matches!(overdue, Some(Overdue::Abandon(_))))
-                    && let Some(t) = current.take()
-                {
-                    report(&mut client, &worker_id, t).await?;
-                }
-                let beat = pb::HeartbeatRequest {
-                    worker_id: worker_id.clone(),
-                    job_id: current.as_ref().map(|t| t.job_id.clone()).unwrap_or_default(),
-                    generation: current.as_ref().map_or(0, |t| t.generation),
-                    step: current.as_ref().map_or(0, |t| t.progress.step.load(Ordering::Relaxed)),
-                    total_steps: current.as_ref().map_or(0, |t| t.progress.total.load(Ordering::Relaxed)),
-                    stats: current
-                        .as_ref()
-                        .and_then(|t| *t.progress.stats.lock().unwrap_or_else(|e| e.into_inner())),
-                };
-                match HeartbeatSession::beat_on(&mut client, &mut session, beat).await {
-                    Ok(reply) => match reply.command {
-                        Some(Command::Assign(a)) => {
-                            if let Some(t) = current.take() {
-                                stop_within_bound(&t, "a new assignment").await;
-                                report(&mut client, &worker_id, t).await?;
-                            }
-                            let (job, generation) = (a.job_id.clone(), a.generation);
-                            match start_training(a, &settings, runtime_handle()) {
-                                Ok(t) => current = Some(t),
-                                Err(e) => {
-                                    let request = pb::FinishRequest {
-                                        worker_id: worker_id.clone(),
-                                        job_id: job,
-                                        generation,
-                                        ok: false,
-                                        message: format!("{e:#}"),
-                                        step: 0,
-                                    };
-                                    let _ = client.finish(request).await;
-                                }
-                            }
-                        }
-                        Some(Command::Stop(s)) => {
-                            if let Some(t) = &current
-                                && t.stop.request(&s.reason)
-                            {
-                                tracing::warn!(job = %t.job_id, reason = %s.reason, "stopping the current generation");
-                            }
-                        }
-                        Some(Command::Idle(_)) | Some(Command::Continue(_)) | None => {}
-                    },
-                    Err(s) if s.code() == tonic::Code::NotFound => {
-                        tracing::warn!(reason = %s.message(), "the coordinator does not know this worker: registering again");
-                        if let Some(t) = current.take() {
-                            stop_within_bound(&t, "the coordinator no longer knows this worker").await;
-                            if !t.handle.is_finished() {
-                                bail!(
-                                    "job {}: the part did not end after a stop; exiting so that its devices are freed",
-                                    t.job_id
-                                );
-                            }
-                            let _ = t.handle.join();
-                        }
-                        break;
-                    }
-                    Err(s) => {
-                        tracing::warn!(reason = %s.message(), "heartbeat failed");
-                        client = match connect(&settings, &token).await {
-                            Ok(c) => c,
-                            Err(e) => {
-                                // Stopped while cut off: the part still ends with its checkpoint.
-                                if let Some(t) = current.take() {
-                                    stop_within_bound(&t, "the agent is shutting down").await;
-                                    if t.handle.is_finished() {
-                                        let _ = t.handle.join();
-                                    }
-                                }
-                                return Err(e);
-                            }
-                        };
-                    }
-                }
-                tokio::time::sleep(interval).await;
+            match serve(&settings, &token, &mut client, &worker_id, interval).await? {
+                Served::Exit => return Ok(()),
+                Served::RegisterAgain => settings.ready.store(false, Ordering::Relaxed),
             }
         }
     })
-}
-
-fn runtime_handle() -> tokio::runtime::Handle {
-    tokio::runtime::Handle::current()
 }

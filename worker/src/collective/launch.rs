@@ -86,7 +86,10 @@ impl WorldLayout {
             let handles: Vec<_> = ranks.map(|r| (r, scope.spawn(move || start(r)))).collect();
             handles
                 .into_iter()
-                .map(|(r, h)| h.join().unwrap_or_else(|_| bail!("rank {r}'s thread panicked")))
+                .map(|(r, h)| {
+                    h.join()
+                        .unwrap_or_else(|p| bail!("rank {r}'s thread panicked: {}", panic_message(p.as_ref())))
+                })
                 .collect()
         })
     }
@@ -127,6 +130,15 @@ impl WorldLayout {
         };
         tracing::info!(rank, world = self.world_size, "connected to every rank");
         Ok(Some(Comm::new(collective)))
+    }
+}
+
+/// What a thread that panicked said (its payload, when it is text).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(s), _) => (*s).to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "(no message)".to_string(),
     }
 }
 

@@ -17,10 +17,11 @@ pub(crate) enum EventKind {
     Succeeded,
     Failed,
     Cancelled,
+    Preempted,
 }
 
 impl EventKind {
-    pub(crate) const ALL: [EventKind; 9] = [
+    pub(crate) const ALL: [EventKind; 10] = [
         Self::Submitted,
         Self::GenerationStarted,
         Self::CheckpointCommitted,
@@ -30,6 +31,7 @@ impl EventKind {
         Self::Succeeded,
         Self::Failed,
         Self::Cancelled,
+        Self::Preempted,
     ];
 
     /// The name stored and shown (`generation_started`).
@@ -44,6 +46,7 @@ impl EventKind {
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Preempted => "preempted",
         }
     }
 

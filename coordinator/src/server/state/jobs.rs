@@ -1,8 +1,10 @@
 //! Jobs and their generations: the job record, submitting (spec
 //! validation and the gang-size check), a rank's end of its part, rank 0's
 //! checkpoint commits, cancelling, and ending a generation early (restart
-//! from the latest checkpoint, or fail once `max_restarts` is spent), and
-//! forgetting long-finished jobs. Starting generations is `scheduling`'s.
+//! from the latest checkpoint, or fail once `max_restarts` is spent; a
+//! preemption — a worker stopped gracefully — resumes the same way without
+//! spending a restart), and forgetting long-finished jobs. Starting
+//! generations is `scheduling`'s.
 
 use super::events::{Event, EventKind};
 use super::scheduling::gang_size;
@@ -38,7 +40,13 @@ pub(crate) struct Generation {
     pub(crate) end_reason: Option<String>,
     /// Ranks that reported the end of their part (ok or not).
     pub(crate) finished: Vec<String>,
+    /// Ranks that reported training their part to the end.
+    #[serde(default)]
+    pub(crate) completed: Vec<String>,
 }
+
+/// Why `recover` ends the generations that ran when the coordinator stopped.
+pub(crate) const RECOVERED: &str = "coordinator restarted";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Job {
@@ -51,6 +59,9 @@ pub(crate) struct Job {
     pub(crate) priority: i32,
     pub(crate) max_restarts: u32,
     pub(crate) restarts: u32,
+    /// Generations ended by a graceful stop of a worker (not in `restarts`).
+    #[serde(default)]
+    pub(crate) preemptions: u32,
     pub(crate) global_batch: usize,
     /// Ranks (devices) each worker drives.
     #[serde(default = "one")]
@@ -128,6 +139,7 @@ impl State {
             priority: spec.scheduling.priority,
             max_restarts: spec.scheduling.max_restarts,
             restarts: 0,
+            preemptions: 0,
             global_batch: spec.train.batch_size,
             devices_per_worker: devices,
             generations: Vec::new(),
@@ -173,22 +185,76 @@ impl State {
         if !g.finished.iter().any(|f| f == worker) {
             g.finished.push(worker.to_string());
         }
+        if ok && !g.completed.iter().any(|f| f == worker) {
+            g.completed.push(worker.to_string());
+        }
+        let all_completed = g.workers.iter().all(|w| g.completed.contains(w));
+        let all_finished = g.finished.len() == g.workers.len();
+        let end = g.end_reason.clone();
+        if end.is_none() && ok && all_finished {
+            g.end_reason = Some("completed".into());
+        }
+        let restarting = job.state == JobState::Restarting;
         self.changes.jobs.insert(job_id.to_string());
-        if g.end_reason.is_some() {
+        if let Some(end) = end {
+            // A coordinator that restarted ended the generation on recovery;
+            // its ranks may still have trained to the end and report it late
+            // (their finish is retried): then the job is done.
+            if end == RECOVERED && restarting && all_completed {
+                self.succeed(job_id, generation, " (reported after the coordinator restarted)", now);
+            }
             return Ok(());
         }
         if !ok {
             let reason = format!("{worker} failed: {message}");
             self.end_generation(job_id, &reason, now);
-        } else if g.finished.len() == g.workers.len() {
-            g.end_reason = Some("completed".into());
-            job.state = JobState::Succeeded;
-            job.step = job.total_steps.max(job.step);
-            job.message = "finished".into();
-            job.updated_unix = now;
-            let what = format!("trained {} steps", job.step);
-            self.emit(job_id, EventKind::Succeeded, generation, what, now);
+        } else if all_finished {
+            self.succeed(job_id, generation, "", now);
         }
+        Ok(())
+    }
+
+    /// Marks `job_id` succeeded (its generation `generation` trained to the end).
+    fn succeed(&mut self, job_id: &str, generation: u32, note: &str, now: i64) {
+        let Some(job) = self.jobs.get_mut(job_id) else { return };
+        job.state = JobState::Succeeded;
+        job.step = job.total_steps.max(job.step);
+        job.message = "finished".into();
+        job.updated_unix = now;
+        let what = format!("trained {} steps{note}", job.step);
+        self.emit(job_id, EventKind::Succeeded, generation, what, now);
+    }
+
+    /// `worker`, a rank of the running generation `generation` of
+    /// `job_id`, is being stopped gracefully (SIGTERM: a node drain, a
+    /// rolling upgrade): the generation ends as preempted, which does not
+    /// spend a restart; the job resumes from the checkpoint the part writes
+    /// on its way out once enough workers are free. Anything else (an older
+    /// generation, a worker not in it) changes nothing.
+    pub(crate) fn preempt(&mut self, worker: &str, job_id: &str, generation: u32, now: i64) -> Result<(), StateError> {
+        let job = self.jobs.get_mut(job_id).ok_or_else(|| StateError::NoJob(job_id.into()))?;
+        let Some(g) = job
+            .current_mut()
+            .filter(|g| g.number == generation && g.end_reason.is_none() && g.workers.iter().any(|w| w == worker))
+        else {
+            return Ok(());
+        };
+        let reason = format!("{worker} preempted (stopped gracefully; its part ends with a checkpoint)");
+        g.end_reason = Some(reason.clone());
+        job.preemptions += 1;
+        job.state = JobState::Restarting;
+        job.message = format!(
+            "preempted: resumes from the latest checkpoint when {} worker(s) are free",
+            job.min_workers
+        );
+        job.updated_unix = now;
+        let what = format!(
+            "preemption {} by {worker}: resumes from the latest checkpoint when {} worker(s) are free (restarts stay {}/{})",
+            job.preemptions, job.min_workers, job.restarts, job.max_restarts
+        );
+        self.emit(job_id, EventKind::GenerationEnded, generation, reason, now);
+        self.emit(job_id, EventKind::Preempted, generation, what, now);
+        self.drop_pending(job_id);
         Ok(())
     }
 

@@ -17,6 +17,8 @@
 //! `events`; this file holds the state itself and its change log.
 
 mod events;
+#[cfg(test)]
+mod fault_tests;
 mod jobs;
 mod scheduling;
 #[cfg(test)]

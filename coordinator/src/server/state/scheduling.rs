@@ -6,7 +6,7 @@
 //! restart.
 
 use super::events::EventKind;
-use super::jobs::{Generation, JobState};
+use super::jobs::{Generation, JobState, RECOVERED};
 use super::workers::{Assignment, Worker};
 use super::{FORGET_LOST_WORKERS_S, State};
 
@@ -88,6 +88,7 @@ impl State {
                 started_unix: now,
                 end_reason: None,
                 finished: Vec::new(),
+                completed: Vec::new(),
             });
             job.state = JobState::Running;
             job.message = format!("generation {number} on {n} worker(s)");
@@ -145,12 +146,12 @@ impl State {
             if let Some(job) = self.jobs.get_mut(&job_id)
                 && let Some(g) = job.current_mut()
             {
-                g.end_reason = Some("coordinator restarted".into());
+                g.end_reason = Some(RECOVERED.into());
                 job.state = JobState::Restarting;
                 job.message = "coordinator restarted: resuming from the latest checkpoint".into();
                 job.updated_unix = now;
             }
-            self.emit(&job_id, EventKind::GenerationEnded, generation, "coordinator restarted".into(), now);
+            self.emit(&job_id, EventKind::GenerationEnded, generation, RECOVERED.into(), now);
         }
     }
 }

@@ -73,6 +73,8 @@ fn a_job_runs_on_two_workers_and_succeeds_when_both_finish() {
         s.heartbeat(
             &a,
             Some(Report {
+                job_id: job.id.clone(),
+                generation: 1,
                 step: 3,
                 total: 10,
                 stats: None
@@ -187,7 +189,12 @@ fn restarts_are_bounded_and_cancel_stops_the_workers() {
     s.tick(2, 5);
     assignment(s.heartbeat(&a, None, 2).unwrap());
     s.cancel(&job.id, 3).unwrap();
-    assert_eq!(s.heartbeat(&a, None, 3).unwrap(), Command::Stop("cancelled".into()));
+    let part = Report {
+        job_id: job.id.clone(),
+        generation: 1,
+        ..Report::default()
+    };
+    assert_eq!(s.heartbeat(&a, Some(part), 3).unwrap(), Command::Stop("cancelled".into()));
     assert!(matches!(s.cancel(&job.id, 4), Err(StateError::Final { .. })));
 }
 

@@ -1,6 +1,8 @@
 //! Workers and their liveness: registering, heartbeats (which hand out a
 //! pending assignment, record rank 0's progress and answer continue or
-//! stop), the heartbeat stream that makes a worker lost the moment it
+//! stop; a worker and the coordinator that disagree on the part it runs
+//! are set straight: a part the coordinator does not know is stopped, a
+//! part the worker no longer runs ends its generation), the heartbeat stream that makes a worker lost the moment it
 //! closes, and losing a worker (which ends its generation). Deadlines are
 //! `scheduling`'s tick.
 
@@ -10,10 +12,13 @@ use super::{State, StateError};
 use amdim_shared::proto::v1::TrainingStats;
 use serde::{Deserialize, Serialize};
 
-/// A heartbeat's progress: the step reached, the steps in all, and the
-/// latest numbers when the worker has any.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// A heartbeat's part and progress: the (job, generation) the worker
+/// trains, the step reached, the steps in all, and the latest numbers when
+/// the worker has any.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Report {
+    pub(crate) job_id: String,
+    pub(crate) generation: u32,
     pub(crate) step: u64,
     pub(crate) total: u64,
     pub(crate) stats: Option<TrainingStats>,
@@ -83,10 +88,12 @@ impl State {
         w
     }
 
-    /// A worker's heartbeat with its progress; returns its next command.
-    /// Liveness alone is not durable (a restarted coordinator waits for
-    /// every worker to register again), and rank 0's progress is written
-    /// with the next tick ([`State::progress`]).
+    /// A worker's heartbeat with the part it trains and its progress (None:
+    /// it trains nothing); returns its next command. Liveness alone is not
+    /// durable (a restarted coordinator waits for every worker to register
+    /// again); a hand-over of an assignment and a disagreement about the
+    /// part are changes, and rank 0's progress is written with the next
+    /// tick ([`State::progress`]).
     pub(crate) fn heartbeat(&mut self, worker: &str, report: Option<Report>, now: i64) -> Result<Command, StateError> {
         let w = self.workers.get_mut(worker).ok_or_else(|| StateError::NoWorker(worker.into()))?;
         if w.lost {
@@ -94,10 +101,26 @@ impl State {
         }
         w.last_seen_unix = now;
         if let Some(a) = w.pending.take() {
+            self.touch_worker(worker);
             return Ok(Command::Assign(a));
         }
-        let Some((job_id, generation)) = w.job.clone() else {
-            return Ok(Command::Idle);
+        let assigned = w.job.clone();
+        let (job_id, generation) = match (assigned, &report) {
+            (None, None) => return Ok(Command::Idle),
+            (None, Some(r)) => {
+                return Ok(Command::Stop(format!(
+                    "{worker} is not part of generation {} of {} (the coordinator does not know that part): drop it",
+                    r.generation, r.job_id
+                )));
+            }
+            (Some((j, g)), None) => return Ok(self.part_not_running(worker, &j, g, now)),
+            (Some((j, g)), Some(r)) if (r.job_id.as_str(), r.generation) != (j.as_str(), g) => {
+                return Ok(Command::Stop(format!(
+                    "{worker} belongs to generation {g} of {j}, not to generation {} of {}: drop that part",
+                    r.generation, r.job_id
+                )));
+            }
+            (Some(part), Some(_)) => part,
         };
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return Ok(Command::Stop(format!("job {job_id} is gone")));
@@ -119,6 +142,23 @@ impl State {
             Some(g) => Ok(Command::Stop(g.end_reason.clone().unwrap_or_default())),
             None => Ok(Command::Stop(format!("generation {generation} of {job_id} is over"))),
         }
+    }
+
+    /// `worker` trains nothing, yet belongs to `generation` of `job_id`: its
+    /// assignment or the report of its part's end was lost. It is free
+    /// again, and a generation still running with it ends (the job restarts
+    /// from its latest checkpoint, or fails once its restarts are spent),
+    /// so that no job waits for ever on a part nobody trains.
+    fn part_not_running(&mut self, worker: &str, job_id: &str, generation: u32, now: i64) -> Command {
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.job = None;
+        }
+        self.touch_worker(worker);
+        if self.jobs.get(job_id).and_then(Job::running_generation).map(|g| g.number) == Some(generation) {
+            let reason = format!("{worker} is not training its part of generation {generation} (its assignment or its end was lost)");
+            self.end_generation(job_id, &reason, now);
+        }
+        Command::Idle
     }
 
     /// The heartbeat stream `session` of `worker` opened (see [`Worker::session`]).

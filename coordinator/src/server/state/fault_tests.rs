@@ -1,0 +1,108 @@
+//! The rules that keep a job from hanging or failing for the wrong reason,
+//! driven with explicit times: a worker and the coordinator that disagree
+//! about the part it runs, a preempted worker, and a finish that arrives
+//! after the coordinator restarted.
+
+use super::*;
+
+const SPEC: &str = "[job]\nname = \"t\"\n[data]\nformat = \"synthetic\"\n[train]\nbatch_size = 8\n\
+                    [scheduling]\nmin_workers = 1\nmax_workers = 1\nmax_restarts = 0\n";
+
+fn part(job: &str, generation: u32) -> Option<Report> {
+    Some(Report {
+        job_id: job.into(),
+        generation,
+        ..Report::default()
+    })
+}
+
+/// A state with one job assigned to worker `a` (its generation 1 running).
+fn running() -> (State, String, String) {
+    let mut s = State::default();
+    let job = s.submit(SPEC, 0, 0, 0).unwrap().id;
+    let a = s.register("a", 1, "h:1", 0).id;
+    s.tick(0, 60);
+    assert!(matches!(s.heartbeat(&a, None, 1).unwrap(), Command::Assign(_)));
+    (s, job, a)
+}
+
+#[test]
+fn a_part_the_coordinator_does_not_know_is_stopped_never_continued() {
+    let (mut s, job, a) = running();
+    assert_eq!(s.heartbeat(&a, part(&job, 1), 2).unwrap(), Command::Continue);
+    for (j, g) in [("job-999999", 1), (job.as_str(), 7)] {
+        match s.heartbeat(&a, part(j, g), 3).unwrap() {
+            Command::Stop(why) => assert!(why.contains("drop") && why.contains(j), "{why}"),
+            other => panic!("a part it does not know: expected Stop, got {other:?}"),
+        }
+    }
+    let idle = s.register("b", 1, "h:2", 3).id;
+    match s.heartbeat(&idle, part(&job, 1), 4).unwrap() {
+        Command::Stop(why) => assert!(why.contains("does not know"), "{why}"),
+        other => panic!("a free worker reporting a part: expected Stop, got {other:?}"),
+    }
+    assert_eq!(s.jobs[&job].state, JobState::Running, "none of that ends the real part");
+}
+
+#[test]
+fn a_worker_that_trains_nothing_ends_the_generation_it_belongs_to() {
+    let (mut s, job, a) = running();
+    s.take_changes();
+    // Its assignment (or the report of its end) was lost: it heartbeats with no part.
+    assert_eq!(s.heartbeat(&a, None, 2).unwrap(), Command::Idle);
+    let j = &s.jobs[&job];
+    assert_eq!(j.state, JobState::Failed, "max_restarts = 0: {}", j.message);
+    assert!(j.message.contains("not training its part"), "{}", j.message);
+    assert_eq!(s.workers[&a].job, None, "the worker is free again");
+    assert!(
+        s.changes.workers.contains(&a) && s.changes.jobs.contains(&job),
+        "and that is written"
+    );
+}
+
+#[test]
+fn a_preempted_generation_resumes_without_spending_a_restart() {
+    let (mut s, job, a) = running();
+    s.commit_checkpoint(&a, &job, 1, 10, 100, 2).unwrap();
+    s.preempt(&a, &job, 1, 3).unwrap();
+    s.preempt(&a, &job, 1, 3).unwrap();
+    let j = &s.jobs[&job];
+    assert_eq!((j.state, j.restarts, j.preemptions), (JobState::Restarting, 0, 1));
+    // The part's final checkpoint still counts, and its stopped end is no failure.
+    assert!(s.commit_checkpoint(&a, &job, 1, 12, 100, 4).unwrap());
+    s.finish(&a, &job, 1, false, "stopped", 4).unwrap();
+    assert_eq!(s.jobs[&job].state, JobState::Restarting);
+    let b = s.register("b", 1, "h:2", 5).id;
+    s.tick(5, 60);
+    let Command::Assign(next) = s.heartbeat(&a, None, 5).unwrap() else {
+        panic!("the job resumes on a free worker")
+    };
+    assert!(next.resume && next.generation == 2);
+    s.finish(&a, &job, 2, true, "", 6).unwrap();
+    let j = &s.jobs[&job];
+    assert_eq!((j.state, j.restarts, j.preemptions), (JobState::Succeeded, 0, 1));
+    let kinds: Vec<&str> = j.events.iter().map(|e| e.kind.name()).collect();
+    assert!(kinds.contains(&"preempted") && !kinds.contains(&"restarting"), "{kinds:?}");
+    let started = j.events.iter().rfind(|e| e.kind == EventKind::GenerationStarted).unwrap();
+    assert!(started.message.contains("checkpoint of step 12"), "{}", started.message);
+    assert!(s.preempt(&b, "job-999999", 1, 7).is_err());
+}
+
+#[test]
+fn parts_that_trained_to_the_end_while_the_coordinator_restarted_finish_the_job() {
+    let (mut s, job, a) = running();
+    s.recover(3);
+    assert_eq!(s.jobs[&job].state, JobState::Restarting);
+    // The part ended while the coordinator was down; its finish is retried until it lands.
+    s.finish(&a, &job, 1, true, "", 4).unwrap();
+    let j = &s.jobs[&job];
+    assert_eq!(j.state, JobState::Succeeded, "{}", j.message);
+    assert_eq!(j.generations.len(), 1, "no second generation trains it again");
+    assert_eq!(j.events.last().unwrap().kind, EventKind::Succeeded);
+
+    // A part that did not train to the end does not.
+    let (mut s, job, a) = running();
+    s.recover(3);
+    s.finish(&a, &job, 1, false, "stopped", 4).unwrap();
+    assert_eq!(s.jobs[&job].state, JobState::Restarting);
+}
