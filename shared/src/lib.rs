@@ -2,7 +2,7 @@
 //!
 //! This crate owns the job spec (parsing, environment overrides, field-named
 //! validation), the deterministic random streams and the global sample order
-//! (pure functions), the checkpoint layout, manifest and folder I/O, storage
+//! (pure functions), the checkpoint layout, manifest and folder I/O, the run history, storage
 //! URIs, the packed-dataset format, the client end of a worker's heartbeat
 //! stream, and the metrics registry with the
 //! HTTP endpoints (health, readiness, metrics) both processes serve. It must stay free
@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod checkpoint;
+pub mod history;
 pub mod http;
 pub mod imagefolder;
 pub mod metrics;
