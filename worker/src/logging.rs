@@ -55,6 +55,8 @@ impl Bars {
 
 static BARS: OnceLock<Bars> = OnceLock::new();
 static STEP_LINES: AtomicBool = AtomicBool::new(true);
+/// Text lines on a terminal are broken at its width (JSON lines never).
+static WRAP: AtomicBool = AtomicBool::new(false);
 
 /// This process's progress bars (hidden until [`init`] finds a terminal).
 pub fn bars() -> &'static Bars {
@@ -90,7 +92,12 @@ impl Write for LineBuffer {
 
 impl Drop for LineBuffer {
     fn drop(&mut self) {
-        let line = std::mem::take(&mut self.0);
+        let mut line = std::mem::take(&mut self.0);
+        if WRAP.load(Ordering::Relaxed)
+            && let Some(width) = terminal_width()
+        {
+            line = wrap(&String::from_utf8_lossy(&line), width).into_bytes();
+        }
         bars().suspend(|| {
             let mut err = std::io::stderr().lock();
             // A log line that cannot reach stderr has nowhere else to go.
@@ -98,6 +105,51 @@ impl Drop for LineBuffer {
             let _ = err.flush();
         });
     }
+}
+
+/// Columns of the terminal on stderr, when it is one.
+pub fn terminal_width() -> Option<usize> {
+    // SAFETY: TIOCGWINSZ only fills the winsize struct it is given.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    (ok && ws.ws_col > 0).then_some(usize::from(ws.ws_col))
+}
+
+/// `text` with every line broken before it passes `width` columns, the
+/// continuations indented by two spaces; ANSI escape sequences take no
+/// room. On a terminal a log line then never runs past the right edge.
+fn wrap(text: &str, width: usize) -> String {
+    let width = width.max(8);
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut column = 0;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            out.push(c);
+            if chars.peek() == Some(&'[') {
+                // CSI: parameters, then one final byte in @..~.
+                for next in chars.by_ref() {
+                    out.push(next);
+                    if next != '[' && ('@'..='~').contains(&next) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        if c == '\n' {
+            out.push(c);
+            column = 0;
+            continue;
+        }
+        if column == width {
+            out.push_str("\n  ");
+            column = 2;
+        }
+        out.push(c);
+        column += 1;
+    }
+    out
 }
 
 impl<'a> MakeWriter<'a> for AboveBars {
@@ -117,6 +169,7 @@ pub fn init(format: Option<LogFormat>) {
             shown: true,
         });
         STEP_LINES.store(format.is_some(), Ordering::Relaxed);
+        WRAP.store(format != Some(LogFormat::Json), Ordering::Relaxed);
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("AMDIM_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let lines = tracing_subscriber::fmt::layer().with_writer(AboveBars).with_ansi(terminal);
@@ -125,4 +178,22 @@ pub fn init(format: Option<LogFormat>) {
         LogFormat::Json => lines.json().boxed(),
     };
     tracing_subscriber::registry().with(lines).with(filter).init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrap;
+
+    #[test]
+    fn long_lines_break_at_the_width_and_escapes_take_no_room() {
+        let line = format!("\x1b[32mINFO\x1b[0m {}\n", "x".repeat(30));
+        let wrapped = wrap(&line, 20);
+        let visible: Vec<String> = wrapped
+            .lines()
+            .map(|l| l.replace("\x1b[32m", "").replace("\x1b[0m", ""))
+            .collect();
+        assert_eq!(visible, vec![format!("INFO {}", "x".repeat(15)), format!("  {}", "x".repeat(15))]);
+        assert!(wrapped.ends_with('\n'));
+        assert_eq!(wrap("short\n", 20), "short\n");
+    }
 }

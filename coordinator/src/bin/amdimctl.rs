@@ -3,7 +3,7 @@
 //! the coordinator, `jobs`); runs a whole job on this machine (`local`);
 //! validates job specs locally with the same field-named errors the worker
 //! and coordinator give; packs and inspects datasets; lists and exports
-//! checkpoints. Output as a table, JSON or YAML (`-o`). Exit codes: 0 ok,
+//! checkpoints; prints and plots run histories. Output as a table, JSON or YAML (`-o`). Exit codes: 0 ok,
 //! 1 failure (or a watched job that did not succeed), 2 invalid input,
 //! 130 interrupted.
 
@@ -144,6 +144,18 @@ enum Command {
     /// Linear-probe and k-NN accuracy of a job's (or a checkpoint's) frozen
     /// features, via `amdim-worker probe`.
     Probe(amdim_coordinator::ctl::probe::Args),
+    /// A run's history (history.jsonl beside its checkpoints): step, epoch,
+    /// elapsed, loss, lr, images/s and the online heads' accuracies.
+    History {
+        /// A job id or a checkpoint URI.
+        #[arg(value_name = "JOB|URI")]
+        uri: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Draw the loss and online accuracy curves of one or several runs
+    /// (job ids or checkpoint URIs) on shared axes into a PNG.
+    Plot(amdim_coordinator::ctl::plot::Args),
     /// Download a checkpoint's model weights (safetensors, the authors'
     /// PyTorch names, their model described in the metadata) and manifest
     /// into a folder, verified; says on stderr which model they hold.
@@ -239,6 +251,13 @@ fn main() -> ExitCode {
             println!("{}", path.display());
             Ok(())
         }),
+        Command::History { uri, output } => with_checkpoint_uri(&conn, uri, |uri| async move {
+            amdim_coordinator::ctl::history::print(&uri, output).await
+        }),
+        Command::Plot(args) if args.targets.iter().any(|t| amdim_coordinator::ctl::plot::is_job(t)) => {
+            jobs_command(&conn, |c| async move { amdim_coordinator::ctl::plot::run(Some(c), args).await.map(|()| ExitCode::SUCCESS) })
+        }
+        Command::Plot(args) => report(runtime().and_then(|rt| rt.block_on(amdim_coordinator::ctl::plot::run(None, args)))),
         Command::Probe(args) if args.is_job() => jobs_command(&conn, |c| amdim_coordinator::ctl::probe::for_job(c, args)),
         Command::Probe(args) => runtime()
             .and_then(|rt| rt.block_on(amdim_coordinator::ctl::probe::for_uri(args)))

@@ -10,14 +10,6 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::Mutex;
 
-/// Columns of the terminal on stderr, when it is one.
-fn terminal_width() -> Option<usize> {
-    // SAFETY: TIOCGWINSZ only fills the winsize struct it is given.
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
-    (ok && ws.ws_col > 0).then_some(usize::from(ws.ws_col))
-}
-
 /// `name` cut to at most `max` characters (an ellipsis marks the cut).
 fn fit(name: &str, max: usize) -> String {
     if name.chars().count() <= max {
@@ -79,7 +71,7 @@ impl RunProgress {
 
 impl RunObserver for RunProgress {
     fn on_start(&self, step: u64, total: u64) -> Result<()> {
-        let width = terminal_width().unwrap_or(80);
+        let width = logging::terminal_width().unwrap_or(80);
         if let Ok(style) = ProgressStyle::with_template(&template(width, total)) {
             self.bar.set_style(style.progress_chars("=> "));
         }
