@@ -247,7 +247,10 @@ mod tests {
             }),
         ];
         let text = to_jsonl(&records);
-        assert!(text.lines().next().is_some_and(|l| l.starts_with(r#"{"kind":"step","step":1,"#)), "{text}");
+        assert!(
+            text.lines().next().is_some_and(|l| l.starts_with(r#"{"kind":"step","step":1,"#)),
+            "{text}"
+        );
         assert!(text.lines().nth(1).is_some_and(|l| l.starts_with(r#"{"kind":"eval""#)), "{text}");
         assert_eq!(parse("h", &text).ok(), Some(records));
     }

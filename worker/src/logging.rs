@@ -2,7 +2,8 @@
 //! draw progress bars (one per run, `train::progress`) and every log line is
 //! printed above them through [`Bars::suspend`], so the two never interleave;
 //! off a terminal there are no bars and the lines go straight to stderr.
-//! The format is `--log-format text|json` (`AMDIM_LOG_FORMAT`; the older
+//! On a terminal, text lines are broken at its width. The format is
+//! `--log-format text|json` (`AMDIM_LOG_FORMAT`; the older
 //! `--log-json` / `AMDIM_LOG_JSON` still mean json), the filter `AMDIM_LOG`
 //! (default `info`).
 //!
@@ -172,7 +173,13 @@ pub fn init(format: Option<LogFormat>) {
         WRAP.store(format != Some(LogFormat::Json), Ordering::Relaxed);
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("AMDIM_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let lines = tracing_subscriber::fmt::layer().with_writer(AboveBars).with_ansi(terminal);
+    // On a terminal without an asked-for format, lines for people: no
+    // module path, broken at the terminal's width.
+    let people = terminal && format.is_none();
+    let lines = tracing_subscriber::fmt::layer()
+        .with_writer(AboveBars)
+        .with_ansi(terminal)
+        .with_target(!people);
     let lines = match format.unwrap_or(LogFormat::Text) {
         LogFormat::Text => lines.boxed(),
         LogFormat::Json => lines.json().boxed(),
@@ -188,10 +195,7 @@ mod tests {
     fn long_lines_break_at_the_width_and_escapes_take_no_room() {
         let line = format!("\x1b[32mINFO\x1b[0m {}\n", "x".repeat(30));
         let wrapped = wrap(&line, 20);
-        let visible: Vec<String> = wrapped
-            .lines()
-            .map(|l| l.replace("\x1b[32m", "").replace("\x1b[0m", ""))
-            .collect();
+        let visible: Vec<String> = wrapped.lines().map(|l| l.replace("\x1b[32m", "").replace("\x1b[0m", "")).collect();
         assert_eq!(visible, vec![format!("INFO {}", "x".repeat(15)), format!("  {}", "x".repeat(15))]);
         assert!(wrapped.ends_with('\n'));
         assert_eq!(wrap("short\n", 20), "short\n");

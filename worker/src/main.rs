@@ -68,7 +68,11 @@ fn keep_freed_buffers() {}
 fn main() -> Result<()> {
     keep_freed_buffers();
     let parsed = Cli::parse();
-    logging::init(if parsed.log_json { Some(LogFormat::Json) } else { parsed.log_format });
+    logging::init(if parsed.log_json {
+        Some(LogFormat::Json)
+    } else {
+        parsed.log_format
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

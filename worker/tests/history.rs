@@ -96,10 +96,29 @@ fn runs_write_their_history_and_a_resume_continues_it_without_repeats() {
     assert_eq!(steps, vec![1, 2, 3, 4, 5]);
     assert_eq!(evals, vec![5], "the run's end evaluates");
     let first = &records[0];
-    for field in ["epoch", "elapsed_s", "loss", "nce_1t5", "nce_1t7", "nce_5t5", "reg", "class_lin", "class_mlp", "lr"] {
+    for field in [
+        "epoch",
+        "elapsed_s",
+        "loss",
+        "nce_1t5",
+        "nce_1t7",
+        "nce_5t5",
+        "reg",
+        "class_lin",
+        "class_mlp",
+        "lr",
+    ] {
         assert!(first[field].is_number(), "{field} missing: {first}");
     }
-    for field in ["images_per_s", "data_wait_s", "compute_s", "gather_s", "bn_sync_s", "all_reduce_s", "rank_sync_s"] {
+    for field in [
+        "images_per_s",
+        "data_wait_s",
+        "compute_s",
+        "gather_s",
+        "bn_sync_s",
+        "all_reduce_s",
+        "rank_sync_s",
+    ] {
         assert!(first[field].is_number(), "{field} missing: {first}");
     }
     let eval = records.iter().find(|r| r["kind"] == "eval").unwrap();
@@ -114,13 +133,19 @@ fn runs_write_their_history_and_a_resume_continues_it_without_repeats() {
     assert_eq!(steps, (1..=10).collect::<Vec<_>>(), "each step once, in order");
     assert_eq!(evals, vec![8, 10], "the epoch end and the run's end, the lost run's eval dropped");
     let elapsed: Vec<f64> = records.iter().map(|r| r["elapsed_s"].as_f64().unwrap()).collect();
-    assert!(elapsed.windows(2).all(|w| w[0] <= w[1]), "elapsed time continues across the resume: {elapsed:?}");
+    assert!(
+        elapsed.windows(2).all(|w| w[0] <= w[1]),
+        "elapsed time continues across the resume: {elapsed:?}"
+    );
 
     // amdimctl history: a table row per step, and the records as JSON.
     let table = support::run_amdimctl(&["history", ckpt.to_str().unwrap()], &[]);
     let mut lines = table.lines();
     let header = lines.next().unwrap_or_default();
-    assert!(header.starts_with("STEP") && header.contains("LOSS") && header.contains("ONLINE-LIN"), "{table}");
+    assert!(
+        header.starts_with("STEP") && header.contains("LOSS") && header.contains("ONLINE-LIN"),
+        "{table}"
+    );
     let rows: Vec<u64> = lines.filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
     assert_eq!(rows, (1..=10).collect::<Vec<_>>(), "{table}");
     assert!(table.lines().all(|l| l.chars().count() <= 80), "{table}");

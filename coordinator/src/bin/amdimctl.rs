@@ -255,7 +255,9 @@ fn main() -> ExitCode {
             amdim_coordinator::ctl::history::print(&uri, output).await
         }),
         Command::Plot(args) if args.targets.iter().any(|t| amdim_coordinator::ctl::plot::is_job(t)) => {
-            jobs_command(&conn, |c| async move { amdim_coordinator::ctl::plot::run(Some(c), args).await.map(|()| ExitCode::SUCCESS) })
+            jobs_command(&conn, |c| async move {
+                amdim_coordinator::ctl::plot::run(Some(c), args).await.map(|()| ExitCode::SUCCESS)
+            })
         }
         Command::Plot(args) => report(runtime().and_then(|rt| rt.block_on(amdim_coordinator::ctl::plot::run(None, args)))),
         Command::Probe(args) if args.is_job() => jobs_command(&conn, |c| amdim_coordinator::ctl::probe::for_job(c, args)),

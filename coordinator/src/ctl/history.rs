@@ -26,7 +26,7 @@ pub async fn load(uri: &str) -> Result<Vec<HistoryRecord>> {
 fn elapsed(seconds: f64) -> String {
     let s = seconds.max(0.0).round() as u64;
     match s {
-        s if s < 60 => format!("{s}s"),
+        s if s < 60 => format!("{:.1}s", seconds.max(0.0)),
         s if s < 3600 => format!("{}m {:02}s", s / 60, s % 60),
         s => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
     }
@@ -94,9 +94,14 @@ pub async fn print(uri: &str, output: Output) -> Result<()> {
 }
 
 /// A short name for a run given as `target` (a job id or a URI): the
-/// target itself, its last two path parts when it is long.
+/// target without a last `checkpoints` part, its last two path parts when
+/// it is long.
 pub fn run_label(target: &str) -> String {
     let trimmed = target.trim_end_matches('/');
+    let trimmed = match trimmed.strip_suffix("/checkpoints") {
+        Some(parent) if !parent.is_empty() => parent,
+        _ => trimmed,
+    };
     if trimmed.chars().count() <= 32 {
         return trimmed.to_string();
     }
@@ -111,8 +116,10 @@ mod tests {
     #[test]
     fn long_targets_keep_their_last_two_parts() {
         assert_eq!(run_label("job-000042"), "job-000042");
-        assert_eq!(run_label("s3://bucket/experiments/2026/fashion-a/checkpoints/"), "…/fashion-a/checkpoints");
+        assert_eq!(run_label("runs/alpha/checkpoints"), "runs/alpha");
+        assert_eq!(run_label("s3://bucket/experiments/2026/fashion-a/ckpt/"), "…/fashion-a/ckpt");
         assert_eq!(elapsed(3725.0), "1h 02m");
         assert_eq!(elapsed(65.0), "1m 05s");
+        assert_eq!(elapsed(0.44), "0.4s");
     }
 }

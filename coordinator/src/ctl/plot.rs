@@ -130,8 +130,26 @@ fn span(values: impl Iterator<Item = f64>, min_pad: f64) -> Option<Range<f64>> {
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
+/// How one panel is labelled.
+struct Labels<'a> {
+    title: &'a str,
+    x_desc: &'a str,
+    y_desc: &'a str,
+    /// Decimals of the x tick labels.
+    x_decimals: usize,
+    /// Where the legend goes (where the curves are not, usually).
+    legend_at: SeriesLabelPosition,
+}
+
 /// Draws one panel: `lines` are (run index, series label, points, dashed).
-fn panel(area: &Area<'_>, title: &str, x_desc: &str, y_desc: &str, xs: Range<f64>, lines: &[(usize, String, &Points, bool)]) -> Result<()> {
+fn panel(area: &Area<'_>, labels: Labels<'_>, xs: Range<f64>, lines: &[(usize, String, &Points, bool)]) -> Result<()> {
+    let Labels {
+        title,
+        x_desc,
+        y_desc,
+        x_decimals,
+        legend_at,
+    } = labels;
     let ys = span(lines.iter().flat_map(|(_, _, p, _)| p.iter().map(|&(_, y)| y)), 0.5);
     let Some(ys) = ys else {
         area.titled(&format!("{title}: no data in these runs"), ("sans-serif", 24))
@@ -149,6 +167,8 @@ fn panel(area: &Area<'_>, title: &str, x_desc: &str, y_desc: &str, xs: Range<f64
         .configure_mesh()
         .x_desc(x_desc)
         .y_desc(y_desc)
+        .x_label_formatter(&|v| format!("{v:.x_decimals$}"))
+        .y_label_formatter(&|v| format!("{v:.1}"))
         .label_style(("sans-serif", 16))
         .axis_desc_style(("sans-serif", 18))
         .light_line_style(WHITE.mix(0.0))
@@ -172,7 +192,7 @@ fn panel(area: &Area<'_>, title: &str, x_desc: &str, y_desc: &str, xs: Range<f64
         .label_font(("sans-serif", 16))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.5))
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend_at)
         .draw()
         .map_err(|e| anyhow!("drawing: {e}"))?;
     Ok(())
@@ -183,29 +203,40 @@ fn draw(runs: &[Run], x: XAxis, width: u32, height: u32) -> Result<Vec<u8>> {
     let mut pixels = vec![0u8; width as usize * height as usize * 3];
     let data: Vec<_> = runs.iter().map(|r| series(r, x)).collect();
     let xs = span(data.iter().flat_map(|(l, a, _)| l.iter().chain(a).map(|&(x, _)| x)), 0.5).unwrap_or(0.0..1.0);
-    let x_desc = match x {
-        XAxis::Step => "step",
-        XAxis::Time => "training time (minutes)",
+    let (x_desc, x_decimals) = match x {
+        XAxis::Step => ("step", 0),
+        XAxis::Time => ("training time (minutes)", 1),
     };
     {
         let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow!("drawing: {e}"))?;
         let (top, bottom) = root.split_vertically(height / 2);
-        let losses: Vec<_> = data.iter().enumerate().map(|(i, (l, _, _))| (i, runs[i].label.clone(), l, false)).collect();
-        panel(&top, "Training loss", x_desc, "loss", xs.clone(), &losses)?;
+        let losses: Vec<_> = data
+            .iter()
+            .enumerate()
+            .map(|(i, (l, _, _))| (i, runs[i].label.clone(), l, false))
+            .collect();
+        let loss_labels = Labels {
+            title: "Training loss",
+            x_desc,
+            y_desc: "loss",
+            x_decimals,
+            legend_at: SeriesLabelPosition::UpperRight,
+        };
+        panel(&top, loss_labels, xs.clone(), &losses)?;
         let mut acc = Vec::new();
         for (i, (_, lin, mlp)) in data.iter().enumerate() {
             acc.push((i, format!("{} linear", runs[i].label), lin, false));
             acc.push((i, format!("{} MLP (dashed)", runs[i].label), mlp, true));
         }
-        panel(
-            &bottom,
-            "Online heads' test accuracy (live signal; the real figure is `amdimctl probe`)",
+        let acc_labels = Labels {
+            title: "Online heads' test accuracy (live signal; the real figure is `amdimctl probe`)",
             x_desc,
-            "accuracy (%)",
-            xs,
-            &acc,
-        )?;
+            y_desc: "accuracy (%)",
+            x_decimals,
+            legend_at: SeriesLabelPosition::LowerRight,
+        };
+        panel(&bottom, acc_labels, xs, &acc)?;
         root.present().map_err(|e| anyhow!("drawing: {e}"))?;
     }
     Ok(pixels)
@@ -218,7 +249,9 @@ fn write_png(path: &Path, pixels: &[u8], width: u32, height: u32) -> Result<()> 
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     let mut writer = encoder.write_header().with_context(|| format!("writing {}", path.display()))?;
-    writer.write_image_data(pixels).with_context(|| format!("writing {}", path.display()))?;
+    writer
+        .write_image_data(pixels)
+        .with_context(|| format!("writing {}", path.display()))?;
     writer.finish().with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -31,7 +31,11 @@ fn human_duration(seconds: f64) -> String {
 /// and URIs excepted, which are printed whole so they can be copied).
 pub fn table(name: &str, s: &RunSummary) -> String {
     let mut out = String::new();
-    let state = if s.stopped_early { "stopped (resume with --resume)" } else { "finished" };
+    let state = if s.stopped_early {
+        "stopped (resume with --resume)"
+    } else {
+        "finished"
+    };
     let _ = writeln!(out, "\n{name}: {state}");
     let mut row = |label: &str, value: String| {
         let _ = writeln!(out, "  {label:<14} {value}");
@@ -41,13 +45,21 @@ pub fn table(name: &str, s: &RunSummary) -> String {
     if let Some(l) = &s.last_step {
         row("loss", format!("{:.4} (step {})", l.loss, l.step));
         row("  nce", format!("1t5 {:.4}  1t7 {:.4}  5t5 {:.4}", l.nce_1t5, l.nce_1t7, l.nce_5t5));
-        row("  reg, heads", format!("{:.4}, lin {:.4}  mlp {:.4}", l.reg, l.class_lin, l.class_mlp));
+        row(
+            "  reg, heads",
+            format!("{:.4}, lin {:.4}  mlp {:.4}", l.reg, l.class_lin, l.class_mlp),
+        );
         row("throughput", format!("{:.0} images/s", l.images_per_s));
     }
     if let Some(e) = &s.last_eval {
         row(
             "online head",
-            format!("linear {:.1} %  mlp {:.1} %  ({} test images)", 100.0 * e.linear, 100.0 * e.mlp, e.samples),
+            format!(
+                "linear {:.1} %  mlp {:.1} %  ({} test images)",
+                100.0 * e.linear,
+                100.0 * e.mlp,
+                e.samples
+            ),
         );
         let _ = writeln!(
             out,

@@ -78,6 +78,6 @@ fn train_local_ranks(
         };
         let summary = with_backend!(spec, |B, device| train::<B>(spec.clone(), device, options, handle.clone()));
         progress.finish();
-        Ok(summary?)
+        summary
     })
 }

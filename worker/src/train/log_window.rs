@@ -39,12 +39,13 @@ impl StepWindow {
         self.comm.add(&m.comm);
     }
 
-    /// The record of logged step `m.step` over the window (`elapsed_s`
-    /// since the run's first start), then starts a new window.
-    pub(crate) fn close(&mut self, epoch: u64, m: &StepMetrics, skipped_samples: u64, elapsed_s: f64) -> StepRecord {
+    /// The record of logged step `step` (updates done; `m` its metrics)
+    /// over the window (`elapsed_s` since the run's first start), then
+    /// starts a new window.
+    pub(crate) fn close(&mut self, step: u64, epoch: u64, m: &StepMetrics, skipped_samples: u64, elapsed_s: f64) -> StepRecord {
         let secs = self.started.elapsed().as_secs_f64();
         let record = StepRecord {
-            step: m.step,
+            step,
             epoch,
             elapsed_s,
             loss: f64::from(m.loss),
@@ -80,7 +81,17 @@ pub(crate) fn log_step(r: &StepRecord, total: u64, checksum: Option<&str>) {
         Some(param_checksum) => {
             let comm_s = r.gather_s + r.bn_sync_s + r.all_reduce_s + r.rank_sync_s;
             let exposed_comm_share = comm_s / (r.compute_s + comm_s + r.data_wait_s).max(1e-9);
-            tracing::info!(step, total, epoch, loss, lr, images_per_s, exposed_comm_share, param_checksum, "step");
+            tracing::info!(
+                step,
+                total,
+                epoch,
+                loss,
+                lr,
+                images_per_s,
+                exposed_comm_share,
+                param_checksum,
+                "step"
+            );
         }
     }
 }

@@ -26,9 +26,12 @@ fn template(width: usize, total: u64) -> String {
     let pos = 2 * total.max(1).to_string().len() + 1;
     // "{prefix} " + "{bar} " + "{pos}/{len} " + "ETA hh:mm:ss " before the message.
     let fixed = 13 + pos + 1 + 13;
-    if width >= fixed + 10 + 22 {
-        let bar = (width - fixed - 22).clamp(10, 40);
-        format!("{{prefix:12}} {{bar:{bar}}} {{pos:>{digits}}}/{{len}} ETA {{eta_precise}} {{wide_msg}}", digits = pos / 2)
+    if width >= fixed + 10 + 26 {
+        let bar = (width - fixed - 26).clamp(10, 40);
+        format!(
+            "{{prefix:12}} {{bar:{bar}}} {{pos:>{digits}}}/{{len}} ETA {{eta_precise}} {{wide_msg}}",
+            digits = pos / 2
+        )
     } else if width >= pos + 14 + 8 {
         "{pos}/{len} ETA {eta_precise} {wide_msg}".to_string()
     } else {
@@ -92,8 +95,7 @@ impl RunObserver for RunProgress {
             }
             Err(_) => now,
         };
-        self.bar
-            .set_message(format!("loss {:.4}  {rate:.0} img/s", report.metrics.loss));
+        self.bar.set_message(format!("loss {:.4}  {rate:.0} img/s", report.metrics.loss));
         self.bar.set_position(report.metrics.step);
     }
 }
@@ -114,7 +116,11 @@ mod tests {
             } else {
                 12
             };
-            assert!(fixed + 8 <= width, "width {width}: {t} leaves {} columns", width.saturating_sub(fixed));
+            assert!(
+                fixed + 8 <= width,
+                "width {width}: {t} leaves {} columns",
+                width.saturating_sub(fixed)
+            );
         }
         assert_eq!(fit("a-very-long-job-name", 9), "a-very-l…");
     }

@@ -19,13 +19,13 @@ use crate::data::Split;
 use crate::data::pipeline::{Pipeline, Source, TrainBatch};
 use crate::data::prefetch::{StepRange, spawn_batches};
 
+use crate::checkpoint::writer::OnUpload;
 use crate::model::kernels::Kernels;
 use crate::train::checkpoint_policy::{CheckpointDecision, CheckpointPolicy};
 use crate::train::eval::{EvalResult, evaluate};
 use crate::train::history::RunHistory;
 use crate::train::log_window::{StepWindow, log_step};
 use crate::train::observer::{RunObserver, StepReport, StepTiming, upload_events};
-use crate::checkpoint::writer::OnUpload;
 use crate::train::step::{StepMetrics, Trainer};
 use amdim_shared::checkpoint::{MANIFEST_FORMAT, MODEL_FILE, Manifest, OPTIMIZER_FILE};
 use amdim_shared::history::{EvalRecord, HistoryRecord, StepRecord};
@@ -285,7 +285,8 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
     );
     let observer = options.observer.clone();
     let mut policy = CheckpointPolicy::new(&spec.checkpoint, total, rank == 0);
-    let mut writer = AsyncCheckpointer::new(store, t.plan.clone(), policy.retention()).on_upload(upload_events_and_history(observer.clone(), history.clone()));
+    let mut writer = AsyncCheckpointer::new(store, t.plan.clone(), policy.retention())
+        .on_upload(upload_events_and_history(observer.clone(), history.clone()));
     observer.on_start(t.step, total)?;
     let (mut last_eval, mut stopped_early, mut last_step) = (None, false, None);
     let (mut checkpoint_blocked, mut total_wait) = (0.0f64, 0.0f64);
@@ -321,7 +322,7 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
                 tracing::warn!(step = m.step, "non-finite loss: update skipped");
             }
             if t.step.is_multiple_of(spec.train.log_every) || t.step == total {
-                let record = window.close(epoch, &m, train.health.skipped(), history.elapsed_s());
+                let record = window.close(t.step, epoch, &m, train.health.skipped(), history.elapsed_s());
                 if crate::logging::step_lines() {
                     log_step(&record, total, (world > 1).then(|| param_checksum(&t)).as_deref());
                 }
