@@ -2,7 +2,7 @@
 //!
 //! This crate owns the job spec (parsing, environment overrides, field-named
 //! validation), the deterministic random streams and the global sample order
-//! (pure functions), the checkpoint layout, manifest and folder I/O, storage
+//! (pure functions), the checkpoint layout, manifest and folder I/O, the run history, storage
 //! URIs and the retrying of storage requests, the packed-dataset format, the
 //! client end of a worker's heartbeat stream, the backoff policy of RPC
 //! clients (jitter, the server's retry-after hint), and the metrics registry with the
@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod backoff;
 pub mod checkpoint;
+pub mod history;
 pub mod http;
 pub mod imagefolder;
 pub mod metrics;

@@ -6,11 +6,12 @@
 //! - `data/`: dataset readers and augmentations (docs/model.md §5, docs/architecture.md §4)
 //! - `checkpoint/`: safetensors state and object-store checkpoints (docs/architecture.md §7)
 //! - `train/`: the training step, evaluation, and the training loop with its
-//!   checkpoint policy and run observers
+//!   checkpoint policy, run observers, progress bar and run history
 //! - `collective/`: collectives (TCP, NCCL), launching a process's ranks, and
 //!   data-parallel exchanges (docs/architecture.md §5–6)
 //! - `agent/`: the worker under a coordinator (register, heartbeat, train assigned generations)
 //! - `probe/`: frozen-feature evaluation (linear probe, k-NN) of a checkpoint
+//! - `logging`: log lines (text or JSON) and the progress bars they print above
 //! - `metrics`: the Prometheus series of a worker (docs/architecture.md §9)
 //! - `backend`: CPU (flex) or CUDA backend selection (and `with_backend!`)
 //! - `cli/`: one file per `amdim-worker` subcommand (flags and `run`), and the
@@ -22,6 +23,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod collective;
 pub mod data;
+pub mod logging;
 pub mod loss;
 pub mod metrics;
 pub mod model;

@@ -1,18 +1,23 @@
 //! `amdim-worker`: train AMDIM, embed images with a trained encoder, score
 //! view pairs, and benchmark training throughput. A thin shell over the
-//! `amdim_worker` library: it parses the command line, sets up logging, the
+//! `amdim_worker` library: it parses the command line, sets up logging (`amdim_worker::logging`), the
 //! allocator and the I/O runtime, and dispatches to the subcommand's
 //! `amdim_worker::cli::<command>::run`. No command logic lives here.
 
 use amdim_worker::cli::{self, bench};
+use amdim_worker::logging::{self, LogFormat};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "amdim-worker", version, about = "AMDIM training worker")]
 struct Cli {
-    /// Log as JSON lines instead of human-readable text.
-    #[arg(long, global = true, env = "AMDIM_LOG_JSON")]
+    /// Log lines as `text` or `json` (default text; on a terminal the
+    /// per-step line is left to the progress bar unless a format is given).
+    #[arg(long, global = true, value_enum, env = "AMDIM_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    /// The same as `--log-format json` (kept for existing deployments).
+    #[arg(long, global = true, env = "AMDIM_LOG_JSON", hide = true)]
     log_json: bool,
     #[command(subcommand)]
     command: Command,
@@ -43,23 +48,6 @@ enum Command {
     Probe(cli::probe::Args),
 }
 
-fn init_logging(json: bool) {
-    use tracing_subscriber::Layer;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AMDIM_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let lines = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let lines = if json { lines.json().boxed() } else { lines.boxed() };
-    tracing_subscriber::registry()
-        .with(lines)
-        .with(filter)
-        .with(amdim_worker::agent::PartLogLayer)
-        .init();
-}
-
 /// Keeps freed tensor buffers in the heap instead of returning them to the
 /// kernel: glibc maps every allocation above its (adaptive) threshold
 /// afresh, so each step's large activations and gradients page-faulted in
@@ -80,7 +68,11 @@ fn keep_freed_buffers() {}
 fn main() -> Result<()> {
     keep_freed_buffers();
     let parsed = Cli::parse();
-    init_logging(parsed.log_json);
+    logging::init(if parsed.log_json {
+        Some(LogFormat::Json)
+    } else {
+        parsed.log_format
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -3,7 +3,7 @@
 //! the coordinator, `ctl::jobs` and `ctl::watch`); runs a whole job on this
 //! machine (`local`); validates job specs locally with the same field-named
 //! errors the worker and coordinator give; packs and inspects datasets;
-//! lists and exports checkpoints. Output as a table, a wide table, JSON or
+//! lists and exports checkpoints; prints and plots run histories. Output as a table, a wide table, JSON or
 //! YAML (`-o`). This file owns the flags and the exit status: every command
 //! returns `anyhow::Result`, its error tagged with a `ctl::exit::Exit`
 //! kind, mapped here to 0 ok, 1 job failed, 2 invalid input, 3 coordinator
@@ -13,7 +13,7 @@ use amdim_coordinator::ctl::exit::{self, Exit, ExitExt, tagged};
 use amdim_coordinator::ctl::jobs::{self, StateFilter};
 use amdim_coordinator::ctl::spec_args::SpecArgs;
 use amdim_coordinator::ctl::table::Format;
-use amdim_coordinator::ctl::{checkpoints, client_config, dataset, health, local, logs, probe, show, watch};
+use amdim_coordinator::ctl::{checkpoints, client_config, dataset, health, history, local, logs, plot, probe, show, watch};
 use amdim_shared::auth::read_token;
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -183,6 +183,18 @@ enum Command {
     /// Linear-probe and k-NN accuracy of a job's (or a checkpoint's) frozen
     /// features, via `amdim-worker probe`.
     Probe(probe::Args),
+    /// A run's history (history.jsonl beside its checkpoints): step, epoch,
+    /// elapsed, loss, lr, images/s and the online heads' accuracies.
+    History {
+        /// A job id or a checkpoint URI.
+        #[arg(value_name = "JOB|URI")]
+        uri: String,
+        #[command(flatten)]
+        format: Format,
+    },
+    /// Draw the loss and online accuracy curves of one or several runs
+    /// (job ids or checkpoint URIs) on shared axes into a PNG.
+    Plot(plot::Args),
     /// Download a checkpoint's model weights (safetensors, the authors'
     /// PyTorch names, their model described in the metadata) and manifest
     /// into a folder, verified; says on stderr which model they hold.
@@ -310,6 +322,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", path.display());
             Ok(())
         })),
+        Command::History { uri, format } => ok(conn.with_checkpoint_uri(uri, |uri| async move { history::print(&uri, format.output).await })),
+        Command::Plot(args) if args.targets.iter().any(|t| plot::is_job(t)) => ok(conn.call(|c| plot::run(Some(c), args))),
+        Command::Plot(args) => ok(runtime()?.block_on(plot::run(None, args))),
         Command::Probe(args) if args.is_job() => conn.call(|c| probe::for_job(c, args)),
         Command::Probe(args) => runtime()?.block_on(probe::for_uri(args)),
         Command::Completions { shell } => {

@@ -1,7 +1,8 @@
 //! The client side of the coordinator: what `amdimctl` does (jobs over
 //! gRPC, their log lines, their tables and output formats, its exit codes, the job spec
 //! flags, where the client finds its coordinator,
-//! dataset packing, checkpoint listing and export) and the three tools that
+//! dataset packing, checkpoint listing and export, run histories and
+//! their plots) and the three tools that
 //! drive a whole coordinator from outside: `local` (an `amdimctl` command
 //! that embeds a coordinator and local agents, then acts as a client of
 //! them), `bench` (`amdim-coordinator bench`, which starts a real
@@ -20,10 +21,12 @@ pub mod client_config;
 pub mod dataset;
 pub mod exit;
 pub mod health;
+pub mod history;
 pub mod jobs;
 pub mod local;
 pub mod logs;
 pub mod output;
+pub mod plot;
 pub mod probe;
 mod progress;
 pub mod show;

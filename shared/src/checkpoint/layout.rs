@@ -1,6 +1,7 @@
 //! The names inside a checkpoint URI (docs/architecture.md §7): every checkpoint is a
 //! folder `step-<k, zero-padded>/` holding `model.safetensors`,
-//! `optimizer.safetensors` and `manifest.json`. Names only: no I/O, no
+//! `optimizer.safetensors` and `manifest.json`; the run's `history.jsonl`
+//! sits beside the folders. Names only: no I/O, no
 //! manifest contents.
 
 /// The model weights (safetensors, the authors' PyTorch names).
@@ -9,6 +10,9 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 /// The manifest, written last: its presence makes a checkpoint complete.
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// The run's history (JSON lines, `amdim_shared::history`), next to the
+/// step folders; rewritten whole at each checkpoint and at the end.
+pub const HISTORY_FILE: &str = "history.jsonl";
 /// The manifest format this build writes and reads.
 pub const MANIFEST_FORMAT: u32 = 1;
 

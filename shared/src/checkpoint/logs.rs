@@ -4,7 +4,7 @@
 //! restarted job never overwrites an earlier generation's log). Writing,
 //! listing and reading them; what goes into a line is the worker's business.
 
-use super::store::CheckpointError;
+use super::store::{CheckpointError, retried};
 use crate::storage::Location;
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -40,25 +40,18 @@ impl LogObject {
     }
 }
 
-fn store_err(path: &object_store::path::Path) -> impl FnOnce(object_store::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Store {
-        path: path.to_string(),
-        source,
-    }
-}
-
 /// Writes the log of `object`'s part (replacing one written before).
 pub async fn put_log(location: &Location, object: &LogObject, text: Bytes) -> Result<(), CheckpointError> {
     let parts = object.parts();
     let path = location.path(&parts.each_ref().map(String::as_str));
-    location.store.put(&path, PutPayload::from(text)).await.map_err(store_err(&path))?;
+    retried(&path, || location.store.put(&path, PutPayload::from(text.clone()))).await?;
     Ok(())
 }
 
 /// The log objects under `location`, by generation, then rank.
 pub async fn list_logs(location: &Location) -> Result<Vec<LogObject>, CheckpointError> {
     let folder = location.path(&[LOGS_FOLDER]);
-    let objects: Vec<_> = location.store.list(Some(&folder)).try_collect().await.map_err(store_err(&folder))?;
+    let objects: Vec<_> = retried(&folder, || location.store.list(Some(&folder)).try_collect()).await?;
     let depth = location.prefix.parts().count();
     let mut out: Vec<LogObject> = objects
         .iter()
@@ -76,9 +69,7 @@ pub async fn list_logs(location: &Location) -> Result<Vec<LogObject>, Checkpoint
 pub async fn read_log(location: &Location, object: &LogObject) -> Result<Bytes, CheckpointError> {
     let parts = object.parts();
     let path = location.path(&parts.each_ref().map(String::as_str));
-    async { location.store.get(&path).await?.bytes().await }
-        .await
-        .map_err(store_err(&path))
+    retried(&path, || async { location.store.get(&path).await?.bytes().await }).await
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ mod manifest;
 mod store;
 mod weights;
 
-pub use layout::{MANIFEST_FILE, MANIFEST_FORMAT, MODEL_FILE, OPTIMIZER_FILE, parse_step_folder, step_folder};
+pub use layout::{HISTORY_FILE, MANIFEST_FILE, MANIFEST_FORMAT, MODEL_FILE, OPTIMIZER_FILE, parse_step_folder, step_folder};
 pub use logs::{LOGS_FOLDER, LogObject, list_logs, put_log, read_log};
 pub use manifest::{FileEntry, Manifest, VerifyError};
 pub use store::{CheckpointError, MULTIPART_THRESHOLD, PART_BYTES, complete_steps, delete_step, put_file, read_manifest, read_verified};

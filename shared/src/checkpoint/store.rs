@@ -75,7 +75,7 @@ fn store_err(path: &Path) -> impl FnOnce(RetryError) -> CheckpointError + '_ {
 }
 
 /// `op` on `path`, retried while the store is unreachable.
-async fn retried<T, F, Fut>(path: &Path, op: F) -> Result<T, CheckpointError>
+pub(super) async fn retried<T, F, Fut>(path: &Path, op: F) -> Result<T, CheckpointError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, object_store::Error>>,

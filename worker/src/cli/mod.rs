@@ -16,6 +16,7 @@ pub mod encoder;
 pub mod gradients;
 pub mod probe;
 pub mod score;
+pub mod summary;
 pub mod train;
 
 use amdim_shared::spec::{BackendKind, JobSpec};

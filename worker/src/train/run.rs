@@ -7,7 +7,8 @@
 //!
 //! The loop only sequences a step; the decisions and reports around it are
 //! elsewhere: when a checkpoint falls due is [`CheckpointPolicy`]'s, the
-//! step log line is [`StepWindow`]'s, and everything the rest of the worker
+//! logged step's record and line are [`StepWindow`]'s, keeping and writing
+//! `history.jsonl` is [`RunHistory`]'s, and everything the rest of the worker
 //! learns about the run (metrics, the agent's progress and checkpoint
 //! commits, the sample log) goes through one [`RunObserver`].
 
@@ -18,15 +19,18 @@ use crate::data::Split;
 use crate::data::pipeline::{Pipeline, Source, TrainBatch};
 use crate::data::prefetch::{StepRange, spawn_batches};
 
+use crate::checkpoint::writer::OnUpload;
 use crate::model::kernels::Kernels;
 use crate::train::checkpoint_policy::{CheckpointDecision, CheckpointPolicy};
 use crate::train::eval::{EvalResult, evaluate};
-use crate::train::log_window::StepWindow;
+use crate::train::history::RunHistory;
+use crate::train::log_window::{StepWindow, log_step};
 use crate::train::observer::{RunObserver, StepReport, StepTiming, upload_events};
 pub use crate::train::resume::resume;
 use crate::train::resume::resume_agreed;
 use crate::train::step::{StepMetrics, Trainer};
-use amdim_shared::checkpoint::{MANIFEST_FORMAT, Manifest};
+use amdim_shared::checkpoint::{MANIFEST_FORMAT, MODEL_FILE, Manifest, OPTIMIZER_FILE};
+use amdim_shared::history::{EvalRecord, HistoryRecord, StepRecord};
 use amdim_shared::order::{step_position, steps_per_epoch};
 use amdim_shared::spec::JobSpec;
 use anyhow::{Context, Result, bail};
@@ -49,6 +53,14 @@ pub struct RunSummary {
     pub skipped_samples: u64,
     /// Reads of training data retried because the store did not answer.
     pub data_read_retries: u64,
+    /// Seconds this run took, from start to the last checkpoint landing.
+    pub wall_s: f64,
+    /// The last logged step: its loss terms, learning rate, throughput.
+    pub last_step: Option<StepRecord>,
+    /// Where the checkpoints are (`checkpoint.uri`).
+    pub checkpoint_uri: String,
+    /// Where the run history is; None on ranks that do not write it.
+    pub history_uri: Option<String>,
 }
 
 /// Options of `amdim-worker train` beyond the job spec.
@@ -197,13 +209,27 @@ fn evaluate_if_due<B: Kernels>(t: &Trainer<B>, test: Option<&Pipeline>, epoch: u
     Ok(Some(r))
 }
 
+/// The checkpoint writer's upload events, told to `observer`; a committed
+/// checkpoint also rewrites the run history (uploader thread).
+fn upload_events_and_history(observer: Arc<dyn RunObserver>, history: Arc<RunHistory>) -> OnUpload {
+    let told = upload_events(observer);
+    Arc::new(move |event| {
+        let written = matches!(event, crate::checkpoint::writer::UploadEvent::Written { .. });
+        told(event);
+        if written {
+            history.write_or_warn();
+        }
+    })
+}
+
 /// Trains the job on this process's backend.
 pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, runtime: tokio::runtime::Handle) -> Result<RunSummary> {
+    let run_started = Instant::now();
     let (train, test) = open_pipelines(&spec, &runtime)?;
     let (rank, world) = options.comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world()));
     let n_train = train.source.len();
     let (spe, total) = schedule(&spec, n_train, world)?;
-    let store = open_store(&spec, runtime)?;
+    let store = open_store(&spec, runtime.clone())?;
     let mut t = Trainer::<B>::new(spec.clone(), Some(train.source.n_classes()), device);
     if let Some(comm) = &options.comm {
         t = t.with_comm(comm.clone());
@@ -211,6 +237,12 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
     if options.resume && !resume_agreed(&mut t, &store, options.comm.as_deref())? {
         tracing::info!(uri = %spec.checkpoint.uri, "no checkpoint to resume from; starting at step 0");
     }
+    let history = Arc::new(RunHistory::open(
+        &spec.checkpoint.uri,
+        rank == 0,
+        options.resume.then_some(t.step),
+        runtime,
+    )?);
     tracing::info!(
         samples = n_train,
         steps_per_epoch = spe,
@@ -223,9 +255,10 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
     );
     let observer = options.observer.clone();
     let mut policy = CheckpointPolicy::new(&spec.checkpoint, total, rank == 0);
-    let mut writer = AsyncCheckpointer::new(store, t.plan.clone(), policy.retention()).on_upload(upload_events(observer.clone()));
+    let mut writer = AsyncCheckpointer::new(store, t.plan.clone(), policy.retention())
+        .on_upload(upload_events_and_history(observer.clone(), history.clone()));
     observer.on_start(t.step, total)?;
-    let (mut last_eval, mut stopped_early) = (None, false);
+    let (mut last_eval, mut stopped_early, mut last_step) = (None, false, None);
     let (mut checkpoint_blocked, mut total_wait) = (0.0f64, 0.0f64);
     // Batches are built ahead on a second thread, in step order; at most
     // data.prefetch_batches wait in the queue (back-pressure).
@@ -260,11 +293,23 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
                 tracing::warn!(step = m.step, "non-finite loss: update skipped");
             }
             if t.step.is_multiple_of(spec.train.log_every) || t.step == total {
-                let checksum = if world > 1 { param_checksum(&t) } else { String::new() };
-                window.log(t.step, epoch, &m, train.health.skipped(), &checksum);
+                let record = window.close(t.step, epoch, &m, train.health.skipped(), history.elapsed_s());
+                if crate::logging::step_lines() {
+                    log_step(&record, total, (world > 1).then(|| param_checksum(&t)).as_deref());
+                }
+                history.push(HistoryRecord::Step(record.clone()));
+                last_step = Some(record);
             }
             if let Some(r) = evaluate_if_due(&t, test.as_ref(), epoch, spe, total)? {
                 observer.on_eval(&r);
+                history.push(HistoryRecord::Eval(EvalRecord {
+                    step: t.step,
+                    epoch,
+                    elapsed_s: history.elapsed_s(),
+                    linear_accuracy: r.linear,
+                    mlp_accuracy: r.mlp,
+                    samples: r.samples,
+                }));
                 last_eval = Some(r);
             }
             let checkpoint_s = match policy.after_step(t.step, writer.busy()) {
@@ -303,7 +348,9 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
         checkpoint_blocked += checkpoint(&t, &mut writer, step_position(t.step, spe).epoch);
     }
     // The last checkpoint must land before the run reports success.
-    writer.wait().context("the final checkpoint could not be written")?;
+    let landed = writer.wait().context("the final checkpoint could not be written");
+    history.write_or_warn();
+    landed?;
     if stopped_early {
         tracing::info!(step = t.step, "stopped on request after writing a checkpoint; resume with --resume");
     }
@@ -321,5 +368,9 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
         last_eval,
         skipped_samples,
         data_read_retries,
+        wall_s: run_started.elapsed().as_secs_f64(),
+        last_step,
+        checkpoint_uri: spec.checkpoint.uri.clone(),
+        history_uri: (rank == 0).then(|| history.uri().to_string()),
     })
 }
