@@ -29,7 +29,7 @@ use crate::train::observer::{RunObserver, StepReport, StepTiming, upload_events}
 pub use crate::train::resume::resume;
 use crate::train::resume::resume_agreed;
 use crate::train::step::{StepMetrics, Trainer};
-use amdim_shared::checkpoint::{MANIFEST_FORMAT, MODEL_FILE, Manifest, OPTIMIZER_FILE};
+use amdim_shared::checkpoint::{MANIFEST_FORMAT, Manifest};
 use amdim_shared::history::{EvalRecord, HistoryRecord, StepRecord};
 use amdim_shared::order::{step_position, steps_per_epoch};
 use amdim_shared::spec::JobSpec;
