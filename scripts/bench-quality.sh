@@ -1,86 +1,88 @@
 #!/usr/bin/env bash
-# Quality benchmark (a benchmark, not a test): train one fixed AMDIM recipe
-# on Fashion-MNIST for a fixed wall-clock budget, then probe the frozen
-# encoder (linear probe + k-NN, fitted on the 60,000 training images, scored
-# on the 10,000 test images) against raw pixels and a random encoder of the
-# same shape. Prints the probe table, then one JSON line.
+# Quality benchmark (a benchmark, not a test): train the README's recipe
+# (examples/fashion-mnist.toml, or SPEC) on Fashion-MNIST under a wall-clock
+# cap, keeping a checkpoint every CURVE_EVERY steps, then probe every
+# checkpoint's frozen r1 (linear probe fitted on the 60,000 training images,
+# scored on the 10,000 test images): a curve of probe accuracy against
+# training time. The last checkpoint is also probed with k-NN and beside raw
+# pixels and a random encoder of the same shape. Prints the curve and the
+# probe table, then one JSON line.
 #
 #   scripts/bench-quality.sh [BUDGET_SECONDS (default 600)] [OUT_DIR]
 #
-# AMDIM_WORKER_BIN picks the binary (default target/release/amdim-worker,
-# built with `cargo build --release -p amdim-worker` when missing). Training
-# stops at the budget with SIGINT, which finishes the step and writes a
-# checkpoint; the probe's own time is not part of the budget.
+# AMDIM_WORKER_BIN picks the binary (default target/debug/amdim-worker, the
+# one scripts/example.sh builds; built when missing). A run still going at
+# the budget is stopped with SIGINT, which finishes the step and writes a
+# checkpoint. The probes' own time is not part of the budget.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 budget=${1:-600}
 out=${2:-$(mktemp -d -t amdim-bench-quality.XXXXXX)}
-data=${AMDIM_BENCH_DATA:-/usr/share/datasets/fashion-mnist}
-bin=${AMDIM_WORKER_BIN:-target/release/amdim-worker}
+spec=${SPEC:-examples/fashion-mnist.toml}
+every=${CURVE_EVERY:-500}
+data=${AMDIM_DATA__PATH:-/usr/share/datasets/fashion-mnist}
+bin=${AMDIM_WORKER_BIN:-target/debug/amdim-worker}
 
 if [ ! -f "$data/train-images-idx3-ubyte.gz" ] && [ ! -f "$data/train-images-idx3-ubyte" ]; then
-  echo "Fashion-MNIST is missing under $data: apt-get install dataset-fashion-mnist" >&2
-  echo "(elsewhere: the four *-ubyte.gz files from https://github.com/zalandoresearch/fashion-mnist, AMDIM_BENCH_DATA=DIR)" >&2
+  echo "Fashion-MNIST is missing under $data: scripts/get-fashion-mnist.sh installs it" >&2
   exit 1
 fi
 if [ ! -x "$bin" ]; then
   echo "== building $bin" >&2
-  cargo build --release -p amdim-worker >&2
+  cargo build -p amdim-worker >&2
 fi
 mkdir -p "$out"
 rm -rf "$out/checkpoints"
+export AMDIM_DATA__PATH="$data"
+export AMDIM_CHECKPOINT__URI="$out/checkpoints"
+export AMDIM_CHECKPOINT__EVERY_STEPS="$every"
+export AMDIM_CHECKPOINT__KEEP=0
 
-# The fixed recipe: a small encoder for a CPU, grayscale-friendly
-# augmentations (no colour jitter or random grayscale), no online heads.
-spec="$out/bench-quality.toml"
-cat >"$spec" <<TOML
-[job]
-name = "bench-quality"
-seed = 1
-
-[data]
-format = "idx"
-path = "$data"
-
-[model]
-image_size = 32
-ndf = 32
-n_rkhs = 256
-depth = 1
-
-[augment]
-color_jitter = false
-grayscale = false
-
-[train]
-batch_size = 100
-epochs = 1000
-log_every = 50
-
-[optim]
-lr = 1e-3
-warmup_steps = 100
-milestones = []
-
-[eval]
-enabled = false
-
-[checkpoint]
-uri = "$out/checkpoints"
-every_steps = 500
-keep = 1
-TOML
-
-echo "== training for ${budget} s ($spec)" >&2
+echo "== training $spec for at most ${budget} s (checkpoint every $every steps)" >&2
 started=$(date +%s)
 timeout --preserve-status -s INT -k 300 "$budget" "$bin" train -c "$spec" >"$out/train.jsonl" 2>"$out/train.log"
 trained_s=$(( $(date +%s) - started ))
-steps=$(grep -o '"steps":[0-9]*' "$out/train.jsonl" | head -1 | cut -d: -f2)
 
-echo "== probing the checkpoint of step ${steps:-?} (and raw pixels, random init)" >&2
-"$bin" probe -c "$spec" --baselines --json-out "$out/probe.json"
+steps=()
+for dir in "$out"/checkpoints/step-*/; do
+  [ -f "$dir/manifest.json" ] && steps+=("$(basename "$dir" | sed 's/^step-0*//')")
+done
+[ ${#steps[@]} -gt 0 ] || { echo "no checkpoint was written; see $out/train.log" >&2; exit 1; }
+last=${steps[-1]}
+
+curve="[]"
+for step in "${steps[@]}"; do
+  if [ "$step" = "$last" ]; then
+    echo "== probing step $step, with k-NN, raw pixels and the random encoder" >&2
+    "$bin" probe -c "$spec" --step "$step" --baselines --json-out "$out/probe-$step.json" >"$out/probe.txt"
+  else
+    echo "== probing step $step (linear)" >&2
+    "$bin" probe -c "$spec" --step "$step" --no-knn --json-out "$out/probe-$step.json" >/dev/null
+  fi
+  curve=$(python3 - "$out" "$step" "$started" "$curve" <<'PY'
+import json, sys
+out, step, started, curve = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
+manifest = json.load(open(f"{out}/checkpoints/step-{step:010d}/manifest.json"))
+probe = json.load(open(f"{out}/probe-{step}.json"))
+row = next(r for r in probe["rows"] if r["features"] == "checkpoint")
+curve.append({"step": step, "train_s": manifest["created_unix"] - started, "linear_test": row["linear_test"]})
+print(json.dumps(curve))
+PY
+)
+done
+
+echo
+echo "probe accuracy against training time ($spec, $(nproc) cores):"
+python3 -c '
+import json, sys
+print(f"{\"step\":>6} {\"train time\":>11} {\"linear probe (test)\":>20}")
+for p in json.loads(sys.argv[1]):
+    print(f"{p[\"step\"]:>6} {p[\"train_s\"]:>10}s {100 * p[\"linear_test\"]:>19.2f}%")
+' "$curve"
+echo
+cat "$out/probe.txt"
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//; s/"//g' || true)
-printf '{"bench":"quality","date":"%s","machine":"%s, %s cores","budget_s":%s,"trained_s":%s,"steps":%s,"batch_size":100,"probe":%s}\n' \
-  "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$cpu" "$(nproc)" "$budget" "$trained_s" "${steps:-0}" "$(cat "$out/probe.json")"
+printf '{"bench":"quality","date":"%s","machine":"%s, %s cores","spec":"%s","budget_s":%s,"trained_s":%s,"steps":%s,"curve":%s,"probe":%s}\n' \
+  "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$cpu" "$(nproc)" "$spec" "$budget" "$trained_s" "$last" "$curve" "$(cat "$out/probe-$last.json")"

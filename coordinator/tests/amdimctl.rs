@@ -10,7 +10,7 @@ fn validate_accepts_the_example_and_names_bad_fields() {
             "-o",
             "json",
             "-f",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/fashion-mnist.toml"),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/fashion-mnist-smoke.toml"),
         ])
         .output()
         .unwrap();

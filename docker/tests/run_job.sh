@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI test of the images: builds amdim/coordinator and amdim/worker, runs a
 # coordinator and two CPU workers as containers, submits
-# examples/fashion-mnist.toml with amdimctl from the coordinator image and
+# examples/fashion-mnist-smoke.toml with amdimctl from the coordinator image and
 # checks that it succeeds and leaves complete checkpoints.
 #
 # Every container runs as the Helm chart's securityContext would have it:
@@ -205,11 +205,11 @@ say "$WORKERS workers registered"
 # 6. The job: the example as it is; the data path, checkpoint location and
 # step count come from AMDIM_SECTION__FIELD overrides in ctl's environment,
 # which `amdimctl submit` applies to the spec it sends.
-cp examples/fashion-mnist.toml "$work/job/job.toml"
+cp examples/fashion-mnist-smoke.toml "$work/job/job.toml"
 chmod 0644 "$work/job/job.toml"
 check "amdimctl validate (with AMDIM_* overrides)" ctl 60 validate -f /etc/amdim/job/job.toml
 
-say "submitting examples/fashion-mnist.toml on $WORKERS workers (timeout $JOB_TIMEOUT s)"
+say "submitting examples/fashion-mnist-smoke.toml on $WORKERS workers (timeout $JOB_TIMEOUT s)"
 job_start=$SECONDS
 set +e
 ctl "$JOB_TIMEOUT" submit -f /etc/amdim/job/job.toml --min-workers "$WORKERS" --max-workers "$WORKERS" --watch \

@@ -184,7 +184,7 @@ fn a_local_job_is_scraped_by_a_real_prometheus() {
         .args([
             "local",
             "-f",
-            "examples/fashion-mnist.toml",
+            "examples/fashion-mnist-smoke.toml",
             "--workers",
             "2",
             "--metrics-port",

@@ -98,7 +98,7 @@ fn config_error(e: config::ConfigError) -> SpecError {
 mod tests {
     #[test]
     fn the_examples_survive_a_round_trip_through_to_toml() {
-        for file in ["fashion-mnist.toml", "cifar-bench.toml"] {
+        for file in ["fashion-mnist.toml", "fashion-mnist-smoke.toml", "cifar-bench.toml"] {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(file);
             let text = std::fs::read_to_string(&path).unwrap();
             let env = vec![("AMDIM_TRAIN__EPOCHS".to_string(), "7".to_string())];

@@ -29,7 +29,7 @@ pub use loss::{LossSpec, MixtureSpec};
 pub use model::ModelSpec;
 pub use runtime::{BackendKind, RuntimeSpec};
 pub use scheduling::SchedulingSpec;
-pub use train::{EvalSpec, OptimSpec, TrainSpec};
+pub use train::{EvalSpec, LrSchedule, OptimSpec, TrainSpec};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

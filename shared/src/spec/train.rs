@@ -50,6 +50,21 @@ pub struct OptimSpec {
     pub milestones: Vec<u64>,
     /// Factor applied to the learning rate at each milestone.
     pub gamma: f64,
+    /// What follows the warm-up: the milestones' steps, or a cosine decay.
+    pub schedule: LrSchedule,
+}
+
+/// The shape of the learning rate after the warm-up (docs/model.md §6).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// `lr` multiplied by `gamma` at each of `milestones` (the authors' recipe).
+    #[default]
+    Milestones,
+    /// Half a cosine from `lr` at the end of the warm-up to 0 at the run's
+    /// last step (`milestones` ignored): for short runs, which end at a low
+    /// learning rate instead of at the peak.
+    Cosine,
 }
 
 impl Default for OptimSpec {
@@ -63,6 +78,7 @@ impl Default for OptimSpec {
             warmup_steps: 500,
             milestones: vec![250, 280],
             gamma: 0.2,
+            schedule: LrSchedule::Milestones,
         }
     }
 }

@@ -231,6 +231,7 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
     let (spe, total) = schedule(&spec, n_train, world)?;
     let store = open_store(&spec, runtime.clone())?;
     let mut t = Trainer::<B>::new(spec.clone(), Some(train.source.n_classes()), device);
+    t.last_step = total;
     if let Some(comm) = &options.comm {
         t = t.with_comm(comm.clone());
     }

@@ -100,6 +100,9 @@ pub struct Trainer<B: Kernels> {
     /// Sum the gathered targets' gradients over ranks (always, except to
     /// show what dropping that exchange does).
     pub exact_gather: bool,
+    /// Updates in the whole run (the cosine schedule ends there;
+    /// `u64::MAX` when the caller does not know the run's length).
+    pub last_step: u64,
 }
 
 /// Applies collected batch statistics to the running averages (PyTorch momentum 0.1).
@@ -214,6 +217,7 @@ impl<B: Kernels> Trainer<B> {
             device,
             comm: None,
             exact_gather: true,
+            last_step: u64::MAX,
         }
     }
 
@@ -322,7 +326,7 @@ impl<B: Kernels> Trainer<B> {
         metrics.loss_1t7 = scalar(nce.l1t7);
         metrics.loss_5t5 = scalar(nce.l5t5);
         metrics.reg = scalar(nce.reg);
-        metrics.lr = learning_rate(&self.spec.optim, self.step, epoch);
+        metrics.lr = learning_rate(&self.spec.optim, self.step, epoch, self.last_step);
         if let Some(comm) = &self.comm {
             // Global means; a non-finite value on any rank makes every rank skip.
             let mut fields = metrics.losses_mut();
