@@ -74,12 +74,12 @@ done
 
 echo
 echo "probe accuracy against training time ($spec, $(nproc) cores):"
-python3 -c '
+python3 - "$curve" <<'PY'
 import json, sys
-print(f"{\"step\":>6} {\"train time\":>11} {\"linear probe (test)\":>20}")
+print("%6s %11s %20s" % ("step", "train time", "linear probe (test)"))
 for p in json.loads(sys.argv[1]):
-    print(f"{p[\"step\"]:>6} {p[\"train_s\"]:>10}s {100 * p[\"linear_test\"]:>19.2f}%")
-' "$curve"
+    print("%6d %10ds %19.2f%%" % (p["step"], p["train_s"], 100 * p["linear_test"]))
+PY
 echo
 cat "$out/probe.txt"
 
