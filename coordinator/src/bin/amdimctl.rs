@@ -322,7 +322,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", path.display());
             Ok(())
         })),
-        Command::History { uri, format } => ok(conn.with_checkpoint_uri(uri, |uri| async move { history::print(&uri, format.output).await })),
+        Command::History { uri, format } => {
+            ok(conn.with_checkpoint_uri(uri, |uri| async move { history::print(&uri, format.output).await }))
+        }
         Command::Plot(args) if args.targets.iter().any(|t| plot::is_job(t)) => ok(conn.call(|c| plot::run(Some(c), args))),
         Command::Plot(args) => ok(runtime()?.block_on(plot::run(None, args))),
         Command::Probe(args) if args.is_job() => conn.call(|c| probe::for_job(c, args)),

@@ -8,8 +8,8 @@
 
 use super::{AgentSettings, connect};
 use amdim_shared::auth::BearerToken;
-use amdim_shared::proto::v1 as pb;
 use amdim_shared::backoff::{self, Backoff};
+use amdim_shared::proto::v1 as pb;
 use amdim_shared::session::WorkerClient;
 use anyhow::Result;
 use std::sync::atomic::Ordering;

@@ -8,8 +8,8 @@
 
 use super::usage::Samples;
 use amdim_shared::auth::BearerToken;
-use amdim_shared::proto::v1 as pb;
 use amdim_shared::backoff::{self, Backoff};
+use amdim_shared::proto::v1 as pb;
 use amdim_shared::session::{HeartbeatSession, WorkerClient};
 use anyhow::{Context, Result, bail};
 use pb::worker_service_client::WorkerServiceClient;
