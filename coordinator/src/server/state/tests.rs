@@ -217,10 +217,12 @@ fn rank_0_progress_is_written_with_the_next_tick_not_with_each_heartbeat() {
     let job = s.submit(SPEC, 1, 1, 0).unwrap();
     let a = s.register("a", 1, "h:1", 0).id;
     s.tick(1, 10);
-    assignment(s.heartbeat(&a, None, 1).unwrap());
+    let part = assignment(s.heartbeat(&a, None, 1).unwrap());
     s.take_changes();
     for step in 1..=3 {
         let report = Report {
+            job_id: part.job_id.clone(),
+            generation: part.generation,
             step,
             total: 10,
             ..Default::default()
