@@ -65,7 +65,7 @@ pub(crate) fn progress_line(j: &pb::Job, width: usize) -> String {
         parts.push((4, format!("loss {:.3}", t.loss)));
         parts.push((3, format!("{:.0} img/s", t.samples_per_second)));
         if let (Some(lin), Some(mlp)) = (t.linear_accuracy, t.mlp_accuracy) {
-            parts.push((6, format!("acc lin {lin:.3} mlp {mlp:.3}")));
+            parts.push((6, format!("online lin {lin:.3} mlp {mlp:.3}")));
         }
         parts.push((5, format!("(1t5 {:.3} 1t7 {:.3} 5t5 {:.3})", t.loss_1t5, t.loss_1t7, t.loss_5t5)));
     }
@@ -118,7 +118,7 @@ mod tests {
         assert_eq!(
             progress_line(&job(), usize::MAX),
             "job-000001 RUNNING  [#####...............]  30/120 25%  412 img/s  loss 19.500  \
-             (1t5 5.500 1t7 7.250 5t5 6.750)  acc lin 0.500 mlp 0.625  ETA 0:00:45  generation 1 on 2 worker(s)"
+             (1t5 5.500 1t7 7.250 5t5 6.750)  online lin 0.500 mlp 0.625  ETA 0:00:45  generation 1 on 2 worker(s)"
         );
         assert_eq!(clock(3725.0), "1:02:05");
     }
@@ -138,7 +138,7 @@ mod tests {
         );
         let at120 = progress_line(&j, 119);
         assert!(
-            at120.contains("acc lin 0.500") && at120.contains("[#####..............."),
+            at120.contains("online lin 0.500") && at120.contains("[#####..............."),
             "{at120}"
         );
         assert_eq!(fit("abcdef", 4), "abc…");
