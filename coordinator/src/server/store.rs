@@ -101,19 +101,21 @@ impl Store {
         }
     }
 
+    /// A counter of the `meta` table (0 when absent).
+    fn meta(&self, key: &str) -> Result<u64, StoreError> {
+        let v: Option<i64> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.sqlite(e))?;
+        Ok(v.unwrap_or(0).max(0) as u64)
+    }
+
     /// Everything stored, as a state with no pending changes.
     pub(crate) fn load(&self) -> Result<State, StoreError> {
         let mut state = State::default();
-        let meta = |key: &str| -> Result<u64, StoreError> {
-            let v: Option<i64> = self
-                .conn
-                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-                .optional()
-                .map_err(|e| self.sqlite(e))?;
-            Ok(v.unwrap_or(0).max(0) as u64)
-        };
-        state.last_job = meta("last_job")?;
-        state.last_worker = meta("last_worker")?;
+        state.last_job = self.meta("last_job")?;
+        state.last_worker = self.meta("last_worker")?;
         state.jobs = self.records::<Job>("jobs", "job")?;
         state.workers = self.records::<Worker>("workers", "worker")?;
         let mut rows = self
@@ -277,16 +279,8 @@ impl Store {
                 }
             }
         }
-        let meta = |key: &str| -> Result<u64, StoreError> {
-            let v: Option<i64> = self
-                .conn
-                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-                .optional()
-                .map_err(|e| self.sqlite(e))?;
-            Ok(v.unwrap_or(0).max(0) as u64)
-        };
-        state.last_job = meta("last_job")?;
-        state.last_worker = meta("last_worker")?;
+        state.last_job = self.meta("last_job")?;
+        state.last_worker = self.meta("last_worker")?;
         let last_event: Option<i64> = self
             .conn
             .query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))
