@@ -113,11 +113,13 @@ impl Store {
 
     /// Everything stored, as a state with no pending changes.
     pub(crate) fn load(&self) -> Result<State, StoreError> {
-        let mut state = State::default();
-        state.last_job = self.meta("last_job")?;
-        state.last_worker = self.meta("last_worker")?;
-        state.jobs = self.records::<Job>("jobs", "job")?;
-        state.workers = self.records::<Worker>("workers", "worker")?;
+        let mut state = State {
+            last_job: self.meta("last_job")?,
+            last_worker: self.meta("last_worker")?,
+            jobs: self.records::<Job>("jobs", "job")?,
+            workers: self.records::<Worker>("workers", "worker")?,
+            ..State::default()
+        };
         let mut rows = self
             .conn
             .prepare("SELECT seq, job_id, unix, kind, generation, message FROM events ORDER BY seq")
