@@ -11,8 +11,6 @@ use std::sync::Mutex;
 
 /// Lines kept per (job, rank).
 pub(crate) const LINES_PER_RANK: usize = 10_000;
-/// Longer lines are cut here (they come from the network).
-const MAX_LINE_BYTES: usize = 8 << 10;
 
 /// The marker a reader gets in place of `n` lines the ring no longer holds.
 pub(crate) fn dropped_marker(n: u64) -> String {
@@ -49,14 +47,7 @@ impl RankLog {
     }
 
     fn append(&mut self, mut line: String) {
-        if line.len() > MAX_LINE_BYTES {
-            let mut cut = MAX_LINE_BYTES;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            line.truncate(cut);
-            line.push('…');
-        }
+        amdim_shared::log_line::cap_log_line(&mut line);
         if self.lines.len() == self.capacity {
             self.lines.pop_front();
             self.first += 1;

@@ -24,8 +24,6 @@ use tracing_subscriber::layer::Context;
 
 /// Bytes of lines kept per rank (for sending and for the stored object).
 const MAX_BYTES: usize = 16 << 20;
-/// Longer lines are cut.
-const MAX_LINE_BYTES: usize = 8 << 10;
 /// Most lines and bytes in one `PushLogs`.
 const BATCH_LINES: usize = 1000;
 const BATCH_BYTES: usize = 512 << 10;
@@ -56,14 +54,7 @@ struct RankLines {
 
 impl RankLines {
     fn push(&mut self, mut line: String) {
-        if line.len() > MAX_LINE_BYTES {
-            let mut cut = MAX_LINE_BYTES;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            line.truncate(cut);
-            line.push('…');
-        }
+        amdim_shared::log_line::cap_log_line(&mut line);
         self.bytes += line.len();
         self.lines.push_back(line);
         while self.bytes > MAX_BYTES
@@ -303,16 +294,7 @@ fn timestamp() -> String {
         .unwrap_or_default();
     let secs = now.as_secs();
     let (days, of_day) = ((secs / 86_400) as i64, secs % 86_400);
-    // Days since 1970-01-01 to a proleptic Gregorian date (eras of 400 years).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = amdim_shared::utc::civil_from_days(days);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
         of_day / 3600,
@@ -375,6 +357,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PartLogLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use amdim_shared::log_line::MAX_LOG_LINE_BYTES as MAX_LINE_BYTES;
 
     #[test]
     fn a_full_buffer_drops_the_oldest_and_the_object_says_how_many() {
