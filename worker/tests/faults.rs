@@ -1,6 +1,8 @@
 //! Fault paths with real processes on loopback (a coordinator, worker
 //! agents, amdimctl): a part that ends while the coordinator is down still
-//! finishes the job once it is back (its finish is retried); a SIGTERM'd
+//! finishes the job once it is back (its finish is retried); the final
+//! checkpoint of a generation lost before it could report is registered by
+//! the generation that resumes from it; a SIGTERM'd
 //! worker is preempted — a final checkpoint, an event, no restart spent
 //! even with `max_restarts = 0` — and the job resumes on a new worker; a
 //! coordinator whose store sits on a full tmpfs refuses a submit (naming
@@ -218,6 +220,35 @@ fn a_part_that_ends_while_the_coordinator_is_down_still_finishes_the_job() {
     assert_eq!(j["restarts"], 0);
     let events = cluster.events(&id);
     assert!(events.contains("reported after the coordinator restarted"), "{events}");
+}
+
+#[test]
+fn the_final_checkpoint_of_a_lost_generation_is_registered_by_the_generation_that_resumes_from_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(tmp.path(), &tmp.path().join("coordinator.db"));
+    let first = cluster.add_agent("w0");
+    let spec = job_spec(tmp.path(), 40, "max_restarts = 1\n");
+    let id = cluster.ctl(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
+    cluster.wait_for(&id, "reach step 3", Duration::from_secs(120), |j| step(j) >= 3);
+    cluster.kill_coordinator();
+    // The part writes every checkpoint up to the final one with nobody to
+    // commit them to, then its worker dies before it can report.
+    wait_for_log(&cluster.agent_log("w0"), "part ended", Duration::from_secs(240));
+    cluster.agents[first].kill().unwrap();
+    cluster.agents[first].wait().unwrap();
+    cluster.start_coordinator();
+    cluster.wait_for(&id, "lose the first generation", Duration::from_secs(60), |j| state(j) == "RESTARTING");
+    let unregistered = cluster.job(&id)["checkpoints"].as_array().map_or(0, |c| c.len());
+    // A second worker resumes from the final checkpoint and has nothing to
+    // train; the job ends with that checkpoint registered all the same.
+    cluster.add_agent("w1");
+    let j = cluster.wait_for(&id, "finish on the new worker", Duration::from_secs(120), |j| {
+        matches!(state(j), "SUCCEEDED" | "FAILED")
+    });
+    assert_eq!(state(&j), "SUCCEEDED", "{j}");
+    let registered: Vec<u64> = j["checkpoints"].as_array().unwrap().iter().filter_map(|c| c["step"].as_u64()).collect();
+    assert_eq!(registered.last(), Some(&40), "the final checkpoint is registered: {j}");
+    assert!(registered.len() > unregistered, "{j}");
 }
 
 #[test]

@@ -67,7 +67,10 @@ impl RunObserver for Progress {
 }
 
 /// Sends every complete checkpoint (step, bytes) to the agent, which
-/// commits it to the coordinator.
+/// commits it to the coordinator: those the part writes, and the one it
+/// resumed from (a generation ended early, by a coordinator restart say,
+/// may have written it after its commits stopped being accepted; the
+/// coordinator ignores a step it already has).
 pub(crate) struct CheckpointCommits(Sender<(u64, u64)>);
 
 impl CheckpointCommits {
@@ -78,6 +81,10 @@ impl CheckpointCommits {
 
 impl RunObserver for CheckpointCommits {
     fn on_checkpoint_committed(&self, step: u64, bytes: u64, _seconds: f64) {
+        let _ = self.0.send((step, bytes));
+    }
+
+    fn on_resumed(&self, step: u64, bytes: u64) {
         let _ = self.0.send((step, bytes));
     }
 }

@@ -115,7 +115,7 @@ pub fn gradients<B: Kernels>(
     t.exact_gather = request.exact_gather;
     if request.resume {
         let store = CheckpointStore::open(&spec.checkpoint.uri, runtime.clone())?;
-        if !resume(&mut t, &store)? {
+        if resume(&mut t, &store)?.is_none() {
             bail!("--resume: no checkpoint under checkpoint.uri = {}", spec.checkpoint.uri);
         }
     }

@@ -73,6 +73,9 @@ pub trait RunObserver: Send + Sync {
     fn on_checkpoint_committed(&self, step: u64, bytes: u64, seconds: f64) {}
     /// The checkpoint of `step` was given up (uploader thread).
     fn on_checkpoint_abandoned(&self, step: u64) {}
+    /// The run resumed from the complete checkpoint of `step` (`bytes` in
+    /// its files); told by rank 0 only, before `on_start`.
+    fn on_resumed(&self, step: u64, bytes: u64) {}
     /// After the checkpoint of `step` was written, deleting `failures` older
     /// ones failed (uploader thread); pruning is tried again later.
     fn on_checkpoint_prune_failed(&self, step: u64, failures: usize) {}
@@ -112,6 +115,9 @@ impl RunObserver for Observers {
     }
     fn on_checkpoint_abandoned(&self, step: u64) {
         self.0.iter().for_each(|o| o.on_checkpoint_abandoned(step));
+    }
+    fn on_resumed(&self, step: u64, bytes: u64) {
+        self.0.iter().for_each(|o| o.on_resumed(step, bytes));
     }
     fn on_checkpoint_prune_failed(&self, step: u64, failures: usize) {
         self.0.iter().for_each(|o| o.on_checkpoint_prune_failed(step, failures));

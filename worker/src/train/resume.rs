@@ -42,18 +42,31 @@ fn decode(msg: [f32; 4]) -> Result<Option<u64>> {
     }
 }
 
-/// Restores the newest verified checkpoint into `t` (one process); returns
-/// whether one was found.
-pub fn resume<B: Kernels>(t: &mut Trainer<B>, store: &CheckpointStore) -> Result<bool> {
-    match store.load_latest()? {
-        Some(ckpt) => restore(t, &ckpt).map(|()| true),
-        None => Ok(false),
+/// The checkpoint a run resumed from: its step and the bytes of its files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resumed {
+    pub step: u64,
+    pub bytes: u64,
+}
+
+impl Resumed {
+    fn of(ckpt: &LoadedCheckpoint) -> Self {
+        Self {
+            step: ckpt.manifest.step,
+            bytes: ckpt.manifest.files.iter().map(|f| f.size).sum(),
+        }
     }
+}
+
+/// Restores the newest verified checkpoint into `t` (one process); returns
+/// the one it took, if any.
+pub fn resume<B: Kernels>(t: &mut Trainer<B>, store: &CheckpointStore) -> Result<Option<Resumed>> {
+    store.load_latest()?.map(|ckpt| restore(t, &ckpt)).transpose()
 }
 
 /// [`resume`] for every rank of `comm` from the same checkpoint: rank 0
 /// chooses, the others load what it chose. Any rank failing fails all.
-pub fn resume_agreed<B: Kernels>(t: &mut Trainer<B>, store: &CheckpointStore, comm: Option<&Comm>) -> Result<bool> {
+pub fn resume_agreed<B: Kernels>(t: &mut Trainer<B>, store: &CheckpointStore, comm: Option<&Comm>) -> Result<Option<Resumed>> {
     let Some(comm) = comm.filter(|c| c.world() > 1) else {
         return resume(t, store);
     };
@@ -95,14 +108,11 @@ pub fn resume_agreed<B: Kernels>(t: &mut Trainer<B>, store: &CheckpointStore, co
              the generation fails rather than ranks starting from different steps"
         );
     }
-    match loaded {
-        Some(ckpt) => restore(t, &ckpt).map(|()| true),
-        None => Ok(false),
-    }
+    loaded.map(|ckpt| restore(t, &ckpt)).transpose()
 }
 
 /// Checks that `ckpt` fits `t`'s job spec, then takes its state.
-fn restore<B: Kernels>(t: &mut Trainer<B>, ckpt: &LoadedCheckpoint) -> Result<()> {
+fn restore<B: Kernels>(t: &mut Trainer<B>, ckpt: &LoadedCheckpoint) -> Result<Resumed> {
     let m = &ckpt.manifest;
     if m.global_batch != t.spec.train.batch_size {
         bail!(
@@ -133,7 +143,7 @@ fn restore<B: Kernels>(t: &mut Trainer<B>, ckpt: &LoadedCheckpoint) -> Result<()
     let adam = read_optimizer(&t.plan, optim, OPTIMIZER_FILE)?;
     t.restore(state, adam, m.step);
     tracing::info!(step = m.step, epoch = m.epoch, "resumed from checkpoint");
-    Ok(())
+    Ok(Resumed::of(ckpt))
 }
 
 #[cfg(test)]

@@ -235,7 +235,12 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
     if let Some(comm) = &options.comm {
         t = t.with_comm(comm.clone());
     }
-    if options.resume && !resume_agreed(&mut t, &store, options.comm.as_deref())? {
+    let resumed = if options.resume {
+        resume_agreed(&mut t, &store, options.comm.as_deref())?
+    } else {
+        None
+    };
+    if options.resume && resumed.is_none() {
         tracing::info!(uri = %spec.checkpoint.uri, "no checkpoint to resume from; starting at step 0");
     }
     let history = Arc::new(RunHistory::open(
@@ -258,6 +263,12 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
     let mut policy = CheckpointPolicy::new(&spec.checkpoint, total, rank == 0);
     let mut writer = AsyncCheckpointer::new(store, t.plan.clone(), policy.retention())
         .on_upload(upload_events_and_history(observer.clone(), history.clone()));
+    if let Some(r) = resumed.filter(|_| rank == 0) {
+        // Rank 0 vouches for the complete checkpoint its generation resumed
+        // from, which a generation ended early may have written but never
+        // got registered (the final one, say).
+        observer.on_resumed(r.step, r.bytes);
+    }
     observer.on_start(t.step, total)?;
     let (mut last_eval, mut stopped_early, mut last_step) = (None, false, None);
     let (mut checkpoint_blocked, mut total_wait) = (0.0f64, 0.0f64);
