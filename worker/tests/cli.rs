@@ -2,11 +2,12 @@
 //! from Debian's `dataset-fashion-mnist`, checkpoints on the local
 //! filesystem through object_store, real signals.
 
+mod support;
+
 use amdim_worker::data::npy::{self, NpyArray};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-
-const FASHION: &str = "/usr/share/datasets/fashion-mnist";
+use support::fashion::{TinyFashionJob, require_dataset};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_amdim-worker"));
@@ -14,50 +15,14 @@ fn bin() -> Command {
     c
 }
 
-fn require_dataset() {
-    assert!(
-        Path::new(FASHION).join("train-images-idx3-ubyte.gz").exists(),
-        "Fashion-MNIST is missing: `apt-get install dataset-fashion-mnist` (.ci/run installs it)"
-    );
-}
-
-/// A tiny job on real Fashion-MNIST samples.
+/// A tiny job on real Fashion-MNIST samples (LR milestone after step 1),
+/// `extra` TOML at its end.
 fn write_spec(dir: &Path, name: &str, ckpt: &Path, extra: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    let text = format!(
-        r#"
-[job]
-name = "{name}"
-seed = 7
-[data]
-format = "idx"
-path = "{FASHION}"
-max_train_samples = 64
-[model]
-ndf = 4
-n_rkhs = 16
-depth = 2
-[train]
-batch_size = 8
-epochs = 3
-log_every = 1
-[optim]
-warmup_steps = 2
-milestones = [1]
-lr = 1e-3
-[eval]
-bn_refresh_batches = 2
-max_test_samples = 32
-[checkpoint]
-uri = "{}"
-every_steps = 3
-keep = 0
-{extra}
-"#,
-        ckpt.display()
-    );
-    std::fs::write(&path, text).unwrap();
-    path
+    TinyFashionJob::new(name, ckpt.to_path_buf())
+        .milestones("[1]")
+        .bn_refresh_batches(2)
+        .extra(extra)
+        .write(&dir.join(format!("{name}.toml")))
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -202,15 +167,17 @@ fn invalid_spec_and_unavailable_cuda_are_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
 
+/// Writes `array` to `path` as a .npy file.
+fn write_npy(path: &Path, array: &NpyArray) {
+    std::fs::write(path, npy::to_bytes(array)).unwrap();
+}
+
 fn npy_f32(path: &Path, shape: &[usize], data: &[f32]) {
-    std::fs::write(
-        path,
-        npy::to_bytes(&NpyArray::F32 {
-            shape: shape.to_vec(),
-            data: data.to_vec(),
-        }),
-    )
-    .unwrap();
+    let array = NpyArray::F32 {
+        shape: shape.to_vec(),
+        data: data.to_vec(),
+    };
+    write_npy(path, &array);
 }
 
 fn pseudo_images(n: usize, seed: u32) -> Vec<f32> {
@@ -220,8 +187,9 @@ fn pseudo_images(n: usize, seed: u32) -> Vec<f32> {
 }
 
 /// Writes spec `name` under `dir`, trains it for 3 steps, and returns the
-/// spec and the step-3 `model.safetensors`.
+/// spec and the step-3 `model.safetensors` (Fashion-MNIST must be there).
 fn train_three_steps(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    require_dataset();
     let ckpt = dir.join(format!("{name}-ck"));
     let spec = write_spec(dir, name, &ckpt, "");
     run(bin().args(["train", "--config"]).arg(&spec).env("AMDIM_TRAIN__MAX_STEPS", "3"));
@@ -230,7 +198,6 @@ fn train_three_steps(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 
 #[test]
 fn score_and_embed_use_trained_weights() {
-    require_dataset();
     let tmp = tempfile::tempdir().unwrap();
     let (spec, weights) = train_three_steps(tmp.path(), "w");
     let n = 6;
@@ -239,27 +206,12 @@ fn score_and_embed_use_trained_weights() {
     npy_f32(&v2, &[n, 3, 32, 32], &pseudo_images(n, 2));
     let locs = tmp.path().join("locs.npy");
     let loc_values: Vec<i64> = vec![0, 24, 12, 3, 7, 19, 5, 5, 6, 20, 1, 13];
-    std::fs::write(
-        &locs,
-        npy::to_bytes(&NpyArray::I64 {
-            shape: vec![2, n],
-            data: loc_values,
-        }),
-    )
-    .unwrap();
-    let score = |extra: &[&str]| -> serde_json::Value {
-        let mut c = bin();
-        c.args(["score", "--json", "--weights"])
-            .arg(&weights)
-            .arg("--config")
-            .arg(&spec)
-            .arg("--view1")
-            .arg(&v1)
-            .arg("--view2")
-            .arg(&v2)
-            .args(extra);
-        serde_json::from_slice(&run(&mut c).stdout).unwrap()
+    let loc_array = NpyArray::I64 {
+        shape: vec![2, n],
+        data: loc_values,
     };
+    write_npy(&locs, &loc_array);
+    let score = |extra: &[&str]| score_json(&weights, Some(&spec), [&v1, &v2], extra);
     let locs_arg = locs.to_string_lossy().into_owned();
     let s1 = score(&["--r5-locations", &locs_arg]);
     let s2 = score(&["--r5-locations", &locs_arg]);
@@ -338,6 +290,18 @@ fn python_metadata(weights: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `score --json` of the two `views` with `weights` (and `config`, if
+/// any) and `extra` flags: its report.
+fn score_json(weights: &Path, config: Option<&Path>, views: [&Path; 2], extra: &[&str]) -> serde_json::Value {
+    let mut c = bin();
+    c.args(["score", "--json", "--weights"]).arg(weights);
+    if let Some(config) = config {
+        c.arg("--config").arg(config);
+    }
+    c.arg("--view1").arg(views[0]).arg("--view2").arg(views[1]).args(extra);
+    serde_json::from_slice(&run(&mut c).stdout).unwrap()
+}
+
 /// `embed` of `input` with `weights` (and `config`, if any): its r1 values, or its stderr on failure.
 fn embed_r1(weights: &Path, config: Option<&Path>, input: &Path, out: &Path) -> Result<Vec<f32>, String> {
     let mut c = bin();
@@ -366,7 +330,6 @@ fn embed_r1(weights: &Path, config: Option<&Path>, input: &Path, out: &Path) -> 
 
 #[test]
 fn trained_weights_describe_themselves_so_embed_and_score_need_no_config() {
-    require_dataset();
     let tmp = tempfile::tempdir().unwrap();
     let (spec, weights) = train_three_steps(tmp.path(), "selfdesc");
 
@@ -402,19 +365,7 @@ fn trained_weights_describe_themselves_so_embed_and_score_need_no_config() {
     let without = embed_r1(&weights, None, &v1, &tmp.path().join("b.safetensors")).unwrap();
     assert_eq!(with.len(), n * 16);
     assert_eq!(with, without);
-    let score = |config: Option<&Path>| -> serde_json::Value {
-        let mut c = bin();
-        c.args(["score", "--json", "--weights"])
-            .arg(&weights)
-            .arg("--view1")
-            .arg(&v1)
-            .arg("--view2")
-            .arg(&v2);
-        if let Some(config) = config {
-            c.arg("--config").arg(config);
-        }
-        serde_json::from_slice(&run(&mut c).stdout).unwrap()
-    };
+    let score = |config: Option<&Path>| score_json(&weights, config, [&v1, &v2], &[]);
     let scored = score(None);
     assert!(scored["loss_1t5"].as_f64().unwrap() > 0.0, "{scored}");
     assert_eq!(scored, score(Some(&spec)), "the stored spec gives the same loss and locations");
@@ -441,20 +392,16 @@ fn trained_weights_describe_themselves_so_embed_and_score_need_no_config() {
 
 #[test]
 fn uint8_nhwc_images_get_the_evaluation_transform() {
-    require_dataset();
     let tmp = tempfile::tempdir().unwrap();
     let (_, weights) = train_three_steps(tmp.path(), "u8");
     let n = 3;
     let hwc: Vec<u8> = (0..n * 32 * 32 * 3).map(|i| ((i * 7919) % 256) as u8).collect();
     let u8_npy = tmp.path().join("u8.npy");
-    std::fs::write(
-        &u8_npy,
-        npy::to_bytes(&NpyArray::U8 {
-            shape: vec![n, 32, 32, 3],
-            data: hwc.clone(),
-        }),
-    )
-    .unwrap();
+    let nhwc = NpyArray::U8 {
+        shape: vec![n, 32, 32, 3],
+        data: hwc.clone(),
+    };
+    write_npy(&u8_npy, &nhwc);
     // The same images as float32 NCHW, scaled and normalised by hand (CIFAR mean and std).
     use amdim_worker::data::augment::{CIFAR_MEAN, CIFAR_STD};
     let mut nchw = vec![0.0f32; n * 3 * 32 * 32];
@@ -471,14 +418,11 @@ fn uint8_nhwc_images_get_the_evaluation_transform() {
     assert!(worst < 1e-5, "uint8 vs float32 input: max difference {worst}");
     // uint8 NCHW is not guessed at.
     let nchw_u8 = tmp.path().join("nchw.npy");
-    std::fs::write(
-        &nchw_u8,
-        npy::to_bytes(&NpyArray::U8 {
-            shape: vec![n, 3, 32, 32],
-            data: hwc,
-        }),
-    )
-    .unwrap();
+    let nchw_array = NpyArray::U8 {
+        shape: vec![n, 3, 32, 32],
+        data: hwc,
+    };
+    write_npy(&nchw_u8, &nchw_array);
     let e = embed_r1(&weights, None, &nchw_u8, &tmp.path().join("c.safetensors")).unwrap_err();
     assert!(e.contains("nchw.npy") && e.contains("[N, H, W, 3]"), "{e}");
 }

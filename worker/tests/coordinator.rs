@@ -9,227 +9,44 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::cluster::{Cluster, ClusterOptions, state, step};
 use support::coordinator_bin;
+use support::small_job::SmallJob;
 
-struct Cluster {
-    dir: PathBuf,
-    server: String,
-    listen: String,
-    http: String,
-    /// (client token, join token) the coordinator requires, if any.
-    tokens: Option<(String, String)>,
-    /// The CA of the coordinator's TLS certificate (gRPC over TLS), if any.
-    ca: Option<PathBuf>,
-    coordinator: Option<Child>,
-    agents: Vec<Child>,
+/// A coordinator (heartbeat timeout 2 s) and `agents` registered agents
+/// leaving their sample logs in `dir`, stopping within 10 s.
+fn start(dir: &Path, agents: usize) -> Cluster {
+    start_with(dir, agents, None, false, 1)
 }
 
-impl Cluster {
-    fn start(dir: &Path, agents: usize) -> Self {
-        Self::start_with(dir, agents, None, false, 1)
-    }
-
-    /// With `tls`, a CA and a certificate for 127.0.0.1 signed by it are
-    /// made with openssl, and every process talks gRPC over TLS.
-    /// Each agent offers `devices` devices (ranks).
-    fn start_with(dir: &Path, agents: usize, tokens: Option<(&str, &str)>, tls: bool, devices: u32) -> Self {
-        let listen = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .to_string();
-        let ca = tls.then(|| make_certificates(dir));
-        let mut c = Self {
-            dir: dir.to_path_buf(),
-            server: format!("{}://{listen}", if tls { "https" } else { "http" }),
-            ca,
-            listen,
-            http: std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .to_string(),
-            tokens: tokens.map(|(a, b)| (a.to_string(), b.to_string())),
-            coordinator: None,
-            agents: Vec::new(),
-        };
-        c.start_coordinator();
-        for i in 0..agents {
-            let agent = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
-                .args(["agent", "--coordinator", &c.server, "--name", &format!("w{i}")])
-                .args(["--devices", &devices.to_string()])
-                .env("AMDIM_SAMPLE_LOG_DIR", dir)
-                // A part told to stop ends within 10 s (its collectives are cancelled after that).
-                .env("AMDIM_STOP_GRACE_S", "10")
-                .envs(c.tokens.iter().map(|(_, join)| ("AMDIM_JOIN_TOKEN", join.clone())))
-                .envs(c.ca.iter().map(|ca| ("AMDIM_TLS_CA_FILE", ca.clone())))
-                .env("NO_COLOR", "1")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.join(format!("agent{i}.log"))).unwrap())
-                .spawn()
-                .unwrap();
-            c.agents.push(agent);
-        }
-        let started = Instant::now();
-        while c.ctl(&["workers", "-o", "json"]).matches("\"lost\":false").count() < agents {
-            assert!(started.elapsed() < Duration::from_secs(60), "agents did not register");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        c
-    }
-
-    fn start_coordinator(&mut self) {
-        let tokens = self
-            .tokens
-            .iter()
-            .flat_map(|(client, join)| [("AMDIM_CLIENT_TOKEN", client.clone()), ("AMDIM_JOIN_TOKEN", join.clone())]);
-        let child = Command::new(coordinator_bin("amdim-coordinator"))
-            .args(["--listen", &self.listen, "--http-listen", &self.http])
-            .args(["--heartbeat-ms", "200", "--heartbeat-timeout-s", "2"])
-            .args(self.ca.iter().flat_map(|_| {
-                [
-                    "--tls-cert-file".into(),
-                    self.dir.join("cert.pem"),
-                    "--tls-key-file".into(),
-                    self.dir.join("key.pem"),
-                ]
-            }))
-            .envs(tokens)
-            .arg("--store")
-            .arg(self.dir.join("coordinator.db"))
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.dir.join("coordinator.log"))
-                    .unwrap(),
-            )
-            .spawn()
-            .unwrap();
-        self.coordinator = Some(child);
-    }
-
-    fn ctl_output(&self, args: &[&str]) -> std::process::Output {
-        Command::new(coordinator_bin("amdimctl"))
-            .args(["--server", &self.server])
-            .envs(self.tokens.iter().map(|(client, _)| ("AMDIM_TOKEN", client.clone())))
-            .envs(self.ca.iter().map(|ca| ("AMDIM_TLS_CA_FILE", ca.clone())))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    /// `GET path` on the probe port: the status line.
-    fn probe(&self, path: &str) -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&self.http).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text.lines().next().unwrap_or_default().to_string()
-    }
-
-    fn ctl(&self, args: &[&str]) -> String {
-        let out = self.ctl_output(args);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn job(&self, id: &str) -> serde_json::Value {
-        serde_json::from_str(&self.ctl(&["get", id, "-o", "json"])).unwrap_or(serde_json::Value::Null)
-    }
-
-    fn wait_for(&self, id: &str, what: &str, timeout: Duration, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let started = Instant::now();
-        loop {
-            let j = self.job(id);
-            if done(&j) {
-                return j;
-            }
-            assert!(
-                started.elapsed() < timeout,
-                "{what}: job is {j}\n{}",
-                std::fs::read_to_string(self.dir.join("coordinator.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-/// A CA and a server certificate for 127.0.0.1 signed by it, in `dir`
-/// (ca.pem, cert.pem, key.pem); returns the CA's path.
-fn make_certificates(dir: &Path) -> PathBuf {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+/// As [`start`], requiring `tokens` (client, join) if any; with `tls`, a
+/// CA and a certificate for 127.0.0.1 signed by it are made with openssl,
+/// and every process talks gRPC over TLS. Each agent offers `devices`
+/// devices (ranks).
+fn start_with(dir: &Path, agents: usize, tokens: Option<(&str, &str)>, tls: bool, devices: u32) -> Cluster {
+    let options = ClusterOptions {
+        heartbeat_timeout_s: 2,
+        tokens: tokens.map(|(client, join)| (client.to_string(), join.to_string())),
+        tls,
+        agent_devices: Some(devices),
+        sample_logs: true,
+        // A part told to stop ends within 10 s (its collectives are cancelled after that).
+        stop_grace_s: Some(10),
+        ..Default::default()
     };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    openssl(
-        &[
-            &["req", "-x509"],
-            &ec[..],
-            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=amdim test CA"],
-        ]
-        .concat(),
-    );
-    openssl(
-        &[
-            &["req"],
-            &ec[..],
-            &["-keyout", "key.pem", "-out", "cert.csr", "-subj", "/CN=127.0.0.1"],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "cert.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "cert.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    dir.join("ca.pem")
+    let mut cluster = Cluster::start(dir, options);
+    cluster.add_registered_agents(agents);
+    cluster
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in self.agents.iter_mut().chain(self.coordinator.as_mut()) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
+/// A small synthetic job of `steps` steps on `min`..=`max` workers,
+/// checkpointed every 10 steps into `ckpt-{steps}`.
 fn job_spec(dir: &Path, steps: u64, min: u32, max: u32) -> PathBuf {
-    let path = dir.join(format!("job-{steps}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "[job]\nname = \"coord-test\"\n[data]\nformat = \"synthetic\"\nsynthetic_samples = 64\n\
-             [model]\nndf = 8\nn_rkhs = 32\ndepth = 1\n[train]\nbatch_size = 8\nmax_steps = {steps}\nlog_every = 1\n\
-             [dist]\ntimeout_s = 20\n[checkpoint]\nuri = \"{}\"\nevery_steps = 10\nkeep = 0\n\
-             [scheduling]\nmin_workers = {min}\nmax_workers = {max}\n",
-            dir.join(format!("ckpt-{steps}")).display()
-        ),
-    )
-    .unwrap();
-    path
+    SmallJob::new("coord-test", steps, dir.join(format!("ckpt-{steps}")))
+        .workers(min, max)
+        .write(&dir.join(format!("job-{steps}.toml")))
 }
 
 /// `text` (YAML) read by PyYAML, as JSON.
@@ -307,14 +124,10 @@ fn trained_exactly_once(dir: &Path, job: &str, total: u64, samples: usize, batch
     restored
 }
 
-fn state(j: &serde_json::Value) -> &str {
-    j["state"].as_str().unwrap_or("")
-}
-
 #[test]
 fn a_job_on_two_workers_succeeds_and_survives_a_killed_worker() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(tmp.path(), 2);
+    let mut cluster = start(tmp.path(), 2);
 
     // Two workers from start to end.
     let spec = job_spec(tmp.path(), 12, 2, 2);
@@ -343,7 +156,7 @@ fn a_job_on_two_workers_succeeds_and_survives_a_killed_worker() {
         serde_json::from_slice(&std::fs::read(tmp.path().join("ckpt-12/step-0000000012/manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["world_size"], 2);
     // Its checkpoints by job id: the coordinator knows where they are.
-    let listed: serde_json::Value = serde_json::from_str(&cluster.ctl(&["checkpoints", &id, "-o", "json"])).unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&cluster.ctl_stdout(&["checkpoints", &id, "-o", "json"])).unwrap();
     let listed: Vec<u64> = listed.as_array().unwrap().iter().map(|c| c["step"].as_u64().unwrap()).collect();
     assert_eq!(listed, vec![10, 12]);
     let export = tmp.path().join("export");
@@ -355,7 +168,7 @@ fn a_job_on_two_workers_succeeds_and_survives_a_killed_worker() {
     // from its checkpoint, and every sample is trained exactly once per
     // epoch counting from the restored checkpoint.
     let spec = job_spec(tmp.path(), 300, 1, 2);
-    let id = cluster.ctl(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
+    let id = cluster.ctl_stdout(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
     let kill_at = 15
         + std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -363,7 +176,7 @@ fn a_job_on_two_workers_succeeds_and_survives_a_killed_worker() {
             .subsec_nanos() as u64
             % 30;
     cluster.wait_for(&id, "reach the kill step on 2 workers", Duration::from_secs(120), |j| {
-        state(j) == "RUNNING" && j["step"].as_u64().unwrap_or(0) >= kill_at
+        state(j) == "RUNNING" && step(j) >= kill_at
     });
     cluster.agents[1].kill().unwrap();
     let j = cluster.wait_for(&id, "restart and finish", Duration::from_secs(300), |j| {
@@ -377,12 +190,12 @@ fn a_job_on_two_workers_succeeds_and_survives_a_killed_worker() {
     let reason = generations[0]["end_reason"].as_str().unwrap();
     assert!(reason.contains("lost"), "{reason}");
     let restored = trained_exactly_once(tmp.path(), &id, 300, 64, 8);
-    let log = std::fs::read_to_string(tmp.path().join("agent0.log")).unwrap();
+    let log = std::fs::read_to_string(cluster.agent_log("w0")).unwrap();
     assert!(log.contains(&format!("resumed from checkpoint step={restored}")), "{log}");
     assert!(tmp.path().join("ckpt-300/step-0000000300/manifest.json").exists());
 
     // Its events tell the story, in order; YAML says what JSON says.
-    let events: serde_json::Value = serde_json::from_str(&cluster.ctl(&["events", &id, "-o", "json"])).unwrap();
+    let events: serde_json::Value = serde_json::from_str(&cluster.ctl_stdout(&["events", &id, "-o", "json"])).unwrap();
     let kinds: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
     let at = |k: &str| kinds.iter().position(|x| *x == k).unwrap_or_else(|| panic!("no {k} in {kinds:?}"));
     assert_eq!(kinds[0], "submitted");
@@ -390,9 +203,9 @@ fn a_job_on_two_workers_succeeds_and_survives_a_killed_worker() {
     assert!(at("generation_ended") < at("restarting"), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"succeeded"), "{kinds:?}");
     assert!(kinds.contains(&"checkpoint_committed"), "{kinds:?}");
-    let yaml = cluster.ctl(&["events", &id, "-o", "yaml"]);
+    let yaml = cluster.ctl_stdout(&["events", &id, "-o", "yaml"]);
     assert_eq!(yaml_as_json(&yaml), events, "{yaml}");
-    let table = cluster.ctl(&["events", &id]);
+    let table = cluster.ctl_stdout(&["events", &id]);
     assert!(
         table.lines().any(|l| l.contains(" g2 ") && l.contains("generation_started")),
         "{table}"
@@ -405,7 +218,7 @@ fn a_job_on_two_workers_succeeds_and_survives_a_killed_worker() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("optim.lr"));
     let id = cluster
-        .ctl(&["submit", "-f", job_spec(tmp.path(), 100_000, 1, 1).to_str().unwrap()])
+        .ctl_stdout(&["submit", "-f", job_spec(tmp.path(), 100_000, 1, 1).to_str().unwrap()])
         .trim()
         .to_string();
     cluster.wait_for(&id, "start", Duration::from_secs(60), |j| state(j) == "RUNNING");
@@ -419,14 +232,14 @@ fn a_job_on_two_workers_succeeds_and_survives_a_killed_worker() {
 #[test]
 fn a_frozen_worker_does_not_hang_its_peer_past_the_stop_grace() {
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(tmp.path(), 2);
+    let cluster = start(tmp.path(), 2);
     let spec = job_spec(tmp.path(), 100_000, 1, 2);
     // Collectives alone would wait 600 s for the frozen peer.
     let text = std::fs::read_to_string(&spec).unwrap().replace("timeout_s = 20", "timeout_s = 600");
     std::fs::write(&spec, text).unwrap();
-    let id = cluster.ctl(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
+    let id = cluster.ctl_stdout(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
     cluster.wait_for(&id, "train on 2 workers", Duration::from_secs(120), |j| {
-        state(j) == "RUNNING" && j["step"].as_u64().unwrap_or(0) >= 5
+        state(j) == "RUNNING" && step(j) >= 5
     });
     let frozen = cluster.agents[1].id().to_string();
     let signal = |s: &str| assert!(Command::new("kill").args([s, &frozen]).status().unwrap().success());
@@ -444,7 +257,7 @@ fn a_frozen_worker_does_not_hang_its_peer_past_the_stop_grace() {
     let generations = j["generations"].as_array().unwrap();
     assert_eq!(generations[1]["workers"].as_array().unwrap().len(), 1, "{j}");
     assert!(generations[0]["end_reason"].as_str().unwrap().contains("lost"), "{j}");
-    let log = std::fs::read_to_string(tmp.path().join("agent0.log")).unwrap();
+    let log = std::fs::read_to_string(cluster.agent_log("w0")).unwrap();
     assert!(log.contains("collectives cancelled") && log.contains("--stop-grace-s"), "{log}");
     assert!(cluster.ctl_output(&["cancel", &id]).status.success());
 }
@@ -452,25 +265,21 @@ fn a_frozen_worker_does_not_hang_its_peer_past_the_stop_grace() {
 #[test]
 fn a_restarted_coordinator_carries_the_job_to_the_end() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(tmp.path(), 1);
+    let mut cluster = start(tmp.path(), 1);
     assert_eq!(cluster.probe("/healthz"), "HTTP/1.1 200 OK");
     assert_eq!(cluster.probe("/readyz"), "HTTP/1.1 200 OK");
     let spec = job_spec(tmp.path(), 200, 1, 1);
-    let id = cluster.ctl(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
-    cluster.wait_for(&id, "reach step 20", Duration::from_secs(120), |j| {
-        j["step"].as_u64().unwrap_or(0) >= 20
-    });
+    let id = cluster.ctl_stdout(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
+    cluster.wait_for(&id, "reach step 20", Duration::from_secs(120), |j| step(j) >= 20);
     // A watcher follows the job's stream through the coordinator's restart.
-    let watcher = Command::new(coordinator_bin("amdimctl"))
-        .args(["--server", &cluster.server, "watch", &id])
+    let watcher = cluster
+        .ctl_command(&["watch", &id])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let mut coordinator = cluster.coordinator.take().unwrap();
-    coordinator.kill().unwrap();
-    let _ = coordinator.wait();
+    cluster.kill_coordinator();
     std::thread::sleep(Duration::from_millis(500));
     cluster.start_coordinator();
     let j = cluster.wait_for(&id, "finish after the coordinator restart", Duration::from_secs(300), |j| {
@@ -499,7 +308,7 @@ fn a_restarted_coordinator_carries_the_job_to_the_end() {
 #[test]
 fn agents_with_two_devices_each_run_a_job_on_four_ranks() {
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start_with(tmp.path(), 2, None, false, 2);
+    let cluster = start_with(tmp.path(), 2, None, false, 2);
     let spec = job_spec(tmp.path(), 12, 2, 2);
     let text = std::fs::read_to_string(&spec).unwrap() + "devices_per_worker = 2\n";
     std::fs::write(&spec, text).unwrap();
@@ -525,7 +334,7 @@ fn agents_with_two_devices_each_run_a_job_on_four_ranks() {
     step0.sort_unstable();
     step0.dedup();
     assert_eq!(step0.len(), 8, "step 0's global batch split over 4 ranks");
-    let workers = cluster.ctl(&["workers", "-o", "json"]);
+    let workers = cluster.ctl_stdout(&["workers", "-o", "json"]);
     assert_eq!(workers.matches("\"devices\":2").count(), 2, "{workers}");
 }
 
@@ -533,19 +342,15 @@ fn agents_with_two_devices_each_run_a_job_on_four_ranks() {
 fn amdimctl_local_runs_a_job_on_local_worker_processes() {
     let tmp = tempfile::tempdir().unwrap();
     let spec = job_spec(tmp.path(), 12, 1, 2);
-    let out = Command::new(coordinator_bin("amdimctl"))
-        .args([
-            "local",
-            "-f",
-            spec.to_str().unwrap(),
-            "--workers",
-            "2",
-            "--worker-bin",
-            env!("CARGO_BIN_EXE_amdim-worker"),
-        ])
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
+    // `amdimctl local` on `workers` worker processes, with `more` flags.
+    let local = |workers: &str, more: &[&str]| {
+        let mut c = Command::new(coordinator_bin("amdimctl"));
+        c.args(["local", "-f", spec.to_str().unwrap(), "--workers", workers])
+            .args(more)
+            .args(["--worker-bin", env!("CARGO_BIN_EXE_amdim-worker")]);
+        c
+    };
+    let out = local("2", &[]).env("NO_COLOR", "1").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     // The progress and the summary here; the workers' output in the run's logs/.
@@ -559,19 +364,7 @@ fn amdimctl_local_runs_a_job_on_local_worker_processes() {
         serde_json::from_slice(&std::fs::read(tmp.path().join("ckpt-12/step-0000000012/manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["world_size"], 2);
     // A job that fails (no dataset there) exits 1.
-    let out = Command::new(coordinator_bin("amdimctl"))
-        .args([
-            "local",
-            "-f",
-            spec.to_str().unwrap(),
-            "--workers",
-            "1",
-            "--set",
-            "data.format=idx",
-            "--set",
-            "data.path=/nonexistent",
-        ])
-        .args(["--worker-bin", env!("CARGO_BIN_EXE_amdim-worker")])
+    let out = local("1", &["--set", "data.format=idx", "--set", "data.path=/nonexistent"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
@@ -580,10 +373,10 @@ fn amdimctl_local_runs_a_job_on_local_worker_processes() {
 #[test]
 fn tokens_keep_out_clients_and_workers_without_them() {
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start_with(tmp.path(), 1, Some(("client-s3cret", "join-s3cret")), false, 1);
+    let cluster = start_with(tmp.path(), 1, Some(("client-s3cret", "join-s3cret")), false, 1);
     let plain = |token: Option<&str>, args: &[&str]| {
         let mut c = Command::new(coordinator_bin("amdimctl"));
-        c.args(["--server", &cluster.server]).env_remove("AMDIM_TOKEN");
+        c.args(["--server", cluster.server()]).env_remove("AMDIM_TOKEN");
         if let Some(t) = token {
             c.args(["--token", t]);
         }
@@ -603,7 +396,7 @@ fn tokens_keep_out_clients_and_workers_without_them() {
     );
     // A worker with the wrong join token is refused and exits.
     let out = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
-        .args(["agent", "--coordinator", &cluster.server])
+        .args(["agent", "--coordinator", cluster.server()])
         .env("AMDIM_JOIN_TOKEN", "guess")
         .output()
         .unwrap();
@@ -618,21 +411,21 @@ fn tokens_keep_out_clients_and_workers_without_them() {
 #[test]
 fn grpc_over_tls_trains_a_job_and_refuses_clients_without_the_ca() {
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start_with(tmp.path(), 1, None, true, 1);
-    assert!(cluster.server.starts_with("https://"));
+    let cluster = start_with(tmp.path(), 1, None, true, 1);
+    assert!(cluster.server().starts_with("https://"));
     // Agents and amdimctl verify the coordinator against the CA.
     let spec = job_spec(tmp.path(), 4, 1, 1);
     let out = cluster.ctl_output(&["submit", "-f", spec.to_str().unwrap(), "--watch"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Without the CA the certificate is not trusted; plain HTTP/2 gets nowhere.
     let untrusted = Command::new(coordinator_bin("amdimctl"))
-        .args(["--server", &cluster.server, "list"])
+        .args(["--server", cluster.server(), "list"])
         .env_remove("AMDIM_TLS_CA_FILE")
         .output()
         .unwrap();
     assert!(!untrusted.status.success());
     let plain = Command::new(coordinator_bin("amdimctl"))
-        .args(["--server", &cluster.server.replace("https://", "http://"), "list"])
+        .args(["--server", &cluster.server().replace("https://", "http://"), "list"])
         .env_remove("AMDIM_TLS_CA_FILE")
         .output()
         .unwrap();

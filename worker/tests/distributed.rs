@@ -14,9 +14,13 @@
 //! here: at most 1.7e-5 relative on any tensor above that floor. The loss
 //! within 1e-6 relative.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use support::free_addr;
+use support::ranks::rank_args;
 
 const BIN: &str = env!("CARGO_BIN_EXE_amdim-worker");
 
@@ -40,34 +44,21 @@ fn job(dir: &Path, extra: &str) -> PathBuf {
     path
 }
 
-fn free_addr() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string()
-}
-
 fn ok(out: Output, what: &str) -> String {
     assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Starts `world` ranks of `args` (each with its own log file).
-fn spawn_ranks(world: usize, args: &[&str], logs: &Path) -> Vec<Child> {
+/// Starts `world` ranks of `args` with `env` (each with its own log file
+/// `rank{R}.log` in `logs`).
+fn spawn_ranks(world: usize, args: &[&str], env: &[(&str, &str)], logs: &Path) -> Vec<Child> {
     let addr = free_addr();
     (0..world)
         .map(|rank| {
             Command::new(BIN)
                 .args(args)
-                .args([
-                    "--rank",
-                    &rank.to_string(),
-                    "--world-size",
-                    &world.to_string(),
-                    "--rendezvous",
-                    &addr,
-                ])
+                .args(rank_args(rank, world, &addr))
+                .envs(env.iter().copied())
                 .env("NO_COLOR", "1")
                 .stdout(Stdio::piped())
                 .stderr(std::fs::File::create(logs.join(format!("rank{rank}.log"))).unwrap())
@@ -145,7 +136,7 @@ fn w_ranks_of_b_images_have_the_gradients_of_one_rank_of_w_times_b_images() {
         if plain {
             args.push("--plain-gather");
         }
-        let stdouts = wait_all(spawn_ranks(world, &args, tmp.path()), tmp.path());
+        let stdouts = wait_all(spawn_ranks(world, &args, &[], tmp.path()), tmp.path());
         let c = compare(&single, &out, 5e-5, 1e-5, &[]);
         if plain {
             assert!(
@@ -211,22 +202,12 @@ fn two_processes_train_like_one_and_stay_identical() {
         .unwrap();
     assert!(single_out.status.success(), "{}", String::from_utf8_lossy(&single_out.stderr));
     let multi = job(&multi_dir, "");
-    let children: Vec<Child> = {
-        let addr = free_addr();
-        (0..2)
-            .map(|rank| {
-                Command::new(BIN)
-                    .args(["train", "-c", multi.to_str().unwrap(), "--rank", &rank.to_string()])
-                    .args(["--world-size", "2", "--rendezvous", &addr])
-                    .env("AMDIM_TRAIN__MAX_STEPS", steps)
-                    .env("NO_COLOR", "1")
-                    .stdout(Stdio::piped())
-                    .stderr(std::fs::File::create(multi_dir.join(format!("rank{rank}.log"))).unwrap())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect()
-    };
+    let children = spawn_ranks(
+        2,
+        &["train", "-c", multi.to_str().unwrap()],
+        &[("AMDIM_TRAIN__MAX_STEPS", steps)],
+        &multi_dir,
+    );
     wait_all(children, &multi_dir);
     let logs: Vec<String> = (0..2)
         .map(|r| std::fs::read_to_string(multi_dir.join(format!("rank{r}.log"))).unwrap())
@@ -277,8 +258,8 @@ fn a_killed_rank_fails_the_others(shared_memory: &str) {
         (0..3)
             .map(|rank| {
                 Command::new(BIN)
-                    .args(["train", "-c", spec.to_str().unwrap(), "--rank", &rank.to_string()])
-                    .args(["--world-size", "3", "--rendezvous", &addr])
+                    .args(["train", "-c", spec.to_str().unwrap()])
+                    .args(rank_args(rank, 3, &addr))
                     .env("AMDIM_TRAIN__MAX_STEPS", "100000")
                     .env("AMDIM_TRAIN__EPOCHS", "100000")
                     .env("AMDIM_DIST__SHARED_MEMORY", shared_memory)

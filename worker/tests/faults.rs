@@ -15,164 +15,32 @@ mod support;
 
 use amdim_shared::proto::v1 as pb;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-use support::coordinator_bin;
+use support::cluster::{Cluster, ClusterOptions, state, step};
+use support::small_job::SmallJob;
 
-/// A coordinator (on a fixed port and store, so it can be restarted on
-/// them) and the agents started against it.
-struct Cluster {
-    dir: PathBuf,
-    store: PathBuf,
-    listen: String,
-    coordinator: Option<Child>,
-    agents: Vec<Child>,
-}
-
-fn free_addr() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string()
-}
-
-impl Cluster {
-    fn start(dir: &Path, store: &Path) -> Self {
-        let mut c = Self {
-            dir: dir.to_path_buf(),
-            store: store.to_path_buf(),
-            listen: free_addr(),
-            coordinator: None,
-            agents: Vec::new(),
-        };
-        c.start_coordinator();
-        c
-    }
-
-    fn server(&self) -> String {
-        format!("http://{}", self.listen)
-    }
-
-    fn start_coordinator(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("coordinator.log"))
-            .unwrap();
-        let child = Command::new(coordinator_bin("amdim-coordinator"))
-            .args(["--listen", &self.listen, "--http-listen", &free_addr()])
-            .args(["--heartbeat-ms", "200", "--heartbeat-timeout-s", "5", "--store"])
-            .arg(&self.store)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.coordinator = Some(child);
-        let started = Instant::now();
-        while !self.ctl_output(&["list"]).status.success() {
-            assert!(started.elapsed() < Duration::from_secs(30), "the coordinator did not come up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn kill_coordinator(&mut self) {
-        let mut c = self.coordinator.take().unwrap();
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
-
-    /// Starts agent `name`; returns its index in `agents`.
-    fn add_agent(&mut self, name: &str) -> usize {
-        let agent = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
-            .args(["agent", "--coordinator", &self.server(), "--name", name])
-            .env("AMDIM_SAMPLE_LOG_DIR", &self.dir)
-            .env("AMDIM_STOP_GRACE_S", "10")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.agent_log(name)).unwrap())
-            .spawn()
-            .unwrap();
-        self.agents.push(agent);
-        self.agents.len() - 1
-    }
-
-    fn agent_log(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("agent-{name}.log"))
-    }
-
-    fn ctl_output(&self, args: &[&str]) -> Output {
-        Command::new(coordinator_bin("amdimctl"))
-            .args(["--server", &self.server()])
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn ctl(&self, args: &[&str]) -> String {
-        let out = self.ctl_output(args);
-        assert!(out.status.success(), "amdimctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn job(&self, id: &str) -> serde_json::Value {
-        serde_json::from_slice(&self.ctl_output(&["get", id, "-o", "json"]).stdout).unwrap_or(serde_json::Value::Null)
-    }
-
-    fn events(&self, id: &str) -> String {
-        String::from_utf8_lossy(&self.ctl_output(&["events", id]).stdout).into_owned()
-    }
-
-    fn wait_for(&self, id: &str, what: &str, timeout: Duration, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let started = Instant::now();
-        loop {
-            let j = self.job(id);
-            if done(&j) {
-                return j;
-            }
-            assert!(
-                started.elapsed() < timeout,
-                "{what}: job is {j}\n{}",
-                std::fs::read_to_string(self.dir.join("coordinator.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in self.agents.iter_mut().chain(self.coordinator.as_mut()) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// A coordinator on `store` (restarted on its port and store when a test
+/// asks), answering before this returns; agents leave their sample logs in
+/// `dir` and stop within 10 s.
+fn start_cluster(dir: &Path, store: &Path) -> Cluster {
+    let options = ClusterOptions {
+        store: Some(store.to_path_buf()),
+        heartbeat_timeout_s: 5,
+        wait_until_serving: true,
+        sample_logs: true,
+        stop_grace_s: Some(10),
+        ..Default::default()
+    };
+    Cluster::start(dir, options)
 }
 
 /// A small synthetic job of `steps` steps, checkpointed every 10, with
 /// `extra` scheduling lines.
 fn job_spec(dir: &Path, steps: u64, extra: &str) -> PathBuf {
-    let path = dir.join(format!("job-{steps}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "[job]\nname = \"faults\"\n[data]\nformat = \"synthetic\"\nsynthetic_samples = 64\n\
-             [model]\nndf = 8\nn_rkhs = 32\ndepth = 1\n[train]\nbatch_size = 8\nmax_steps = {steps}\nlog_every = 1\n\
-             [dist]\ntimeout_s = 20\n[checkpoint]\nuri = \"{}\"\nevery_steps = 10\nkeep = 0\n\
-             [scheduling]\nmin_workers = 1\nmax_workers = 1\n{extra}",
-            dir.join("ckpt").display()
-        ),
-    )
-    .unwrap();
-    path
-}
-
-fn state(j: &serde_json::Value) -> &str {
-    j["state"].as_str().unwrap_or("")
-}
-
-fn step(j: &serde_json::Value) -> u64 {
-    j["step"].as_u64().unwrap_or(0)
+    SmallJob::new("faults", steps, dir.join("ckpt"))
+        .scheduling(extra)
+        .write(&dir.join(format!("job-{steps}.toml")))
 }
 
 /// Waits until `path` contains `text`.
@@ -201,10 +69,10 @@ fn last_step(path: &Path) -> u64 {
 #[test]
 fn a_part_that_ends_while_the_coordinator_is_down_still_finishes_the_job() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(tmp.path(), &tmp.path().join("coordinator.db"));
+    let mut cluster = start_cluster(tmp.path(), &tmp.path().join("coordinator.db"));
     cluster.add_agent("w0");
     let spec = job_spec(tmp.path(), 40, "max_restarts = 0\n");
-    let id = cluster.ctl(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
+    let id = cluster.ctl_ok(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
     cluster.wait_for(&id, "reach step 3", Duration::from_secs(120), |j| step(j) >= 3);
     cluster.kill_coordinator();
     // The part trains to the end with nobody to tell; its finish is retried.
@@ -225,10 +93,10 @@ fn a_part_that_ends_while_the_coordinator_is_down_still_finishes_the_job() {
 #[test]
 fn the_final_checkpoint_of_a_lost_generation_is_registered_by_the_generation_that_resumes_from_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(tmp.path(), &tmp.path().join("coordinator.db"));
+    let mut cluster = start_cluster(tmp.path(), &tmp.path().join("coordinator.db"));
     let first = cluster.add_agent("w0");
     let spec = job_spec(tmp.path(), 40, "max_restarts = 1\n");
-    let id = cluster.ctl(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
+    let id = cluster.ctl_ok(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
     cluster.wait_for(&id, "reach step 3", Duration::from_secs(120), |j| step(j) >= 3);
     cluster.kill_coordinator();
     // The part writes every checkpoint up to the final one with nobody to
@@ -237,7 +105,9 @@ fn the_final_checkpoint_of_a_lost_generation_is_registered_by_the_generation_tha
     cluster.agents[first].kill().unwrap();
     cluster.agents[first].wait().unwrap();
     cluster.start_coordinator();
-    cluster.wait_for(&id, "lose the first generation", Duration::from_secs(60), |j| state(j) == "RESTARTING");
+    cluster.wait_for(&id, "lose the first generation", Duration::from_secs(60), |j| {
+        state(j) == "RESTARTING"
+    });
     let unregistered = cluster.job(&id)["checkpoints"].as_array().map_or(0, |c| c.len());
     // A second worker resumes from the final checkpoint and has nothing to
     // train; the job ends with that checkpoint registered all the same.
@@ -246,7 +116,12 @@ fn the_final_checkpoint_of_a_lost_generation_is_registered_by_the_generation_tha
         matches!(state(j), "SUCCEEDED" | "FAILED")
     });
     assert_eq!(state(&j), "SUCCEEDED", "{j}");
-    let registered: Vec<u64> = j["checkpoints"].as_array().unwrap().iter().filter_map(|c| c["step"].as_u64()).collect();
+    let registered: Vec<u64> = j["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["step"].as_u64())
+        .collect();
     assert_eq!(registered.last(), Some(&40), "the final checkpoint is registered: {j}");
     assert!(registered.len() > unregistered, "{j}");
 }
@@ -254,10 +129,10 @@ fn the_final_checkpoint_of_a_lost_generation_is_registered_by_the_generation_tha
 #[test]
 fn a_sigterm_preempts_the_worker_after_a_final_checkpoint_without_spending_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(tmp.path(), &tmp.path().join("coordinator.db"));
+    let mut cluster = start_cluster(tmp.path(), &tmp.path().join("coordinator.db"));
     let first = cluster.add_agent("w0");
     let spec = job_spec(tmp.path(), 60, "max_restarts = 0\n");
-    let id = cluster.ctl(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
+    let id = cluster.ctl_ok(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
     cluster.wait_for(&id, "reach step 13", Duration::from_secs(120), |j| step(j) >= 13);
     let pid = cluster.agents[first].id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -280,7 +155,7 @@ fn a_sigterm_preempts_the_worker_after_a_final_checkpoint_without_spending_a_res
     let last = checkpoints.last().and_then(|c| c["step"].as_u64()).unwrap();
     let trained = last_step(&tmp.path().join(format!("{id}-g1-r0.log")));
     assert_eq!(last, trained + 1, "{j}");
-    let shown = cluster.ctl(&["get", &id]);
+    let shown = cluster.ctl_ok(&["get", &id]);
     assert!(shown.contains("restarts 0/0, preemptions 1"), "{shown}");
 
     // A new worker: the job resumes from the final checkpoint and ends succeeded.
@@ -339,7 +214,7 @@ fn a_full_store_refuses_a_submit_records_nothing_and_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
     let Some(fs) = Tmpfs::mount(tmp.path(), "1m") else { return };
     let store = fs.0.join("coordinator.db");
-    let mut cluster = Cluster::start(tmp.path(), &store);
+    let mut cluster = start_cluster(tmp.path(), &store);
     let spec = job_spec(tmp.path(), 40, "");
     let spec = spec.to_str().unwrap();
     fill(&fs.0.join("filler"));
@@ -352,13 +227,13 @@ fn a_full_store_refuses_a_submit_records_nothing_and_keeps_serving() {
         "{stderr}"
     );
     assert_eq!(
-        cluster.ctl(&["list", "-o", "json"]).matches("\"id\"").count(),
+        cluster.ctl_ok(&["list", "-o", "json"]).matches("\"id\"").count(),
         0,
         "nothing is reported as submitted"
     );
     // It keeps serving, and once there is room again the same submit works.
     std::fs::remove_file(fs.0.join("filler")).unwrap();
-    let id = cluster.ctl(&["submit", "-f", spec]).trim().to_string();
+    let id = cluster.ctl_ok(&["submit", "-f", spec]).trim().to_string();
     assert_eq!(id, "job-000001", "the refused submit took no id");
     cluster.kill_coordinator();
     cluster.start_coordinator();
@@ -372,12 +247,12 @@ fn a_full_store_refuses_a_submit_records_nothing_and_keeps_serving() {
 #[test]
 fn heartbeats_about_parts_the_coordinator_does_not_know_never_leave_a_job_running() {
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(tmp.path(), &tmp.path().join("coordinator.db"));
+    let cluster = start_cluster(tmp.path(), &tmp.path().join("coordinator.db"));
     let spec = job_spec(tmp.path(), 40, "max_restarts = 0\n");
-    let id = cluster.ctl(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
+    let id = cluster.ctl_ok(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let commands = runtime.block_on(async {
-        let mut c = pb::worker_service_client::WorkerServiceClient::connect(cluster.server())
+        let mut c = pb::worker_service_client::WorkerServiceClient::connect(cluster.server().to_string())
             .await
             .unwrap();
         let w = c

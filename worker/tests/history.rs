@@ -11,51 +11,17 @@ mod support;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::fashion::{TinyFashionJob, require_dataset};
 
-const FASHION: &str = "/usr/share/datasets/fashion-mnist";
 const BIN: &str = env!("CARGO_BIN_EXE_amdim-worker");
 
 /// A tiny job on real Fashion-MNIST samples: 8 steps per epoch,
 /// checkpoints every 3 steps, every step logged.
 fn write_spec(dir: &Path, name: &str, folder: &str) -> (PathBuf, PathBuf) {
-    assert!(
-        Path::new(FASHION).join("train-images-idx3-ubyte.gz").exists(),
-        "Fashion-MNIST is missing: `apt-get install dataset-fashion-mnist` (.ci/run installs it)"
-    );
+    require_dataset();
     let ckpt = dir.join(folder).join("checkpoints");
-    let path = dir.join(format!("{name}.toml"));
-    let text = format!(
-        r#"
-[job]
-name = "{name}"
-seed = 7
-[data]
-format = "idx"
-path = "{FASHION}"
-max_train_samples = 64
-[model]
-ndf = 4
-n_rkhs = 16
-depth = 2
-[train]
-batch_size = 8
-epochs = 3
-log_every = 1
-[optim]
-warmup_steps = 2
-lr = 1e-3
-[eval]
-bn_refresh_batches = 1
-max_test_samples = 32
-[checkpoint]
-uri = "{}"
-every_steps = 3
-keep = 0
-"#,
-        ckpt.display()
-    );
-    std::fs::write(&path, text).unwrap();
-    (path, ckpt)
+    let spec = TinyFashionJob::new(name, ckpt.clone()).write(&dir.join(format!("{name}.toml")));
+    (spec, ckpt)
 }
 
 fn train(spec: &Path, max_steps: u32, resume: bool) -> String {

@@ -9,136 +9,29 @@ mod support;
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-use support::coordinator_bin;
+use support::cluster::{Cluster, ClusterOptions, state, step};
+use support::small_job::SmallJob;
 
-struct Cluster {
-    dir: PathBuf,
-    server: String,
-    listen: String,
-    coordinator: Option<Child>,
-    agents: Vec<Child>,
+/// A coordinator (heartbeat timeout 5 s) and `agents` registered agents.
+fn start_cluster(dir: &Path, agents: usize) -> Cluster {
+    let options = ClusterOptions {
+        heartbeat_timeout_s: 5,
+        ..Default::default()
+    };
+    let mut cluster = Cluster::start(dir, options);
+    cluster.add_registered_agents(agents);
+    cluster
 }
 
-fn free_addr() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string()
-}
-
-impl Cluster {
-    fn start(dir: &Path, agents: usize) -> Self {
-        let listen = free_addr();
-        let mut c = Self {
-            dir: dir.to_path_buf(),
-            server: format!("http://{listen}"),
-            listen,
-            coordinator: None,
-            agents: Vec::new(),
-        };
-        c.start_coordinator();
-        for i in 0..agents {
-            let agent = Command::new(env!("CARGO_BIN_EXE_amdim-worker"))
-                .args(["agent", "--coordinator", &c.server, "--name", &format!("w{i}")])
-                .env("NO_COLOR", "1")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.join(format!("agent{i}.log"))).unwrap())
-                .spawn()
-                .unwrap();
-            c.agents.push(agent);
-        }
-        let started = Instant::now();
-        while c.ctl(&["workers", "-o", "json"]).matches("\"lost\":false").count() < agents {
-            assert!(started.elapsed() < Duration::from_secs(60), "agents did not register");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        c
-    }
-
-    fn start_coordinator(&mut self) {
-        let child = Command::new(coordinator_bin("amdim-coordinator"))
-            .args(["--listen", &self.listen, "--http-listen", &free_addr()])
-            .args(["--heartbeat-ms", "200", "--heartbeat-timeout-s", "5"])
-            .arg("--store")
-            .arg(self.dir.join("coordinator.db"))
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.dir.join("coordinator.log"))
-                    .unwrap(),
-            )
-            .spawn()
-            .unwrap();
-        self.coordinator = Some(child);
-    }
-
-    fn ctl_command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(coordinator_bin("amdimctl"));
-        c.args(["--server", &self.server]).args(args);
-        c
-    }
-
-    fn ctl(&self, args: &[&str]) -> String {
-        let out = self.ctl_command(args).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `amdimctl args`, asserting success; its stdout.
-    fn ctl_ok(&self, args: &[&str]) -> String {
-        let out = self.ctl_command(args).output().unwrap();
-        assert!(out.status.success(), "amdimctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn job(&self, id: &str) -> serde_json::Value {
-        serde_json::from_str(&self.ctl(&["get", id, "-o", "json"])).unwrap_or(serde_json::Value::Null)
-    }
-
-    fn state(&self, id: &str) -> String {
-        self.job(id)["state"].as_str().unwrap_or("").to_string()
-    }
-
-    fn wait_for(&self, id: &str, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let started = Instant::now();
-        loop {
-            let j = self.job(id);
-            if done(&j) {
-                return j;
-            }
-            assert!(started.elapsed() < Duration::from_secs(300), "{what}: job is {j}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in self.agents.iter_mut().chain(self.coordinator.as_mut()) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
+/// A small synthetic job of `steps` steps on 2 workers, checkpointed every
+/// 1000 steps (so, at its end).
 fn job_spec(dir: &Path, steps: u64) -> PathBuf {
-    let path = dir.join("job.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[job]\nname = \"logs-test\"\n[data]\nformat = \"synthetic\"\nsynthetic_samples = 64\n\
-             [model]\nndf = 8\nn_rkhs = 32\ndepth = 1\n[train]\nbatch_size = 8\nmax_steps = {steps}\nlog_every = 1\n\
-             [dist]\ntimeout_s = 20\n[checkpoint]\nuri = \"{}\"\nevery_steps = 1000\nkeep = 0\n\
-             [scheduling]\nmin_workers = 2\nmax_workers = 2\n",
-            dir.join("ckpt").display()
-        ),
-    )
-    .unwrap();
-    path
+    SmallJob::new("logs-test", steps, dir.join("ckpt"))
+        .every_steps(1000)
+        .workers(2, 2)
+        .write(&dir.join("job.toml"))
 }
 
 /// The lines of `text` that start with `[rank R] `, without that prefix.
@@ -150,12 +43,12 @@ fn of_rank(text: &str, rank: u32) -> Vec<&str> {
 #[test]
 fn logs_of_a_two_worker_job_live_by_rank_and_after_a_coordinator_restart() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(tmp.path(), 2);
+    let mut cluster = start_cluster(tmp.path(), 2);
     let steps = 400;
     let spec = job_spec(tmp.path(), steps);
     let id = cluster.ctl_ok(&["submit", "-f", spec.to_str().unwrap()]).trim().to_string();
-    cluster.wait_for(&id, "train on 2 workers", |j| {
-        j["state"] == "RUNNING" && j["step"].as_u64().unwrap_or(0) >= 3
+    cluster.wait_for(&id, "train on 2 workers", Duration::from_secs(300), |j| {
+        state(j) == "RUNNING" && step(j) >= 3
     });
 
     // Following while it runs: lines arrive while the job is still running.
@@ -191,7 +84,7 @@ fn logs_of_a_two_worker_job_live_by_rank_and_after_a_coordinator_restart() {
     };
     reader.join().unwrap();
     assert!(status.success());
-    assert_eq!(cluster.state(&id), "SUCCEEDED");
+    assert_eq!(state(&cluster.job(&id)), "SUCCEEDED");
     let followed: Vec<String> = std::iter::once(first).chain(rx.try_iter()).collect();
     let followed = followed.join("\n");
     for rank in [0, 1] {
@@ -223,12 +116,10 @@ fn logs_of_a_two_worker_job_live_by_rank_and_after_a_coordinator_restart() {
 
     // The coordinator restarts: its buffers are gone, the stored objects
     // give the same lines.
-    let mut coordinator = cluster.coordinator.take().unwrap();
-    coordinator.kill().unwrap();
-    let _ = coordinator.wait();
+    cluster.kill_coordinator();
     cluster.start_coordinator();
     let started = Instant::now();
-    while cluster.state(&id) != "SUCCEEDED" {
+    while state(&cluster.job(&id)) != "SUCCEEDED" {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "the restarted coordinator does not answer"

@@ -8,15 +8,7 @@ mod support;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-const FASHION: &str = "/usr/share/datasets/fashion-mnist";
-
-fn require_dataset() {
-    assert!(
-        Path::new(FASHION).join("train-images-idx3-ubyte.gz").exists(),
-        "Fashion-MNIST is missing: `apt-get install dataset-fashion-mnist` (.ci/run installs it)"
-    );
-}
+use support::fashion::{FASHION, require_dataset};
 
 fn worker() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_amdim-worker"));

@@ -7,11 +7,11 @@
 
 #[path = "../../shared/testsupport/seaweed.rs"]
 mod seaweed;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-
-const BIN: &str = env!("CARGO_BIN_EXE_amdim-worker");
+use support::ranks::{run_ranks, train_command};
 
 fn job(dir: &Path, uri: &str) -> PathBuf {
     let spec = dir.join("job.toml");
@@ -26,20 +26,6 @@ fn job(dir: &Path, uri: &str) -> PathBuf {
     )
     .unwrap();
     spec
-}
-
-fn train(spec: &Path, resume: bool, max_steps: u64, env: &[(&str, String)]) -> Command {
-    let mut c = Command::new(BIN);
-    c.arg("train");
-    if resume {
-        c.arg("--resume");
-    }
-    c.arg("--config")
-        .arg(spec)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("AMDIM_TRAIN__MAX_STEPS", max_steps.to_string())
-        .env("NO_COLOR", "1");
-    c
 }
 
 fn log(out: &Output) -> String {
@@ -59,14 +45,14 @@ fn resume_from_s3_fails_on_refused_reads_and_waits_out_an_outage_but_never_start
     let tmp = tempfile::tempdir().unwrap();
     let uri = s3.uri("runs/resume");
     let spec = job(tmp.path(), &uri);
-    ok(train(&spec, false, 4, &env).output().unwrap());
+    ok(train_command(&spec, false, 4, &env).output().unwrap());
 
     // A store that lists the checkpoints but refuses to read them: not "no
     // checkpoint" (which would start at step 0), an error naming the manifest.
     let mut lister = env.clone();
     lister[0].1 = seaweed::LIST_ONLY_KEY.into();
     lister[1].1 = seaweed::LIST_ONLY_SECRET.into();
-    let out = train(&spec, true, 6, &lister).output().unwrap();
+    let out = train_command(&spec, true, 6, &lister).output().unwrap();
     let text = log(&out);
     assert!(!out.status.success(), "resumed with a store that refuses reads:\n{text}");
     assert!(
@@ -81,7 +67,7 @@ fn resume_from_s3_fails_on_refused_reads_and_waits_out_an_outage_but_never_start
     // S3 down when the run starts, back 3 s later: the run waits (retrying)
     // and resumes from the newest checkpoint.
     s3.kill();
-    let child = train(&spec, true, 6, &env)
+    let child = train_command(&spec, true, 6, &env)
         .env("AMDIM_STORAGE_RETRY_S", "90")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -99,23 +85,11 @@ fn resume_from_s3_fails_on_refused_reads_and_waits_out_an_outage_but_never_start
 
 /// Starts two ranks of `spec`; rank r's `checkpoint.uri` is `uris[r]`.
 fn two_ranks(spec: &Path, max_steps: u64, uris: [&Path; 2]) -> Vec<Output> {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
-    let children: Vec<_> = (0..2)
-        .map(|rank| {
-            train(spec, true, max_steps, &[])
-                .args(["--rank", &rank.to_string(), "--world-size", "2", "--rendezvous", &addr])
-                .env("AMDIM_CHECKPOINT__URI", uris[rank])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    children.into_iter().map(|c| c.wait_with_output().unwrap()).collect()
+    run_ranks(2, |rank| {
+        let mut c = train_command(spec, true, max_steps, &[]);
+        c.env("AMDIM_CHECKPOINT__URI", uris[rank]);
+        c
+    })
 }
 
 #[test]
@@ -187,12 +161,12 @@ fn a_checkpoint_is_complete_even_when_pruning_fails_and_pruning_is_retried() {
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let ckpt = tmp.path().join("ckpt");
     let spec = job(tmp.path(), ckpt.to_str().unwrap());
-    ok(train(&spec, false, 2, &[]).output().unwrap());
+    ok(train_command(&spec, false, 2, &[]).output().unwrap());
     let manifest = |step: u64| ckpt.join(format!("step-{step:010}/manifest.json"));
     let keep_one = [("AMDIM_CHECKPOINT__KEEP", "1".to_string())];
     {
         let _stuck = Immutable::new(manifest(2));
-        let text = ok(train(&spec, true, 6, &keep_one).output().unwrap());
+        let text = ok(train_command(&spec, true, 6, &keep_one).output().unwrap());
         // Checkpoints 4 and 6 are written; step 2 cannot be deleted, which
         // is logged with the object after each of them.
         assert_eq!(text.matches("pruning failed").count(), 2, "{text}");
@@ -201,7 +175,7 @@ fn a_checkpoint_is_complete_even_when_pruning_fails_and_pruning_is_retried() {
         assert!(manifest(6).exists() && !manifest(4).exists() && manifest(2).exists());
     }
     // Deletable again: the next checkpoint's pruning removes it.
-    let text = ok(train(&spec, true, 7, &keep_one).output().unwrap());
+    let text = ok(train_command(&spec, true, 7, &keep_one).output().unwrap());
     assert!(text.contains("resumed from checkpoint step=6"), "{text}");
     assert!(!manifest(2).exists() && !manifest(6).exists() && manifest(7).exists(), "{text}");
 }

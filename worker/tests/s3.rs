@@ -14,6 +14,7 @@ use amdim_shared::rng::{KeyedRng, Stream};
 use object_store::ObjectStore;
 use std::path::Path;
 use std::process::{Command, Output};
+use support::ranks::train_command;
 use support::{run_amdimctl, testdata};
 
 fn job(dir: &Path, name: &str, format: &str, data: &str, ckpt: &str) -> std::path::PathBuf {
@@ -323,43 +324,18 @@ fn a_two_rank_job_resumes_from_its_s3_checkpoint() {
         ),
     )
     .unwrap();
-    let run_ranks = |max_steps: &str, resume: bool| -> Vec<String> {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .to_string();
-        let children: Vec<_> = (0..2)
-            .map(|rank| {
-                let mut c = Command::new(env!("CARGO_BIN_EXE_amdim-worker"));
-                c.arg("train");
-                if resume {
-                    c.arg("--resume");
-                }
-                c.arg("--config")
-                    .arg(&spec)
-                    .args(["--rank", &rank.to_string(), "--world-size", "2", "--rendezvous", &addr])
-                    .envs(env.iter().cloned())
-                    .env("AMDIM_TRAIN__MAX_STEPS", max_steps)
-                    .env("NO_COLOR", "1")
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        children
+    let run_ranks = |max_steps: u64, resume: bool| -> Vec<String> {
+        support::ranks::run_ranks(2, |_| train_command(&spec, resume, max_steps, &env))
             .into_iter()
-            .map(|c| {
-                let out = c.wait_with_output().unwrap();
+            .map(|out| {
                 let log = String::from_utf8_lossy(&out.stderr).into_owned();
                 assert!(out.status.success(), "{log}");
                 log
             })
             .collect()
     };
-    run_ranks("4", false);
-    let logs = run_ranks("6", true);
+    run_ranks(4, false);
+    let logs = run_ranks(6, true);
     let checksum = |log: &str| {
         log.lines()
             .rev()

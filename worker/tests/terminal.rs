@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::coordinator_bin;
+use support::small_job::SmallJob;
 
 fn tmux(args: &[&str]) -> String {
     let out = Command::new("tmux")
@@ -19,21 +20,17 @@ fn tmux(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A 40-step synthetic job on 1 or 2 workers with a long name, its
+/// checkpoints (and so its logs) under `run/`.
 fn spec(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("job.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[job]\nname = \"a-job-name-long-enough-to-matter-in-a-narrow-terminal\"\n\
-             [data]\nformat = \"synthetic\"\nsynthetic_samples = 64\n\
-             [model]\nndf = 8\nn_rkhs = 32\ndepth = 1\n[train]\nbatch_size = 8\nmax_steps = 40\nlog_every = 1\n\
-             [dist]\ntimeout_s = 20\n[checkpoint]\nuri = \"{}\"\nevery_steps = 20\nkeep = 0\n\
-             [scheduling]\nmin_workers = 1\nmax_workers = 2\n",
-            dir.join("run/checkpoints").display()
-        ),
+    SmallJob::new(
+        "a-job-name-long-enough-to-matter-in-a-narrow-terminal",
+        40,
+        dir.join("run/checkpoints"),
     )
-    .unwrap();
-    path
+    .every_steps(20)
+    .workers(1, 2)
+    .write(&dir.join("job.toml"))
 }
 
 #[test]

@@ -1,12 +1,39 @@
-//! Helpers shared by the worker's integration tests: the photo fixtures,
-//! the coordinator crate's binaries (built on demand: `cargo test -p
-//! amdim-worker` alone does not build them), and feeding text to a tool.
+//! Helpers shared by the worker's integration tests, so that each test file
+//! keeps only what it checks. This module owns:
+//! - the photo fixtures ([`testdata`]) and feeding text to a tool
+//!   ([`pipe_through`]);
+//! - the coordinator crate's binaries ([`coordinator_bin`], [`amdimctl`],
+//!   [`run_amdimctl`]; built on demand: `cargo test -p amdim-worker` alone
+//!   does not build them);
+//! - free loopback addresses ([`free_addr`]);
+//! - [`cluster`]: a coordinator and worker agents as real processes, and the
+//!   accessors of a job's JSON document;
+//! - [`small_job`]: the small synthetic job the cluster tests submit;
+//! - [`fashion`]: real Fashion-MNIST and the tiny job trained on it;
+//! - [`ranks`]: `amdim-worker train` commands and worlds of ranks on loopback.
+//!
+//! A test binary uses some of these and not others, hence `dead_code` allowed.
 
 #![allow(dead_code)]
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+
+mod certificates;
+pub mod cluster;
+pub mod fashion;
+pub mod ranks;
+pub mod small_job;
+
+/// A loopback address (`127.0.0.1:port`) with a port free a moment ago.
+pub fn free_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string()
+}
 
 /// The ImageFolder trees of the fixture script, built on first use.
 pub fn testdata() -> PathBuf {
