@@ -340,7 +340,7 @@ impl Soak<'_> {
                 }
                 None => {
                     let log = std::fs::read_to_string(cluster.agent_log(&name)).unwrap_or_default();
-                    let last = log.lines().last().unwrap_or("").to_string();
+                    let last = exit_reason(&log);
                     self.say(&format!("worker {name} exited on its own: {last}"));
                     self.faults.self_exits.push(format!("{name}: {last}"));
                 }
@@ -390,4 +390,32 @@ async fn shut_down(cluster: &mut Cluster, s3: &mut WeedServer) -> Vec<String> {
     }
     s3.stop(Duration::from_secs(20)).await;
     unclean
+}
+
+/// Why an agent exited, from its log: the error it exited with (the
+/// `Error:` line and its causes, before any backtrace), else its last line.
+fn exit_reason(log: &str) -> String {
+    let mut lines = log.lines().skip_while(|l| !l.starts_with("Error: "));
+    match lines.next() {
+        Some(first) => {
+            let causes = lines
+                .take_while(|l| !l.starts_with("Stack backtrace:"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && *l != "Caused by:");
+            std::iter::once(first).chain(causes).collect::<Vec<_>>().join(" ")
+        }
+        None => log.lines().last().unwrap_or("").to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exit_reason;
+
+    #[test]
+    fn the_exit_reason_is_the_error_and_its_causes_not_the_backtrace() {
+        let log = "INFO part ended\nError: job job-1: the part did not end\n\nCaused by:\n    0: stuck\n\nStack backtrace:\n   0: main\n  31: _start\n";
+        assert_eq!(exit_reason(log), "Error: job job-1: the part did not end 0: stuck");
+        assert_eq!(exit_reason("a\nlast line\n"), "last line");
+    }
 }
