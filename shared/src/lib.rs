@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod backoff;
 pub mod checkpoint;
+pub mod duration;
 pub mod history;
 pub mod http;
 pub mod imagefolder;
@@ -22,6 +23,7 @@ pub mod procfs;
 pub mod proto;
 pub mod retry;
 pub mod rng;
+pub mod seaweed;
 pub mod session;
 pub mod shards;
 pub mod shutdown;

@@ -48,33 +48,8 @@ impl SeaweedS3 {
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
         let s3_port = free_port();
-        let mut args = vec![
-            "mini".to_string(),
-            format!("-dir={}", data.display()),
-            "-ip=127.0.0.1".into(),
-            "-ip.bind=127.0.0.1".into(),
-            "-admin.ui=false".into(),
-            format!("-s3.config={}", creds.display()),
-            format!("-bucket={bucket}"),
-            "-master.volumeSizeLimitMB=64".into(),
-            "-s3.port.iceberg=0".into(),
-            "-s3.port.lance=0".into(),
-            format!("-s3.port={s3_port}"),
-        ];
-        for flag in [
-            "master.port",
-            "master.port.grpc",
-            "volume.port",
-            "volume.port.grpc",
-            "filer.port",
-            "filer.port.grpc",
-            "s3.port.grpc",
-            "webdav.port",
-            "admin.port",
-            "admin.port.grpc",
-        ] {
-            args.push(format!("-{flag}={}", free_port()));
-        }
+        let args = amdim_shared::seaweed::mini_args(&data, &creds, bucket, s3_port, || Ok::<_, std::convert::Infallible>(free_port()))
+            .unwrap_or_else(|e| match e {});
         let log = dir.path().join("weed.log");
         let weed = std::env::var("WEED").unwrap_or_else(|_| "weed".into());
         let mut server = Self {

@@ -22,16 +22,6 @@ pub async fn load(uri: &str) -> Result<Vec<HistoryRecord>> {
     })
 }
 
-/// `1h 02m`-style elapsed time.
-fn elapsed(seconds: f64) -> String {
-    let s = seconds.max(0.0).round() as u64;
-    match s {
-        s if s < 60 => format!("{:.1}s", seconds.max(0.0)),
-        s if s < 3600 => format!("{}m {:02}s", s / 60, s % 60),
-        s => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
-    }
-}
-
 /// One table row per step: its logged step and its evaluation, either may
 /// be missing.
 #[derive(Default)]
@@ -63,7 +53,7 @@ pub fn table(records: &[HistoryRecord]) -> String {
         cells.push(vec![
             step.to_string(),
             epoch.to_string(),
-            elapsed(time),
+            amdim_shared::duration::human(time),
             row.step.map_or(String::new(), |s| format!("{:.4}", s.loss)),
             row.step.map_or(String::new(), |s| format!("{:.2e}", s.lr)),
             row.step.map_or(String::new(), |s| format!("{:.0}", s.images_per_s)),
@@ -118,8 +108,5 @@ mod tests {
         assert_eq!(run_label("job-000042"), "job-000042");
         assert_eq!(run_label("runs/alpha/checkpoints"), "runs/alpha");
         assert_eq!(run_label("s3://bucket/experiments/2026/fashion-a/ckpt/"), "…/fashion-a/ckpt");
-        assert_eq!(elapsed(3725.0), "1h 02m");
-        assert_eq!(elapsed(65.0), "1m 05s");
-        assert_eq!(elapsed(0.44), "0.4s");
     }
 }

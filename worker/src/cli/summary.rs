@@ -17,16 +17,6 @@ pub fn audiences() -> (bool, bool) {
     (err, !(err && out))
 }
 
-/// `3m 07s`-style duration.
-fn human_duration(seconds: f64) -> String {
-    let s = seconds.max(0.0).round() as u64;
-    match s {
-        s if s < 60 => format!("{:.1}s", seconds.max(0.0)),
-        s if s < 3600 => format!("{}m {:02}s", s / 60, s % 60),
-        s => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
-    }
-}
-
 /// The summary table of run `name`, lines of at most ~76 columns (paths
 /// and URIs excepted, which are printed whole so they can be copied).
 pub fn table(name: &str, s: &RunSummary) -> String {
@@ -41,7 +31,7 @@ pub fn table(name: &str, s: &RunSummary) -> String {
         let _ = writeln!(out, "  {label:<14} {value}");
     };
     row("steps", s.steps.to_string());
-    row("wall time", human_duration(s.wall_s));
+    row("wall time", amdim_shared::duration::human(s.wall_s));
     if let Some(l) = &s.last_step {
         row("loss", format!("{:.4} (step {})", l.loss, l.step));
         row("  nce", format!("1t5 {:.4}  1t7 {:.4}  5t5 {:.4}", l.nce_1t5, l.nce_1t7, l.nce_5t5));
@@ -72,16 +62,4 @@ pub fn table(name: &str, s: &RunSummary) -> String {
         let _ = writeln!(out, "  {:<14} {h}", "history");
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_read_like_a_person_would_write_them() {
-        assert_eq!(human_duration(4.25), "4.2s");
-        assert_eq!(human_duration(187.0), "3m 07s");
-        assert_eq!(human_duration(7500.0), "2h 05m");
-    }
 }

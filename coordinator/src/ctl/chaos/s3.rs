@@ -44,34 +44,7 @@ impl WeedServer {
         let data = dir.join("s3-data");
         std::fs::create_dir_all(&data).with_context(|| data.display().to_string())?;
         let s3_port = free_port()?;
-        let mut args = vec![
-            "mini".to_string(),
-            format!("-dir={}", data.display()),
-            "-ip=127.0.0.1".into(),
-            "-ip.bind=127.0.0.1".into(),
-            "-admin.ui=false".into(),
-            format!("-s3.config={}", identities.display()),
-            format!("-bucket={BUCKET}"),
-            "-master.volumeSizeLimitMB=64".into(),
-            "-s3.port.iceberg=0".into(),
-            "-s3.port.lance=0".into(),
-            format!("-s3.port={s3_port}"),
-        ];
-        // Every other listener on a port of its own, kept across restarts.
-        for service in [
-            "master.port",
-            "master.port.grpc",
-            "volume.port",
-            "volume.port.grpc",
-            "filer.port",
-            "filer.port.grpc",
-            "s3.port.grpc",
-            "webdav.port",
-            "admin.port",
-            "admin.port.grpc",
-        ] {
-            args.push(format!("-{service}={}", free_port()?));
-        }
+        let args = amdim_shared::seaweed::mini_args(&data, &identities, BUCKET, s3_port, free_port)?;
         let mut server = Self {
             program,
             args,
