@@ -10,6 +10,8 @@
 #
 #   scripts/bench-quality.sh [BUDGET_SECONDS (default 600)] [OUT_DIR]
 #
+# It trains as scripts/example.sh does: LOCAL_RANKS (default 2) ranks in one
+# process, each on its own share of the cores.
 # AMDIM_WORKER_BIN picks the binary (default target/debug/amdim-worker, the
 # one scripts/example.sh builds; built when missing). A run still going at
 # the budget is stopped with SIGINT, which finishes the step and writes a
@@ -23,6 +25,7 @@ spec=${SPEC:-examples/fashion-mnist.toml}
 every=${CURVE_EVERY:-500}
 data=${AMDIM_DATA__PATH:-/usr/share/datasets/fashion-mnist}
 bin=${AMDIM_WORKER_BIN:-target/debug/amdim-worker}
+local_ranks=${LOCAL_RANKS:-2}
 
 if [ ! -f "$data/train-images-idx3-ubyte.gz" ] && [ ! -f "$data/train-images-idx3-ubyte" ]; then
   echo "Fashion-MNIST is missing under $data: scripts/get-fashion-mnist.sh installs it" >&2
@@ -41,7 +44,7 @@ export AMDIM_CHECKPOINT__KEEP=0
 
 echo "== training $spec for at most ${budget} s (checkpoint every $every steps)" >&2
 started=$(date +%s)
-timeout --preserve-status -s INT -k 300 "$budget" "$bin" train -c "$spec" >"$out/train.jsonl" 2>"$out/train.log"
+timeout --preserve-status -s INT -k 300 "$budget" "$bin" train -c "$spec" --local-ranks "$local_ranks" >"$out/train.jsonl" 2>"$out/train.log"
 trained_s=$(( $(date +%s) - started ))
 
 steps=()
@@ -84,5 +87,5 @@ echo
 cat "$out/probe.txt"
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//; s/"//g' || true)
-printf '{"bench":"quality","date":"%s","machine":"%s, %s cores","spec":"%s","budget_s":%s,"trained_s":%s,"steps":%s,"curve":%s,"probe":%s}\n' \
-  "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$cpu" "$(nproc)" "$spec" "$budget" "$trained_s" "$last" "$curve" "$(cat "$out/probe-$last.json")"
+printf '{"bench":"quality","date":"%s","machine":"%s, %s cores","spec":"%s","local_ranks":%s,"budget_s":%s,"trained_s":%s,"steps":%s,"curve":%s,"probe":%s}\n' \
+  "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$cpu" "$(nproc)" "$spec" "$local_ranks" "$budget" "$trained_s" "$last" "$curve" "$(cat "$out/probe-$last.json")"

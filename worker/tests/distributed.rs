@@ -2,10 +2,13 @@
 //! - W ∈ {2, 3} ranks of B images give the loss and parameter gradients of
 //!   one rank of W·B images (synchronised BN), and the twin that gathers
 //!   targets without summing their gradients over ranks does not;
-//! - the same with both ranks in one process (`--local-ranks 2`);
+//! - the same with both ranks in one process (`--local-ranks 2`, no
+//!   rendezvous address given);
 //! - `train` on 2 processes ends where the single process ends, with
 //!   identical parameters on both ranks after every logged step;
-//! - a rank killed mid-training makes the others fail promptly, naming it.
+//! - a rank killed mid-training makes the others fail promptly, naming it;
+//! - a stop (SIGINT) that only one rank sees ends every rank after the same
+//!   step, rank 0 writing the checkpoint, in separate processes and in one.
 //!
 //! Tolerances (float32, different summation orders), allclose-style per
 //! tensor: max|a−b| ≤ 5e-5·max|a_t| + 1e-5·(largest gradient of the step);
@@ -154,12 +157,14 @@ fn w_ranks_of_b_images_have_the_gradients_of_one_rank_of_w_times_b_images() {
         }
         assert!(c.worst_excess <= 1.0, "W={world}: {c:?}");
     }
-    // One process driving both ranks of a world of 2 (one thread each).
+    // One process driving both ranks of a world of 2, each on its own share
+    // of the threads; with neither --world-size nor --rendezvous, the world
+    // is this process's ranks and it picks its own loopback port.
     let out = tmp.path().join("local-ranks.safetensors");
     let stdout = ok(
         Command::new(BIN)
             .args(["gradients", "--resume", "-c", spec_s, "--out", out.to_str().unwrap()])
-            .args(["--world-size", "2", "--local-ranks", "2", "--rendezvous", &free_addr()])
+            .args(["--local-ranks", "2"])
             .output()
             .unwrap(),
         "--local-ranks 2",
@@ -296,4 +301,80 @@ fn a_killed_rank_fails_the_others(shared_memory: &str) {
         killed.elapsed()
     );
     let _ = children[1].wait();
+}
+
+/// The step at which a rank's log says it stopped on request.
+fn stopped_at(log: &str) -> Option<u64> {
+    let line = log.lines().find(|l| l.contains("stopped on request"))?;
+    line.split("step=").nth(1)?.split_whitespace().next()?.parse().ok()
+}
+
+/// Waits until `log` holds `needle` (two minutes at most).
+fn wait_for_log(log: &Path, needle: &str) {
+    let started = Instant::now();
+    while !std::fs::read_to_string(log).unwrap_or_default().contains(needle) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{} never showed {needle:?}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_stop_seen_by_one_rank_stops_every_rank_after_the_same_step() {
+    let interrupt = |pid: u32| {
+        let status = Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
+        assert!(status.success());
+    };
+    let long = [("AMDIM_TRAIN__MAX_STEPS", "100000"), ("AMDIM_TRAIN__EPOCHS", "100000")];
+    // Three processes; only rank 1 is interrupted. The others must not
+    // begin a step rank 1 never joins (they would wait in it until the
+    // collective timeout and fail): all three stop after the same step,
+    // and rank 0 writes its checkpoint.
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = job(tmp.path(), "");
+    let children = spawn_ranks(3, &["train", "-c", spec.to_str().unwrap()], &long, tmp.path());
+    wait_for_log(&tmp.path().join("rank1.log"), "step=3");
+    interrupt(children[1].id());
+    let started = Instant::now();
+    wait_all(children, tmp.path());
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?} to stop", started.elapsed());
+    let logs: Vec<String> = (0..3)
+        .map(|r| std::fs::read_to_string(tmp.path().join(format!("rank{r}.log"))).unwrap())
+        .collect();
+    let steps: Vec<Option<u64>> = logs.iter().map(|l| stopped_at(l)).collect();
+    assert!(
+        steps[0].is_some() && steps.iter().all(|s| *s == steps[0]),
+        "stopped at {steps:?}:\n{}",
+        logs[0]
+    );
+    let step = steps[0].unwrap_or_default();
+    assert!(
+        tmp.path().join(format!("ckpt/step-{step:010}/manifest.json")).exists(),
+        "{}",
+        logs[0]
+    );
+
+    // Both ranks in one process (Ctrl-C on the README's example): the same.
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = job(tmp.path(), "");
+    let log = tmp.path().join("local.log");
+    let child = Command::new(BIN)
+        .args(["train", "-c", spec.to_str().unwrap(), "--local-ranks", "2"])
+        .envs(long)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_log(&log, "step=3");
+    interrupt(child.id());
+    let status = child.wait_with_output().unwrap().status;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    let ranks_stopped: Vec<&str> = text.lines().filter(|l| l.contains("stopped on request")).collect();
+    assert_eq!(ranks_stopped.len(), 2, "{text}");
+    assert_eq!(stopped_at(ranks_stopped[0]), stopped_at(ranks_stopped[1]), "{text}");
 }

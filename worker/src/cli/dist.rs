@@ -11,10 +11,13 @@ pub struct DistArgs {
     /// The first rank this process drives (0-based).
     #[arg(long, env = "AMDIM_RANK", default_value_t = 0)]
     pub rank: usize,
-    /// Ranks in the whole job (1: a single-rank run, no rendezvous).
-    #[arg(long, env = "AMDIM_WORLD_SIZE", default_value_t = 1)]
-    pub world_size: usize,
-    /// host:port where rank 0 listens for the other ranks.
+    /// Ranks in the whole job (default: the ranks of this process, i.e.
+    /// rank + local-ranks; 1 is a single-rank run).
+    #[arg(long, env = "AMDIM_WORLD_SIZE")]
+    pub world_size: Option<usize>,
+    /// host:port where rank 0 listens for the other ranks (not needed when
+    /// this process drives the whole world: it then picks a free loopback
+    /// port).
     #[arg(long, env = "AMDIM_RENDEZVOUS")]
     pub rendezvous: Option<String>,
     /// Host or IP at which the other ranks reach this process (its data
@@ -28,10 +31,15 @@ pub struct DistArgs {
 }
 
 impl DistArgs {
+    /// The world's size: the flag, or every rank up to this process's last.
+    pub fn world_size(&self) -> usize {
+        self.world_size.unwrap_or(self.rank + self.local_ranks)
+    }
+
     /// The world layout these flags describe (checked when launched).
     pub fn layout(&self) -> WorldLayout {
         WorldLayout {
-            world_size: self.world_size,
+            world_size: self.world_size(),
             first_rank: self.rank,
             local_ranks: self.local_ranks,
             rendezvous: self.rendezvous.clone(),

@@ -64,7 +64,7 @@ fn train_local_ranks(
     runtime: &tokio::runtime::Handle,
 ) -> Result<Vec<RunSummary>> {
     let handle = runtime.clone();
-    let several = dist.world_size > 1;
+    let several = dist.world_size() > 1;
     dist.layout().launch(spec, |LocalRank { rank, spec, comm }| {
         let progress = Arc::new(RunProgress::new(&spec.job.name, several.then_some(rank)));
         let options = RunOptions {

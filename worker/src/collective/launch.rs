@@ -1,6 +1,7 @@
 //! Launching one process's ranks: where they sit in the world
 //! ([`WorldLayout`]), and [`WorldLayout::launch`], which runs a body for
-//! each of them, one thread and one device each, after connecting it to
+//! each of them, one thread and one device each (CPU ranks: each on its own
+//! equal share of the process's compute threads), after connecting it to
 //! every other rank of the world with the backend its spec asks for (TCP
 //! for CPU ranks, NCCL with feature `cuda` for GPU ranks).
 //!
@@ -59,7 +60,7 @@ impl WorldLayout {
                 self.world_size
             );
         }
-        if self.world_size > 1 && self.rendezvous.is_none() {
+        if self.world_size > 1 && self.rendezvous.is_none() && !self.is_whole_world() {
             bail!(
                 "--world-size {} needs --rendezvous host:port (rank 0 listens there)",
                 self.world_size
@@ -73,17 +74,23 @@ impl WorldLayout {
     /// wins. The results are in rank order.
     pub fn launch<T: Send>(&self, spec: &JobSpec, f: impl Fn(LocalRank) -> Result<T> + Sync) -> Result<Vec<T>> {
         let ranks = self.local()?;
+        let rendezvous = if self.world_size > 1 {
+            self.rendezvous_address()?
+        } else {
+            String::new()
+        };
         let start = |rank: usize| -> Result<T> {
             let spec = self.spec_for(spec, rank);
-            let comm = self.connect(&spec, rank)?;
+            let comm = self.connect(&spec, rank, &rendezvous)?;
             f(LocalRank { rank, spec, comm })
         };
         if ranks.len() == 1 {
             return Ok(vec![start(ranks.start)?]);
         }
         let start = &start;
+        let threads = threads_per_rank(spec.runtime.backend, rayon::current_num_threads(), ranks.len());
         std::thread::scope(|scope| {
-            let handles: Vec<_> = ranks.map(|r| (r, scope.spawn(move || start(r)))).collect();
+            let handles: Vec<_> = ranks.map(|r| (r, scope.spawn(move || on_own_pool(threads, || start(r))))).collect();
             handles
                 .into_iter()
                 .map(|(r, h)| {
@@ -94,6 +101,23 @@ impl WorldLayout {
         })
     }
 
+    /// Whether this process drives every rank of the world.
+    fn is_whole_world(&self) -> bool {
+        self.first_rank == 0 && self.local_ranks == self.world_size
+    }
+
+    /// Where rank 0 listens: the given address, or, for a world that is all
+    /// in this process and was given none, a free loopback port.
+    fn rendezvous_address(&self) -> Result<String> {
+        if let Some(addr) = &self.rendezvous {
+            return Ok(addr.clone());
+        }
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("picking a free loopback port for the in-process rendezvous")?;
+        Ok(free.to_string())
+    }
+
     /// The spec of local rank `rank`: its own device.
     fn spec_for(&self, spec: &JobSpec, rank: usize) -> JobSpec {
         let mut spec = spec.clone();
@@ -102,14 +126,14 @@ impl WorldLayout {
     }
 
     /// Connects `rank` to the others; None when the world is one rank.
-    fn connect(&self, spec: &JobSpec, rank: usize) -> Result<Option<Arc<Comm>>> {
+    fn connect(&self, spec: &JobSpec, rank: usize, rendezvous: &str) -> Result<Option<Arc<Comm>>> {
         if self.world_size == 1 {
             return Ok(None);
         }
         let rendezvous = RendezvousSpec {
             rank,
             world: self.world_size,
-            rendezvous: self.rendezvous.clone().unwrap_or_default(),
+            rendezvous: rendezvous.to_string(),
             advertise_host: self.advertise_host.clone(),
             timeout: Duration::from_secs_f64(spec.dist.timeout_s),
             shared_memory: spec.dist.shared_memory,
@@ -142,6 +166,29 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// CPU threads for each of `ranks` local ranks sharing `threads`: an
+/// equal share each (at least one), so that one rank's serial stretches
+/// (autodiff bookkeeping, small element-wise ops) overlap with another's
+/// matrix products instead of leaving cores idle. None on a GPU, where the
+/// host threads only launch kernels and the shared pool is kept.
+fn threads_per_rank(backend: BackendKind, threads: usize, ranks: usize) -> Option<usize> {
+    (backend == BackendKind::Cpu).then(|| (threads / ranks.max(1)).max(1))
+}
+
+/// Runs `f` on a rayon pool of its own with `threads` threads (all of the
+/// rank's parallel loops and matrix products then stay on them), or on
+/// the shared pool when None or when such a pool cannot be made.
+fn on_own_pool<T: Send>(threads: Option<usize>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let Some(threads) = threads else { return f() };
+    match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+        Ok(pool) => pool.install(f),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not make this rank's own thread pool; using the shared one");
+            f()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +211,12 @@ mod tests {
         assert!(err(layout(4, 3, 2, Some("h:1".into()))).contains("--rank 3 with --local-ranks 2"));
         assert!(err(layout(4, 0, 0, Some("h:1".into()))).contains("does not fit"));
         assert!(err(layout(2, 0, 1, None)).contains("needs --rendezvous"));
+        assert!(err(layout(2, 1, 1, None)).contains("needs --rendezvous"));
+        assert_eq!(
+            layout(2, 0, 2, None).local().unwrap(),
+            0..2,
+            "a world all in this process needs none"
+        );
         assert_eq!(layout(4, 2, 2, Some("h:1".into())).local().unwrap(), 2..4);
         assert_eq!(layout(1, 0, 1, None).local().unwrap(), 0..1);
     }
@@ -187,6 +240,31 @@ mod tests {
             })
             .unwrap();
         assert_eq!(out, vec![(0, 3, 0, 2, 3.0), (1, 4, 1, 2, 3.0)]);
+    }
+
+    #[test]
+    fn cpu_ranks_of_one_process_split_its_threads_and_gpu_ranks_share_them() {
+        assert_eq!(threads_per_rank(BackendKind::Cpu, 2, 2), Some(1));
+        assert_eq!(threads_per_rank(BackendKind::Cpu, 16, 3), Some(5));
+        assert_eq!(threads_per_rank(BackendKind::Cpu, 2, 4), Some(1), "at least one each");
+        assert_eq!(threads_per_rank(BackendKind::Cuda, 16, 2), None);
+    }
+
+    #[test]
+    fn each_cpu_rank_of_a_process_runs_on_its_own_share_of_the_threads() {
+        let mut spec = JobSpec::default();
+        spec.dist.timeout_s = 20.0;
+        let share = (rayon::current_num_threads() / 2).max(1);
+        // No rendezvous given: the whole world is here, so it picks a port.
+        let seen = layout(2, 0, 2, None)
+            .launch(&spec, |r| {
+                r.comm.context("a two-rank world has a communicator")?;
+                // A parallel loop of the rank runs on its own pool's threads only.
+                let workers: std::collections::HashSet<_> = rayon::broadcast(|_| std::thread::current().id()).into_iter().collect();
+                Ok((rayon::current_num_threads(), workers.len()))
+            })
+            .unwrap();
+        assert_eq!(seen, vec![(share, share), (share, share)]);
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub enum Exchange {
     Gather,
     BatchNorm,
     AllReduce,
-    /// [`excess_over_min`]'s one float per rank.
+    /// [`end_of_step`]'s two floats per rank.
     RankSync,
 }
 
@@ -350,12 +350,36 @@ pub fn mean_over_ranks(values: &mut [f32], comm: &Comm) -> CollResult<()> {
     Ok(())
 }
 
-/// How far `value` (e.g. this rank's compute seconds) is above the smallest
-/// over ranks: 0 on the fastest rank, the straggler's delay on the slowest.
-pub fn excess_over_min(value: f64, comm: &Comm) -> CollResult<f64> {
-    let all = comm.run(Exchange::RankSync, 1, |c| c.all_gather(&[value as f32]))?;
-    let min = all.iter().copied().fold(f32::INFINITY, f32::min);
-    Ok((value - f64::from(min)).max(0.0))
+/// The end of a step, agreed by every rank ([`end_of_step`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepEnd {
+    /// How much longer this rank computed than the fastest: 0 on the
+    /// fastest rank, the straggler's delay on the slowest.
+    pub lag_s: f64,
+    /// Some rank was asked to stop: every rank stops after this same step.
+    pub stop: bool,
+}
+
+/// Ends a step on every rank at once: gathers each rank's compute seconds
+/// and whether it was asked to stop (two floats per rank), so that a stop
+/// seen by any rank, at any moment, ends the run after the same step
+/// everywhere, instead of leaving the ranks that had already begun the
+/// next step waiting in its collectives for the one that left.
+pub fn end_of_step(compute_s: f64, stop_requested: bool, comm: &Comm) -> CollResult<StepEnd> {
+    let mine = [compute_s as f32, if stop_requested { 1.0 } else { 0.0 }];
+    let all = comm.run(Exchange::RankSync, mine.len(), |c| c.all_gather(&mine))?;
+    Ok(agree_end_of_step(compute_s, &all))
+}
+
+/// [`end_of_step`]'s decision from the gathered pairs (compute seconds,
+/// stop) of every rank.
+fn agree_end_of_step(compute_s: f64, gathered: &[f32]) -> StepEnd {
+    let pairs = gathered.chunks_exact(2);
+    let min = pairs.clone().map(|p| p[0]).fold(f32::INFINITY, f32::min);
+    StepEnd {
+        lag_s: (compute_s - f64::from(min)).max(0.0),
+        stop: pairs.into_iter().any(|p| p[1] != 0.0),
+    }
 }
 
 #[cfg(test)]
@@ -458,5 +482,29 @@ mod tests {
             assert_eq!(gx, vec![6.0, 18.0]);
             assert_eq!(avg, vec![1.0, 1.0, 1.0, 2.0]);
         }
+    }
+
+    #[test]
+    fn a_stop_on_any_rank_ends_the_step_everywhere_and_the_lag_is_over_the_fastest() {
+        let quiet = [2.0, 0.0, 1.5, 0.0, 3.0, 0.0];
+        assert_eq!(agree_end_of_step(3.0, &quiet), StepEnd { lag_s: 1.5, stop: false });
+        assert_eq!(agree_end_of_step(1.5, &quiet), StepEnd { lag_s: 0.0, stop: false });
+        let one_stops = [2.0, 0.0, 1.5, 0.0, 3.0, 1.0];
+        assert!(agree_end_of_step(2.0, &one_stops).stop);
+    }
+
+    #[test]
+    fn every_rank_learns_of_a_stop_that_only_one_saw() {
+        let comms = world_of(3);
+        let ends: Vec<StepEnd> = std::thread::scope(|s| {
+            let hs: Vec<_> = comms
+                .iter()
+                .enumerate()
+                .map(|(r, c)| s.spawn(move || end_of_step(r as f64, r == 2, c).unwrap()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(ends.iter().map(|e| e.lag_s).collect::<Vec<_>>(), vec![0.0, 1.0, 2.0]);
+        assert!(ends.iter().all(|e| e.stop));
     }
 }

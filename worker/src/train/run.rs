@@ -14,7 +14,7 @@
 
 use crate::checkpoint::CheckpointStore;
 use crate::checkpoint::writer::{AsyncCheckpointer, Snapshot};
-use crate::collective::ops::{Comm, excess_over_min};
+use crate::collective::ops::{Comm, StepEnd, end_of_step};
 use crate::data::Split;
 use crate::data::pipeline::{Pipeline, Source, TrainBatch};
 use crate::data::prefetch::{StepRange, spawn_batches};
@@ -168,24 +168,33 @@ fn open_store(spec: &JobSpec, runtime: tokio::runtime::Handle) -> Result<Arc<Che
     Ok(store)
 }
 
-/// Trains one step on `batch`; with several ranks, also measures how much
-/// longer this rank computed than the fastest (every rank takes part, a
-/// collective), counting that wait in the step's exchange times.
-fn train_step<B: Kernels>(t: &mut Trainer<B>, batch: &TrainBatch, epoch: u64, comm: Option<&Comm>) -> Result<(StepMetrics, f64)> {
+/// Trains one step on `batch`; with several ranks, also ends it on every
+/// rank at once ([`end_of_step`], a collective every rank takes part in):
+/// how much longer this rank computed than the fastest (counted in the
+/// step's exchange times) and whether any rank was asked to stop. With one
+/// rank, the stop is this process's flag.
+fn train_step<B: Kernels>(
+    t: &mut Trainer<B>,
+    batch: &TrainBatch,
+    epoch: u64,
+    comm: Option<&Comm>,
+    stop: &AtomicBool,
+) -> Result<(StepMetrics, StepEnd)> {
     let (rank, world) = comm.map_or((0, 1), |c| (c.rank(), c.world()));
     let mut m = t
         .train_step(batch, epoch)
         .with_context(|| format!("rank {rank} of {world}, step {}", t.step))?;
-    let lag_s = match comm {
+    let stop = stop.load(Ordering::Relaxed);
+    let end = match comm {
         Some(comm) if world > 1 => {
-            let lag =
-                excess_over_min(m.compute_s, comm).with_context(|| format!("rank {rank} of {world}, step {}: straggler check", t.step))?;
+            let end = end_of_step(m.compute_s, stop, comm)
+                .with_context(|| format!("rank {rank} of {world}, step {}: end-of-step exchange", t.step))?;
             m.comm.add(&comm.take_times());
-            lag
+            end
         }
-        _ => 0.0,
+        _ => StepEnd { lag_s: 0.0, stop },
     };
-    Ok((m, lag_s))
+    Ok((m, end))
 }
 
 /// Evaluates after the trainer's step when it ends an evaluation epoch or
@@ -283,11 +292,20 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
         rank,
         world,
     };
+    // A stop ends the run between steps. With several ranks it is acted on
+    // only once every rank has agreed on it at the end of a step, so they
+    // all stop after the same one; their batch builders then end when the
+    // loop drops its receiver, never on the flag, so that no rank runs out
+    // of batches before the others.
+    let several = world > 1;
+    let never = AtomicBool::new(false);
+    let builder_stop = if several { &never } else { options.stop.as_ref() };
+    let mut stop_agreed = false;
     std::thread::scope(|scope| -> Result<()> {
-        let rx = spawn_batches(scope, &train, steps, spec.data.prefetch_batches, &options.stop);
+        let rx = spawn_batches(scope, &train, steps, spec.data.prefetch_batches, builder_stop);
         let mut window = StepWindow::new();
         while t.step < total {
-            if options.stop.load(Ordering::Relaxed) {
+            if stop_agreed || (!several && options.stop.load(Ordering::Relaxed)) {
                 stopped_early = true;
                 break;
             }
@@ -297,7 +315,8 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
             let waited = waiting.elapsed().as_secs_f64();
             total_wait += waited;
             observer.on_batch(t.step, epoch, &batch.indices)?;
-            let (m, lag_s) = train_step(&mut t, &batch, epoch, options.comm.as_deref())?;
+            let (m, end) = train_step(&mut t, &batch, epoch, options.comm.as_deref(), &options.stop)?;
+            stop_agreed = end.stop;
             let trained_s = waiting.elapsed().as_secs_f64();
             observer.on_update(t.step);
             window.add(batch.n * world, waited, &m);
@@ -342,7 +361,7 @@ pub fn run<B: Kernels>(spec: JobSpec, device: B::Device, options: RunOptions, ru
                 data_wait_s: waited,
                 checkpoint_s,
                 total_s: trained_s + checkpoint_s,
-                lag_s,
+                lag_s: end.lag_s,
             };
             observer.on_step(&StepReport {
                 metrics: &m,
