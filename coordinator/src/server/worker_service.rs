@@ -118,7 +118,7 @@ impl WorkerService for Coordinator {
             if r.preempted && !r.ok {
                 s.preempt(&r.worker_id, &r.job_id, r.generation, now_unix())?;
             }
-            s.finish(&r.worker_id, &r.job_id, r.generation, r.ok, &r.message, now_unix())
+            s.finish(&r.worker_id, &r.job_id, r.generation, (r.ok, r.step), &r.message, now_unix())
         })?
         .map_err(status)?;
         tracing::info!(worker = %r.worker_id, job = %r.job_id, generation = r.generation, ok = r.ok, preempted = r.preempted, message = %r.message, "part finished");

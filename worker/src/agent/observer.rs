@@ -52,7 +52,10 @@ impl Progress {
 }
 
 impl RunObserver for Progress {
-    fn on_start(&self, _step: u64, total: u64) -> Result<()> {
+    fn on_start(&self, step: u64, total: u64) -> Result<()> {
+        // A part resumed at step k is at k before its first update (at the
+        // end, for one resumed from the final checkpoint: it trains none).
+        self.step.store(step, Ordering::Relaxed);
         self.total.store(total, Ordering::Relaxed);
         Ok(())
     }
@@ -114,5 +117,20 @@ impl PartObservers {
             list.push(Arc::new(SampleLog::new(dir.join(format!("{job_id}-g{generation}-r{rank}.log")))));
         }
         Arc::new(Observers::new(list))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_part_is_at_its_resume_step_before_its_first_update() {
+        let p = Progress::default();
+        p.on_start(253, 253).unwrap();
+        assert_eq!((p.step.load(Ordering::Relaxed), p.total.load(Ordering::Relaxed)), (253, 253));
+        p.on_start(200, 253).unwrap();
+        p.on_update(201);
+        assert_eq!(p.step.load(Ordering::Relaxed), 201);
     }
 }

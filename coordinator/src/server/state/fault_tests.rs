@@ -70,7 +70,7 @@ fn a_preempted_generation_resumes_without_spending_a_restart() {
     assert_eq!((j.state, j.restarts, j.preemptions), (JobState::Restarting, 0, 1));
     // The part's final checkpoint still counts, and its stopped end is no failure.
     assert!(s.commit_checkpoint(&a, &job, 1, 12, 100, 4).unwrap());
-    s.finish(&a, &job, 1, false, "stopped", 4).unwrap();
+    s.finish(&a, &job, 1, (false, 0), "stopped", 4).unwrap();
     assert_eq!(s.jobs[&job].state, JobState::Restarting);
     let b = s.register("b", 1, "h:2", 5).id;
     s.tick(5, 60);
@@ -78,7 +78,7 @@ fn a_preempted_generation_resumes_without_spending_a_restart() {
         panic!("the job resumes on a free worker")
     };
     assert!(next.resume && next.generation == 2);
-    s.finish(&a, &job, 2, true, "", 6).unwrap();
+    s.finish(&a, &job, 2, (true, 10), "", 6).unwrap();
     let j = &s.jobs[&job];
     assert_eq!((j.state, j.restarts, j.preemptions), (JobState::Succeeded, 0, 1));
     let kinds: Vec<&str> = j.events.iter().map(|e| e.kind.name()).collect();
@@ -94,15 +94,37 @@ fn parts_that_trained_to_the_end_while_the_coordinator_restarted_finish_the_job(
     s.recover(3);
     assert_eq!(s.jobs[&job].state, JobState::Restarting);
     // The part ended while the coordinator was down; its finish is retried until it lands.
-    s.finish(&a, &job, 1, true, "", 4).unwrap();
+    s.finish(&a, &job, 1, (true, 10), "", 4).unwrap();
     let j = &s.jobs[&job];
     assert_eq!(j.state, JobState::Succeeded, "{}", j.message);
+    assert_eq!((j.step, j.total_steps), (10, 10), "its last step, though no heartbeat carried it");
     assert_eq!(j.generations.len(), 1, "no second generation trains it again");
     assert_eq!(j.events.last().unwrap().kind, EventKind::Succeeded);
 
     // A part that did not train to the end does not.
     let (mut s, job, a) = running();
     s.recover(3);
-    s.finish(&a, &job, 1, false, "stopped", 4).unwrap();
+    s.finish(&a, &job, 1, (false, 0), "stopped", 4).unwrap();
     assert_eq!(s.jobs[&job].state, JobState::Restarting);
+}
+
+#[test]
+fn a_part_resumed_from_the_final_checkpoint_ends_the_job_at_its_last_step() {
+    // It trains nothing and ends before any heartbeat carries its progress
+    // (the job's progress is what rank 0's heartbeats said, here nothing):
+    // its finish says where it ended.
+    let (mut s, job, a) = running();
+    s.finish(&a, &job, 1, (true, 253), "", 2).unwrap();
+    let j = &s.jobs[&job];
+    assert_eq!(j.state, JobState::Succeeded, "{}", j.message);
+    assert_eq!((j.step, j.total_steps), (253, 253));
+    assert!(
+        j.events.last().unwrap().message.contains("trained 253 steps"),
+        "{:?}",
+        j.events.last()
+    );
+    // A part that failed says nothing about the job's progress.
+    let (mut s, job, a) = running();
+    s.finish(&a, &job, 1, (false, 7), "boom", 2).unwrap();
+    assert_eq!(s.jobs[&job].step, 0);
 }

@@ -162,13 +162,14 @@ impl State {
         Ok(self.jobs[&id].clone())
     }
 
-    /// A worker's part of a generation ended.
+    /// A worker's part of a generation ended, at `step` (for a part that
+    /// trained to the end: the job's last step).
     pub(crate) fn finish(
         &mut self,
         worker: &str,
         job_id: &str,
         generation: u32,
-        ok: bool,
+        (ok, step): (bool, u64),
         message: &str,
         now: i64,
     ) -> Result<(), StateError> {
@@ -179,9 +180,18 @@ impl State {
         w.last_seen_unix = now;
         self.touch_worker(worker);
         let job = self.jobs.get_mut(job_id).ok_or_else(|| StateError::NoJob(job_id.into()))?;
-        let Some(g) = job.current_mut().filter(|g| g.number == generation) else {
+        if job.current().is_none_or(|g| g.number != generation) {
             return Ok(()); // a message from an older generation: ignored
-        };
+        }
+        if ok {
+            // Trained to the end: its step is the last. A part resumed from
+            // the final checkpoint trains nothing and may end before any
+            // heartbeat has carried its progress (or before one reached a
+            // coordinator that restarted meanwhile).
+            job.total_steps = job.total_steps.max(step);
+            job.step = job.step.max(step);
+        }
+        let Some(g) = job.current_mut() else { return Ok(()) };
         if !g.finished.iter().any(|f| f == worker) {
             g.finished.push(worker.to_string());
         }

@@ -89,9 +89,9 @@ fn a_job_runs_on_two_workers_and_succeeds_when_both_finish() {
     assert!(!s.commit_checkpoint(&b, &job.id, 1, 3, 100, 3).unwrap(), "rank 1 does not");
     assert!(!s.commit_checkpoint(&a, &job.id, 1, 3, 100, 3).unwrap(), "once per step");
     assert_eq!(s.jobs[&job.id].checkpoints.len(), 1);
-    s.finish(&a, &job.id, 1, true, "", 4).unwrap();
+    s.finish(&a, &job.id, 1, (true, 10), "", 4).unwrap();
     assert_eq!(s.jobs[&job.id].state, JobState::Running);
-    s.finish(&b, &job.id, 1, true, "", 4).unwrap();
+    s.finish(&b, &job.id, 1, (true, 10), "", 4).unwrap();
     assert_eq!(s.jobs[&job.id].state, JobState::Succeeded);
     assert_eq!(s.heartbeat(&a, None, 5).unwrap(), Command::Idle);
 }
@@ -106,7 +106,7 @@ fn a_lost_worker_restarts_the_job_on_the_survivor_from_its_checkpoint() {
     assert_eq!(assignment(s.heartbeat(&a, None, 1).unwrap()).world_size, 2);
     assignment(s.heartbeat(&b, None, 1).unwrap());
     // b dies; a's collective fails first and a reports it.
-    s.finish(&a, &job.id, 1, false, "all_reduce: lost rank 1", 2).unwrap();
+    s.finish(&a, &job.id, 1, (false, 0), "all_reduce: lost rank 1", 2).unwrap();
     assert_eq!(s.jobs[&job.id].state, JobState::Restarting);
     s.tick(3, 5);
     assert_eq!(
@@ -123,9 +123,9 @@ fn a_lost_worker_restarts_the_job_on_the_survivor_from_its_checkpoint() {
     assert_eq!(j.restarts, 1);
     assert!(j.generations[0].end_reason.as_deref().unwrap().contains("lost rank 1"));
     // A late message from generation 1 changes nothing.
-    s.finish(&b, &job.id, 1, false, "late", 11).unwrap();
+    s.finish(&b, &job.id, 1, (false, 0), "late", 11).unwrap();
     assert_eq!(s.jobs[&job.id].state, JobState::Running);
-    s.finish(&a, &job.id, 2, true, "", 12).unwrap();
+    s.finish(&a, &job.id, 2, (true, 10), "", 12).unwrap();
     assert_eq!(s.jobs[&job.id].state, JobState::Succeeded);
     let events: Vec<(&str, u32)> = s.jobs[&job.id].events.iter().map(|e| (e.kind.name(), e.generation)).collect();
     assert_eq!(
@@ -181,7 +181,7 @@ fn restarts_are_bounded_and_cancel_stops_the_workers() {
     let a = s.register("a", 1, "h:1", 0).id;
     s.tick(0, 5);
     assignment(s.heartbeat(&a, None, 0).unwrap());
-    s.finish(&a, &job.id, 1, false, "boom", 1).unwrap();
+    s.finish(&a, &job.id, 1, (false, 0), "boom", 1).unwrap();
     assert_eq!(s.jobs[&job.id].state, JobState::Failed);
     assert!(s.jobs[&job.id].message.contains("boom"));
 
