@@ -276,12 +276,7 @@ fn a_killed_rank_fails_the_others(shared_memory: &str) {
             })
             .collect::<Vec<_>>()
     };
-    let log1 = tmp.path().join("rank1.log");
-    let started = Instant::now();
-    while !std::fs::read_to_string(&log1).unwrap_or_default().contains("step=3") {
-        assert!(started.elapsed() < Duration::from_secs(120), "rank 1 never reached step 3");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_log(&tmp.path().join("rank1.log"), "step=3");
     children[1].kill().unwrap();
     let killed = Instant::now();
     for rank in [0, 2] {
