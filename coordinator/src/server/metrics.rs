@@ -122,6 +122,7 @@ mod tests {
             last_seen_unix: 0,
             lost,
             session: 0,
+            unconfirmed: false,
         }
     }
 

@@ -341,7 +341,10 @@ async fn serve(
             Err(s) => {
                 tracing::warn!(reason = %s.message(), retry_s = backoff.as_secs_f64(), "heartbeat failed");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                // Capped below the coordinator's default heartbeat deadline
+                // (10 s): a coordinator that restarted keeps this worker's
+                // part for one deadline, and hears from it within it.
+                backoff = (backoff * 2).min(Duration::from_secs(5));
                 match try_connect(settings, token).await {
                     Ok(c) => *client = c,
                     Err(e) => tracing::warn!(reason = %format!("{e:#}"), "coordinator unreachable"),

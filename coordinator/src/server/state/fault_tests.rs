@@ -128,3 +128,64 @@ fn a_part_resumed_from_the_final_checkpoint_ends_the_job_at_its_last_step() {
     s.finish(&a, &job, 1, (false, 7), "boom", 2).unwrap();
     assert_eq!(s.jobs[&job].step, 0);
 }
+
+#[test]
+fn after_a_restart_a_job_waits_for_its_old_worker_whose_stale_part_is_stopped() {
+    let (mut s, job, a) = running();
+    assert_eq!(s.heartbeat(&a, part(&job, 1), 2).unwrap(), Command::Continue);
+    s.recover(10);
+    let b = s.register("b", 1, "h:2", 10).id;
+    s.tick(11, 60);
+    assert_eq!(
+        s.jobs[&job].generations.len(),
+        1,
+        "no generation 2 while a may still train generation 1"
+    );
+    assert_eq!(s.heartbeat(&b, None, 11).unwrap(), Command::Idle);
+    // a heartbeats again with the part it still trains: that part is over.
+    match s.heartbeat(&a, part(&job, 1), 12).unwrap() {
+        Command::Stop(why) => assert!(why.contains("coordinator restarted"), "{why}"),
+        other => panic!("a stale part: expected Stop, got {other:?}"),
+    }
+    s.tick(13, 60);
+    assert_eq!(s.jobs[&job].generations.len(), 1, "its part is still stopping");
+    // It wrote its final checkpoint and ended: now the job resumes from it.
+    assert!(s.commit_checkpoint(&a, &job, 1, 5, 100, 14).unwrap());
+    s.finish(&a, &job, 1, (false, 5), "stopped", 14).unwrap();
+    s.tick(14, 60);
+    let j = &s.jobs[&job];
+    assert_eq!((j.generations.len(), j.restarts, j.state), (2, 0, JobState::Running));
+    let started = j.events.iter().rfind(|e| e.kind == EventKind::GenerationStarted).unwrap();
+    assert!(started.message.contains("checkpoint of step 5"), "{}", started.message);
+}
+
+#[test]
+fn after_a_restart_an_old_worker_silent_for_a_lease_is_lost_and_the_job_moves_on() {
+    let (mut s, job, a) = running();
+    s.recover(10);
+    let b = s.register("b", 1, "h:2", 10).id;
+    s.tick(69, 60);
+    assert_eq!(s.jobs[&job].generations.len(), 1, "a's lease runs from the restart");
+    assert_eq!(s.heartbeat(&b, None, 70).unwrap(), Command::Idle);
+    s.tick(71, 60);
+    assert!(s.workers[&a].lost);
+    let j = &s.jobs[&job];
+    assert_eq!((j.generations.len(), j.restarts), (2, 0), "the restart was not the job's failure");
+    assert!(s.heartbeat(&a, part(&job, 1), 72).is_err(), "too late: it registers again");
+}
+
+#[test]
+fn after_a_restart_an_idle_worker_gets_work_only_once_it_heartbeats() {
+    let mut s = State::default();
+    let c = s.register("c", 1, "h:3", 0).id;
+    s.recover(5);
+    let job = s.submit(SPEC, 0, 0, 5).unwrap().id;
+    s.tick(6, 60);
+    assert!(
+        s.jobs[&job].generations.is_empty(),
+        "c may have died while the coordinator was down"
+    );
+    assert_eq!(s.heartbeat(&c, None, 7).unwrap(), Command::Idle);
+    s.tick(8, 60);
+    assert!(matches!(s.heartbeat(&c, None, 9).unwrap(), Command::Assign(a) if a.job_id == job));
+}

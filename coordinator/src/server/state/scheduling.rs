@@ -70,7 +70,7 @@ impl State {
             let mut free: Vec<&Worker> = self
                 .workers
                 .values()
-                .filter(|w| !w.lost && w.job.is_none() && w.devices >= devices)
+                .filter(|w| !w.lost && !w.unconfirmed && w.job.is_none() && w.devices >= devices)
                 .collect();
             free.sort_by(|a, b| a.id.cmp(&b.id));
             let Some(n) = gang_size(job.min_workers, job.max_workers, free.len(), job.global_batch, devices) else {
@@ -123,16 +123,27 @@ impl State {
         }
     }
 
-    /// After a coordinator restart: workers must register again, and the
-    /// generations that were running end (their jobs resume from the
-    /// latest checkpoint once workers are back).
+    /// After a coordinator restart: the generations that were running end
+    /// (their jobs resume from the latest checkpoint), but the workers that
+    /// were alive keep their identity and their part for one heartbeat
+    /// lease counted from now. Their training may still be going on, so a
+    /// job does not start again while a worker that may train it is neither
+    /// done nor lost: the worker's next heartbeat is answered `Stop` (its
+    /// generation has ended), its part writes a final checkpoint and
+    /// reports its end, and only then is the job scheduled again. A worker
+    /// that does not heartbeat within the lease is lost as usual. Until it
+    /// heartbeats, a worker gets no new work (it may have died meanwhile).
     pub(crate) fn recover(&mut self, now: i64) {
         let workers: Vec<String> = self.workers.keys().cloned().collect();
         for id in workers {
-            if let Some(w) = self.workers.get_mut(&id) {
-                w.lost = true;
-                w.pending = None;
-                w.job = None;
+            if let Some(w) = self.workers.get_mut(&id)
+                && !w.lost
+            {
+                w.last_seen_unix = now;
+                w.unconfirmed = true;
+                if w.pending.take().is_some() {
+                    w.job = None; // an assignment it never picked up: nothing trains
+                }
             }
             self.touch_worker(&id);
         }

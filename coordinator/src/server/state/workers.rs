@@ -63,6 +63,11 @@ pub(crate) struct Worker {
     /// closes makes the worker lost only while it is still the current one.
     #[serde(skip)]
     pub(crate) session: u64,
+    /// Known from before a coordinator restart and not heard from since:
+    /// it keeps its part until then (or until its lease runs out) but is
+    /// given no new work ([`State::recover`]).
+    #[serde(skip)]
+    pub(crate) unconfirmed: bool,
 }
 
 impl State {
@@ -82,6 +87,7 @@ impl State {
             last_seen_unix: now,
             lost: false,
             session: 0,
+            unconfirmed: false,
         };
         self.workers.insert(w.id.clone(), w.clone());
         self.touch_worker(&w.id);
@@ -90,8 +96,8 @@ impl State {
 
     /// A worker's heartbeat with the part it trains and its progress (None:
     /// it trains nothing); returns its next command. Liveness alone is not
-    /// durable (a restarted coordinator waits for every worker to register
-    /// again); a hand-over of an assignment and a disagreement about the
+    /// durable (a restarted coordinator gives every worker it knew one lease
+    /// to heartbeat again, see [`State::recover`]); a hand-over of an assignment and a disagreement about the
     /// part are changes, and rank 0's progress is written with the next
     /// tick ([`State::progress`]).
     pub(crate) fn heartbeat(&mut self, worker: &str, report: Option<Report>, now: i64) -> Result<Command, StateError> {
@@ -100,6 +106,7 @@ impl State {
             return Err(StateError::NoWorker(worker.into()));
         }
         w.last_seen_unix = now;
+        w.unconfirmed = false;
         if let Some(a) = w.pending.take() {
             self.touch_worker(worker);
             return Ok(Command::Assign(a));
