@@ -23,7 +23,7 @@ if [ -z "${AMDIM_DATA__PATH:-}" ]; then
 fi
 
 cargo build -p amdim-worker
-echo "== training ($spec; 10-15 minutes on 2 cores)"
+echo "== training ($spec; about 10 minutes on 2 cores)"
 started=$(date +%s)
 target/debug/amdim-worker train --config "$spec" --local-ranks 2
 trained_s=$(( $(date +%s) - started ))

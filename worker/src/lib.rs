@@ -13,7 +13,8 @@
 //! - `probe/`: frozen-feature evaluation (linear probe, k-NN) of a checkpoint
 //! - `logging`: log lines (text or JSON) and the progress bars they print above
 //! - `metrics`: the Prometheus series of a worker (docs/architecture.md §9)
-//! - `backend`: CPU (flex) or CUDA backend selection (and `with_backend!`)
+//! - `backend`: CPU (flex) or CUDA backend selection (and `with_backend!`),
+//!   and the per-lane CPU thread pools
 //! - `cli/`: one file per `amdim-worker` subcommand (flags and `run`), and the
 //!   benchmarks under `cli/bench/`
 

@@ -145,3 +145,28 @@ fn a_briefly_trained_encoder_beats_its_random_initialisation() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("train first"));
 }
+
+#[test]
+fn lanes_extracting_at_once_give_the_report_of_one_lane() {
+    require_dataset();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), &dir.path().join("none"));
+    // Small batches so that three lanes interleave many of them; a row
+    // out of place would pair features with another image's label.
+    let report = |lanes: &str| {
+        json_of(
+            worker()
+                .args(["probe", "--features", "random", "--json", "--batch-size", "64", "--lanes", lanes])
+                .args(["--train-samples", "3000", "--test-samples", "1000", "-c"])
+                .arg(&spec),
+        )
+    };
+    let (one, three) = (report("1"), report("3"));
+    for field in ["linear_test", "linear_train", "knn_test"] {
+        let (a, b) = (row(&one, "random")[field].as_f64(), row(&three, "random")[field].as_f64());
+        assert!(
+            matches!((a, b), (Some(a), Some(b)) if (a - b).abs() <= 1e-3 && a > 0.3),
+            "{field}: one lane {a:?}, three lanes {b:?}"
+        );
+    }
+}

@@ -150,4 +150,21 @@ mod tests {
         let e = JobSpec::from_toml_with_env("[optim]\nbeta1 = 1.5\n", &[]).unwrap_err().to_string();
         assert!(e.contains("optim.beta1"), "{e}");
     }
+
+    #[test]
+    fn every_shipped_example_spec_loads() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                if let Err(e) = JobSpec::from_toml_with_env(&text, &[]) {
+                    panic!("{}: {e}", path.display());
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "only {seen} example specs under {}", dir.display());
+    }
 }

@@ -41,6 +41,10 @@ pub struct Args {
     /// Images per encoder forward pass.
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
+    /// Batches extracted at once, each on its own share of the CPU threads
+    /// (0: one per thread on the CPU, one on a GPU).
+    #[arg(long, default_value_t = 0)]
+    pub lanes: usize,
     /// Print the report as one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -70,6 +74,7 @@ pub fn run(args: Args) -> Result<()> {
         max_train: args.train_samples,
         max_test: args.test_samples,
         batch: args.batch_size.max(1),
+        lanes: args.lanes,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

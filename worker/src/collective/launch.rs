@@ -12,6 +12,7 @@
 use super::Collective;
 use super::ops::Comm;
 use super::tcp::{RendezvousSpec, TcpCollective};
+use crate::backend::{on_own_pool, threads_per_lane};
 use amdim_shared::spec::{BackendKind, DistBackend, JobSpec};
 use anyhow::{Context, Result, bail};
 use std::ops::Range;
@@ -88,7 +89,7 @@ impl WorldLayout {
             return Ok(vec![start(ranks.start)?]);
         }
         let start = &start;
-        let threads = threads_per_rank(spec.runtime.backend, rayon::current_num_threads(), ranks.len());
+        let threads = threads_per_lane(spec.runtime.backend, rayon::current_num_threads(), ranks.len());
         std::thread::scope(|scope| {
             let handles: Vec<_> = ranks.map(|r| (r, scope.spawn(move || on_own_pool(threads, || start(r))))).collect();
             handles
@@ -166,29 +167,6 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// CPU threads for each of `ranks` local ranks sharing `threads`: an
-/// equal share each (at least one), so that one rank's serial stretches
-/// (autodiff bookkeeping, small element-wise ops) overlap with another's
-/// matrix products instead of leaving cores idle. None on a GPU, where the
-/// host threads only launch kernels and the shared pool is kept.
-fn threads_per_rank(backend: BackendKind, threads: usize, ranks: usize) -> Option<usize> {
-    (backend == BackendKind::Cpu).then(|| (threads / ranks.max(1)).max(1))
-}
-
-/// Runs `f` on a rayon pool of its own with `threads` threads (all of the
-/// rank's parallel loops and matrix products then stay on them), or on
-/// the shared pool when None or when such a pool cannot be made.
-fn on_own_pool<T: Send>(threads: Option<usize>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let Some(threads) = threads else { return f() };
-    match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
-        Ok(pool) => pool.install(f),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not make this rank's own thread pool; using the shared one");
-            f()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,14 +218,6 @@ mod tests {
             })
             .unwrap();
         assert_eq!(out, vec![(0, 3, 0, 2, 3.0), (1, 4, 1, 2, 3.0)]);
-    }
-
-    #[test]
-    fn cpu_ranks_of_one_process_split_its_threads_and_gpu_ranks_share_them() {
-        assert_eq!(threads_per_rank(BackendKind::Cpu, 2, 2), Some(1));
-        assert_eq!(threads_per_rank(BackendKind::Cpu, 16, 3), Some(5));
-        assert_eq!(threads_per_rank(BackendKind::Cpu, 2, 4), Some(1), "at least one each");
-        assert_eq!(threads_per_rank(BackendKind::Cuda, 16, 2), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use crate::data::Split;
 use crate::data::pipeline::{Pipeline, Source};
 use crate::model::kernels::Kernels;
-use crate::probe::features::{Extractor, Features, extract};
+use crate::probe::features::{Extractor, Features, Lanes, extract};
 use crate::probe::knn;
 use crate::probe::linear::{Linear, Recipe};
 use crate::probe::report::{Report, Row, RowKind};
@@ -29,6 +29,8 @@ pub struct ProbeRequest {
     pub max_test: usize,
     /// Images per encoder forward pass.
     pub batch: usize,
+    /// Batches extracted at once (0: the backend's default, see [`Lanes::new`]).
+    pub lanes: usize,
 }
 
 /// The labelled training and test splits of the job's dataset, read with
@@ -83,6 +85,7 @@ pub fn probe<B: Kernels>(spec: &JobSpec, request: &ProbeRequest, device: B::Devi
     let test_labels = test.source.labels().context("test labels")?.to_vec();
     let classes = train.source.n_classes().max(test.source.n_classes());
     let plan = weights::encoder_plan(spec);
+    let lanes = Lanes::new(spec.runtime.backend, request.lanes);
     let mut rows = Vec::new();
     for &kind in &request.rows {
         let started = Instant::now();
@@ -103,8 +106,8 @@ pub fn probe<B: Kernels>(spec: &JobSpec, request: &ProbeRequest, device: B::Devi
             },
         };
         let name = format!("{kind:?}").to_lowercase();
-        let f_train = extract(&train, n_train, request.batch, &how, &format!("{name}: training split"))?;
-        let f_test = extract(&test, n_test, request.batch, &how, &format!("{name}: test split"))?;
+        let f_train = extract(&train, n_train, request.batch, lanes, &how, &format!("{name}: training split"))?;
+        let f_test = extract(&test, n_test, request.batch, lanes, &how, &format!("{name}: test split"))?;
         let dim = f_train.dim;
         tracing::info!(features = name, dim, "fitting the linear probe (and k-NN)");
         let (linear_test, linear_train, knn_test) = score(f_train, f_test, &train_labels, &test_labels, classes, request.knn);
