@@ -57,7 +57,7 @@ enum Command {
 /// (one arena: the main heap, never trimmed); allocations above the mmap
 /// threshold (32 MiB at most: batch 100's 4×4-conv columns are 40 MiB)
 /// are mapped afresh each time (no mmap); and the heap's top is trimmed
-/// (never). Measured 2026-12-02 on the 2-core AVX2 VM, 80 steps of the
+/// (never). Measured 2026-12-02 on a 2-core Intel Xeon VM (AVX-512), 80 steps of the
 /// Fashion-MNIST example: two local ranks 115 → 208 images/s (page faults
 /// 4.9 M → 0.23 M) for the same peak RSS (0.93 GB) and the same weights;
 /// the probe's batch-256 forward 370 → 1,060 images/s. The cost: memory a

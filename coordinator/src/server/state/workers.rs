@@ -97,9 +97,9 @@ impl State {
     /// A worker's heartbeat with the part it trains and its progress (None:
     /// it trains nothing); returns its next command. Liveness alone is not
     /// durable (a restarted coordinator gives every worker it knew one lease
-    /// to heartbeat again, see [`State::recover`]); a hand-over of an assignment and a disagreement about the
-    /// part are changes, and rank 0's progress is written with the next
-    /// tick ([`State::progress`]).
+    /// to heartbeat again, see [`State::recover`]); a hand-over of an
+    /// assignment and a disagreement about the part are changes, and rank
+    /// 0's progress is written with the next tick ([`State::progress`]).
     pub(crate) fn heartbeat(&mut self, worker: &str, report: Option<Report>, now: i64) -> Result<Command, StateError> {
         let w = self.workers.get_mut(worker).ok_or_else(|| StateError::NoWorker(worker.into()))?;
         if w.lost {
