@@ -1,6 +1,7 @@
 //! `[augment]`: which augmentations make the two views. Every combination
 //! is valid; applying them is the worker's.
 
+use super::{SpecError, field_err};
 use serde::{Deserialize, Serialize};
 
 /// `[augment]`: switches for each augmentation (docs/model.md §5).
@@ -16,6 +17,9 @@ pub struct AugmentSpec {
     pub crop: bool,
     /// Colour jitter with p 0.8.
     pub color_jitter: bool,
+    /// The jitter's strength s: brightness, contrast and saturation factors
+    /// uniform in [1 − s, 1 + s] (torchvision's `ColorJitter(s, s, s, hue)`).
+    pub jitter_strength: f64,
     /// Random grayscale with p 0.25.
     pub grayscale: bool,
     /// Per-channel mean/std normalisation.
@@ -29,8 +33,19 @@ impl Default for AugmentSpec {
             translate: true,
             crop: true,
             color_jitter: true,
+            jitter_strength: 0.4,
             grayscale: true,
             normalize: true,
         }
+    }
+}
+
+impl AugmentSpec {
+    /// Checks `[augment]`.
+    pub(super) fn validate(&self) -> Result<(), SpecError> {
+        if !(0.0..=1.0).contains(&self.jitter_strength) {
+            return Err(field_err("augment.jitter_strength", "must be between 0 and 1"));
+        }
+        Ok(())
     }
 }

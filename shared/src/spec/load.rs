@@ -149,6 +149,12 @@ mod tests {
         assert!(e.contains("batch_size"), "{e}");
         let e = JobSpec::from_toml_with_env("[optim]\nbeta1 = 1.5\n", &[]).unwrap_err().to_string();
         assert!(e.contains("optim.beta1"), "{e}");
+        for strength in ["1.5", "-0.1", "nan"] {
+            let e = JobSpec::from_toml_with_env(&format!("[augment]\njitter_strength = {strength}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("augment.jitter_strength"), "{strength}: {e}");
+        }
     }
 
     #[test]

@@ -100,6 +100,7 @@ impl JobSpec {
         self.dist.validate()?;
         self.model.validate()?;
         self.loss.validate()?;
+        self.augment.validate()?;
         self.data.validate(&self.model)?;
         self.train.validate()?;
         self.optim.validate()?;

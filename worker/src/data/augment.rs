@@ -3,8 +3,8 @@
 //!
 //! One horizontal flip (p 0.5) per image, shared by both views; then per view:
 //! translation by up to ±4 px with reflect padding (p 0.8), colour jitter
-//! (p 0.8; brightness, contrast, saturation 0.4, hue 0.2, in a random order as
-//! torchvision's ColorJitter), random grayscale (p 0.25), normalisation. The
+//! (p 0.8; brightness, contrast, saturation `jitter_strength` (0.4 by default),
+//! hue 0.2, in a random order as torchvision's ColorJitter), random grayscale (p 0.25), normalisation. The
 //! colour maths follows torchvision's tensor definitions. All randomness comes
 //! from the sample's keyed stream (seed, epoch, sample index).
 
@@ -205,8 +205,9 @@ pub fn normalize(img: &mut [f32], mean: [f32; 3], std: [f32; 3]) {
     }
 }
 
-/// The colour stage of one view (docs/model.md §5): with p 0.8 ColorJitter(0.4, 0.4,
-/// 0.4, `hue`) in a random order (as torchvision), then grayscale with p 0.25.
+/// The colour stage of one view (docs/model.md §5): with p 0.8 ColorJitter(s, s, s,
+/// `hue`) with s = `jitter_strength` (0.4 by default) in a random order (as
+/// torchvision), then grayscale with p 0.25.
 pub fn colour(img: &mut [f32], aug: &AugmentSpec, hue: f64, rng: &mut KeyedRng) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
@@ -229,9 +230,10 @@ unsafe fn colour_avx2(img: &mut [f32], aug: &AugmentSpec, hue: f64, rng: &mut Ke
 fn colour_portable(img: &mut [f32], aug: &AugmentSpec, hue: f64, rng: &mut KeyedRng) {
     if aug.color_jitter && rng.bernoulli(0.8) {
         let order = rng.permutation(4);
-        let brightness = rng.uniform(0.6, 1.4) as f32;
-        let contrast = rng.uniform(0.6, 1.4) as f32;
-        let saturation = rng.uniform(0.6, 1.4) as f32;
+        let (low, high) = (1.0 - aug.jitter_strength, 1.0 + aug.jitter_strength);
+        let brightness = rng.uniform(low, high) as f32;
+        let contrast = rng.uniform(low, high) as f32;
+        let saturation = rng.uniform(low, high) as f32;
         let hue = rng.uniform(-hue, hue) as f32;
         for op in order {
             match op {
@@ -329,6 +331,35 @@ mod tests {
     }
 
     #[test]
+    fn jitter_strength_bounds_the_brightness_factor() {
+        // On a solid gray image only brightness acts (contrast blends towards
+        // the image's own mean, saturation and hue leave gray alone), so each
+        // jittered pixel is 0.5 times the drawn brightness factor.
+        let factors = |strength: f64| -> Vec<f32> {
+            let aug = AugmentSpec {
+                jitter_strength: strength,
+                grayscale: false,
+                ..AugmentSpec::default()
+            };
+            (0..400u64)
+                .map(|sample| {
+                    let mut img = solid(0.5, 0.5, 0.5);
+                    colour(&mut img, &aug, 0.2, &mut KeyedRng::new(Stream::Augment, &[3, sample]));
+                    img[7] / 0.5
+                })
+                .collect()
+        };
+        let within = |f: &[f32], low: f32, high: f32| f.iter().all(|&x| (low - 1e-3..=high + 1e-3).contains(&x));
+        let default = factors(0.4);
+        assert!(within(&default, 0.6, 1.4));
+        assert!(default.iter().any(|&x| x < 0.7) && default.iter().any(|&x| x > 1.3));
+        let strong = factors(0.8);
+        assert!(within(&strong, 0.2, 1.8));
+        assert!(strong.iter().any(|&x| x < 0.5) && strong.iter().any(|&x| x > 1.5));
+        assert!(factors(0.0).iter().all(|&x| (x - 1.0).abs() < 1e-6));
+    }
+
+    #[test]
     fn colour_ops_match_hand_computed_torchvision_pixels() {
         // brightness 1.5 on (0.2, 0.5, 0.8) → (0.3, 0.75, 1.0 clamped)
         let mut img = solid(0.2, 0.5, 0.8);
@@ -406,6 +437,7 @@ mod tests {
             flip: false,
             translate: false,
             color_jitter: false,
+            jitter_strength: 0.4,
             grayscale: false,
             normalize: false,
         };
