@@ -1,5 +1,6 @@
-//! `[augment]`: which augmentations make the two views. Every combination
-//! is valid; applying them is the worker's.
+//! `[augment]`: which augmentations make the two views and how strong the
+//! colour jitter is. Every combination of switches is valid; the strength is
+//! checked here. Applying them is the worker's.
 
 use super::{SpecError, field_err};
 use serde::{Deserialize, Serialize};

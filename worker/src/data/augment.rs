@@ -3,10 +3,11 @@
 //!
 //! One horizontal flip (p 0.5) per image, shared by both views; then per view:
 //! translation by up to ±4 px with reflect padding (p 0.8), colour jitter
-//! (p 0.8; brightness, contrast, saturation `jitter_strength` (0.4 by default),
-//! hue 0.2, in a random order as torchvision's ColorJitter), random grayscale (p 0.25), normalisation. The
-//! colour maths follows torchvision's tensor definitions. All randomness comes
-//! from the sample's keyed stream (seed, epoch, sample index).
+//! (p 0.8; brightness, contrast, saturation `jitter_strength` (0.4 by
+//! default), hue 0.2, in a random order as torchvision's ColorJitter), random
+//! grayscale (p 0.25), normalisation. The colour maths follows torchvision's
+//! tensor definitions. All randomness comes from the sample's keyed stream
+//! (seed, epoch, sample index).
 
 use amdim_shared::rng::{KeyedRng, Stream};
 use amdim_shared::spec::AugmentSpec;

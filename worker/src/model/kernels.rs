@@ -175,8 +175,8 @@ pub(crate) unsafe fn gemm_rows<E: Element>(
     rhs_strides: [isize; 2],
 ) -> Vec<E> {
     // Not zeroed first: with `read_dst` false gemm writes every element of
-    // its destination without reading it (k = 0 included), and zeroing it
-    // cost 3-4 % of a training step.
+    // its destination without reading it (k = 0 included); zeroing it took
+    // about 3 % of a training step.
     let mut out = Vec::with_capacity(m * n);
     let parallelism = if m.saturating_mul(n).saturating_mul(k) >= 192 * 192 * 192 {
         gemm::Parallelism::Rayon(0)
