@@ -2,4 +2,5 @@
 //! online classifiers' loss (docs/model.md §4). Pure tensor functions; no parameters.
 
 pub mod classifier;
+pub mod fused;
 pub mod nce;

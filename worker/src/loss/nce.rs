@@ -8,6 +8,7 @@
 //! from more images than sources (gathered across ranks); `own_offset` says
 //! where this rank's images start among them.
 
+use crate::loss::fused::NceGeometry;
 use crate::model::kernels::Kernels;
 use crate::model::layers::tanh_clip;
 use amdim_shared::spec::LossSpec;
@@ -94,6 +95,20 @@ pub fn select_locations<B: Backend>(r5: Tensor<B, 3>, locations: &[usize]) -> Te
 }
 
 fn direction<B: Kernels>(src: &[Tensor<B, 2>], trg: &Tensor<B, 3>, own_offset: usize, cfg: &LossSpec) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    if src.len() == 1 && B::NATIVE {
+        let ([n_trg, locations, d], [n_src, _]) = (trg.dims(), src[0].dims());
+        let raw = B::matmul_t(src[0].clone(), trg.clone().reshape([n_trg * locations, d]));
+        let geometry = NceGeometry {
+            n_src,
+            n_trg,
+            locations,
+            own_offset,
+            scale: 1.0 / (d as f64).sqrt(),
+            tclip: cfg.tclip,
+        };
+        let means = B::nce_direction(raw, geometry);
+        return (means.clone().narrow(0, 0, 1), means.narrow(0, 1, 1).mul_scalar(cfg.reg_lambda));
+    }
     if src.len() == 1 {
         let (s, reg) = nce_scores(src[0].clone(), trg.clone(), own_offset, cfg.tclip, cfg.reg_lambda);
         return (s.mean().neg(), reg);

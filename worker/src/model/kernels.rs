@@ -10,8 +10,10 @@
 //! On flex those ops copy strided views one element at a time (its generic
 //! strided iterator), which cost more than the convolutions' matrix products;
 //! flex and autodiff-on-flex therefore get hand-written loops here, with their
-//! own backward nodes (the loops themselves are in `model/moves.rs`). This
-//! module knows shapes only: no parameters, no layer semantics.
+//! own backward nodes (the loops themselves are in `model/moves.rs`). It
+//! also wraps the fused NCE direction of `loss/fused.rs` as a flex op with
+//! its backward node. This module knows shapes only: no parameters, no
+//! layer semantics, no loss maths.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -25,6 +27,7 @@ use burn_flex::FlexTensor;
 
 pub use super::moves::Move;
 use super::moves::{Elem, out_size};
+use crate::loss::fused::{self, NceGeometry, Real};
 
 /// The encoder's data-movement primitives on channels-last [N, H, W, C] maps,
 /// and the layer product x·Wᵀ.
@@ -106,6 +109,32 @@ pub trait Kernels: Backend {
     fn matmul_2d(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_matmul(lhs, rhs)
     }
+
+    /// One NCE direction from the products [n_src, n_trg·L] of sources and
+    /// targets: [loss, mean squared score] (`loss::fused`). Only where
+    /// `NATIVE`; the others compute it with tensor ops (`loss::nce`).
+    fn nce_direction(raw: Tensor<Self, 2>, geometry: NceGeometry) -> Tensor<Self, 1> {
+        wrap(Self::nce_native(float(raw), &geometry).0)
+    }
+
+    /// The fused forward on a primitive: the two means [2] and what the
+    /// backward needs.
+    fn nce_native(raw: FloatTensor<Self>, geometry: &NceGeometry) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let _ = (raw, geometry);
+        unreachable!("the fused NCE called on a backend without native kernels")
+    }
+
+    /// The fused backward: the gradient with respect to `raw` for the
+    /// means' gradient `grad` [2].
+    fn nce_native_backward(
+        raw: FloatTensor<Self>,
+        saved: FloatTensor<Self>,
+        geometry: &NceGeometry,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let _ = (raw, saved, geometry, grad);
+        unreachable!("the fused NCE called on a backend without native kernels")
+    }
 }
 
 fn float<B: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor<B> {
@@ -121,6 +150,24 @@ impl Kernels for Flex {
 
     fn native(op: &Move, x: FlexTensor, transpose: bool) -> FlexTensor {
         op.run(&x, transpose)
+    }
+
+    fn nce_native(raw: FlexTensor, geometry: &NceGeometry) -> (FlexTensor, FlexTensor) {
+        let raw = raw.to_contiguous();
+        match raw.dtype() {
+            DType::F64 => nce_forward::<f64>(&raw, geometry),
+            DType::F32 => nce_forward::<f32>(&raw, geometry),
+            other => unreachable!("encoder tensors are f32 or f64, got {other:?}"),
+        }
+    }
+
+    fn nce_native_backward(raw: FlexTensor, saved: FlexTensor, geometry: &NceGeometry, grad: FlexTensor) -> FlexTensor {
+        let (raw, saved, grad) = (raw.to_contiguous(), saved.to_contiguous(), grad.to_contiguous());
+        match raw.dtype() {
+            DType::F64 => nce_backward::<f64>(&raw, &saved, geometry, &grad),
+            DType::F32 => nce_backward::<f32>(&raw, &saved, geometry, &grad),
+            other => unreachable!("encoder tensors are f32 or f64, got {other:?}"),
+        }
     }
 
     fn matmul_t(x: Tensor<Self, 2>, w: Tensor<Self, 2>) -> Tensor<Self, 2> {
@@ -212,6 +259,37 @@ pub(crate) unsafe fn gemm_rows<E: Element>(
     out
 }
 
+fn nce_forward<E: Elem + Real>(raw: &FlexTensor, geometry: &NceGeometry) -> (FlexTensor, FlexTensor) {
+    let (means, saved) = fused::forward::<E>(raw.storage(), geometry);
+    let len = saved.len();
+    let means = TensorData::new(means.map(E::from_f64).to_vec(), [2]);
+    (FlexTensor::from_data(means), FlexTensor::from_data(TensorData::new(saved, [len])))
+}
+
+fn nce_backward<E: Elem + Real>(raw: &FlexTensor, saved: &FlexTensor, geometry: &NceGeometry, grad: &FlexTensor) -> FlexTensor {
+    let d: &[E] = grad.storage();
+    let out = fused::backward::<E>(raw.storage(), saved.storage(), geometry, [d[0].to_f64(), d[1].to_f64()]);
+    FlexTensor::from_data(TensorData::new(out, raw.layout().shape().clone()))
+}
+
+/// Autodiff node of the fused NCE direction; the state keeps the products
+/// and the forward's saved values.
+#[derive(Debug)]
+struct NceBackward;
+
+impl<B: Kernels> Backward<B, 1> for NceBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>, NceGeometry);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (raw, saved, geometry) = ops.state;
+        if let Some(node) = parent {
+            grads.register::<B>(node.id, B::nce_native_backward(raw, saved, &geometry, grad));
+        }
+    }
+}
+
 /// Autodiff node of a native [`Move`]: the gradient is the transposed movement.
 #[derive(Debug)]
 struct MoveBackward;
@@ -266,6 +344,15 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
                 OpsKind::UnTracked(prep) => prep.finish(out),
             },
         )
+    }
+
+    fn nce_direction(raw: Tensor<Self, 2>, geometry: NceGeometry) -> Tensor<Self, 1> {
+        let raw = float(raw);
+        let (out, saved) = B::nce_native(raw.primitive.clone(), &geometry);
+        wrap(match NceBackward.prepare::<C>([raw.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((raw.primitive, saved, geometry), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        })
     }
 
     fn native(op: &Move, x: FloatTensor<Self>, transpose: bool) -> FloatTensor<Self> {

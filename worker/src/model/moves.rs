@@ -77,30 +77,35 @@ impl Move {
     /// offsets are relative to that image's input and output blocks.
     fn for_each_run(&self, mut f: impl FnMut(usize, usize, usize)) {
         match *self {
+            // One window row (its k taps, k·C values) is contiguous in the
+            // input map and in the output row alike: one run.
             Move::Im2col {
-                dims: [_, h, w, c],
-                kernel,
-                stride,
-            }
-            | Move::AvgPool {
                 dims: [_, h, w, c],
                 kernel,
                 stride,
             } => {
                 let (ho, wo) = (out_size(h, kernel, stride), out_size(w, kernel, stride));
-                let im2col = matches!(self, Move::Im2col { .. });
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        for dy in 0..kernel {
+                            let src = ((oy * stride + dy) * w + ox * stride) * c;
+                            let dst = ((oy * wo + ox) * kernel + dy) * kernel * c;
+                            f(src, dst, kernel * c);
+                        }
+                    }
+                }
+            }
+            Move::AvgPool {
+                dims: [_, h, w, c],
+                kernel,
+                stride,
+            } => {
+                let (ho, wo) = (out_size(h, kernel, stride), out_size(w, kernel, stride));
                 for oy in 0..ho {
                     for ox in 0..wo {
                         for dy in 0..kernel {
                             for dx in 0..kernel {
-                                let src = ((oy * stride + dy) * w + ox * stride + dx) * c;
-                                let window = oy * wo + ox;
-                                let dst = if im2col {
-                                    (window * kernel * kernel + dy * kernel + dx) * c
-                                } else {
-                                    window * c
-                                };
-                                f(src, dst, c);
+                                f(((oy * stride + dy) * w + ox * stride + dx) * c, (oy * wo + ox) * c, c);
                             }
                         }
                     }
@@ -171,17 +176,49 @@ impl Move {
         });
     }
 
+    /// im2col's forward, written once without zero-filling first: every
+    /// output element is a copy of exactly one input element.
+    fn gather<E: Elem>(&self, x: &[E], len: usize) -> Vec<E> {
+        debug_assert!(matches!(self, Move::Im2col { .. }));
+        let (images, in_block, out_block) = self.blocks();
+        let mut out = Vec::with_capacity(len);
+        if images > 0 && out_block > 0 {
+            out.spare_capacity_mut()[..len]
+                .par_chunks_mut(out_block)
+                .enumerate()
+                .for_each(|(i, dst)| {
+                    let src = &x[i * in_block..(i + 1) * in_block];
+                    self.for_each_run(|s, d, n| {
+                        for (o, &v) in dst[d..d + n].iter_mut().zip(&src[s..s + n]) {
+                            o.write(v);
+                        }
+                    });
+                });
+        }
+        // SAFETY: im2col's runs cover each image's output block exactly
+        // (window, tap row) by (window, tap row), and the blocks cover all
+        // `len` = images · out_block elements, so all of them were written.
+        unsafe { out.set_len(len) };
+        out
+    }
+
     fn run_typed<E: Elem>(&self, x: &FlexTensor, transpose: bool) -> FlexTensor {
         let shape = if transpose { self.input_shape() } else { self.output_shape() };
+        let len = shape.iter().product();
+        let src: &[E] = x.storage();
         // A typed Vec handed over as is: `FlexTensor::zeros` allocates bytes
         // and then copies them into a second, aligned allocation.
-        let mut out = vec![E::from_elem(0.0); shape.iter().product()];
-        let src: &[E] = x.storage();
-        if transpose {
-            self.backward(src, &mut out);
+        let out = if !transpose && matches!(self, Move::Im2col { .. }) {
+            self.gather(src, len)
         } else {
-            self.forward(src, &mut out);
-        }
+            let mut out = vec![E::from_elem(0.0); len];
+            if transpose {
+                self.backward(src, &mut out);
+            } else {
+                self.forward(src, &mut out);
+            }
+            out
+        };
         FlexTensor::from_data(TensorData::new(out, Shape::from(shape)))
     }
 
