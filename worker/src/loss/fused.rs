@@ -10,6 +10,7 @@
 //! The tensor-op version stays the reference (tests below) and the path of
 //! backends without native kernels.
 
+use burn::tensor::Element;
 use rayon::prelude::*;
 
 /// Shape and constants of one direction's products `raw` [n_src, n_trg·L]:
@@ -42,30 +43,6 @@ impl NceGeometry {
     }
 }
 
-/// Element types the loops run on (f32 for training, f64 for gradient checks).
-pub(crate) trait Real: Copy + Send + Sync + 'static {
-    fn to_f64(self) -> f64;
-    fn from_f64(x: f64) -> Self;
-}
-
-impl Real for f32 {
-    fn to_f64(self) -> f64 {
-        f64::from(self)
-    }
-    fn from_f64(x: f64) -> Self {
-        x as f32
-    }
-}
-
-impl Real for f64 {
-    fn to_f64(self) -> f64 {
-        self
-    }
-    fn from_f64(x: f64) -> Self {
-        x
-    }
-}
-
 /// c·tanh(r / c), through one exponential of a non-positive argument.
 fn soft_clip(r: f64, c: f64) -> f64 {
     let e = (-2.0 * (r / c).abs()).exp();
@@ -76,10 +53,10 @@ fn soft_clip(r: f64, c: f64) -> f64 {
 /// entry of r²], and what the backward needs: the clipped scores s and
 /// e = exp(s − m_i) of every entry (m_i the largest negative score of row
 /// i, at least −c), as [s | e].
-pub(crate) fn forward<E: Real>(raw: &[E], g: &NceGeometry) -> ([f64; 2], Vec<E>) {
+pub(crate) fn forward<E: Element>(raw: &[E], g: &NceGeometry) -> ([f64; 2], Vec<E>) {
     let (row, count) = (g.row(), g.elements());
     assert_eq!(raw.len(), count, "nce: {} products for {g:?}", raw.len());
-    let mut saved: Vec<E> = vec![E::from_f64(0.0); 2 * count];
+    let mut saved: Vec<E> = vec![E::from_elem(0.0); 2 * count];
     let (s_all, e_all) = saved.split_at_mut(count);
     let sums: (f64, f64) = s_all
         .par_chunks_mut(row.max(1))
@@ -90,18 +67,18 @@ pub(crate) fn forward<E: Real>(raw: &[E], g: &NceGeometry) -> ([f64; 2], Vec<E>)
             let own = g.own_start(i)..g.own_start(i) + g.locations;
             let (mut squares, mut max) = (0.0f64, -g.tclip);
             for (k, (s, &x)) in s.iter_mut().zip(raw).enumerate() {
-                let r = g.scale * x.to_f64();
+                let r = g.scale * x.elem::<f64>();
                 squares += r * r;
                 let clipped = soft_clip(r, g.tclip);
-                *s = E::from_f64(clipped);
+                *s = E::from_elem(clipped);
                 if !own.contains(&k) && clipped > max {
                     max = clipped;
                 }
             }
             let mut negatives = 0.0f64;
             for (k, (e, &s)) in e.iter_mut().zip(s.iter()).enumerate() {
-                let v = (s.to_f64() - max).exp();
-                *e = E::from_f64(v);
+                let v = (s.elem::<f64>() - max).exp();
+                *e = E::from_elem(v);
                 if !own.contains(&k) {
                     negatives += v;
                 }
@@ -109,7 +86,7 @@ pub(crate) fn forward<E: Real>(raw: &[E], g: &NceGeometry) -> ([f64; 2], Vec<E>)
             // ℓ = log(exp(p) + N) − p with p = s_pos − m, N = Σ exp(s_neg − m).
             let losses: f64 = own
                 .map(|k| {
-                    let p = s[k].to_f64() - max;
+                    let p = s[k].elem::<f64>() - max;
                     (p.exp() + negatives).ln() - p
                 })
                 .sum();
@@ -122,29 +99,29 @@ pub(crate) fn forward<E: Real>(raw: &[E], g: &NceGeometry) -> ([f64; 2], Vec<E>)
 
 /// The gradient with respect to `raw` of d[0]·loss + d[1]·mean r², given
 /// the forward's `saved` [s | e].
-pub(crate) fn backward<E: Real>(raw: &[E], saved: &[E], g: &NceGeometry, d: [f64; 2]) -> Vec<E> {
+pub(crate) fn backward<E: Element>(raw: &[E], saved: &[E], g: &NceGeometry, d: [f64; 2]) -> Vec<E> {
     let (row, count) = (g.row(), g.elements());
     assert_eq!(saved.len(), 2 * count, "nce backward: {} saved values for {g:?}", saved.len());
     let (s_all, e_all) = saved.split_at(count);
     let per_term = d[0] / (g.n_src * g.locations).max(1) as f64;
     let per_square = d[1] * 2.0 / count.max(1) as f64;
-    let mut grad: Vec<E> = vec![E::from_f64(0.0); count];
+    let mut grad: Vec<E> = vec![E::from_elem(0.0); count];
     grad.par_chunks_mut(row.max(1)).enumerate().for_each(|(i, out)| {
         let span = i * row..(i + 1) * row;
         let (raw, s, e) = (&raw[span.clone()], &s_all[span.clone()], &e_all[span]);
         let own = g.own_start(i)..g.own_start(i) + g.locations;
-        let all: f64 = e.iter().map(|v| v.to_f64()).sum();
-        let negatives = all - own.clone().map(|k| e[k].to_f64()).sum::<f64>();
+        let all: f64 = e.iter().map(|v| v.elem::<f64>()).sum();
+        let negatives = all - own.clone().map(|k| e[k].elem::<f64>()).sum::<f64>();
         // ∂ℓ_l/∂s_neg = e / (e_pos_l + N); ∂ℓ_l/∂s_pos_l = −N / (e_pos_l + N).
-        let inverse_denominators: f64 = own.clone().map(|k| 1.0 / (e[k].to_f64() + negatives)).sum();
+        let inverse_denominators: f64 = own.clone().map(|k| 1.0 / (e[k].elem::<f64>() + negatives)).sum();
         for (k, o) in out.iter_mut().enumerate() {
             let d_s = if own.contains(&k) {
-                -per_term * negatives / (e[k].to_f64() + negatives)
+                -per_term * negatives / (e[k].elem::<f64>() + negatives)
             } else {
-                per_term * e[k].to_f64() * inverse_denominators
+                per_term * e[k].elem::<f64>() * inverse_denominators
             };
-            let (r, clipped) = (g.scale * raw[k].to_f64(), s[k].to_f64() / g.tclip);
-            *o = E::from_f64(g.scale * (d_s * (1.0 - clipped * clipped) + per_square * r));
+            let (r, clipped) = (g.scale * raw[k].elem::<f64>(), s[k].elem::<f64>() / g.tclip);
+            *o = E::from_elem(g.scale * (d_s * (1.0 - clipped * clipped) + per_square * r));
         }
     });
     grad

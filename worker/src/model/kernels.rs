@@ -27,7 +27,7 @@ use burn_flex::FlexTensor;
 
 pub use super::moves::Move;
 use super::moves::{Elem, out_size};
-use crate::loss::fused::{self, NceGeometry, Real};
+use crate::loss::fused::{self, NceGeometry};
 
 /// The encoder's data-movement primitives on channels-last [N, H, W, C] maps,
 /// and the layer product x·Wᵀ.
@@ -259,16 +259,16 @@ pub(crate) unsafe fn gemm_rows<E: Element>(
     out
 }
 
-fn nce_forward<E: Elem + Real>(raw: &FlexTensor, geometry: &NceGeometry) -> (FlexTensor, FlexTensor) {
+fn nce_forward<E: Elem>(raw: &FlexTensor, geometry: &NceGeometry) -> (FlexTensor, FlexTensor) {
     let (means, saved) = fused::forward::<E>(raw.storage(), geometry);
     let len = saved.len();
-    let means = TensorData::new(means.map(E::from_f64).to_vec(), [2]);
+    let means = TensorData::new(means.map(E::from_elem).to_vec(), [2]);
     (FlexTensor::from_data(means), FlexTensor::from_data(TensorData::new(saved, [len])))
 }
 
-fn nce_backward<E: Elem + Real>(raw: &FlexTensor, saved: &FlexTensor, geometry: &NceGeometry, grad: &FlexTensor) -> FlexTensor {
+fn nce_backward<E: Elem>(raw: &FlexTensor, saved: &FlexTensor, geometry: &NceGeometry, grad: &FlexTensor) -> FlexTensor {
     let d: &[E] = grad.storage();
-    let out = fused::backward::<E>(raw.storage(), saved.storage(), geometry, [d[0].to_f64(), d[1].to_f64()]);
+    let out = fused::backward::<E>(raw.storage(), saved.storage(), geometry, [d[0].elem::<f64>(), d[1].elem::<f64>()]);
     FlexTensor::from_data(TensorData::new(out, raw.layout().shape().clone()))
 }
 
